@@ -1,0 +1,3 @@
+from srdeploy.cli import main
+
+raise SystemExit(main())

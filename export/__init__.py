@@ -1,0 +1,1 @@
+"""BatchNorm folding, ONNX export, parity checks and TensorRT engines (needs torch and onnx)."""

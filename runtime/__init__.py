@@ -1,0 +1,1 @@
+"""Tiled super-resolution inference without PyTorch: numpy + onnxruntime/TensorRT + OpenCV."""

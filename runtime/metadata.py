@@ -1,0 +1,101 @@
+"""The contract an srdeploy ONNX model carries in its ``metadata_props`` (all values strings).
+
+The exporter (``srdeploy.export``) writes these keys; the runtime reads them and refuses a model
+without them. Keep this module free of heavy imports: it is the single definition both sides use.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+# metadata_props keys
+KEY_FORMAT = "srdeploy.format"            # "srdeploy.sr-model/1"
+KEY_SCALE = "srdeploy.scale"              # "4"
+KEY_INPUT_RANGE = "srdeploy.input_range"  # "0,1"
+KEY_OUTPUT_RANGE = "srdeploy.output_range"  # "0,1"
+KEY_CHANNEL_ORDER = "srdeploy.channel_order"  # "RGB"
+KEY_LAYOUT = "srdeploy.layout"            # "NCHW"
+KEY_RADIUS = "srdeploy.receptive_radius"  # LR pixels, e.g. "40"
+KEY_ARCH = "srdeploy.arch"                # "SRResNet"
+KEY_ARCH_KWARGS = "srdeploy.arch_kwargs"  # JSON object
+KEY_CHECKPOINT_SHA256 = "srdeploy.checkpoint_sha256"
+KEY_VERSION = "srdeploy.version"
+KEY_PRECISION = "srdeploy.precision"      # "fp32" | "fp16" (weights/compute; I/O stays float32)
+FORMAT = "srdeploy.sr-model/1"
+
+INPUT_NAME = "lr"   # float32 (N, 3, H, W), RGB in [0, 1]
+OUTPUT_NAME = "sr"  # float32 (N, 3, scale*H, scale*W), RGB in [0, 1]
+
+REQUIRED_KEYS = (KEY_FORMAT, KEY_SCALE, KEY_INPUT_RANGE, KEY_OUTPUT_RANGE, KEY_CHANNEL_ORDER,
+                 KEY_LAYOUT, KEY_RADIUS)
+
+
+class MetadataError(ValueError):
+    """A model file lacks (or has malformed) srdeploy metadata."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a runtime needs to know about an SR model, parsed from its metadata."""
+
+    scale: int
+    receptive_radius: int
+    input_range: tuple[float, float] = (0.0, 1.0)
+    output_range: tuple[float, float] = (0.0, 1.0)
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+    arch: str = ""
+    arch_kwargs: dict = field(default_factory=dict)
+    checkpoint_sha256: str = ""
+    version: str = ""
+    precision: str = "fp32"
+
+    def to_props(self) -> dict[str, str]:
+        """As ONNX ``metadata_props`` (string values)."""
+        return {
+            KEY_FORMAT: FORMAT,
+            KEY_SCALE: str(self.scale),
+            KEY_INPUT_RANGE: f"{self.input_range[0]:g},{self.input_range[1]:g}",
+            KEY_OUTPUT_RANGE: f"{self.output_range[0]:g},{self.output_range[1]:g}",
+            KEY_CHANNEL_ORDER: self.channel_order,
+            KEY_LAYOUT: self.layout,
+            KEY_RADIUS: str(self.receptive_radius),
+            KEY_ARCH: self.arch,
+            KEY_ARCH_KWARGS: json.dumps(self.arch_kwargs, sort_keys=True),
+            KEY_CHECKPOINT_SHA256: self.checkpoint_sha256,
+            KEY_VERSION: self.version,
+            KEY_PRECISION: self.precision,
+        }
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str = "model") -> "ModelInfo":
+        """Parse ``metadata_props``; a missing or malformed key raises MetadataError saying how to fix it."""
+        missing = [k for k in REQUIRED_KEYS if k not in props]
+        if missing:
+            raise MetadataError(
+                f"{source}: not an srdeploy model: metadata_props lack {', '.join(missing)}. Export it with "
+                "`srdeploy export CHECKPOINT -o model.onnx`, or add the keys to an existing ONNX file with "
+                "srdeploy.export.onnx_export.add_metadata(path, ModelInfo(scale=..., receptive_radius=...)).")
+        if props[KEY_FORMAT] != FORMAT:
+            raise MetadataError(f"{source}: metadata format {props[KEY_FORMAT]!r} is not {FORMAT!r}; re-export it")
+        try:
+            def rng(v: str) -> tuple[float, float]:
+                lo, hi = (float(x) for x in v.split(","))
+                return lo, hi
+
+            return cls(
+                scale=int(props[KEY_SCALE]),
+                receptive_radius=int(props[KEY_RADIUS]),
+                input_range=rng(props[KEY_INPUT_RANGE]),
+                output_range=rng(props[KEY_OUTPUT_RANGE]),
+                channel_order=props[KEY_CHANNEL_ORDER],
+                layout=props[KEY_LAYOUT],
+                arch=props.get(KEY_ARCH, ""),
+                arch_kwargs=json.loads(props.get(KEY_ARCH_KWARGS) or "{}"),
+                checkpoint_sha256=props.get(KEY_CHECKPOINT_SHA256, ""),
+                version=props.get(KEY_VERSION, ""),
+                precision=props.get(KEY_PRECISION, "fp32"),
+            )
+        except (ValueError, TypeError) as exc:
+            raise MetadataError(f"{source}: malformed srdeploy metadata ({exc}); re-export the model") from exc

@@ -1,0 +1,67 @@
+"""``srdeploy eval`` and ``srdeploy train``: argparse parsers only; implementations load on use."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="PSNR/SSIM (Y, crop=scale) of a checkpoint or bicubic on image folders",
+        description="Evaluate a checkpoint, or the bicubic baseline, on folders of HR images "
+                    "(LR made by MATLAB-style bicubic downscaling). Prints a table per folder.")
+    p.add_argument("paths", nargs="+", metavar="CHECKPOINT|FOLDER",
+                   help="a checkpoint (.pt) followed by folders of HR images (e.g. benchmark/Set5); "
+                        "with --bicubic, folders only")
+    p.add_argument("--bicubic", action="store_true", help="evaluate bicubic upscaling instead of a checkpoint")
+    p.add_argument("--scale", type=int, default=None, help="scale (default: the checkpoint's; 4 for --bicubic)")
+    p.add_argument("--device", default="auto", help="torch device for a checkpoint (auto, cpu, cuda)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights even when EMA weights exist")
+    p.add_argument("--json", metavar="FILE", help="also write the results per set as JSON")
+    p.set_defaults(func=_run_eval)
+
+    from .train_cli import register_train  # argparse only, no torch
+
+    register_train(sub)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from .evaluate import bicubic_upscale, evaluate, format_table
+
+    # One positional list: "CHECKPOINT FOLDER..." or, with --bicubic, "FOLDER...".
+    from pathlib import Path
+
+    if args.bicubic:
+        folders = list(args.paths)
+        if any(Path(f).is_file() for f in folders):
+            raise ValueError("eval: --bicubic takes folders only; drop the checkpoint or drop --bicubic")
+    else:
+        if len(args.paths) < 2 or Path(args.paths[0]).is_dir():
+            raise ValueError("eval: give a checkpoint then at least one folder "
+                             "(srdeploy eval CHECKPOINT FOLDER...), or --bicubic FOLDER...")
+        args.checkpoint, folders = args.paths[0], list(args.paths[1:])
+    if args.bicubic:
+        scale = args.scale or 4
+        title = f"bicubic x{scale}"
+        upscale = lambda lr: bicubic_upscale(lr, scale)  # noqa: E731
+    else:
+        from .checkpoint import load_checkpoint, model_from_checkpoint
+        from .evaluate import model_upscale
+        from .trainer import resolve_device
+
+        ckpt = load_checkpoint(args.checkpoint)
+        scale = int(ckpt["kwargs"].get("scale", 4))
+        if args.scale and args.scale != scale:
+            raise ValueError(f"eval: --scale {args.scale} does not match the checkpoint's scale {scale}")
+        device = resolve_device(args.device)
+        model = model_from_checkpoint(ckpt, use_ema=not args.no_ema).to(device)
+        title = f"{args.checkpoint} ({ckpt['arch']} x{scale}, step {ckpt.get('step', '?')})"
+        upscale = lambda lr: model_upscale(model, lr, device)  # noqa: E731
+    results = evaluate(upscale, folders, scale=scale, progress=sys.stderr.isatty())
+    print(format_table(results, title))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"title": title, "scale": scale,
+                                               "sets": [r.as_dict() for r in results]}, indent=2) + "\n")
+    return 0

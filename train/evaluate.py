@@ -1,0 +1,86 @@
+"""Evaluation by PSNR / SSIM (Y channel, border crop = scale) on benchmark folders."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, asdict
+
+import numpy as np
+
+from .data import EvalSet, imresize, to_chw_float, to_hwc_uint8
+from .metrics import psnr, ssim
+
+
+@dataclass
+class SetResult:
+    """Mean metrics of one image folder."""
+
+    name: str
+    psnr: float
+    ssim: float
+    images: int
+    per_image: dict
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
+    """The bicubic baseline: MATLAB-style bicubic upscaling of a uint8 image."""
+    return imresize(lr, float(scale))
+
+
+def model_upscale(model, lr: np.ndarray, device="cpu") -> np.ndarray:
+    """Run a generator on one uint8 RGB image; returns the uint8 result (rounded, as saved)."""
+    import torch
+
+    x = torch.from_numpy(to_chw_float(lr))[None].to(device)
+    with torch.inference_mode():
+        y = model(x).float().clamp(0, 1)[0].cpu().numpy()
+    return to_hwc_uint8(y)
+
+
+def evaluate(upscale, folders, *, scale: int = 4, progress: bool = False) -> list[SetResult]:
+    """Evaluate an upscaling function on image folders.
+
+    Args:
+        upscale: function ``uint8 LR HxWx3 -> uint8 SR HxWx3`` (size scale*H x scale*W).
+        folders: benchmark folders of HR images; LR is made by bicubic downscaling.
+        scale: upscaling factor; also the border crop of the metrics.
+        progress: show a progress bar.
+    """
+    results = []
+    sets = [EvalSet(folder, scale=scale) for folder in ([folders] if isinstance(folders, (str, os.PathLike)) else folders)]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(len(s) for s in sets), desc="eval", unit="img", leave=False)
+    for eval_set in sets:
+        per_image = {}
+        for name, lr, hr in eval_set:
+            sr = upscale(lr)
+            if sr.shape != hr.shape:
+                raise ValueError(f"evaluate: {eval_set.folder}/{name}: output {sr.shape} != ground truth {hr.shape}")
+            per_image[name] = {"psnr": psnr(sr, hr, crop=scale), "ssim": ssim(sr, hr, crop=scale)}
+            if bar is not None:
+                bar.update(1)
+        results.append(SetResult(
+            name=eval_set.name,
+            psnr=float(np.mean([v["psnr"] for v in per_image.values()])),
+            ssim=float(np.mean([v["ssim"] for v in per_image.values()])),
+            images=len(per_image),
+            per_image=per_image,
+        ))
+    if bar is not None:
+        bar.close()
+    return results
+
+
+def format_table(results: list[SetResult], title: str = "") -> str:
+    """A plain-text table: set, PSNR, SSIM, images."""
+    lines = [title] if title else []
+    lines.append(f"{'set':<16}{'PSNR (dB)':>10}{'SSIM':>9}{'images':>8}")
+    for r in results:
+        lines.append(f"{r.name:<16}{r.psnr:>10.2f}{r.ssim:>9.4f}{r.images:>8d}")
+    return "\n".join(lines)
