@@ -1,4 +1,7 @@
-"""``srdeploy upscale``, ``video``, ``bench`` parsers (filled in by the runtime issues)."""
+"""Runtime subcommands: ``upscale`` (cli_upscale), ``video`` and ``bench`` (cli_bench).
+
+Parsers only: no onnxruntime, OpenCV or torch import until a command runs.
+"""
 
 from __future__ import annotations
 
@@ -6,4 +9,8 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    pass
+    from .cli_upscale import register as register_upscale
+    from .cli_bench import register as register_bench
+
+    register_upscale(sub)
+    register_bench(sub)

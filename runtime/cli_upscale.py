@@ -1,0 +1,9 @@
+"""Subcommand parsers (to be filled in)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    pass
