@@ -175,6 +175,26 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+# VGG19 ("configuration E"): conv3x3 channels per block, "M" = 2x2 max-pool.
+_VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512, "M")
+
+
+def _vgg19_features(length: int) -> nn.Sequential:
+    """The first ``length`` modules of VGG19's ``features``, indexed as torchvision's (so its
+    state dict loads), built directly: torchvision's vgg19() would also allocate and initialise
+    the 120 M-parameter classifier we never use."""
+    layers: list[nn.Module] = []
+    c_in = 3
+    for v in _VGG19_CFG:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(c_in, v, 3, padding=1), nn.ReLU(inplace=True)]
+            c_in = v
+    return nn.Sequential(*layers[:length])
+
+
 def _load_vgg19_weights(vgg: nn.Module, weights: str | os.PathLike | None) -> None:
     if weights == "random":
         return
@@ -221,14 +241,11 @@ class VGGFeatures(nn.Module):
 
     def __init__(self, *, layer: str = "relu5_4", weights: str | os.PathLike | None = None):
         super().__init__()
-        from torchvision.models import vgg19
-
         layer = PHI_ALIASES.get(layer, layer)
         if layer not in VGG19_LAYERS:
             raise ValueError(f"VGGFeatures: unknown layer {layer!r}; choose from {sorted(VGG19_LAYERS)}")
         self.layer = layer
-        full = vgg19(weights=None).features
-        self.features = full[: VGG19_LAYERS[layer] + 1]
+        self.features = _vgg19_features(VGG19_LAYERS[layer] + 1)
         _load_vgg19_weights(self.features, weights)
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)

@@ -34,7 +34,8 @@ def library_versions() -> dict[str, str]:
     """Versions recorded in checkpoints and reports."""
     import numpy
 
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
+    # str(): torch.__version__ is a TorchVersion object, which weights_only loading rejects.
+    versions = {"python": platform.python_version(), "torch": str(torch.__version__), "numpy": str(numpy.__version__)}
     try:
         from importlib.metadata import version
 
@@ -96,7 +97,10 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint file does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        # TorchVersion (a str subclass, no code) is allowed so checkpoints written before
+        # library_versions() stored plain strings still load.
+        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle errors, truncated zip, unsafe globals, ...
         raise ValueError(f"{path}: not a valid srdeploy checkpoint (torch.load failed: {exc})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

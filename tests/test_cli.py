@@ -1,0 +1,56 @@
+"""The srdeploy command: help, subcommand help, and eval."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+SUBCOMMANDS = ["eval", "train", "export", "verify", "build-engine", "upscale", "video", "bench"]
+
+
+def run(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "srdeploy", *args], capture_output=True, text=True, **kw)
+
+
+def test_help_lists_subcommands():
+    out = run("--help")
+    assert out.returncode == 0
+    registered = [c for c in SUBCOMMANDS if c in out.stdout]
+    assert "eval" in registered and "train" in registered
+    for cmd in registered:
+        sub = run(cmd, "--help")
+        assert sub.returncode == 0 and "usage: srdeploy" in sub.stdout, cmd
+
+
+def test_eval_bicubic_table_and_json(set5, set14, tmp_path):
+    out = run("eval", "--bicubic", str(set5), str(set14), "--json", str(tmp_path / "r.json"))
+    assert out.returncode == 0, out.stderr
+    assert "Set5" in out.stdout and "Set14" in out.stdout and "28.43" in out.stdout
+    data = json.loads((tmp_path / "r.json").read_text())
+    sets = {s["name"]: s for s in data["sets"]}
+    assert sets["Set5"]["images"] == 5 and sets["Set14"]["images"] == 14
+    assert sets["Set14"]["psnr"] == pytest.approx(26.09, abs=0.01)
+
+
+def test_eval_checkpoint(set5, tmp_path):
+    from srdeploy.train.archs import SRResNet
+    from srdeploy.train.checkpoint import save_checkpoint
+
+    kwargs = {"scale": 4, "num_blocks": 1, "channels": 8}
+    save_checkpoint(tmp_path / "m.pt", SRResNet(**kwargs), arch="SRResNet", kwargs=kwargs, step=3)
+    out = run("eval", str(tmp_path / "m.pt"), str(set5), "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    assert "step 3" in out.stdout and "Set5" in out.stdout
+
+
+def test_eval_bad_checkpoint_is_a_clear_error(set5, tmp_path):
+    (tmp_path / "bad.pt").write_text("nope")
+    out = run("eval", str(tmp_path / "bad.pt"), str(set5))
+    assert out.returncode == 1
+    assert "bad.pt: not a valid srdeploy checkpoint" in out.stderr and "Traceback" not in out.stderr
+    out = run("eval", str(set5))
+    assert out.returncode == 1 and "give a checkpoint" in out.stderr
