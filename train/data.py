@@ -26,8 +26,12 @@ def data_root() -> Path:
     env = os.environ.get(DATA_ENV)
     if env:
         return Path(env)
-    # train/data.py -> project root (editable install or checkout) -> ../shared/data
-    return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    # train/data.py -> project root (checkout or editable install) -> ../shared/data; a
+    # regular install lives in site-packages, so fall back to ../shared/data from the cwd.
+    beside_checkout = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    if beside_checkout.is_dir():
+        return beside_checkout
+    return Path.cwd().parent / "shared" / "data"
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
