@@ -1,0 +1,385 @@
+"""Reading and writing images with OpenCV, safely.
+
+* Arrays are RGB / RGBA / gray (H x W) by default, or BGR(A) with ``order="BGR"`` (OpenCV's
+  own order, which saves a full-size copy for large images). dtype uint8, uint16 or float32
+  (as the file stores it: 16-bit PNG/TIFF stay 16-bit).
+* EXIF orientation is applied (``cv2.IMREAD_UNCHANGED``, needed to keep alpha and 16-bit,
+  ignores it): the orientation tag is parsed here from JPEG APP1, PNG eXIf, WebP EXIF chunks and
+  TIFF IFD0, and the image rotated/flipped accordingly.
+* Bad files fail with a ``ValueError`` naming the file: zero-byte, not an image, truncated
+  (JPEG without its end marker after the scan data, PNG without IEND), corrupt (the decoder
+  refuses), or an absurd declared size (checked from the header *before* decoding, so a
+  decompression bomb never allocates; limit ``MAX_PIXELS``, env ``SRDEPLOY_MAX_IMAGE_PIXELS``).
+* ``write_image`` writes a temporary file beside the target and renames it, so a reader never
+  sees a partial file; it refuses formats that would silently lose alpha or bit depth.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# 200 megapixels: well above any camera, far below what would exhaust memory in decoding.
+MAX_PIXELS = int(os.environ.get("SRDEPLOY_MAX_IMAGE_PIXELS", 200_000_000))
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
+_EXT_16BIT = {".png", ".tif", ".tiff", ".ppm", ".pgm", ".pnm"}
+_EXT_ALPHA = {".png", ".tif", ".tiff", ".webp", ".bmp"}
+_EXT_FLOAT = {".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """What ``read_image`` found.
+
+    Attributes:
+        path: the file.
+        format: detected container ("png", "jpeg", "tiff", "webp", "bmp", "pnm", "gif" or "other").
+        width, height: size after EXIF orientation.
+        channels: 1 (gray), 3 (RGB) or 4 (RGBA).
+        dtype: numpy dtype name of the pixels.
+        orientation: EXIF orientation tag found (1 = none; 2..8 were applied).
+    """
+
+    path: str
+    format: str
+    width: int
+    height: int
+    channels: int
+    dtype: str
+    orientation: int = 1
+
+
+def _sniff(data: bytes) -> str:
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:2] == b"BM":
+        return "bmp"
+    if data[:1] == b"P" and data[1:2] in b"123456" and len(data) > 2:
+        return "pnm"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    return "other"
+
+
+def _jpeg_segments(data: bytes):
+    """Yield (marker, payload_start, payload_end) of JPEG header segments up to SOS."""
+    i = 2
+    n = len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2:i + 4])
+        yield marker, i + 4, i + 2 + length
+        if marker == 0xDA:  # start of scan: entropy-coded data follows
+            return
+        i += 2 + length
+
+
+def _declared_size(data: bytes, fmt: str) -> tuple[int, int] | None:
+    """(width, height) from the header, without decoding; None when unknown."""
+    try:
+        if fmt == "png":
+            return struct.unpack(">II", data[16:24])
+        if fmt == "jpeg":
+            for marker, a, _ in _jpeg_segments(data):
+                if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+                    h, w = struct.unpack(">HH", data[a + 1:a + 5])
+                    return w, h
+            return None
+        if fmt == "bmp":
+            w, h = struct.unpack("<ii", data[18:26])
+            return abs(w), abs(h)
+        if fmt == "gif":
+            return struct.unpack("<HH", data[6:10])
+        if fmt == "webp":
+            chunk = data[12:16]
+            if chunk == b"VP8X":
+                w = int.from_bytes(data[24:27], "little") + 1
+                h = int.from_bytes(data[27:30], "little") + 1
+                return w, h
+            if chunk == b"VP8L":
+                b = int.from_bytes(data[21:25], "little")
+                return (b & 0x3FFF) + 1, ((b >> 14) & 0x3FFF) + 1
+            if chunk == b"VP8 ":
+                w, h = struct.unpack("<HH", data[26:30])
+                return w & 0x3FFF, h & 0x3FFF
+            return None
+        if fmt == "tiff":
+            tags = _tiff_ifd0(data, 0)
+            if tags and 256 in tags and 257 in tags:
+                return tags[256], tags[257]
+            return None
+        if fmt == "pnm":
+            tokens = []
+            for line in data[2:4096].split(b"\n"):
+                line = line.split(b"#")[0]
+                tokens += line.split()
+                if len(tokens) >= 2:
+                    return int(tokens[0]), int(tokens[1])
+            return None
+    except (struct.error, ValueError, IndexError):
+        return None
+    return None
+
+
+def _tiff_ifd0(data: bytes, base: int) -> dict[int, int] | None:
+    """Integer tags of IFD0 of a TIFF structure starting at ``base`` (EXIF blocks are TIFF too)."""
+    bo = {b"II": "<", b"MM": ">"}.get(data[base:base + 2])
+    if bo is None:
+        return None
+    (off,) = struct.unpack(bo + "I", data[base + 4:base + 8])
+    p = base + off
+    (count,) = struct.unpack(bo + "H", data[p:p + 2])
+    tags: dict[int, int] = {}
+    for k in range(min(count, 1000)):
+        e = p + 2 + 12 * k
+        tag, typ, cnt = struct.unpack(bo + "HHI", data[e:e + 8])
+        if cnt != 1:
+            continue
+        if typ == 3:  # SHORT
+            (tags[tag],) = struct.unpack(bo + "H", data[e + 8:e + 10])
+        elif typ == 4:  # LONG
+            (tags[tag],) = struct.unpack(bo + "I", data[e + 8:e + 12])
+    return tags
+
+
+def _exif_orientation(data: bytes, fmt: str) -> int:
+    """EXIF orientation tag (0x0112), 1 when absent or unreadable."""
+    try:
+        blob_at = None
+        if fmt == "jpeg":
+            for marker, a, b in _jpeg_segments(data):
+                if marker == 0xE1 and data[a:a + 6] == b"Exif\x00\x00":
+                    blob_at = a + 6
+                    break
+        elif fmt == "png":
+            i = 8
+            while i + 8 <= len(data):
+                (length,) = struct.unpack(">I", data[i:i + 4])
+                ctype = data[i + 4:i + 8]
+                if ctype == b"eXIf":
+                    blob_at = i + 8
+                    break
+                if ctype in (b"IDAT", b"IEND"):
+                    break
+                i += 12 + length
+        elif fmt == "webp":
+            i = 12
+            while i + 8 <= len(data):
+                ctype = data[i:i + 4]
+                (length,) = struct.unpack("<I", data[i + 4:i + 8])
+                if ctype == b"EXIF":
+                    blob_at = i + 8
+                    if data[blob_at:blob_at + 6] == b"Exif\x00\x00":
+                        blob_at += 6
+                    break
+                i += 8 + length + (length & 1)
+        elif fmt == "tiff":
+            blob_at = 0
+        if blob_at is None:
+            return 1
+        tags = _tiff_ifd0(data, blob_at) or {}
+        value = tags.get(0x0112, 1)
+        return value if 1 <= value <= 8 else 1
+    except (struct.error, IndexError):
+        return 1
+
+
+def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn stored pixels into display orientation (EXIF 2..8)."""
+    if orientation == 2:
+        return img[:, ::-1]
+    if orientation == 3:
+        return img[::-1, ::-1]
+    if orientation == 4:
+        return img[::-1]
+    if orientation == 5:  # transpose
+        return img.swapaxes(0, 1)
+    if orientation == 6:  # rotate 90 clockwise
+        return img.swapaxes(0, 1)[:, ::-1]
+    if orientation == 7:  # transverse
+        return img.swapaxes(0, 1)[::-1, ::-1]
+    if orientation == 8:  # rotate 90 counter-clockwise
+        return img.swapaxes(0, 1)[::-1]
+    return img
+
+
+def _truncated(data: bytes, fmt: str) -> bool:
+    if fmt == "jpeg":
+        sos = None
+        for marker, a, b in _jpeg_segments(data):
+            if marker == 0xDA:
+                sos = b
+        # Inside entropy-coded data 0xFF is stuffed as FF00, so the first FFD9 after the first
+        # scan is the real end-of-image marker (EXIF thumbnails sit before SOS).
+        return sos is None or data.find(b"\xff\xd9", sos) < 0
+    if fmt == "png":
+        return data.rfind(b"IEND") < 0
+    return False
+
+
+def read_image(path: str | os.PathLike, *, order: str = "RGB",
+               max_pixels: int | None = None) -> tuple[np.ndarray, ImageMeta]:
+    """Read an image file.
+
+    Args:
+        path: the file.
+        order: "RGB" (returns gray H x W, RGB or RGBA H x W x C) or "BGR" (OpenCV order).
+        max_pixels: refuse images whose declared width*height exceeds this (default
+            ``MAX_PIXELS``).
+
+    Returns:
+        (pixels, ImageMeta). Pixels are uint8, uint16 or float32 as stored, EXIF orientation
+        applied, C-contiguous.
+    """
+    import cv2
+
+    if order not in ("RGB", "BGR"):
+        raise ValueError(f"order must be 'RGB' or 'BGR', got {order!r}")
+    path = Path(path)
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, not an image")
+    data = path.read_bytes()
+    if not data:
+        raise ValueError(f"{path}: empty file (0 bytes), not an image")
+    fmt = _sniff(data)
+    size = _declared_size(data, fmt)
+    if size is not None and size[0] * size[1] > limit:
+        raise ValueError(f"{path}: declared image size {size[0]}x{size[1]} ({size[0] * size[1] / 1e6:.0f} MP) "
+                         f"exceeds the limit of {limit / 1e6:.0f} MP; if the image is genuine, raise the limit "
+                         "with SRDEPLOY_MAX_IMAGE_PIXELS")
+    if size is not None and (size[0] == 0 or size[1] == 0):
+        raise ValueError(f"{path}: declared image size {size[0]}x{size[1]} is empty; the file is corrupt")
+    if _truncated(data, fmt):
+        raise ValueError(f"{path}: truncated {fmt.upper()} file (no end-of-image marker); the file is incomplete")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        what = "not a readable image" if fmt == "other" else f"corrupt {fmt.upper()} file"
+        raise ValueError(f"{path}: {what} (OpenCV could not decode it)")
+    if img.shape[0] * img.shape[1] > limit:
+        raise ValueError(f"{path}: image size {img.shape[1]}x{img.shape[0]} exceeds the limit of "
+                         f"{limit / 1e6:.0f} MP; raise it with SRDEPLOY_MAX_IMAGE_PIXELS")
+    if img.dtype not in (np.uint8, np.uint16, np.float32):
+        raise ValueError(f"{path}: unsupported pixel type {img.dtype}; convert it to 8/16-bit")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 3 and img.shape[2] == 2:  # gray + alpha
+        img = np.dstack([img[:, :, 0]] * 3 + [img[:, :, 1]])
+    if img.ndim == 3 and img.shape[2] not in (3, 4):
+        raise ValueError(f"{path}: {img.shape[2]}-channel images are not supported (gray, RGB or RGBA only)")
+    orientation = _exif_orientation(data, fmt)
+    img = _apply_orientation(img, orientation)
+    if order == "RGB" and img.ndim == 3:
+        img = img[:, :, [2, 1, 0, 3][: img.shape[2]]]
+    img = np.ascontiguousarray(img)
+    meta = ImageMeta(path=str(path), format=fmt, width=img.shape[1], height=img.shape[0],
+                     channels=1 if img.ndim == 2 else img.shape[2], dtype=img.dtype.name,
+                     orientation=orientation)
+    return img, meta
+
+
+def check_writable(path: str | os.PathLike, *, dtype, channels: int) -> None:
+    """Raise if ``path``'s format cannot store ``dtype``/``channels`` without loss (no silent downgrade)."""
+    import cv2
+
+    path = Path(path)
+    ext = path.suffix.lower()
+    if not ext or not cv2.haveImageWriter(f"x{ext}"):
+        raise ValueError(f"{path}: OpenCV cannot write {ext or 'files without an extension'}; "
+                         f"use one of {', '.join(IMAGE_EXTS)}")
+    dtype = np.dtype(dtype)
+    if dtype == np.uint16 and ext not in _EXT_16BIT:
+        raise ValueError(f"{path}: {ext} cannot store 16-bit pixels; write .png or .tiff (or convert to 8-bit first)")
+    if dtype == np.float32 and ext not in _EXT_FLOAT:
+        raise ValueError(f"{path}: {ext} cannot store float pixels; write .tiff")
+    if channels == 4 and ext not in _EXT_ALPHA:
+        raise ValueError(f"{path}: {ext} has no alpha channel; write .png, .webp or .tiff to keep the transparency")
+
+
+def _write_params(ext: str, quality: int | None) -> list[int]:
+    import cv2
+
+    if ext in (".jpg", ".jpeg"):
+        return [cv2.IMWRITE_JPEG_QUALITY, 95 if quality is None else quality]
+    if ext == ".webp":
+        return [cv2.IMWRITE_WEBP_QUALITY, 95 if quality is None else quality]
+    return []
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_image(path: str | os.PathLike, img: np.ndarray, *, order: str = "RGB", overwrite: bool = False,
+                quality: int | None = None) -> Path:
+    """Write an image atomically (temporary file in the same folder, then rename).
+
+    Args:
+        path: destination; the format comes from its extension.
+        img: gray (H x W), RGB(A) or BGR(A) (H x W x 3|4), uint8/uint16 (float32 for TIFF).
+        order: channel order of ``img``: "RGB" or "BGR".
+        overwrite: replace an existing file; otherwise an existing file raises FileExistsError.
+        quality: JPEG/WebP quality (default 95).
+
+    Returns:
+        The written path.
+    """
+    import cv2
+
+    if order not in ("RGB", "BGR"):
+        raise ValueError(f"order must be 'RGB' or 'BGR', got {order!r}")
+    path = Path(path)
+    channels = 1 if img.ndim == 2 else img.shape[2]
+    check_writable(path, dtype=img.dtype, channels=channels)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path}: already exists; pass --overwrite (overwrite=True) to replace it")
+    if order == "RGB" and channels in (3, 4):
+        img = img[:, :, [2, 1, 0, 3][:channels]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Keep the real extension last: OpenCV picks the encoder from it.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        if not cv2.imwrite(tmp, img, _write_params(path.suffix.lower(), quality)):
+            raise OSError(f"{path}: OpenCV failed to write the image (disk full or unsupported format?)")
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            # Hard link: atomic and fails when the target appeared meanwhile (no clobbering).
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise FileExistsError(f"{path}: already exists; pass --overwrite to replace it") from None
+            except OSError:  # filesystems without hard links
+                if path.exists():
+                    raise FileExistsError(f"{path}: already exists; pass --overwrite to replace it") from None
+                os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
