@@ -1,0 +1,127 @@
+"""PyTorch Session adapter, registered as the ``srdeploy.backends:torch`` entry point.
+
+For users who have PyTorch and a GPU but no TensorRT, and the GPU path that can be measured
+where TensorRT is absent. It rebuilds the generator from a self-describing checkpoint, folds BN
+(inference-time equivalent, proven by the export tests), and reads the same contract the ONNX
+metadata carries (scale, receptive radius, ranges) from the checkpoint and architecture.
+The runtime never imports this module; ``srdeploy.runtime.open.open_session`` loads it through
+the entry point. torch is imported lazily so that merely listing entry points stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from srdeploy.runtime.metadata import ModelInfo
+from srdeploy.runtime.session import InputSpec, Session
+
+
+class TorchSession(Session):
+    """A checkpoint's generator on PyTorch (CPU or CUDA; FP16 on CUDA only).
+
+    Args:
+        path: srdeploy checkpoint (``.pt``).
+        device: "cpu", "cuda" or "cuda:N".
+        precision: "fp32" or "fp16" (CUDA only: CPU half-precision convolutions are slow or
+            unsupported, so asking for them is an error rather than a silent fp32 run).
+        threads: ``torch.set_num_threads`` for CPU inference (None = leave as is).
+        use_ema: use the checkpoint's EMA weights when present.
+        channels_last: run CUDA convolutions in channels-last memory format (faster with
+            tensor cores); default True on CUDA.
+    """
+
+    backend = "torch"
+
+    def __init__(self, path: str | os.PathLike, *, device: str = "cpu", precision: str = "fp32",
+                 threads: int | None = None, use_ema: bool = True, channels_last: bool | None = None) -> None:
+        super().__init__()
+        import torch
+
+        from srdeploy.export.fuse import fuse_bn
+        from srdeploy.export.onnx_export import sha256_file
+        from srdeploy.train.archs import receptive_radius
+        from srdeploy.train.checkpoint import load_checkpoint, model_from_checkpoint
+
+        path = Path(path)
+        if precision not in ("fp32", "fp16"):
+            raise ValueError(f"torch backend: precision must be 'fp32' or 'fp16', got {precision!r}")
+        kind, _, index = device.partition(":")
+        if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        if kind == "cuda":
+            if not torch.cuda.is_available():
+                raise RuntimeError(f"torch backend: device {device!r} requested but this PyTorch "
+                                   f"{torch.__version__} sees no CUDA GPU; use --device cpu")
+            if int(index or 0) >= torch.cuda.device_count():
+                raise RuntimeError(f"torch backend: {device!r} requested but only {torch.cuda.device_count()} "
+                                   "CUDA device(s) exist")
+        if precision == "fp16" and kind != "cuda":
+            raise ValueError("torch backend: fp16 runs on CUDA only; use --precision fp32 on the CPU")
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be >= 1, got {threads}")
+            torch.set_num_threads(threads)
+
+        ckpt = load_checkpoint(path)
+        model = model_from_checkpoint(ckpt, use_ema=use_ema)
+        radius = receptive_radius(model)
+        model = fuse_bn(model)
+        self._device = torch.device(device)
+        self._dtype = torch.float16 if precision == "fp16" else torch.float32
+        self._channels_last = kind == "cuda" if channels_last is None else channels_last
+        model = model.to(self._device, self._dtype)
+        if self._channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self._model = model
+        self._torch = torch
+
+        out_range = getattr(model, "output_range", "clamp")
+        self.info = ModelInfo(
+            scale=int(ckpt.get("scale") or ckpt["kwargs"].get("scale")),
+            receptive_radius=radius,
+            # SRResNet's "clamp" and "tanh" heads both give [0, 1]; "none" is unbounded but the
+            # training target is [0, 1], so that is the range to map from.
+            output_range=(0.0, 1.0),
+            arch=ckpt["arch"],
+            arch_kwargs=dict(ckpt["kwargs"]),
+            checkpoint_sha256=sha256_file(path),
+            version=str((ckpt.get("versions") or {}).get("srdeploy", "")),
+            precision=precision,
+        )
+        self.input_spec = InputSpec()
+        self.device = "cpu" if kind == "cpu" else f"cuda:{int(index or 0)}"
+        self.precision = precision
+        self.path = path
+        self.details = {
+            "torch_version": torch.__version__,
+            "threads": torch.get_num_threads() if kind == "cpu" else None,
+            "bn_folded": True,
+            "ema_weights": bool(use_ema and ckpt.get("ema_state_dict")),
+            "output_range_mode": out_range,
+            "channels_last": self._channels_last,
+            "model": str(path),
+        }
+        if kind == "cuda":
+            self.details["gpu"] = torch.cuda.get_device_name(self._device)
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            t = torch.from_numpy(x).to(self._device, self._dtype, non_blocking=True)
+            if self._channels_last:
+                t = t.contiguous(memory_format=torch.channels_last)
+            y = self._model(t)
+            return y.float().contiguous().cpu().numpy()
+
+    def close(self) -> None:
+        self._model = None
+        super().close()
+
+
+def open_torch_session(path: str | os.PathLike, *, device: str = "cpu", precision: str = "fp32",
+                       **kwargs) -> TorchSession:
+    """Entry point ``srdeploy.backends:torch``: open a checkpoint as a Session (see TorchSession)."""
+    return TorchSession(path, device=device, precision=precision, **kwargs)
