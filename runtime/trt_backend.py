@@ -1,0 +1,306 @@
+"""Native TensorRT adapter (TensorRT 10 Python API + cuda-python), imported lazily.
+
+An engine (``model.engine``) is a plain TensorRT plan; beside it ``srdeploy build-engine``
+writes a JSON sidecar (``model.engine.json``; ``model.json`` is also accepted) recording the
+TensorRT version, GPU name and compute capability, precision, optimisation profiles and the
+model's srdeploy metadata (scale, receptive radius, ranges). Engines are specific to a TensorRT
+version and a GPU, so a sidecar that disagrees with the running TensorRT or GPU is refused with
+a message telling the user to rebuild the engine (``check_sidecar``, pure Python, tested on CPU).
+
+Per call the input shape is set within the chosen profile (``input_spec`` comes from the
+profile's min/max, so the tiler keeps tiles inside it); device and pinned host buffers grow on
+demand and are reused; copies and execution are queued on one CUDA stream. Every CUDA runtime
+call's error code and every TensorRT boolean result is checked.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .metadata import INPUT_NAME, OUTPUT_NAME, MetadataError, ModelInfo
+from .session import InputSpec, Session
+
+REBUILD = "rebuild the engine on this machine with `srdeploy build-engine MODEL.onnx -o {engine}`"
+
+
+def sidecar_path(engine: str | os.PathLike) -> Path:
+    """The JSON beside an engine: ``<engine>.json`` (preferred) or ``<engine stem>.json``."""
+    engine = Path(engine)
+    first = engine.with_name(engine.name + ".json")
+    second = engine.with_suffix(".json")
+    return first if first.is_file() or not second.is_file() else second
+
+
+def _get(meta: dict, *keys: str):
+    """First present key, also looking one level down in ``meta["gpu"]`` / ``meta["build"]``."""
+    for key in keys:
+        if key in meta:
+            return meta[key]
+        for sub in ("gpu", "build", "device"):
+            if isinstance(meta.get(sub), dict) and key in meta[sub]:
+                return meta[sub][key]
+    return None
+
+
+def _cc_str(cc) -> str:
+    if isinstance(cc, (list, tuple)):
+        return ".".join(str(int(v)) for v in cc)
+    return str(cc)
+
+
+def check_sidecar(meta: dict, engine: str | os.PathLike, *, trt_version: str, gpu_name: str,
+                  compute_capability: str, precision: str | None = None) -> ModelInfo:
+    """Validate an engine's sidecar against this machine; returns the model's ModelInfo.
+
+    Args:
+        meta: the parsed JSON sidecar.
+        engine: engine path (for messages).
+        trt_version: running TensorRT version (``tensorrt.__version__``).
+        gpu_name: the CUDA device's name.
+        compute_capability: the device's "major.minor".
+        precision: requested precision (None = accept what the engine was built with).
+
+    Raises:
+        RuntimeError: TensorRT version or GPU mismatch (rebuild the engine).
+        ValueError: malformed sidecar, precision mismatch; MetadataError: no srdeploy metadata.
+    """
+    rebuild = REBUILD.format(engine=engine)
+    built_trt = _get(meta, "tensorrt_version", "trt_version")
+    if not built_trt:
+        raise ValueError(f"{engine}: engine sidecar lacks 'tensorrt_version'; {rebuild}")
+    if str(built_trt) != str(trt_version):
+        same_major = str(built_trt).split(".")[0] == str(trt_version).split(".")[0]
+        if not (meta.get("version_compatible") and same_major):
+            raise RuntimeError(f"{engine}: built with TensorRT {built_trt}, this is TensorRT {trt_version}; "
+                               f"engines only load on the TensorRT version that built them: {rebuild}")
+    built_cc = _get(meta, "compute_capability", "gpu_compute_capability")
+    built_name = _get(meta, "gpu_name", "name")
+    if isinstance(meta.get("gpu"), str):
+        built_name = meta["gpu"]
+    if built_cc is None or built_name is None:
+        raise ValueError(f"{engine}: engine sidecar lacks the GPU name / compute capability; {rebuild}")
+    hw_compat = str(meta.get("hardware_compatibility", "none")).lower() not in ("none", "false", "0", "")
+    if not hw_compat:
+        if _cc_str(built_cc) != _cc_str(compute_capability) or str(built_name) != str(gpu_name):
+            raise RuntimeError(f"{engine}: built for {built_name} (compute capability {_cc_str(built_cc)}), "
+                               f"this GPU is {gpu_name} ({_cc_str(compute_capability)}); engines are specific "
+                               f"to the GPU that built them: {rebuild}")
+    built_prec = _get(meta, "precision")
+    if isinstance(built_prec, (list, tuple)):  # e.g. ["fp16", "fp32"] when layers were pinned to fp32
+        built_prec = "fp16" if "fp16" in built_prec else (built_prec[0] if built_prec else None)
+    if precision is not None and built_prec is not None and precision != str(built_prec).lower():
+        raise ValueError(f"{engine}: precision {precision!r} requested but the engine was built for {built_prec}; "
+                         "build one with that precision (srdeploy build-engine --fp16 for fp16)")
+    props = meta.get("metadata") or meta.get("model_metadata") or meta.get("srdeploy_metadata")
+    if not isinstance(props, dict):
+        raise MetadataError(f"{engine}: engine sidecar has no srdeploy model metadata ('metadata'); rebuild the "
+                            "engine from an srdeploy ONNX model with `srdeploy build-engine`")
+    info = ModelInfo.from_props({k: str(v) for k, v in props.items()}, source=str(engine))
+    if built_prec is not None:
+        info = ModelInfo(**{**info.__dict__, "precision": str(built_prec).lower()})
+    return info
+
+
+def _import():
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise ModuleNotFoundError("TensorRT is not installed: pip install 'srdeploy[gpu]' (tensorrt>=10) on a "
+                                  "machine with an NVIDIA GPU", name="tensorrt") from exc
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        try:
+            from cuda import cudart  # older cuda-python
+        except ImportError as exc:
+            raise ModuleNotFoundError("cuda-python is not installed: pip install 'srdeploy[gpu]'",
+                                      name="cuda") from exc
+    return trt, cudart
+
+
+class _Cuda:
+    """cuda-python runtime calls with every error code checked."""
+
+    def __init__(self, cudart) -> None:
+        self.rt = cudart
+
+    def __call__(self, what: str, result):
+        err, rest = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
+        if err != self.rt.cudaError_t.cudaSuccess:
+            _, msg = self.rt.cudaGetErrorString(err)
+            text = msg.decode() if isinstance(msg, bytes) else str(msg)
+            raise RuntimeError(f"CUDA {what} failed: {getattr(err, 'name', err)}: {text}")
+        return rest[0] if len(rest) == 1 else (rest or None)
+
+
+class _Buffer:
+    """A device buffer plus a pinned host buffer of the same size, grown on demand."""
+
+    def __init__(self, cuda: _Cuda) -> None:
+        self.cuda, self.nbytes, self.device, self.host = cuda, 0, None, None
+
+    def ensure(self, nbytes: int) -> None:
+        if nbytes <= self.nbytes:
+            return
+        self.free()
+        self.device = self.cuda("cudaMalloc", self.cuda.rt.cudaMalloc(nbytes))
+        self.host = self.cuda("cudaMallocHost", self.cuda.rt.cudaMallocHost(nbytes))
+        self.nbytes = nbytes
+
+    def host_array(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        count = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        raw = (ctypes.c_byte * count).from_address(int(self.host))
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+    def free(self) -> None:
+        if self.device is not None:
+            self.cuda("cudaFree", self.cuda.rt.cudaFree(self.device))
+            self.device = None
+        if self.host is not None:
+            self.cuda("cudaFreeHost", self.cuda.rt.cudaFreeHost(self.host))
+            self.host = None
+        self.nbytes = 0
+
+
+class TrtSession(Session):
+    """A serialized TensorRT engine with its JSON sidecar.
+
+    Args:
+        path: the engine (``.engine``/``.plan``).
+        device: "cuda" or "cuda:N".
+        precision: None = as built; otherwise must equal the engine's built precision.
+        profile: optimisation profile index to run with.
+        check_gpu: verify the sidecar's TensorRT version and GPU against this machine (keep True;
+            False only for engines deliberately built version/hardware compatible).
+    """
+
+    backend = "tensorrt"
+
+    def __init__(self, path: str | os.PathLike, *, device: str = "cuda:0", precision: str | None = None,
+                 profile: int = 0, check_gpu: bool = True) -> None:
+        super().__init__()
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: engine file does not exist")
+        kind, _, index = device.partition(":")
+        if kind != "cuda" or (index and not index.isdigit()):
+            raise ValueError(f"tensorrt backend runs on 'cuda' or 'cuda:N', not {device!r}")
+        dev = int(index or 0)
+        side = sidecar_path(path)
+        if not side.is_file():
+            raise FileNotFoundError(f"{path}: its JSON sidecar ({path.name}.json) is missing; it records the "
+                                    "TensorRT version, GPU and model metadata the runtime needs: "
+                                    + REBUILD.format(engine=path))
+        try:
+            meta = json.loads(side.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{side}: unreadable engine sidecar ({exc}); " + REBUILD.format(engine=path)) from exc
+
+        trt, cudart = _import()
+        self._trt = trt
+        cuda = self._cuda = _Cuda(cudart)
+        self._stream = None
+        self._context = None
+        self._bufs: list[_Buffer] = []
+        count = cuda("cudaGetDeviceCount", cudart.cudaGetDeviceCount())
+        if dev >= count:
+            raise RuntimeError(f"{path}: device cuda:{dev} requested but {count} CUDA device(s) exist")
+        cuda("cudaSetDevice", cudart.cudaSetDevice(dev))
+        prop = cuda("cudaGetDeviceProperties", cudart.cudaGetDeviceProperties(dev))
+        gpu_name = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
+        cc = f"{prop.major}.{prop.minor}"
+        if not check_gpu:  # caller vouches for a version/hardware-compatible engine
+            meta = {**meta, "hardware_compatibility": "ampere+", "version_compatible": True}
+        self.info = check_sidecar(meta, path, trt_version=trt.__version__, gpu_name=gpu_name,
+                                  compute_capability=cc, precision=precision)
+        if "engine_sha256" in meta:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest != meta["engine_sha256"]:
+                raise ValueError(f"{side}: describes a different engine (sha256 mismatch); "
+                                 + REBUILD.format(engine=path))
+
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(self._logger)
+        if runtime is None:
+            raise RuntimeError("TensorRT: could not create a runtime (see the TensorRT log above)")
+        self._runtime = runtime
+        engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
+            raise RuntimeError(f"{path}: TensorRT could not deserialize the engine (see its log above); "
+                               + REBUILD.format(engine=path))
+        self._engine = engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        if sorted(names) != sorted([INPUT_NAME, OUTPUT_NAME]) or \
+                engine.get_tensor_mode(INPUT_NAME) != trt.TensorIOMode.INPUT:
+            raise ValueError(f"{path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, engine has {names}")
+        self._in_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(INPUT_NAME)))
+        self._out_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(OUTPUT_NAME)))
+        nprof = engine.num_optimization_profiles
+        if not 0 <= profile < nprof:
+            raise ValueError(f"{path}: profile {profile} requested, the engine has {nprof} (0..{nprof - 1})")
+        mn, opt, mx = (tuple(int(v) for v in s) for s in engine.get_tensor_profile_shape(INPUT_NAME, profile))
+        self.input_spec = InputSpec(channels=mn[1], batch=(mn[0], mx[0]), height=(mn[2], mx[2]),
+                                    width=(mn[3], mx[3]), opt=opt)
+        context = engine.create_execution_context()
+        if context is None:
+            raise RuntimeError(f"{path}: TensorRT could not create an execution context (GPU out of memory?)")
+        self._context = context
+        self._stream = cuda("cudaStreamCreate", cudart.cudaStreamCreate())
+        if profile != 0 and not context.set_optimization_profile_async(profile, int(self._stream)):
+            raise RuntimeError(f"{path}: TensorRT refused optimisation profile {profile}")
+        self._bufs = [_Buffer(cuda), _Buffer(cuda)]
+        self.device = f"cuda:{dev}"
+        self.precision = self.info.precision
+        self.path = path
+        self.details = {"tensorrt_version": trt.__version__, "gpu": gpu_name, "compute_capability": cc,
+                        "profile": profile, "profiles": nprof, "profile_shapes": {"min": mn, "opt": opt, "max": mx},
+                        "io_dtypes": [self._in_dtype.name, self._out_dtype.name], "sidecar": str(side),
+                        "model": str(path)}
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        trt, cuda, rt, ctx = self._trt, self._cuda, self._cuda.rt, self._context
+        if not ctx.set_input_shape(INPUT_NAME, tuple(x.shape)):
+            raise RuntimeError(f"TensorRT refused input shape {x.shape} (profile {self.input_spec})")
+        out_shape = tuple(int(v) for v in ctx.get_tensor_shape(OUTPUT_NAME))
+        if any(v < 0 for v in out_shape):
+            raise RuntimeError(f"TensorRT could not infer the output shape for input {x.shape}")
+        bin_, bout = self._bufs
+        in_bytes = x.size * self._in_dtype.itemsize
+        out_bytes = int(np.prod(out_shape)) * self._out_dtype.itemsize
+        bin_.ensure(in_bytes)
+        bout.ensure(out_bytes)
+        host_in = bin_.host_array(x.shape, self._in_dtype)
+        np.copyto(host_in, x, casting="same_kind" if self._in_dtype == x.dtype else "unsafe")
+        stream = self._stream
+        cuda("cudaMemcpyAsync(H2D)", rt.cudaMemcpyAsync(bin_.device, bin_.host, in_bytes,
+                                                         rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream))
+        if not ctx.set_tensor_address(INPUT_NAME, int(bin_.device)):
+            raise RuntimeError("TensorRT refused the input buffer address")
+        if not ctx.set_tensor_address(OUTPUT_NAME, int(bout.device)):
+            raise RuntimeError("TensorRT refused the output buffer address")
+        if not ctx.execute_async_v3(int(stream)):
+            raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
+        cuda("cudaMemcpyAsync(D2H)", rt.cudaMemcpyAsync(bout.host, bout.device, out_bytes,
+                                                         rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream))
+        cuda("cudaStreamSynchronize", rt.cudaStreamSynchronize(stream))
+        return bout.host_array(out_shape, self._out_dtype).astype(np.float32)  # copy out of pinned memory
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            for b in self._bufs:
+                b.free()
+            if self._stream is not None:
+                self._cuda("cudaStreamDestroy", self._cuda.rt.cudaStreamDestroy(self._stream))
+                self._stream = None
+        finally:
+            self._context = None
+            self._engine = None
+            super().close()
