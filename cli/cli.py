@@ -15,7 +15,7 @@ import sys
 from srdeploy import __version__
 
 # Order here is the order in `srdeploy --help`.
-_COMMAND_MODULES = ("srdeploy.train.cli", "srdeploy.export.cli", "srdeploy.runtime.cli")
+_COMMAND_MODULES = ("srdeploy.demo", "srdeploy.train.cli", "srdeploy.export.cli", "srdeploy.runtime.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
