@@ -19,6 +19,7 @@ DYNAMIC_AXES = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
 
 
 def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -26,13 +27,22 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def _umask_mode(path: str) -> None:
+    # mkstemp creates 0600 files; give the final file the permissions a plain open() would.
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def _atomic_save_onnx(model_proto, path: Path) -> None:
+    """Save an ONNX model to a temporary file beside ``path``, then rename it over ``path``."""
     import onnx
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        _umask_mode(tmp)
         onnx.save(model_proto, tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -46,21 +56,30 @@ def export_onnx(model, path: str | os.PathLike, *, opset: int = OPSET, sample_si
 
     Input ``lr``: float32 (batch, 3, height, width); output ``sr``: float32
     (batch, 3, out_height, out_width). Uses the TorchScript-based exporter (``dynamo=False``):
-    it gives a single self-contained file with plain Conv/PRelu/DepthToSpace nodes.
+    it gives a single self-contained file with plain Conv/PRelu/DepthToSpace nodes, and names
+    each node after the module it comes from ("/body/body.0/conv1/Conv"), which the FP16
+    analysis relies on (``fp16.check_node_mapping`` proves it per export).
+
+    Args:
+        model: the generator; it is put in eval mode.
+        path: destination; written atomically (temporary file, then rename).
+        opset: ONNX opset (default ``OPSET``).
+        sample_size: (H, W) of the tracing input; any size works since N, H, W are dynamic.
     """
     import torch
 
     path = Path(path)
     model = model.eval()
     sample = torch.rand(1, 3, *sample_size)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if path.parent.exists() else None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        _umask_mode(tmp)
         with torch.no_grad():
             torch.onnx.export(model, (sample,), tmp, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes=DYNAMIC_AXES, opset_version=opset, do_constant_folding=True,
                               dynamo=False)
-        path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -69,13 +88,19 @@ def export_onnx(model, path: str | os.PathLike, *, opset: int = OPSET, sample_si
     return path
 
 
-def add_metadata(path: str | os.PathLike, info: ModelInfo) -> None:
-    """Write ``info`` into the ONNX file's metadata_props (replacing srdeploy keys), atomically."""
+def add_metadata(path: str | os.PathLike, info: ModelInfo, extra: dict[str, str] | None = None) -> None:
+    """Write ``info`` into the ONNX file's metadata_props (replacing srdeploy keys), atomically.
+
+    Args:
+        path: the ONNX file (rewritten in place, atomically).
+        info: the model contract (see ``srdeploy.runtime.metadata``).
+        extra: further string key/values (e.g. ``srdeploy.weights``, ``srdeploy.fp16_analysis``).
+    """
     import onnx
 
     path = Path(path)
     model = onnx.load(str(path))
-    props = info.to_props()
+    props = {**info.to_props(), **(extra or {})}
     kept = [p for p in model.metadata_props if p.key not in props]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
@@ -85,21 +110,71 @@ def add_metadata(path: str | os.PathLike, info: ModelInfo) -> None:
     _atomic_save_onnx(model, path)
 
 
+def read_props(path: str | os.PathLike) -> dict[str, str]:
+    """All metadata_props of an ONNX file as a dict (FileNotFoundError / ValueError when unreadable)."""
+    import onnx
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: ONNX file does not exist")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # DecodeError etc.
+        raise ValueError(f"{path}: not a readable ONNX file ({exc})") from exc
+    return {p.key: p.value for p in model.metadata_props}
+
+
 def read_metadata(path: str | os.PathLike) -> ModelInfo:
     """Parse the srdeploy metadata of an ONNX file (MetadataError when missing)."""
+    return ModelInfo.from_props(read_props(path), source=str(path))
+
+
+def check_onnx(path: str | os.PathLike, *, save_shapes: bool = False) -> None:
+    """onnx.checker full check + strict shape inference; input and output keep symbolic N, H, W.
+
+    Args:
+        path: the ONNX file.
+        save_shapes: also store the inferred intermediate shapes (value_info) in the file.
+    """
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
-    return ModelInfo.from_props({p.key: p.value for p in model.metadata_props}, source=str(path))
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(path)), strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ValueError(f"{path}: ONNX check failed: {exc}") from exc
+    names = ([i.name for i in model.graph.input], [o.name for o in model.graph.output])
+    if names != ([INPUT_NAME], [OUTPUT_NAME]):
+        raise ValueError(f"{path}: graph inputs/outputs are {names}, expected [{INPUT_NAME!r}] / [{OUTPUT_NAME!r}]")
+    for vi in (model.graph.input[0], model.graph.output[0]):
+        dims = vi.type.tensor_type.shape.dim
+        symbolic = [d.dim_param for d in dims]
+        if len(dims) != 4 or not (symbolic[0] and symbolic[2] and symbolic[3]):
+            raise ValueError(f"{path}: {vi.name} dims {[d.dim_param or d.dim_value for d in dims]} are not "
+                             "symbolic batch/height/width")
+    if save_shapes:
+        _atomic_save_onnx(model, Path(path))
 
 
-def check_onnx(path: str | os.PathLike) -> None:
-    """onnx.checker full check + shape inference; the input must keep symbolic N, H, W."""
+def simplify_onnx(path: str | os.PathLike) -> dict:
+    """Simplify the graph in place with onnxslim (constant folding, dead-node removal).
+
+    The user asked for it, so a missing onnxslim is an error, never a silent skip. Returns
+    node counts before and after.
+    """
     import onnx
 
-    onnx.checker.check_model(str(path), full_check=True)
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)), strict_mode=True)
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    symbolic = [d.dim_param for d in dims]
-    if not (symbolic[0] and symbolic[2] and symbolic[3]):
-        raise ValueError(f"{path}: input dims {symbolic} are not symbolic batch/height/width")
+    try:
+        import onnxslim
+    except ImportError as exc:
+        raise RuntimeError("--simplify needs onnxslim, which is not installed: pip install 'srdeploy[simplify]' "
+                           "(or drop --simplify)") from exc
+    path = Path(path)
+    before = onnx.load(str(path))
+    slim = onnxslim.slim(before)
+    if slim is None:
+        raise RuntimeError(f"{path}: onnxslim failed to simplify the model")
+    # onnxslim may drop metadata_props and the dynamic names; keep them as they were.
+    del slim.metadata_props[:]
+    slim.metadata_props.extend(before.metadata_props)
+    _atomic_save_onnx(slim, path)
+    return {"nodes_before": len(before.graph.node), "nodes_after": len(slim.graph.node)}

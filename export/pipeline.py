@@ -1,0 +1,206 @@
+"""``srdeploy export``: checkpoint -> fused model -> checked ONNX with metadata (+ FP16 variant).
+
+Small chained steps, all on temporary files beside the destination; the destination files are
+replaced only once every step has passed, so a failed export never leaves a half-written or
+unchecked model where a good one was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from srdeploy.runtime.metadata import INPUT_NAME, ModelInfo
+
+from .onnx_export import OPSET, add_metadata, check_onnx, export_onnx, read_props, sha256_file, simplify_onnx
+
+# Extra metadata keys this exporter writes beside the runtime contract (runtime/metadata.py).
+KEY_WEIGHTS = "srdeploy.weights"              # "ema" | "state_dict": which weights were exported
+KEY_OPSET = "srdeploy.opset"
+KEY_FP16_ANALYSIS = "srdeploy.fp16_analysis"  # JSON: threshold, overall max, risky modules, fp32_nodes
+FOLD_TOLERANCE = 1e-4   # export-time sanity check; the <= 1e-5 proof is in tests/test_fuse.py
+FP32_TOLERANCE = 1e-4
+FP16_TOLERANCE = 2 / 255
+
+
+def fp16_path_for(path: str | os.PathLike) -> Path:
+    """``model.onnx`` -> ``model_fp16.onnx`` (where ``--fp16`` writes the FP16 variant)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_fp16{path.suffix or '.onnx'}")
+
+
+@dataclass
+class ExportResult:
+    """What ``export_checkpoint`` wrote and measured."""
+
+    onnx_path: Path
+    info: ModelInfo
+    seconds: float
+    fold_max_abs: float
+    ort_max_abs: float
+    fp16_path: Path | None = None
+    fp16_ort_max_abs: float | None = None
+    fp16_report: object | None = None
+    simplify: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def load_generator(checkpoint: str | os.PathLike, *, use_ema: bool = True):
+    """Rebuild an SR generator from an srdeploy checkpoint (eval mode); clear errors otherwise.
+
+    Returns ``(model, ckpt_dict, weights_kind)``.
+
+    Args:
+        checkpoint: path to an srdeploy checkpoint (.pt).
+        use_ema: use the EMA weights when the checkpoint has them.
+    """
+    from srdeploy.train.archs import receptive_radius
+    from srdeploy.train.checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(ckpt, use_ema=use_ema)
+    try:
+        receptive_radius(model)
+    except TypeError as exc:
+        raise ValueError(f"{checkpoint}: architecture {ckpt['arch']!r} is not an SR generator srdeploy can "
+                         f"export ({exc})") from exc
+    weights = "ema" if use_ema and ckpt.get("ema_state_dict") else "state_dict"
+    return model, ckpt, weights
+
+
+def model_info_for(model, ckpt: dict, checkpoint: str | os.PathLike, *, precision: str = "fp32") -> ModelInfo:
+    """The metadata contract for a generator exported from ``checkpoint``."""
+    from srdeploy import __version__
+    from srdeploy.train.archs import receptive_radius
+
+    return ModelInfo(scale=int(model.scale), receptive_radius=receptive_radius(model),
+                     input_range=(0.0, 1.0), output_range=(0.0, 1.0), channel_order="RGB", layout="NCHW",
+                     arch=ckpt["arch"], arch_kwargs=dict(ckpt["kwargs"]),
+                     checkpoint_sha256=sha256_file(checkpoint), version=__version__, precision=precision)
+
+
+def _torch_run(model, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def _ort_run(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {INPUT_NAME: x})[0]
+
+
+def check_fold(model, fused, *, sizes=((1, 3, 17, 23), (2, 3, 32, 24)), seed: int = 0) -> float:
+    """Max |fused - unfused| over random inputs of ``sizes`` (both in eval mode)."""
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for shape in sizes:
+        x = rng.random(shape, dtype=np.float32)
+        worst = max(worst, float(np.abs(_torch_run(fused, x) - _torch_run(model, x)).max()))
+    return worst
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *, opset: int = OPSET,
+                      simplify: bool = False, fp16: bool = False, calib: str | os.PathLike | None = None,
+                      fp16_threshold: float | None = None, use_ema: bool = True, log=print) -> ExportResult:
+    """Export a checkpoint to a checked ONNX model with metadata (and an FP16 variant).
+
+    Steps: load -> fold BN (checked against the unfused model) -> ONNX with dynamic N/H/W ->
+    checker (full) + strict shape inference -> optional onnxslim -> metadata -> ONNX Runtime
+    self-check at an odd, non-square size. With ``fp16``: activation analysis on calibration
+    images -> FP16 ONNX with risky nodes pinned to FP32 -> the same checks at FP16 tolerance.
+
+    Args:
+        checkpoint: srdeploy checkpoint (.pt).
+        output: the FP32 ONNX path; the FP16 one is ``fp16_path_for(output)``.
+        opset: ONNX opset.
+        simplify: run onnxslim (error when it is not installed).
+        fp16: also write the FP16 variant.
+        calib: folder of calibration images for the FP16 analysis (default: Set5 LR).
+        fp16_threshold: |activation| above which layers stay FP32 (default 2**14).
+        use_ema: export the EMA weights when the checkpoint has them.
+        log: progress printer (``print`` by default; pass ``lambda *a: None`` for quiet).
+    """
+    from .fp16 import DEFAULT_THRESHOLD, analyse_activations, calibration_inputs, nodes_to_pin, to_fp16_onnx
+    from .fuse import fuse_bn
+
+    t0 = time.perf_counter()
+    output = Path(output)
+    if output.suffix.lower() != ".onnx":
+        raise ValueError(f"{output}: the output must be an .onnx file")
+    model, ckpt, weights = load_generator(checkpoint, use_ema=use_ema)
+    fused = fuse_bn(model)
+    fold_err = check_fold(model, fused)
+    if fold_err > FOLD_TOLERANCE:
+        raise RuntimeError(f"BatchNorm folding changed the output by {fold_err:.3g} (> {FOLD_TOLERANCE}); "
+                           "not exporting. Report this with the checkpoint.")
+    log(f"folded BatchNorm: max |fused - unfused| = {fold_err:.3g}")
+    info = model_info_for(model, ckpt, checkpoint)
+    extra = {KEY_WEIGHTS: weights, KEY_OPSET: str(opset)}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    result = None
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmpdir:
+        tmp = Path(tmpdir) / output.name
+        export_onnx(fused, tmp, opset=opset)
+        check_onnx(tmp)
+        raw = Path(tmpdir) / "raw.onnx"
+        shutil.copyfile(tmp, raw)  # unsimplified: its node names map to modules (FP16 analysis)
+        simp = None
+        if simplify:
+            simp = simplify_onnx(tmp)
+            check_onnx(tmp)
+            log(f"simplified: {simp['nodes_before']} -> {simp['nodes_after']} nodes")
+        check_onnx(tmp, save_shapes=True)
+        add_metadata(tmp, info, extra)
+        rng = np.random.default_rng(1)
+        x = rng.random((1, 3, 17, 23), dtype=np.float32)
+        ref = _torch_run(fused, x)
+        ort_err = float(np.abs(_ort_run(tmp, x) - ref).max())
+        if not ort_err <= FP32_TOLERANCE:
+            raise RuntimeError(f"ONNX Runtime output differs from PyTorch by {ort_err:.3g} (> {FP32_TOLERANCE}) "
+                               "at 1x3x17x23; the export is wrong. Not written.")
+        log(f"ONNX Runtime vs PyTorch at 1x3x17x23: max abs {ort_err:.3g}")
+        result = ExportResult(onnx_path=output, info=info, seconds=0.0, fold_max_abs=fold_err, ort_max_abs=ort_err,
+                              simplify=simp)
+        if fp16:
+            import onnx
+
+            threshold = DEFAULT_THRESHOLD if fp16_threshold is None else float(fp16_threshold)
+            inputs, names = calibration_inputs(calib, scale=info.scale)
+            report = analyse_activations(fused, inputs, threshold=threshold, names=names)
+            raw_model = onnx.load(str(raw))
+            pins = nodes_to_pin(report, fused, raw_model)
+            fp16_model, fp32_nodes = to_fp16_onnx(raw_model, keep_fp32=pins)
+            report.fp32_nodes = fp32_nodes
+            tmp16 = Path(tmpdir) / fp16_path_for(output).name
+            onnx.save(fp16_model, str(tmp16))
+            if simplify:
+                simplify_onnx(tmp16)
+            check_onnx(tmp16, save_shapes=True)
+            info16 = model_info_for(model, ckpt, checkpoint, precision="fp16")
+            add_metadata(tmp16, info16, {**extra, KEY_FP16_ANALYSIS: json.dumps(report.summary(), sort_keys=True)})
+            err16 = float(np.abs(_ort_run(tmp16, x) - ref).max())
+            if not err16 <= FP16_TOLERANCE:
+                raise RuntimeError(f"FP16 ONNX differs from PyTorch by {err16:.3g} (> 2/255) at 1x3x17x23; "
+                                   f"largest activation {report.overall_max:.3g}. Not written.")
+            log(f"FP16 analysis on {len(inputs)} calibration inputs: largest |activation| "
+                f"{report.overall_max:.4g} (threshold {threshold:g}); kept in FP32: "
+                f"{', '.join(fp32_nodes) if fp32_nodes else 'none'}")
+            log(f"FP16 ONNX Runtime vs PyTorch at 1x3x17x23: max abs {err16:.3g}")
+            result.fp16_path = fp16_path_for(output)
+            result.fp16_ort_max_abs = err16
+            result.fp16_report = report
+            os.replace(tmp16, result.fp16_path)
+        os.replace(tmp, output)
+    result.seconds = time.perf_counter() - t0
+    return result
