@@ -1,0 +1,452 @@
+"""Throughput benchmark of a deployed SR model: model-only vs full path, side by side.
+
+What is timed (latency per batch, ``time.perf_counter``, after ``warmup`` untimed calls):
+
+- ``model_only``: ``session.infer`` on a float32 NCHW batch prepared once (the deterministic
+  input below). With ``tile`` > 0 and an input larger than the tile, the prepared float32 image
+  goes through ``tiled_infer`` instead (tile planning and stitching are then part of it).
+- ``full_path``: what a user's frame costs: uint8 RGB HWC images -> pre-processing (scale to
+  the model's input range, HWC -> CHW) -> (tiled) inference, including host/device transfers of
+  the backend -> post-processing back to uint8. This is the same code ``srdeploy video`` runs
+  per batch of frames (``upscale_frames``).
+- ``compare_torch`` (optional): PyTorch eager, FP32, BatchNorm NOT folded, on the same input,
+  alternated block by block with our session in the same run so background load hits both alike.
+- ``video`` (optional): end-to-end fps of ``upscale_video`` (decode | infer | encode pipeline)
+  against the model-only fps of the same frame size.
+
+The result is one JSON object following ``bench_schema.json`` (schema ``srdeploy.bench/1``),
+shared with the C++ tool (cpp_bench): both use the same deterministic input,
+``x.flat[i] = ((i * 37 + 11) % 256) / 255`` over (N, 3, H, W) in C order, and record
+``output_checksum`` = float64 sum of all output values of one inference on it, so the two tools
+can be checked against each other.
+
+This module imports neither torch nor anything of ours outside ``srdeploy.runtime``; the torch
+reference is passed in as a plain callable (see ``srdeploy.runtime.cli_bench``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+SCHEMA_ID = "srdeploy.bench/1"
+TOOL = "srdeploy bench"
+SCHEMA_PATH = Path(__file__).with_name("bench_schema.json")
+
+
+# --------------------------------------------------------------------------- input / checksum
+def deterministic_input(shape: tuple[int, ...]) -> np.ndarray:
+    """The benchmark input shared with the C++ tool: ``x.flat[i] = ((i*37 + 11) % 256) / 255``.
+
+    Args:
+        shape: array shape, normally (N, 3, H, W); ``i`` runs over the C-order flat index (int64).
+
+    Returns:
+        float32 array of ``shape`` with values in [0, 1] (each value is the float32 nearest to
+        k/255; computing k/255 in float32 or in float64 and rounding gives the same numbers).
+    """
+    n = int(np.prod(shape, dtype=np.int64))
+    i = np.arange(n, dtype=np.int64)
+    return (((i * 37 + 11) % 256) / 255.0).astype(np.float32).reshape(shape)
+
+
+def output_checksum(y: np.ndarray) -> float:
+    """float64 sum of all values of ``y`` (the ``output_checksum`` field)."""
+    return float(np.sum(y, dtype=np.float64))
+
+
+def deterministic_images(batch: int, height: int, width: int) -> list[np.ndarray]:
+    """uint8 RGB HWC images whose /255 is ``deterministic_input((batch, 3, height, width))``."""
+    k = np.rint(deterministic_input((batch, 3, height, width)) * 255.0).astype(np.uint8)
+    return [np.ascontiguousarray(img.transpose(1, 2, 0)) for img in k]
+
+
+# --------------------------------------------------------------------------- timing
+def time_calls(fn: Callable[[], object], *, warmup: int, iters: int) -> list[float]:
+    """Call ``fn`` ``warmup`` times untimed, then ``iters`` times; returns seconds per call."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def time_alternating(fns: dict[str, Callable[[], object]], *, warmup: int, iters: int,
+                     block: int | None = None) -> dict[str, list[float]]:
+    """Time several callables in alternating blocks (A A A B B B A A A ...), same run.
+
+    Background load on a shared machine changes over seconds; alternating blocks makes it hit
+    every contender alike, so the ratio stays meaningful even when the absolute numbers move.
+    Each block starts with one untimed call, so one runtime's idle-spinning threads or cold caches
+    left by the other do not land in the timed calls.
+
+    Args:
+        fns: name -> zero-argument callable.
+        warmup: untimed calls of each callable before the first block.
+        iters: timed calls of each callable in total.
+        block: timed calls per block (default: iters // 4, at least 1).
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    block = max(1, block or iters // 4)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    while any(len(v) < iters for v in times.values()):
+        for name, fn in fns.items():
+            todo = min(block, iters - len(times[name]))
+            if todo <= 0:
+                continue
+            fn()
+            times[name].extend(time_calls(fn, warmup=0, iters=todo))
+    return times
+
+
+def summarize(latencies_s: list[float], *, frames: int, out_pixels_per_frame: int) -> dict:
+    """A ``timing`` object of the schema from per-batch latencies in seconds.
+
+    Args:
+        latencies_s: one entry per timed batch.
+        frames: images per batch (fps = frames / median latency).
+        out_pixels_per_frame: output (super-resolved) pixels of one image, for megapixels/s.
+    """
+    ms = np.asarray(latencies_s, dtype=np.float64) * 1e3
+    median = float(np.median(ms))
+    per_s = 1e3 / median if median > 0 else 0.0
+    return {
+        "latency_ms": {"median": median, "p90": float(np.percentile(ms, 90)), "mean": float(ms.mean()),
+                       "min": float(ms.min()), "max": float(ms.max())},
+        "fps": frames * per_s,
+        "megapixels_per_s": frames * out_pixels_per_frame * per_s / 1e6,
+    }
+
+
+# --------------------------------------------------------------------------- environment
+def machine_info(device: str = "cpu") -> dict:
+    """Hostname, CPU model, logical cores, OS and (where ``nvidia-smi`` exists) the GPU name."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"hostname": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count() or 1,
+            "os": platform.platform(), "gpu": _gpu_name(device)}
+
+
+def _gpu_name(device: str) -> str | None:
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    index = device.split(":", 1)[1] if device.startswith("cuda:") else "0"
+    try:
+        out = subprocess.run([smi, f"--id={index}", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if not out:
+        return None
+    name, _, driver = out.splitlines()[0].partition(",")
+    return f"{name.strip()} (driver {driver.strip()})" if driver.strip() else name.strip()
+
+
+_DISTRIBUTIONS = ("srdeploy", "numpy", "onnxruntime", "onnxruntime-gpu", "opencv-python-headless", "opencv-python",
+                  "tensorrt", "cuda-python", "torch")
+
+
+def library_versions(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Python and the installed versions of the libraries a benchmark can involve (no imports)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for dist in _DISTRIBUTIONS:
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    cv2 = sys.modules.get("cv2")  # the build actually loaded, if any
+    if cv2 is not None:
+        out["opencv"] = str(cv2.__version__)
+    for key, value in (extra or {}).items():
+        out[key] = str(value)
+    return out
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- configuration
+def parse_size(text: str) -> tuple[int, int]:
+    """``"WxH"`` -> (width, height); a clear ValueError otherwise."""
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        w, h = (int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 128x128") from None
+    if w < 1 or h < 1:
+        raise ValueError(f"--size {text!r}: width and height must be >= 1")
+    return w, h
+
+
+@dataclass
+class BenchConfig:
+    """What ``run_bench`` measures (argparse only fills it).
+
+    Attributes:
+        model: model file (.onnx, .engine, or a checkpoint for the torch backend).
+        width, height: LR input size.
+        batch: images per inference call.
+        backend, device, precision, threads: passed to ``open_session``.
+        warmup: untimed calls before timing.
+        iters: timed calls.
+        tile: tile size (0 = whole image; None = the runtime's default).
+        tile_pad: tile margin (None = the model's receptive radius, the runtime's default).
+        full_path: also time uint8 -> uint8.
+        video: None = no video mode; "" = a synthetic video; else a video file to upscale.
+        video_frames: frames of the synthetic video.
+        compare_torch: checkpoint of the same model to time in PyTorch eager (unfused, FP32).
+    """
+
+    model: str
+    width: int
+    height: int
+    batch: int = 1
+    backend: str = "auto"
+    device: str = "cpu"
+    precision: str | None = None
+    threads: int | None = None
+    warmup: int = 3
+    iters: int = 20
+    tile: int | None = 0
+    tile_pad: int | None = None
+    full_path: bool = True
+    video: str | None = None
+    video_frames: int = 30
+    compare_torch: str | None = None
+    options: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.batch < 1:
+            raise ValueError(f"--batch must be >= 1, got {self.batch}")
+        if self.iters < 1 or self.warmup < 0:
+            raise ValueError(f"--iters must be >= 1 and --warmup >= 0, got {self.iters} and {self.warmup}")
+        if self.tile is not None and self.tile < 0:
+            raise ValueError(f"--tile must be >= 0 (0 = whole image), got {self.tile}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.threads}")
+        if self.video_frames < 1:
+            raise ValueError(f"--video-frames must be >= 1, got {self.video_frames}")
+
+
+# --------------------------------------------------------------------------- the benchmark
+TorchRunner = Callable[[np.ndarray], np.ndarray]
+
+
+def run_bench(cfg: BenchConfig, *, session=None, torch_runner: tuple[TorchRunner, dict] | None = None,
+              log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> dict:
+    """Measure and return one result object (schema ``srdeploy.bench/1``).
+
+    Args:
+        cfg: what to measure.
+        session: an already open Session (else ``open_session(cfg.model, ...)`` is opened and closed here).
+        torch_runner: (callable float32 NCHW -> float32 NCHW, info dict) for ``compare_torch``;
+            the caller builds it so this module never imports torch.
+        log: where progress lines go (stderr by default).
+    """
+    from .open import open_session
+
+    cfg.validate()
+    own = session is None
+    if own:
+        session = open_session(cfg.model, backend=cfg.backend, device=cfg.device, precision=cfg.precision,
+                               threads=cfg.threads, **cfg.options)
+    try:
+        return _run(cfg, session, torch_runner, log)
+    finally:
+        if own:
+            session.close()
+
+
+def _tiling_applies(tile: int | None, height: int, width: int) -> bool:
+    return bool(tile) and (height > tile or width > tile)
+
+
+def _run(cfg: BenchConfig, session, torch_runner, log) -> dict:
+    from .tiling import tiled_infer
+    from .upscale import Upscaler
+    from .video import upscale_frames
+
+    n, h, w = cfg.batch, cfg.height, cfg.width
+    scale = session.info.scale
+    out_px = h * scale * w * scale
+    x = deterministic_input((n, 3, h, w))
+    upscaler = Upscaler(session, tile=cfg.tile, tile_pad=cfg.tile_pad, batch=cfg.batch)
+    tile = getattr(upscaler, "tile", cfg.tile)
+    tile_pad = getattr(upscaler, "tile_pad", cfg.tile_pad)
+
+    if _tiling_applies(tile, h, w):
+        def model_only():
+            return np.stack([tiled_infer(session, img, tile=tile, tile_pad=tile_pad, batch=cfg.batch) for img in x])
+    else:
+        def model_only():
+            return session.infer(x)
+
+    # The checksum comes from the first call: one inference on the deterministic input.
+    y = model_only()
+    checksum = output_checksum(y)
+    log(f"bench: {session.backend} {session.precision} on {session.device}, input {n}x3x{h}x{w}, "
+        f"tile {tile or 'off'}; output checksum {checksum:.6f}")
+    lat = time_calls(model_only, warmup=max(0, cfg.warmup - 1), iters=cfg.iters)
+    results: dict = {"model_only": summarize(lat, frames=n, out_pixels_per_frame=out_px)}
+    log(_line("model only", results["model_only"]))
+
+    if cfg.full_path:
+        images = deterministic_images(n, h, w)
+        lat = time_calls(lambda: upscale_frames(upscaler, images), warmup=cfg.warmup, iters=cfg.iters)
+        results["full_path"] = summarize(lat, frames=n, out_pixels_per_frame=out_px)
+        log(_line("full path", results["full_path"]))
+
+    if torch_runner is not None:
+        results["compare_torch"] = _compare_torch(cfg, x, y, model_only, torch_runner, out_px, log)
+
+    if cfg.video is not None:
+        results["video"] = _video_mode(cfg, upscaler, results["model_only"], log)
+
+    details = getattr(session, "details", {}) or {}
+    # Thread counts as the adapter recorded them; absent = the backend's default (all cores).
+    threads = {key: int(details[f"{key}_threads"]) for key in ("intra_op", "inter_op")
+               if isinstance(details.get(f"{key}_threads"), int)}
+    model_path = Path(cfg.model)
+    model = {"path": str(model_path), "sha256": sha256_file(model_path) if model_path.is_file() else "",
+             "scale": int(scale)}
+    if getattr(session.info, "arch", ""):
+        model["arch"] = session.info.arch
+    input_ = {"batch": n, "channels": 3, "height": h, "width": w, "tile": int(tile or 0)}
+    if tile_pad is not None:
+        input_["tile_pad"] = int(tile_pad)
+    result = {
+        "schema": SCHEMA_ID,
+        "tool": TOOL,
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "model": model,
+        "backend": session.backend,
+        "device": session.device,
+        "precision": session.precision,
+        "providers": [str(p) for p in details.get("providers", [])],
+        "threads": threads,
+        "input": input_,
+        "warmup": cfg.warmup,
+        "iters": cfg.iters,
+        "results": results,
+        "output_checksum": checksum,
+        "machine": machine_info(session.device),
+        "versions": library_versions({k: v for k, v in (details.get("versions") or {}).items()}),
+    }
+    return result
+
+
+def _line(name: str, timing: dict) -> str:
+    lat = timing["latency_ms"]
+    return (f"  {name:<12} median {lat['median']:9.2f} ms  p90 {lat['p90']:9.2f} ms  "
+            f"{timing['fps']:8.2f} fps  {timing['megapixels_per_s']:8.3f} MP/s (output)")
+
+
+def _compare_torch(cfg, x, y_ours, model_only, torch_runner, out_px, log) -> dict:
+    fn, info = torch_runner
+    y_torch = fn(x)
+    diff = float(np.max(np.abs(y_torch.astype(np.float32) - y_ours))) if y_torch.shape == y_ours.shape else None
+    if diff is None or diff > 1e-3:
+        log(f"bench: warning: the PyTorch checkpoint's output differs from the model's "
+            f"(max abs {diff if diff is not None else 'shape ' + str(y_torch.shape)}): are they the same model?")
+    times = time_alternating({"ours": model_only, "torch": lambda: fn(x)}, warmup=cfg.warmup, iters=cfg.iters)
+    ours = summarize(times["ours"], frames=cfg.batch, out_pixels_per_frame=out_px)
+    ref = summarize(times["torch"], frames=cfg.batch, out_pixels_per_frame=out_px)
+    speedup = ours["fps"] / ref["fps"] if ref["fps"] > 0 else float("inf")
+    log(_line("ours (alt.)", ours))
+    log(_line("torch eager", ref))
+    log(f"  speed ratio ours / PyTorch eager (unfused, fp32): {speedup:.2f}x")
+    return {"checkpoint": str(cfg.compare_torch), "ours": ours, "torch": ref, "speedup": speedup,
+            "max_abs_diff": diff, **info}
+
+
+def _video_mode(cfg, upscaler, model_only: dict, log) -> dict:
+    import tempfile
+
+    from .video import upscale_video, write_test_video
+
+    with tempfile.TemporaryDirectory(prefix="srdeploy-bench-") as tmp:
+        src = cfg.video
+        if not src:
+            src = str(Path(tmp) / "synthetic.mp4")
+            write_test_video(src, width=cfg.width, height=cfg.height, frames=cfg.video_frames, fps=25.0)
+        dst = str(Path(tmp) / ("out" + (Path(src).suffix if Path(src).suffix in (".mp4", ".avi", ".mkv", ".mov")
+                                        else ".mp4")))
+        stats = upscale_video(upscaler, src, dst, batch=cfg.batch, progress=False, audio=False)
+    ratio = stats.fps / model_only["fps"] if model_only["fps"] > 0 else 0.0
+    size = (stats.source_width, stats.source_height)
+    log(f"  video        {stats.frames} frames {size[0]}x{size[1]} -> {stats.width}x{stats.height} in "
+        f"{stats.seconds:.2f} s: {stats.fps:.2f} fps end to end = {100 * ratio:.1f}% of model-only fps"
+        + ("" if size == (cfg.width, cfg.height) else
+           f" (warning: model-only was timed at {cfg.width}x{cfg.height}; pass --size {size[0]}x{size[1]})"))
+    return {"source": cfg.video or "synthetic", "frames": stats.frames, "width": size[0], "height": size[1],
+            "out_width": stats.width, "out_height": stats.height, "batch": cfg.batch,
+            "seconds": stats.seconds, "fps": stats.fps,
+            "model_only_fps": model_only["fps"], "ratio_to_model_only": ratio, "codec": stats.codec}
+
+
+def write_json(result: dict, path: str | os.PathLike) -> None:
+    """Write ``result`` to ``path`` atomically (temporary file + rename)."""
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_schema() -> dict:
+    """The shared benchmark JSON schema (``bench_schema.json``)."""
+    with open(SCHEMA_PATH, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def validate_result(result: dict) -> None:
+    """Validate against the schema with ``jsonschema`` (a ValueError listing what is wrong)."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(load_schema())
+    errors = sorted(validator.iter_errors(result), key=lambda e: list(e.path))
+    if errors:
+        raise ValueError("benchmark result does not follow bench_schema.json: " +
+                         "; ".join(f"{'/'.join(map(str, e.path)) or '<root>'}: {e.message}" for e in errors))

@@ -1,0 +1,596 @@
+"""Video super-resolution on OpenCV: decode | infer | encode, pipelined.
+
+``upscale_video`` runs three stages concurrently, joined by bounded queues (so memory stays
+flat however long the video is):
+
+    decoder thread:  VideoCapture.read (BGR uint8) -> queue
+    calling thread:  frames in batches -> model (RGB contract; tiled when a frame exceeds the tile) -> queue
+    encoder thread:  VideoWriter.write (BGR uint8)
+
+OpenCV's decode/encode and colour conversion and ONNX Runtime / TensorRT inference all release
+the GIL, so the stages overlap and end-to-end fps approaches model-only fps (``srdeploy bench
+--video`` measures the ratio). Inference stays on the calling thread so Ctrl-C
+(KeyboardInterrupt, delivered to the main thread) stops it promptly; the other threads are then
+told to stop, the partial file is deleted, and nothing is left under the output name.
+
+Output is written to a temporary name in the destination folder (same extension, so OpenCV
+picks the same container) and renamed at the end.
+
+Colour. OpenCV decodes every source to 8-bit BGR: it hands the stream's YUV to libswscale with
+swscale's default coefficients, i.e. the BT.601 matrix whatever the stream is tagged with
+(opencv/opencv#20513), limited "TV" range for yuv* pixel formats and full range for the yuvj*
+(JPEG) ones, and it drops anything above 8 bits. The model's contract
+is RGB in [0, 1] (metadata ``channel_order``): the BGR frame's channels are reordered to RGB as
+each tile/batch is converted to float for the model, and the model's RGB output is written back
+in BGR order (``Upscaler.upscale(..., order="BGR")``), which saves two full-frame copies. On encoding, OpenCV converts BGR back to the codec's pixel format (YUV 4:2:0 for
+mp4v/MJPG with the same BT.601 limited-range assumption; FFV1, PNG and HFYU stay RGB) and writes
+no colour metadata (primaries, transfer, matrix, range) and no HDR side data. So an SDR BT.601
+source comes back consistent; a BT.709 (HD) or full-range source can shift slightly in hue/level
+because the matrix used to decode and the one a player assumes for the output may differ, and
+HDR/10-bit sources are tone-clipped to 8 bits. We accept this because OpenCV exposes neither the
+matrix nor the range of its conversions; where exact colour handling matters, decode/encode
+with ffmpeg (pipe raw RGB frames) and keep the colour tags there. Rotation metadata is applied
+by OpenCV while decoding (frames come out upright), so the output carries no rotation tag.
+
+Audio and other streams: OpenCV writes video only. Where an ``ffmpeg`` executable is found, the
+source's audio streams are copied into the result (re-encoded with the container's default
+encoder if the codec does not fit the container); subtitles, data streams and metadata are not
+carried. Without ffmpeg, audio is dropped and a warning says so.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+# Default FourCC by container. The PyPI OpenCV builds ship FFmpeg without x264/x265 (licensing),
+# so H.264 ("avc1") is usually unavailable: MPEG-4 Part 2 is the widely playable choice for
+# .mp4/.mov, FFV1 (lossless) for .mkv, MJPEG for .avi.
+DEFAULT_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "FFV1", ".avi": "MJPG"}
+_MAX_FRAME_COUNT = 10 ** 9  # OpenCV reports garbage (huge or negative) counts for unindexed streams
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What OpenCV reports about a video.
+
+    Attributes:
+        path: the file.
+        width, height: frame size in pixels.
+        fps: frames per second (CAP_PROP_FPS; 0 when unknown).
+        frame_count: number of frames, or None when the container does not say (raw streams).
+        fourcc: the stream's codec tag as text ("" when unknown).
+    """
+
+    path: Path
+    width: int
+    height: int
+    fps: float
+    frame_count: int | None
+    fourcc: str
+
+
+@dataclass
+class VideoStats:
+    """What ``upscale_video`` did.
+
+    Attributes:
+        frames: frames written.
+        width, height: output frame size.
+        source_width, source_height: input frame size.
+        fps: end-to-end frames per second (first decode to last encode; remux excluded).
+        seconds: wall time of the pipeline (same span as ``fps``).
+        source_fps: frame rate of the source and the output.
+        codec: FourCC used for the output.
+        audio: "copied", "re-encoded", "none" (the source has none), "dropped" (no ffmpeg or it
+            failed; see warnings) or "disabled".
+        warnings: everything the user should know (also printed).
+    """
+
+    frames: int
+    width: int
+    height: int
+    source_width: int
+    source_height: int
+    fps: float
+    seconds: float
+    source_fps: float
+    codec: str
+    audio: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def _cv2():
+    import cv2
+
+    return cv2
+
+
+def _open_capture(path: Path):
+    cv2 = _cv2()
+    # The FFmpeg backend explicitly: CAP_ANY would read a name containing '%' as an image sequence.
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    if not cap.isOpened():
+        cap.release()
+        size = path.stat().st_size
+        what = "the file is empty (0 bytes)" if size == 0 else "it is not a video OpenCV/FFmpeg can decode (corrupt, truncated or an unsupported format)"
+        raise ValueError(f"{path}: cannot open video: {what}")
+    return cap
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """Open ``path`` with OpenCV (FFmpeg backend) and read its properties.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is empty, corrupt or not a video.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: video file does not exist")
+    cap = _open_capture(path)
+    try:
+        return _info(cap, path)
+    finally:
+        cap.release()
+
+
+def _info(cap, path: Path) -> VideoInfo:
+    cv2 = _cv2()
+    count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    code = int(cap.get(cv2.CAP_PROP_FOURCC))
+    fourcc = "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4)) if code > 0 else ""
+    return VideoInfo(path=path, width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                     height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+                     fps=float(fps) if math.isfinite(fps) and fps > 0 else 0.0,
+                     frame_count=int(count) if math.isfinite(count) and 0 < count < _MAX_FRAME_COUNT else None,
+                     fourcc=fourcc.strip("\x00"))
+
+
+def default_codec(path: str | os.PathLike) -> str:
+    """The FourCC used for an output extension when ``--codec`` is not given."""
+    ext = Path(path).suffix.lower()
+    if ext not in DEFAULT_CODECS:
+        raise ValueError(f"{path}: unknown video extension {ext!r}; use one of {', '.join(DEFAULT_CODECS)} "
+                         "or pass --codec FOURCC")
+    return DEFAULT_CODECS[ext]
+
+
+def _fourcc(codec: str) -> int:
+    if len(codec) != 4:
+        raise ValueError(f"--codec {codec!r}: a FourCC has exactly 4 characters (e.g. mp4v, MJPG, FFV1, 'png ')")
+    return _cv2().VideoWriter_fourcc(*codec)
+
+
+def _open_writer(path: Path, codec: str, fps: float, size: tuple[int, int], final: Path):
+    cv2 = _cv2()
+    writer = cv2.VideoWriter(str(path), cv2.CAP_FFMPEG, _fourcc(codec), fps, size)
+    if not writer.isOpened():
+        writer.release()
+        raise RuntimeError(f"{final}: OpenCV cannot encode FourCC {codec!r} into a {final.suffix} file with "
+                           f"this build (H.264 'avc1' is missing from the PyPI wheels); try --codec "
+                           f"{DEFAULT_CODECS.get(final.suffix.lower(), 'mp4v')} or another container "
+                           f"({', '.join(f'{k} {v}' for k, v in DEFAULT_CODECS.items())})")
+    return writer
+
+
+# --------------------------------------------------------------------------- frames -> model
+def upscale_frames(upscaler, frames: list[np.ndarray], *, order: str = "RGB") -> list[np.ndarray]:
+    """Upscale uint8 HWC frames of one size, stacked into one inference call where possible.
+
+    Frames that each fit in one tile (or ``tile`` 0) are stacked into (N, 3, H, W) batches of up
+    to ``upscaler.batch`` frames and go through ``session.infer`` directly, with exactly the
+    Upscaler's pre/post-processing arithmetic (a test checks equality with per-frame
+    ``Upscaler.upscale``). Larger frames go one by one through ``Upscaler.upscale`` (tiled), whose
+    ``batch`` then groups tiles.
+
+    Args:
+        upscaler: a ``srdeploy.runtime.upscale.Upscaler``.
+        frames: uint8 (H, W, 3) arrays, all the same size.
+        order: channel order of ``frames`` and of the results, "RGB" or "BGR" (OpenCV); the
+            model always sees its RGB contract.
+    """
+    if not frames:
+        return []
+    batched = getattr(upscaler, "upscale_batch", None)  # the runtime's own, should it grow one
+    if batched is not None and len(frames) > 1:
+        return list(batched(frames, order=order))
+    h, w = frames[0].shape[:2]
+    chunk = _stack_size(upscaler, h, w)
+    if len(frames) == 1 or chunk <= 1 or any(f.shape != frames[0].shape or f.dtype != np.uint8 or f.ndim != 3
+                                             or f.shape[2] != 3 for f in frames):
+        return [upscaler.upscale(f, order=order) for f in frames]
+    out: list[np.ndarray] = []
+    for i in range(0, len(frames), chunk):
+        out.extend(_infer_stack(upscaler.session, frames[i:i + chunk], order))
+    return out
+
+
+def _stack_size(upscaler, h: int, w: int) -> int:
+    """How many whole frames one inference call may take (1 = use the tiled per-frame path)."""
+    plan = upscaler.plan(h, w)
+    if plan.num_tiles != 1 or plan.notes or plan.window != (h, w) or plan.feather:
+        return 1
+    lo, hi = upscaler.session.input_spec.batch
+    n = upscaler.batch if hi is None else min(upscaler.batch, hi)
+    return n if n >= lo else 1
+
+
+def _infer_stack(session, frames: list[np.ndarray], order: str) -> list[np.ndarray]:
+    # Same arithmetic as Upscaler._pass for uint8 (value / 255 mapped into the input range;
+    # output range mapped back to 0..255, rounded, clipped), so results are identical.
+    info = session.info
+    rgb = [2, 1, 0] if order == "BGR" else [0, 1, 2]  # model channel k <- frame channel rgb[k]
+    in_lo, in_hi = info.input_range
+    out_lo, out_hi = info.output_range
+    x = np.stack(frames)[..., rgb].transpose(0, 3, 1, 2).astype(np.float32) * np.float32((in_hi - in_lo) / 255.0)
+    if in_lo:
+        x += np.float32(in_lo)
+    y = session.infer(x)
+    a_out = 255.0 / (out_hi - out_lo)
+    if out_lo or a_out != 1.0:
+        y = (y - np.float32(out_lo)) * np.float32(a_out)
+    y = np.clip(np.rint(y), 0, 255).astype(np.uint8)
+    y = y.transpose(0, 2, 3, 1)[..., rgb]  # rgb is its own inverse (identity or a swap)
+    return [np.ascontiguousarray(f) for f in y]
+
+
+# --------------------------------------------------------------------------- pipeline
+_END = object()
+
+
+class _Failed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
+    """Blocking put that gives up when ``stop`` is set (so no thread hangs on a full queue)."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q: queue.Queue, stop: threading.Event):
+    while True:
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set():
+                return _END
+
+
+def _temp_path(dst: Path) -> Path:
+    """A fresh name beside ``dst`` for the partial output.
+
+    Same folder (the final rename stays atomic, on one filesystem) and same extension (OpenCV and
+    ffmpeg choose the container from it); hidden and marked ``.partial`` so a leftover of a killed
+    run is recognisable. Not created here: the writer creates it with the usual permissions.
+    """
+    import secrets
+
+    return dst.with_name(f".{dst.stem}.{os.getpid()}-{secrets.token_hex(4)}.partial{dst.suffix}")
+
+
+def upscale_video(upscaler, src: str | os.PathLike, dst: str | os.PathLike, *, codec: str | None = None,
+                  batch: int = 1, overwrite: bool = False, progress: bool = True, audio: bool = True,
+                  ffmpeg: str | None = None, queue_frames: int | None = None,
+                  log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> VideoStats:
+    """Upscale every frame of ``src`` into ``dst`` at the source frame rate.
+
+    Args:
+        upscaler: a ``srdeploy.runtime.upscale.Upscaler`` (holds the session, tile and tile batch).
+        src: input video (anything OpenCV's FFmpeg backend decodes).
+        dst: output video; the container follows the extension.
+        codec: output FourCC (default by extension, see ``DEFAULT_CODECS``).
+        batch: frames per inference call (frames that fit in one tile are stacked).
+        overwrite: replace an existing ``dst``.
+        progress: show a progress bar (frames, fps, ETA) on stderr.
+        audio: copy the source's audio with ffmpeg where it exists (False: do not try).
+        ffmpeg: the ffmpeg executable (default: ``ffmpeg`` on PATH, or $SRDEPLOY_FFMPEG).
+        queue_frames: frames buffered between stages (default 2 * batch + 2).
+        log: where warnings go (stderr by default).
+
+    Returns:
+        VideoStats (frames, end-to-end fps, audio outcome, warnings).
+
+    Raises:
+        FileNotFoundError: ``src`` missing.  FileExistsError: ``dst`` exists without ``overwrite``.
+        ValueError: empty/corrupt/undecodable source, bad codec.  RuntimeError: encoder unavailable.
+        KeyboardInterrupt: re-raised after cleaning up (no file left under ``dst``).
+    """
+    cv2 = _cv2()
+    src, dst = Path(src), Path(dst)
+    if batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {batch}")
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: video file does not exist")
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise ValueError(f"{dst}: the output would overwrite the input video; choose another output name")
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst}: output exists; pass --overwrite to replace it")
+    if dst.is_dir():
+        raise IsADirectoryError(f"{dst}: output is a folder; give a video file name (e.g. out.mp4)")
+    codec = codec or default_codec(dst)
+    _fourcc(codec)  # validate the FourCC text before any work
+    dst.parent.mkdir(parents=True, exist_ok=True)
+
+    cap = _open_capture(src)
+    info = _info(cap, src)
+    warnings: list[str] = []
+
+    def warn(msg: str) -> None:
+        warnings.append(msg)
+        log(f"warning: {msg}")
+
+    try:
+        ok, first = cap.read()
+    except cv2.error as exc:
+        cap.release()
+        raise ValueError(f"{src}: cannot decode the first frame ({exc})") from exc
+    if not ok or first is None:
+        cap.release()
+        raise ValueError(f"{src}: contains no decodable video frames (empty or corrupt video)")
+    first = _to_bgr(first, src, 0)
+    h, w = first.shape[:2]
+    s = upscaler.session.info.scale
+    out_w, out_h = w * s, h * s
+    if out_w % 2 or out_h % 2:
+        cap.release()
+        raise ValueError(f"{src}: output size {out_w}x{out_h} is odd; OpenCV's FFmpeg encoder would cut a "
+                         "row/column (it needs even sizes)")
+    fps = info.fps
+    if fps <= 0 or fps > 1000:
+        warn(f"{src}: frame rate unknown ({info.fps}); writing at 25 fps")
+        fps = 25.0
+
+    tmp = _temp_path(dst)
+    writer = None
+    stop = threading.Event()
+    qsize = queue_frames or 2 * batch + 2
+    q_in: queue.Queue = queue.Queue(maxsize=qsize)
+    q_out: queue.Queue = queue.Queue(maxsize=qsize)
+    errors: list[BaseException] = []
+    state = {"written": 0}
+    bar = None
+    threads: list[threading.Thread] = []
+
+    def decoder() -> None:
+        try:
+            if not _put(q_in, first, stop):
+                return
+            index = 1
+            while not stop.is_set():
+                ok, frame = cap.read()
+                if not ok or frame is None:
+                    break
+                frame = _to_bgr(frame, src, index)
+                if frame.shape[:2] != (h, w):
+                    raise ValueError(f"{src}: frame {index} is {frame.shape[1]}x{frame.shape[0]} but the video "
+                                     f"started at {w}x{h}; resolution changes inside a video are not supported")
+                if not _put(q_in, frame, stop):
+                    return
+                index += 1
+            _put(q_in, _END, stop)
+        except BaseException as exc:  # handed to the main thread
+            _put(q_in, _Failed(exc), stop)
+
+    def encoder() -> None:
+        try:
+            while True:
+                item = _get(q_out, stop)
+                if item is _END:
+                    return
+                for frame in item:
+                    if frame.shape != (out_h, out_w, 3) or frame.dtype != np.uint8:
+                        raise RuntimeError(f"upscaler returned {frame.shape} {frame.dtype}, expected "
+                                           f"({out_h}, {out_w}, 3) uint8")
+                    writer.write(frame)
+                    state["written"] += 1
+                    if bar is not None:
+                        bar.update(1)
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+
+    t0 = time.perf_counter()
+    try:
+        writer = _open_writer(tmp, codec, fps, (out_w, out_h), dst)
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=info.frame_count, unit="frame", desc=src.name, dynamic_ncols=True, file=sys.stderr,
+                       smoothing=0.1)
+        threads = [threading.Thread(target=decoder, name="srdeploy-decode", daemon=True),
+                   threading.Thread(target=encoder, name="srdeploy-encode", daemon=True)]
+        for t in threads:
+            t.start()
+        done = False
+        while not done:
+            # Fill a batch; block for each frame (decoding is far faster than SR inference, so
+            # waiting for a full batch costs nothing and keeps one input shape for the backend).
+            frames = []
+            while len(frames) < batch:
+                try:
+                    item = q_in.get(timeout=0.1)
+                except queue.Empty:
+                    if errors:
+                        raise errors[0]
+                    continue
+                if item is _END:
+                    done = True
+                    break
+                if isinstance(item, _Failed):
+                    raise item.exc
+                frames.append(item)
+            if errors:
+                raise errors[0]
+            if frames and not _put(q_out, upscale_frames(upscaler, frames, order="BGR"), stop):
+                break
+        _put(q_out, _END, stop)
+        threads[1].join()
+        if errors:
+            raise errors[0]
+        seconds = time.perf_counter() - t0
+    except BaseException:
+        stop.set()
+        _drain(q_in)
+        _drain(q_out)
+        for t in threads:
+            t.join()
+        if writer is not None:
+            writer.release()
+        cap.release()
+        if bar is not None:
+            bar.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    for t in threads:
+        t.join()
+    writer.release()
+    cap.release()
+    if bar is not None:
+        bar.close()
+    written = state["written"]
+    try:
+        if info.frame_count is not None and written != info.frame_count:
+            warn(f"{src}: decoded {written} frames but the container declares {info.frame_count}: the file "
+                 "may be truncated or have undecodable frames (output holds the decoded ones)")
+        audio_state = "disabled"
+        if audio:
+            audio_state = _remux_audio(src, tmp, ffmpeg, warn)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return VideoStats(frames=written, width=out_w, height=out_h, source_width=w, source_height=h, fps=written / seconds if seconds > 0 else 0.0,
+                      seconds=seconds, source_fps=fps, codec=codec, audio=audio_state, warnings=warnings)
+
+
+def _drain(q: queue.Queue) -> None:
+    while True:
+        try:
+            q.get_nowait()
+        except queue.Empty:
+            return
+
+
+def _to_bgr(frame: np.ndarray, src: Path, index: int) -> np.ndarray:
+    """OpenCV's decoded frame as 8-bit 3-channel BGR (it already is, unless CONVERT_RGB is off)."""
+    cv2 = _cv2()
+    if frame.dtype != np.uint8:
+        raise ValueError(f"{src}: frame {index} decoded as {frame.dtype}; only 8-bit video is supported")
+    if frame.ndim == 2 or frame.shape[2] == 1:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    if frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    return frame
+
+
+# --------------------------------------------------------------------------- audio
+def find_ffmpeg(ffmpeg: str | None = None) -> str | None:
+    """The ffmpeg executable: ``ffmpeg`` if given, else $SRDEPLOY_FFMPEG, else ``ffmpeg`` on PATH."""
+    cand = ffmpeg or os.environ.get("SRDEPLOY_FFMPEG") or "ffmpeg"
+    return shutil.which(cand)
+
+
+_AUDIO_LINE = re.compile(r"^\s*Stream #\d+:\d+.*?: Audio:", re.MULTILINE)
+
+
+def has_audio(src: str | os.PathLike, ffmpeg: str) -> bool:
+    """Whether ffmpeg sees an audio stream in ``src`` (parsed from ``ffmpeg -i`` stream listing)."""
+    r = subprocess.run([ffmpeg, "-hide_banner", "-nostdin", "-i", str(src)], capture_output=True, text=True,
+                       errors="replace", timeout=60)
+    return bool(_AUDIO_LINE.search(r.stderr))
+
+
+def _remux_audio(src: Path, video: Path, ffmpeg: str | None, warn: Callable[[str], None]) -> str:
+    exe = find_ffmpeg(ffmpeg)
+    if exe is None:
+        if ffmpeg:
+            raise FileNotFoundError(f"--ffmpeg {ffmpeg}: no such executable")
+        warn(f"{src}: no ffmpeg executable found, so any audio in the source was dropped (OpenCV writes video "
+             "only); install ffmpeg or pass --ffmpeg PATH to keep it, or --no-audio to silence this")
+        return "dropped"
+    if not has_audio(src, exe):
+        return "none"
+    out = video.with_name(video.name.replace(".partial", ".audio"))
+    base = [exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(video), "-i", str(src),
+            "-map", "0:v:0", "-map", "1:a", "-c:v", "copy"]
+    attempts = (("copied", ["-c:a", "copy"]), ("re-encoded", []))  # [] = the container's default encoder
+    err = ""
+    try:
+        for state, codec_args in attempts:
+            r = subprocess.run(base + codec_args + [str(out)], capture_output=True, text=True, errors="replace")
+            if r.returncode == 0:
+                os.replace(out, video)
+                if state == "re-encoded":
+                    warn(f"{src}: the audio codec does not fit a {video.suffix} container; audio was re-encoded")
+                return state
+            err = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit code {r.returncode}"
+    finally:
+        out.unlink(missing_ok=True)
+    warn(f"{src}: ffmpeg could not add the audio to the {video.suffix} output ({err}); audio was dropped")
+    return "dropped"
+
+
+# --------------------------------------------------------------------------- test/bench input
+def write_test_video(path: str | os.PathLike, *, width: int, height: int, frames: int, fps: float = 25.0,
+                     codec: str | None = None) -> Path:
+    """Write a synthetic video (a moving, textured pattern) for tests and ``bench --video``.
+
+    Even sizes go through OpenCV's FFmpeg writer (codec by extension unless given). Odd sizes
+    need OpenCV's own MJPEG AVI writer (the FFmpeg writer cuts odd sizes to even): ``path`` must
+    end in .avi, and the frame rate is stored as a whole number.
+
+    Args:
+        path: output file.
+        width, height: frame size.
+        frames: number of frames.
+        fps: frame rate.
+        codec: FourCC (default by extension).
+    """
+    cv2 = _cv2()
+    path = Path(path)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    if width % 2 or height % 2:
+        if path.suffix.lower() != ".avi":
+            raise ValueError(f"{path}: odd frame sizes can only be written as MJPEG .avi by OpenCV")
+        writer = cv2.VideoWriter(str(path), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*"MJPG"), fps,
+                                 (width, height))
+    else:
+        writer = cv2.VideoWriter(str(path), cv2.CAP_FFMPEG, _fourcc(codec or default_codec(path)), fps,
+                                 (width, height))
+    if not writer.isOpened():
+        raise RuntimeError(f"{path}: OpenCV cannot write this test video")
+    try:
+        for t in range(frames):
+            r = (xx * 7 + t * 11) % 256
+            g = (yy * 5 + t * 3) % 256
+            b = 128 + 100 * np.sin((xx + yy + 3 * t) / 4.0)
+            img = np.stack([b, g, r], axis=-1)
+            # a bright square crossing the frame
+            s = max(2, min(width, height) // 4)
+            x0 = (t * 3) % max(1, width - s)
+            img[height // 3:height // 3 + s, x0:x0 + s] = 240
+            writer.write(np.clip(img, 0, 255).astype(np.uint8))
+    finally:
+        writer.release()
+    return path
