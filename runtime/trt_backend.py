@@ -26,6 +26,7 @@ import numpy as np
 from .metadata import INPUT_NAME, OUTPUT_NAME, MetadataError, ModelInfo
 from .session import InputSpec, Session
 
+SIDECAR_FORMAT = "srdeploy.trt-engine/1"  # written by srdeploy.export.engine
 REBUILD = "rebuild the engine on this machine with `srdeploy build-engine MODEL.onnx -o {engine}`"
 
 
@@ -71,6 +72,8 @@ def check_sidecar(meta: dict, engine: str | os.PathLike, *, trt_version: str, gp
         ValueError: malformed sidecar, precision mismatch; MetadataError: no srdeploy metadata.
     """
     rebuild = REBUILD.format(engine=engine)
+    if meta.get("format", SIDECAR_FORMAT) != SIDECAR_FORMAT:
+        raise ValueError(f"{engine}: sidecar format {meta.get('format')!r} is not {SIDECAR_FORMAT!r}; {rebuild}")
     built_trt = _get(meta, "tensorrt_version", "trt_version")
     if not built_trt:
         raise ValueError(f"{engine}: engine sidecar lacks 'tensorrt_version'; {rebuild}")
@@ -219,8 +222,9 @@ class TrtSession(Session):
             meta = {**meta, "hardware_compatibility": "ampere+", "version_compatible": True}
         self.info = check_sidecar(meta, path, trt_version=trt.__version__, gpu_name=gpu_name,
                                   compute_capability=cc, precision=precision)
+        plan = path.read_bytes()
         if "engine_sha256" in meta:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            digest = hashlib.sha256(plan).hexdigest()
             if digest != meta["engine_sha256"]:
                 raise ValueError(f"{side}: describes a different engine (sha256 mismatch); "
                                  + REBUILD.format(engine=path))
@@ -230,7 +234,8 @@ class TrtSession(Session):
         if runtime is None:
             raise RuntimeError("TensorRT: could not create a runtime (see the TensorRT log above)")
         self._runtime = runtime
-        engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        engine = runtime.deserialize_cuda_engine(plan)
+        del plan
         if engine is None:
             raise RuntimeError(f"{path}: TensorRT could not deserialize the engine (see its log above); "
                                + REBUILD.format(engine=path))
