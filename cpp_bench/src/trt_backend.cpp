@@ -1,0 +1,279 @@
+// TensorRT backend (TensorRT 10 C++ API: name-based I/O, setInputShape, setTensorAddress,
+// enqueueV3). Compiled only when CMake found TensorRT (SRBENCH_WITH_TENSORRT).
+//
+// An engine carries no ONNX metadata, so the srdeploy contract comes from beside it: --meta FILE
+// (a JSON sidecar or the source .onnx), else ENGINE.json, ENGINE-without-extension.json or
+// ENGINE-without-extension.onnx, whichever exists first.
+
+#include <NvInfer.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <mutex>
+#include <sstream>
+
+#include "common.h"
+
+namespace srbench {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+void cuda_check(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) {
+    throw UserError(std::string("CUDA error in ") + what + ": " + cudaGetErrorName(status) + " (" +
+                    cudaGetErrorString(status) + ")");
+  }
+}
+
+class Logger final : public nvinfer1::ILogger {
+ public:
+  void log(Severity severity, const char* msg) noexcept override {
+    if (severity <= Severity::kWARNING) {
+      std::cerr << "srbench: TensorRT: " << msg << "\n";
+      if (severity <= Severity::kERROR) {
+        std::lock_guard<std::mutex> lock(mu_);
+        last_error_ = msg;
+      }
+    }
+  }
+  std::string last_error() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return last_error_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::string last_error_;
+};
+
+Logger& logger() {
+  static Logger l;
+  return l;
+}
+
+std::string dims_str(const nvinfer1::Dims& d) {
+  std::string out;
+  for (int i = 0; i < d.nbDims; ++i) out += (i ? "x" : "") + std::to_string(d.d[i]);
+  return out;
+}
+
+std::string shape_str(const std::vector<std::int64_t>& s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) out += (i ? "x" : "") + std::to_string(s[i]);
+  return out;
+}
+
+// srdeploy metadata_props from a JSON sidecar: either the props at top level, or under
+// "metadata" / "metadata_props" / "srdeploy"; a top-level "precision" (what the engine computes
+// in) fills srdeploy.precision when the props lack it.
+std::map<std::string, std::string> sidecar_props(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw UserError("cannot read metadata file " + path);
+  const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  Json doc;
+  try {
+    doc = Json::parse(text);
+  } catch (const std::exception& e) {
+    throw UserError(path + ": " + e.what());
+  }
+  const Json* obj = &doc;
+  if (obj->is_object() && !obj->find("srdeploy.format")) {
+    for (const char* key : {"metadata", "metadata_props", "srdeploy"}) {
+      const Json* sub = obj->find(key);
+      if (sub && sub->is_object()) {
+        obj = sub;
+        break;
+      }
+    }
+  }
+  if (!obj->is_object()) throw UserError(path + ": expected a JSON object of srdeploy metadata");
+  std::map<std::string, std::string> props;
+  for (const auto& kv : obj->members()) props[kv.first] = kv.second.scalar_text();
+  const Json* precision = doc.is_object() ? doc.find("precision") : nullptr;
+  if (!props.count("srdeploy.precision") && precision && precision->is_string()) {
+    props["srdeploy.precision"] = precision->as_string();
+  }
+  return props;
+}
+
+// The contract for an engine; precision_known is false when it came from an .onnx file (whose
+// srdeploy.precision describes the ONNX weights, not what the engine was built to compute in).
+ModelInfo engine_model_info(const Options& opt, bool& precision_known) {
+  std::vector<std::string> candidates;
+  if (!opt.meta_path.empty()) {
+    candidates.push_back(opt.meta_path);
+  } else {
+    const fs::path engine(opt.model);
+    fs::path stem = engine;
+    stem.replace_extension();
+    candidates = {opt.model + ".json", stem.string() + ".json", stem.string() + ".onnx"};
+  }
+  for (const auto& c : candidates) {
+    if (!fs::is_regular_file(c)) continue;
+    const bool onnx = fs::path(c).extension() == ".onnx";
+    const auto props = onnx ? onnx_metadata_props(c) : sidecar_props(c);
+    precision_known = !onnx && props.count("srdeploy.precision");
+    return parse_model_info(props, c);
+  }
+  if (!opt.meta_path.empty()) throw UserError("metadata file not found: " + opt.meta_path);
+  std::string tried;
+  for (const auto& c : candidates) tried += (tried.empty() ? "" : ", ") + c;
+  throw UserError(opt.model + ": a TensorRT engine carries no srdeploy metadata and none was found beside it "
+                  "(tried " + tried + "). Pass --meta with the engine's .onnx or its metadata JSON.");
+}
+
+std::string trt_version_string() {
+  // getInferLibVersion(): major*10000 + minor*100 + patch in TensorRT 10.
+  const int v = getInferLibVersion();
+  return std::to_string(v / 10000) + "." + std::to_string((v / 100) % 100) + "." + std::to_string(v % 100);
+}
+
+std::string cuda_version_string(int v) { return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10); }
+
+class TrtBackend final : public Backend {
+ public:
+  explicit TrtBackend(const Options& opt) {
+    if (opt.device == "cpu") throw UserError("--backend trt runs on a GPU: use --device cuda (or cuda:N)");
+    bool precision_known = false;
+    info = engine_model_info(opt, precision_known);
+    if (!opt.precision.empty()) {
+      info.precision = opt.precision;
+    } else if (!precision_known) {
+      // Never record a precision we do not know: the engine may be FP16 built from an FP32 ONNX.
+      throw UserError(opt.model + ": the engine's precision is not recorded in " + info.source +
+                      "; pass --precision fp16|fp32 (as it was built)");
+    }
+    backend = "tensorrt";
+    device = "cuda:" + std::to_string(opt.device_id);
+    providers = {};
+    io = "input and output in device memory; enqueueV3 + stream synchronize";
+
+    int count = 0;
+    cuda_check(cudaGetDeviceCount(&count), "cudaGetDeviceCount");
+    if (opt.device_id < 0 || opt.device_id >= count) {
+      throw UserError("--device " + opt.device + ": there are " + std::to_string(count) + " CUDA devices");
+    }
+    cuda_check(cudaSetDevice(opt.device_id), "cudaSetDevice");
+    cudaDeviceProp prop{};
+    cuda_check(cudaGetDeviceProperties(&prop, opt.device_id), "cudaGetDeviceProperties");
+    gpu = prop.name;
+    int rt = 0, drv = 0;
+    cuda_check(cudaRuntimeGetVersion(&rt), "cudaRuntimeGetVersion");
+    cuda_check(cudaDriverGetVersion(&drv), "cudaDriverGetVersion");
+    versions["tensorrt"] = trt_version_string();
+    versions["cuda_runtime"] = cuda_version_string(rt);
+    versions["cuda_driver"] = cuda_version_string(drv);
+
+    std::ifstream f(opt.model, std::ios::binary);
+    if (!f) throw UserError("cannot read TensorRT engine " + opt.model);
+    const std::vector<char> blob((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    if (blob.empty()) throw UserError("TensorRT engine " + opt.model + " is empty");
+
+    runtime_.reset(nvinfer1::createInferRuntime(logger()));
+    if (!runtime_) throw UserError("cannot create the TensorRT runtime: " + logger().last_error());
+    engine_.reset(runtime_->deserializeCudaEngine(blob.data(), blob.size()));
+    if (!engine_) {
+      throw UserError("cannot load TensorRT engine " + opt.model + ": " + logger().last_error() +
+                      " (engines only load with the TensorRT version and GPU they were built for; rebuild it "
+                      "with `srdeploy build-engine`)");
+    }
+    for (int i = 0; i < engine_->getNbIOTensors(); ++i) {
+      const char* name = engine_->getIOTensorName(i);
+      const bool is_input = engine_->getTensorIOMode(name) == nvinfer1::TensorIOMode::kINPUT;
+      if (engine_->getTensorDataType(name) != nvinfer1::DataType::kFLOAT) {
+        throw UserError(opt.model + ": tensor '" + std::string(name) +
+                        "' is not float32; srdeploy engines keep float32 I/O (precision is internal)");
+      }
+      (is_input ? inputs_ : outputs_).push_back(name);
+    }
+    if (inputs_.size() != 1 || outputs_.size() != 1) {
+      throw UserError(opt.model + ": expected one input and one output tensor, found " +
+                      std::to_string(inputs_.size()) + " and " + std::to_string(outputs_.size()));
+    }
+    context_.reset(engine_->createExecutionContext());
+    if (!context_) throw UserError("cannot create a TensorRT execution context: " + logger().last_error());
+    cuda_check(cudaStreamCreate(&stream_), "cudaStreamCreate");
+  }
+
+  ~TrtBackend() override {
+    // Errors while tearing down cannot be reported usefully; the objects go in reverse order.
+    if (stream_) cudaStreamDestroy(stream_);
+    if (d_in_) cudaFree(d_in_);
+    if (d_out_) cudaFree(d_out_);
+    context_.reset();
+    engine_.reset();
+    runtime_.reset();
+  }
+
+  void prepare(const std::vector<std::int64_t>& in_shape, const std::vector<float>& input,
+               const std::vector<std::int64_t>& out_shape) override {
+    const char* in = inputs_[0].c_str();
+    const char* out = outputs_[0].c_str();
+    nvinfer1::Dims dims{};
+    dims.nbDims = static_cast<int>(in_shape.size());
+    for (std::size_t i = 0; i < in_shape.size(); ++i) dims.d[i] = in_shape[i];
+    if (!context_->setInputShape(in, dims)) {
+      std::string range;
+      if (engine_->getNbOptimizationProfiles() > 0) {
+        range = ": the engine's profile 0 accepts " +
+                dims_str(engine_->getProfileShape(in, 0, nvinfer1::OptProfileSelector::kMIN)) + " to " +
+                dims_str(engine_->getProfileShape(in, 0, nvinfer1::OptProfileSelector::kMAX));
+      }
+      throw UserError("TensorRT engine rejects input shape " + shape_str(in_shape) + range +
+                      "; rebuild the engine with a wider shape profile");
+    }
+    const nvinfer1::Dims got = context_->getTensorShape(out);
+    std::vector<std::int64_t> got_v(got.d, got.d + std::max(0, got.nbDims));
+    if (got_v != out_shape) {
+      throw UserError(info.source + ": engine output is " + dims_str(got) + " for input " + shape_str(in_shape) +
+                      ", expected " + shape_str(out_shape) + " (scale " + std::to_string(info.scale) +
+                      " from metadata); the engine and its metadata disagree");
+    }
+    out_count_ = 1;
+    for (auto d : out_shape) out_count_ *= static_cast<std::size_t>(d);
+    cuda_check(cudaMalloc(&d_in_, input.size() * sizeof(float)), "cudaMalloc(input)");
+    cuda_check(cudaMalloc(&d_out_, out_count_ * sizeof(float)), "cudaMalloc(output)");
+    cuda_check(cudaMemcpy(d_in_, input.data(), input.size() * sizeof(float), cudaMemcpyHostToDevice),
+               "cudaMemcpy(input)");
+    if (!context_->setTensorAddress(in, d_in_) || !context_->setTensorAddress(out, d_out_)) {
+      throw UserError("TensorRT setTensorAddress failed: " + logger().last_error());
+    }
+    if (!context_->allInputDimensionsSpecified()) throw UserError("TensorRT: not all input dimensions are set");
+  }
+
+  void run() override {
+    if (!context_->enqueueV3(stream_)) throw UserError("TensorRT enqueueV3 failed: " + logger().last_error());
+    cuda_check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+  }
+
+  double output_sum() override {
+    std::vector<float> host(out_count_);
+    cuda_check(cudaMemcpy(host.data(), d_out_, out_count_ * sizeof(float), cudaMemcpyDeviceToHost),
+               "cudaMemcpy(output)");
+    double sum = 0.0;
+    for (float v : host) sum += static_cast<double>(v);
+    return sum;
+  }
+
+ private:
+  std::unique_ptr<nvinfer1::IRuntime> runtime_;
+  std::unique_ptr<nvinfer1::ICudaEngine> engine_;
+  std::unique_ptr<nvinfer1::IExecutionContext> context_;
+  std::vector<std::string> inputs_, outputs_;
+  cudaStream_t stream_ = nullptr;
+  void* d_in_ = nullptr;
+  void* d_out_ = nullptr;
+  std::size_t out_count_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> open_tensorrt(const Options& opt) { return std::make_unique<TrtBackend>(opt); }
+
+}  // namespace srbench
