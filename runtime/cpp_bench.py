@@ -1,8 +1,9 @@
 """Build and run the C++ benchmark ``cpp_bench/build/srbench`` from Python (``srdeploy bench --cpp``).
 
 srbench times model-only inference on ONNX Runtime's C++ API (or TensorRT) with the same
-deterministic input and the same JSON schema (``srdeploy.bench/1``) as the Python benchmark, so
-the two can be compared line by line: the C++ figure is the floor for Python's overhead.
+deterministic input (``srdeploy.runtime.bench.deterministic_input``) and the same JSON schema
+(``srdeploy.bench/1``) as the Python benchmark, so the two can be compared line by line: the C++
+figure is the floor for Python's overhead.
 
 Everything runs as subprocess argument lists (never a shell string). Nothing heavy is imported
 at module level.
@@ -110,18 +111,6 @@ def build_cpp_bench(*, force: bool = False, cmake_args: list[str] | tuple[str, .
         raise RuntimeError(f"building srbench failed (exit {proc.returncode}; command: {' '.join(cmd)}):\n{tail}")
     _stamp(src).touch()
     return exe
-
-
-def deterministic_input(batch: int, height: int, width: int):
-    """The benchmark input shared by srbench and the Python benchmark.
-
-    ``x.flat[i] = ((i * 37 + 11) % 256) / 255`` as float32 over shape (batch, 3, height, width):
-    non-constant, cheap, identical in C++ and numpy (division in float32 by float32 255).
-    """
-    import numpy as np
-
-    i = np.arange(batch * 3 * height * width, dtype=np.int64)
-    return (((i * 37 + 11) % 256).astype(np.float32) / np.float32(255.0)).reshape(batch, 3, height, width)
 
 
 def _parse_size(size) -> tuple[int, int]:

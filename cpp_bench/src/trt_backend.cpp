@@ -2,13 +2,16 @@
 // enqueueV3). Compiled only when CMake found TensorRT (SRBENCH_WITH_TENSORRT).
 //
 // An engine carries no ONNX metadata, so the srdeploy contract comes from beside it: --meta FILE
-// (a JSON sidecar or the source .onnx), else ENGINE.json, ENGINE-without-extension.json or
-// ENGINE-without-extension.onnx, whichever exists first.
+// (a JSON sidecar or the source .onnx), else the sidecar `srdeploy build-engine` writes
+// (ENGINE.json, or ENGINE-stem.json; format srdeploy.trt-engine/1, model metadata under
+// "metadata"), else ENGINE-stem.onnx. A build-engine sidecar is checked like the Python adapter
+// (runtime/trt_backend.py) does: engine sha256, TensorRT version, GPU name and compute capability.
 
 #include <NvInfer.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -17,6 +20,7 @@
 #include <sstream>
 
 #include "common.h"
+#include "sha256.h"
 
 namespace srbench {
 
@@ -72,16 +76,18 @@ std::string shape_str(const std::vector<std::int64_t>& s) {
 // srdeploy metadata_props from a JSON sidecar: either the props at top level, or under
 // "metadata" / "metadata_props" / "srdeploy"; a top-level "precision" (what the engine computes
 // in) fills srdeploy.precision when the props lack it.
-std::map<std::string, std::string> sidecar_props(const std::string& path) {
+Json read_json(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   if (!f) throw UserError("cannot read metadata file " + path);
   const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  Json doc;
   try {
-    doc = Json::parse(text);
+    return Json::parse(text);
   } catch (const std::exception& e) {
-    throw UserError(path + ": " + e.what());
+    throw UserError(path + ": unreadable metadata JSON (" + e.what() + ")");
   }
+}
+
+std::map<std::string, std::string> sidecar_props(const std::string& path, const Json& doc) {
   const Json* obj = &doc;
   if (obj->is_object() && !obj->find("srdeploy.format")) {
     for (const char* key : {"metadata", "metadata_props", "srdeploy"}) {
@@ -104,7 +110,7 @@ std::map<std::string, std::string> sidecar_props(const std::string& path) {
 
 // The contract for an engine; precision_known is false when it came from an .onnx file (whose
 // srdeploy.precision describes the ONNX weights, not what the engine was built to compute in).
-ModelInfo engine_model_info(const Options& opt, bool& precision_known) {
+ModelInfo engine_model_info(const Options& opt, bool& precision_known, Json& sidecar) {
   std::vector<std::string> candidates;
   if (!opt.meta_path.empty()) {
     candidates.push_back(opt.meta_path);
@@ -117,7 +123,13 @@ ModelInfo engine_model_info(const Options& opt, bool& precision_known) {
   for (const auto& c : candidates) {
     if (!fs::is_regular_file(c)) continue;
     const bool onnx = fs::path(c).extension() == ".onnx";
-    const auto props = onnx ? onnx_metadata_props(c) : sidecar_props(c);
+    std::map<std::string, std::string> props;
+    if (onnx) {
+      props = onnx_metadata_props(c);
+    } else {
+      sidecar = read_json(c);
+      props = sidecar_props(c, sidecar);
+    }
     precision_known = !onnx && props.count("srdeploy.precision");
     return parse_model_info(props, c);
   }
@@ -128,10 +140,49 @@ ModelInfo engine_model_info(const Options& opt, bool& precision_known) {
                   "(tried " + tried + "). Pass --meta with the engine's .onnx or its metadata JSON.");
 }
 
+std::string text_of(const Json* j) { return j ? j->scalar_text() : ""; }
+
+// A build-engine sidecar must describe this engine, this TensorRT and this GPU (engines are
+// specific to both); same rules and fixes as check_sidecar() in runtime/trt_backend.py.
+void check_sidecar(const Json& side, const std::string& engine, const std::string& engine_sha,
+                   const std::string& trt_version, const std::string& gpu_name, const std::string& cc) {
+  if (!side.is_object()) return;
+  const std::string rebuild = "rebuild the engine on this machine with `srdeploy build-engine MODEL.onnx -o " +
+                              engine + "`";
+  const Json* format = side.find("format");
+  if (format && text_of(format) != "srdeploy.trt-engine/1") {
+    throw UserError(engine + ": sidecar format '" + text_of(format) + "' is not 'srdeploy.trt-engine/1'; " + rebuild);
+  }
+  if (!format) return;  // a plain metadata JSON (no build record): nothing more to check
+  const std::string sha = text_of(side.find("engine_sha256"));
+  if (!sha.empty() && sha != engine_sha) {
+    throw UserError(engine + ": its sidecar describes a different engine (sha256 mismatch); " + rebuild);
+  }
+  const std::string built = text_of(side.find("tensorrt_version"));
+  const bool version_compatible = text_of(side.find("version_compatible")) == "true";
+  // The library reports major.minor.patch; Python's tensorrt.__version__ may add a build number.
+  const bool same = built == trt_version || built.rfind(trt_version + ".", 0) == 0;
+  const bool same_major = built.substr(0, built.find('.')) == trt_version.substr(0, trt_version.find('.'));
+  if (!built.empty() && !same && !(version_compatible && same_major)) {
+    throw UserError(engine + ": built with TensorRT " + built + ", this is TensorRT " + trt_version +
+                    "; engines only load on the TensorRT version that built them: " + rebuild);
+  }
+  std::string hw = text_of(side.find("hardware_compatibility"));
+  for (auto& ch : hw) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  const bool hw_compat = !(hw.empty() || hw == "none" || hw == "false" || hw == "0");
+  const std::string built_gpu = text_of(side.find("gpu_name"));
+  std::string built_cc = text_of(side.find("compute_capability"));
+  if (!hw_compat && !built_gpu.empty() && !built_cc.empty() && (built_gpu != gpu_name || built_cc != cc)) {
+    throw UserError(engine + ": built for " + built_gpu + " (compute capability " + built_cc + "), this GPU is " +
+                    gpu_name + " (" + cc + "); engines are specific to the GPU that built them: " + rebuild);
+  }
+}
+
 std::string trt_version_string() {
-  // getInferLibVersion(): major*10000 + minor*100 + patch in TensorRT 10.
+  // getInferLibVersion(): major*10000 + minor*100 + patch since TensorRT 10 (major*1000 before).
   const int v = getInferLibVersion();
-  return std::to_string(v / 10000) + "." + std::to_string((v / 100) % 100) + "." + std::to_string(v % 100);
+  const int major = v >= 100000 ? v / 10000 : v / 1000;
+  return std::to_string(major) + "." + std::to_string((v / 100) % 100) + "." + std::to_string(v % 100);
 }
 
 std::string cuda_version_string(int v) { return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10); }
@@ -141,7 +192,8 @@ class TrtBackend final : public Backend {
   explicit TrtBackend(const Options& opt) {
     if (opt.device == "cpu") throw UserError("--backend trt runs on a GPU: use --device cuda (or cuda:N)");
     bool precision_known = false;
-    info = engine_model_info(opt, precision_known);
+    Json sidecar;
+    info = engine_model_info(opt, precision_known, sidecar);
     if (!opt.precision.empty()) {
       info.precision = opt.precision;
     } else if (!precision_known) {
@@ -174,6 +226,10 @@ class TrtBackend final : public Backend {
     if (!f) throw UserError("cannot read TensorRT engine " + opt.model);
     const std::vector<char> blob((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
     if (blob.empty()) throw UserError("TensorRT engine " + opt.model + " is empty");
+    Sha256 sha;
+    sha.update(blob.data(), blob.size());
+    check_sidecar(sidecar, opt.model, sha.hexdigest(), versions["tensorrt"], gpu,
+                  std::to_string(prop.major) + "." + std::to_string(prop.minor));
 
     runtime_.reset(nvinfer1::createInferRuntime(logger()));
     if (!runtime_) throw UserError("cannot create the TensorRT runtime: " + logger().last_error());
