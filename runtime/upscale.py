@@ -162,7 +162,14 @@ class Upscaler:
                 v = np.clip(np.rint(v), 0, maxval)
             return v.astype(dtype, copy=False)
 
-        def emit(y: int, rows: np.ndarray) -> None:
+        def emit(y: int, band: np.ndarray) -> None:
+            # Convert in chunks of rows so the float temporaries stay a few MB even for a
+            # 16000-pixel-wide band.
+            step = max(1, (1 << 20) // max(1, band.shape[2]))
+            for r in range(0, band.shape[1], step):
+                emit_rows(y + r, band[:, r:r + step])
+
+        def emit_rows(y: int, rows: np.ndarray) -> None:
             n = rows.shape[1]
             if target == "gray":
                 lum = rows[0] * np.float32(_LUMA[0]) + rows[1] * np.float32(_LUMA[1]) + rows[2] * np.float32(_LUMA[2])
