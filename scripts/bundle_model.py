@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Turn a training run into the bundled default model under models/.
+
+Steps (each one a public srdeploy command or function, so the bundle proves the pipeline):
+  1. slim checkpoint: the run's best.pt without optimizer/scheduler state (weights, arch, kwargs,
+     step, settings, metrics, versions) -> models/<name>.pt
+  2. srdeploy eval of that checkpoint and of bicubic on Set5 and Set14 (Y, crop = scale)
+  3. srdeploy export -> models/<name>.onnx (BN folded, dynamic shapes, metadata)
+  4. srdeploy verify checkpoint vs ONNX on Set5 (FP32 tolerance)
+  5. models/model_card.json (machine-readable figures the tests check) and models/MODEL_CARD.md
+
+Usage:
+  python scripts/bundle_model.py --run /work/runs/srresnet_x4 --name srresnet_x4 \
+      [--hardware "2-core CPU ..."] [--command "srdeploy train srresnet ..."]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PAPER = {"Set5": (32.05, 0.9019), "Set14": (28.49, 0.8184)}  # SRResNet (MSE), Ledig et al. 2017, Table 2
+
+
+def srdeploy(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "srdeploy", *args]
+    print("$ srdeploy " + " ".join(args), flush=True)
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    sys.stdout.write(res.stdout)
+    if res.returncode != 0:
+        sys.stderr.write(res.stderr)
+        raise SystemExit(f"bundle_model: `srdeploy {args[0]}` failed with exit code {res.returncode}")
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="training run folder (best.pt, metrics.csv, settings.json)")
+    ap.add_argument("--name", default="srresnet_x4")
+    ap.add_argument("--out", default=str(ROOT / "models"))
+    ap.add_argument("--hardware", default=f"{platform.processor() or platform.machine()} CPU")
+    ap.add_argument("--command", default="", help="the training command line, for the card")
+    ap.add_argument("--train-time", default="", help="wall-clock training time, for the card")
+    ap.add_argument("--notes", default="", help="extra text for the card (Markdown)")
+    args = ap.parse_args()
+
+    from srdeploy.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from srdeploy.train.data import data_root
+
+    run, out = Path(args.run), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bench = data_root() / "benchmark"
+    sets = [str(bench / "Set5"), str(bench / "Set14")]
+
+    # 1. slim checkpoint (the deployable weights; training state stays with the run)
+    ckpt = load_checkpoint(run / "best.pt")
+    model = model_from_checkpoint(ckpt, use_ema=False)
+    slim = out / f"{args.name}.pt"
+    keep = {k: ckpt[k] for k in ("step", "metrics", "settings", "kind", "precision") if k in ckpt}
+    save_checkpoint(slim, model, arch=ckpt["arch"], kwargs=ckpt["kwargs"], **keep)
+    print(f"wrote {slim} ({slim.stat().st_size / 1e6:.1f} MB), step {ckpt.get('step')}")
+
+    # 2. evaluation, model and bicubic, same run
+    with tempfile.TemporaryDirectory() as tmp:
+        srdeploy("eval", str(slim), *sets, "--device", "cpu", "--json", f"{tmp}/model.json")
+        srdeploy("eval", "--bicubic", *sets, "--json", f"{tmp}/bicubic.json")
+        ev_model = {s["name"]: s for s in json.loads(Path(f"{tmp}/model.json").read_text())["sets"]}
+        ev_bic = {s["name"]: s for s in json.loads(Path(f"{tmp}/bicubic.json").read_text())["sets"]}
+
+    # 3. export and 4. verify
+    onnx_path = out / f"{args.name}.onnx"
+    srdeploy("export", str(slim), "-o", str(onnx_path))
+    srdeploy("verify", str(slim), str(onnx_path), "--images", sets[0])
+
+    rows = list(csv.DictReader(open(run / "metrics.csv"))) if (run / "metrics.csv").is_file() else []
+    settings = json.loads((run / "settings.json").read_text()) if (run / "settings.json").is_file() else ckpt.get("settings", {})
+    figures = {
+        name: {
+            "model_psnr": round(ev_model[name]["psnr"], 3), "model_ssim": round(ev_model[name]["ssim"], 4),
+            "bicubic_psnr": round(ev_bic[name]["psnr"], 3), "bicubic_ssim": round(ev_bic[name]["ssim"], 4),
+            "gain_db": round(ev_model[name]["psnr"] - ev_bic[name]["psnr"], 3),
+            "paper_srresnet_psnr": PAPER[name][0], "paper_srresnet_ssim": PAPER[name][1],
+            "images": ev_model[name]["images"],
+        }
+        for name in ("Set5", "Set14")
+    }
+    card = {
+        "name": args.name,
+        "arch": ckpt["arch"], "kwargs": ckpt["kwargs"],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "checkpoint": slim.name, "onnx": onnx_path.name,
+        "step": ckpt.get("step"), "iters_planned": settings.get("iters"),
+        "settings": settings, "command": args.command, "train_time": args.train_time,
+        "hardware": args.hardware, "eval_protocol": "PSNR/SSIM on Y (BT.601), border crop = scale, "
+        "LR = MATLAB-style bicubic (antialiased, a=-0.5, uint8)",
+        "figures": figures,
+        "validation_curve": [{k: r[k] for k in r if k in ("step", "Set5_psnr", "Set5_ssim") and r[k]}
+                             for r in rows if r.get("Set5_psnr")],
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+    write_markdown(out / "MODEL_CARD.md", card, args.notes)
+    print(f"wrote {out / 'model_card.json'} and {out / 'MODEL_CARD.md'}")
+    return 0
+
+
+def write_markdown(path: Path, card: dict, notes: str) -> None:
+    f = card["figures"]
+    s = card["settings"]
+    curve = ", ".join(f"{int(float(r['step']))}: {float(r['Set5_psnr']):.2f}" for r in card["validation_curve"])
+    lines = [
+        f"# Model card: {card['name']}",
+        "",
+        f"SRResNet {card['kwargs'].get('scale')}x, the paper's architecture ({card['kwargs'].get('num_blocks')} "
+        f"residual blocks, {card['kwargs'].get('channels')} channels, BatchNorm, PReLU, 2 sub-pixel stages; "
+        f"{card['parameters'] / 1e6:.2f} M parameters), trained by srdeploy's own pipeline "
+        "(`srdeploy train srresnet`). Input and output: RGB in [0, 1].",
+        "",
+        "| file | what |",
+        "|---|---|",
+        f"| `{card['checkpoint']}` | srdeploy checkpoint (arch + kwargs + weights; `torch.load(weights_only=True)`) |",
+        f"| `{card['onnx']}` | FP32 ONNX, BatchNorm folded, dynamic batch/height/width, srdeploy metadata |",
+        "| `model_card.json` | the figures below, machine-readable (tests check the Set5 gain) |",
+        "",
+        "## Results (Y channel, border crop 4, LR by MATLAB-style bicubic)",
+        "",
+        "| set | bicubic PSNR / SSIM | this model PSNR / SSIM | gain | paper SRResNet |",
+        "|---|---|---|---|---|",
+    ]
+    for name in ("Set5", "Set14"):
+        r = f[name]
+        lines.append(f"| {name} | {r['bicubic_psnr']:.2f} / {r['bicubic_ssim']:.4f} | "
+                     f"{r['model_psnr']:.2f} / {r['model_ssim']:.4f} | {r['gain_db']:+.2f} dB | "
+                     f"{r['paper_srresnet_psnr']:.2f} / {r['paper_srresnet_ssim']:.4f} |")
+    lines += [
+        "",
+        "## Training",
+        "",
+        f"- Data: `train/T91` + `train/BSDS200` from `../shared/data` (291 images, see its SOURCES.md); "
+        "validation on Set5 every "
+        f"{s.get('val_every')} steps; `best.pt` = best Set5 PSNR.",
+        f"- Steps: {card['step']} of {card['iters_planned']} planned; batch {s.get('batch_size')}, "
+        f"HR crop {s.get('crop')} (LR {int(s.get('crop', 0)) // int(card['kwargs'].get('scale', 4))}x"
+        f"{int(s.get('crop', 0)) // int(card['kwargs'].get('scale', 4))}), loss {s.get('loss')}, Adam lr "
+        f"{s.get('lr')} with {s.get('schedule')} schedule, seed {s.get('seed')}.",
+        f"- Hardware: {card['hardware']}. Time: {card['train_time'] or 'see notes'}.",
+    ]
+    if card["command"]:
+        lines += ["", "```bash", card["command"], "```"]
+    if curve:
+        lines += ["", f"Set5 PSNR during training (step: dB): {curve}."]
+    if notes:
+        lines += ["", "## Notes", "", notes]
+    lines += ["", "Reproduce the figures:", "", "```bash",
+              f"srdeploy eval models/{card['checkpoint']} ../shared/data/benchmark/Set5 ../shared/data/benchmark/Set14",
+              "srdeploy eval --bicubic ../shared/data/benchmark/Set5 ../shared/data/benchmark/Set14",
+              f"srdeploy verify models/{card['checkpoint']} models/{card['onnx']}",
+              "```", ""]
+    path.write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
