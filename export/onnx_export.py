@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 from srdeploy.runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelInfo
@@ -76,7 +77,9 @@ def export_onnx(model, path: str | os.PathLike, *, opset: int = OPSET, sample_si
     os.close(fd)
     try:
         _umask_mode(tmp)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript exporter is chosen on purpose (see above); hide its deprecation notice.
+            warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(model, (sample,), tmp, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes=DYNAMIC_AXES, opset_version=opset, do_constant_folding=True,
                               dynamo=False)
