@@ -1,0 +1,116 @@
+"""``srdeploy verify``: passes the right model, fails (non-zero exit, names cases) on a wrong one."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from srdeploy.cli import main
+from srdeploy.export.fuse import randomize_bn
+from srdeploy.export.pipeline import export_checkpoint
+from srdeploy.export.verify import (FP16_ATOL, FP32_ATOL, Tolerance, compare, fit_sizes, judge, parse_size,
+                                    verify)
+from srdeploy.runtime.session import InputSpec
+from srdeploy.train.archs import SRResNet
+from srdeploy.train.checkpoint import save_checkpoint
+
+KW = {"scale": 2, "num_blocks": 2, "channels": 8}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A checkpoint, its FP32 + FP16 exports, and an ONNX exported from *different* weights."""
+    d = tmp_path_factory.mktemp("verify")
+    quiet = lambda *a: None  # noqa: E731
+    torch.manual_seed(0)
+    ckpt = d / "right.pt"
+    save_checkpoint(ckpt, randomize_bn(SRResNet(**KW), seed=0), arch="SRResNet", kwargs=KW)
+    right = export_checkpoint(ckpt, d / "right.onnx", fp16=True, log=quiet)
+    torch.manual_seed(1)
+    other = d / "other.pt"
+    save_checkpoint(other, randomize_bn(SRResNet(**KW), seed=1), arch="SRResNet", kwargs=KW)
+    wrong = export_checkpoint(other, d / "wrong.onnx", log=quiet)
+    return ckpt, right.onnx_path, right.fp16_path, wrong.onnx_path
+
+
+def test_right_model_passes(models, tmp_path, capsys, set5):
+    ckpt, onnx_path, _, _ = models
+    out = tmp_path / "v.json"
+    assert main(["verify", str(ckpt), str(onnx_path), "--images", str(set5), "--max-images", "2",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "PASS" in text
+    rep = json.loads(out.read_text())
+    assert rep["ok"] and rep["precision"] == "fp32" and rep["tolerance"]["max_abs"] == FP32_ATOL
+    shapes = [tuple(c["shape"]) for c in rep["cases"] if c["kind"] == "random"]
+    assert len(shapes) >= 3 and len(set(shapes)) == len(shapes)
+    assert any(h % 2 and w % 2 for _, _, h, w in shapes)  # odd sizes
+    assert any(h != w for _, _, h, w in shapes)           # non-square
+    assert [c["name"] for c in rep["cases"] if c["kind"] == "image"] == ["image baby.png", "image bird.png"]
+    for c in rep["cases"]:
+        assert c["max_abs"] <= FP32_ATOL and c["mean_abs"] <= c["max_abs"] and c["psnr"] > 80
+
+
+def test_wrong_model_fails_and_names_cases(models, capsys):
+    ckpt, _, _, wrong = models
+    rc = main(["verify", str(ckpt), str(wrong), "--no-images", "--json", "-"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    rep = json.loads(captured.out)
+    assert not rep["ok"] and rep["failed"] == [c["name"] for c in rep["cases"]]
+    assert "FAILED cases: random 1x33x47" in captured.err
+    assert any("different checkpoint" in n for n in rep["notes"])
+
+
+def test_fp16_model_uses_fp16_tolerance(models):
+    ckpt, _, fp16_path, _ = models
+    report = verify(ckpt, fp16_path, use_images=False)
+    assert report.precision == "fp16"
+    assert report.tolerance == Tolerance(FP16_ATOL, 45.0)
+    assert report.ok, report.format_table()
+    # Held to FP32's tolerance, FP16 weights do not pass: the tolerance is not vacuous.
+    strict = verify(ckpt, fp16_path, use_images=False, atol=1e-6)
+    assert not strict.ok
+
+
+def test_missing_image_folder_is_a_clear_error(models, tmp_path):
+    ckpt, onnx_path, _, _ = models
+    with pytest.raises(FileNotFoundError, match="--images DIR"):
+        verify(ckpt, onnx_path, images=tmp_path / "nope")
+
+
+def test_fit_sizes_stays_inside_a_profile():
+    spec = InputSpec(batch=(1, 2), height=(32, 128), width=(32, 128), opt=(1, 3, 64, 64))
+    sizes, notes = fit_sizes([(1, 33, 47), (4, 16, 200)], spec)
+    assert sizes == [(1, 33, 47), (2, 32, 128), (1, 32, 32)]  # clamped, plus the profile minimum
+    assert len(notes) == 1 and "4x16x200" in notes[0]
+    unbounded, notes = fit_sizes([(1, 5, 7)], InputSpec())
+    assert unbounded == [(1, 5, 7)] and not notes
+
+
+def test_compare_and_judge():
+    ref = np.zeros((1, 3, 4, 4), np.float32)
+    out = ref.copy()
+    out[0, 0, 0, 0] = 0.005
+    mx, mean, psnr = compare(out, ref)
+    assert mx == pytest.approx(0.005) and mean == pytest.approx(0.005 / 48)
+    assert psnr == pytest.approx(10 * math.log10(1 / (0.005 ** 2 / 48)))
+    assert judge(mx, psnr, Tolerance(FP16_ATOL, 45.0)) == (True, "")
+    ok, why = judge(mx, psnr, Tolerance(FP32_ATOL))
+    assert not ok and "max abs" in why
+    assert compare(ref, ref)[2] == math.inf
+    out[0, 1, 1, 1] = np.nan
+    mx, _, psnr = compare(out, ref)
+    assert judge(mx, psnr, Tolerance(1.0)) == (False, "non-finite output")
+    with pytest.raises(ValueError, match="unknown model precision"):
+        Tolerance.for_precision("int8")
+
+
+def test_parse_size():
+    assert parse_size("2x33x47") == (2, 33, 47) and parse_size("33x47") == (1, 33, 47)
+    with pytest.raises(ValueError, match="BxHxW"):
+        parse_size("0x3")
