@@ -57,3 +57,5 @@ jobs="$( (command -v nproc >/dev/null && nproc) || echo 2)"
 cmake --build "$build" --parallel "$jobs"
 # Proves the binary loads its ONNX Runtime and says which one.
 "$build/srbench" --version
+# srdeploy.runtime.cpp_bench rebuilds when a source is newer than this stamp.
+touch "$build/srbench.stamp"
