@@ -312,6 +312,7 @@ def prepare_fp16_onnx(onnx_path: Path, checkpoint: str | os.PathLike | None, out
     inputs, names = calibration_inputs(calib, scale=info.scale)
     report = analyse_activations(fused, inputs, threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
                                  names=names)
+    report.check_finite()
     src = onnx.load(str(onnx_path))
     pins = nodes_to_pin(report, fused, src)
     fp16_model, fp32_nodes = to_fp16_onnx(src, keep_fp32=pins)

@@ -71,6 +71,12 @@ class ActivationReport:
                 "risky_modules": sorted(set(self.risky_out) | set(self.risky_in)),
                 "fp32_nodes": list(self.fp32_nodes), "calibration_inputs": list(self.images)}
 
+    def check_finite(self) -> None:
+        """RuntimeError when the FP32 model already produced inf/NaN (no precision choice fixes that)."""
+        if self.nonfinite:
+            raise RuntimeError(f"the FP32 model produces inf/NaN on the calibration inputs in {self.nonfinite[:5]}; "
+                               "the checkpoint is broken (diverged training?); not building an FP16 model")
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
@@ -428,8 +434,3 @@ def _toposort(nodes, available: set[str]):
             raise RuntimeError(f"to_fp16_onnx: graph has unresolved inputs {missing[:5]}")
         pending = rest
     return out
-
-
-def fp16_error_bound_ok(max_abs: float, psnr_db: float, *, atol: float = 2 / 255, min_psnr: float = 45.0) -> bool:
-    """The FP16 parity rule used by export's self-check and ``verify``."""
-    return max_abs <= atol and (math.isinf(psnr_db) or psnr_db >= min_psnr)

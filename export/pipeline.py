@@ -178,6 +178,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
             threshold = DEFAULT_THRESHOLD if fp16_threshold is None else float(fp16_threshold)
             inputs, names = calibration_inputs(calib, scale=info.scale)
             report = analyse_activations(fused, inputs, threshold=threshold, names=names)
+            report.check_finite()
             raw_model = onnx.load(str(raw))
             pins = nodes_to_pin(report, fused, raw_model)
             fp16_model, fp32_nodes = to_fp16_onnx(raw_model, keep_fp32=pins)

@@ -328,3 +328,14 @@ def test_build_and_verify_engine(tmp_path, fp32_onnx):
         assert report.ok, report.format_table()
         again = build_engine(onnx_path, engine, profiles=profiles, fp16=fp16, checkpoint=ckpt, log=lambda *a: None)
         assert again.reused
+
+
+def test_fp32_model_already_nonfinite_is_refused():
+    torch.manual_seed(0)
+    model = fuse_bn(SRResNet(**KW).eval())
+    with torch.no_grad():
+        model.body[1].conv2.bias[0] = float("inf")
+    report = analyse_activations(model, [torch.rand(1, 3, 8, 8)])
+    assert "body.1.conv2" in report.nonfinite and "head" not in report.nonfinite
+    with pytest.raises(RuntimeError, match="inf/NaN"):
+        report.check_finite()
