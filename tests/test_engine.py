@@ -265,6 +265,7 @@ def fp32_onnx(tmp_path_factory):
     return ckpt, r.onnx_path
 
 
+@pytest.mark.slow
 def test_prepare_fp16_onnx_from_fp32_and_checkpoint(tmp_path, fp32_onnx, data_root):
     ckpt, onnx_path = fp32_onnx
     out = tmp_path / "b.onnx"

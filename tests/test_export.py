@@ -80,6 +80,7 @@ def test_metadata_round_trip(exported):
     assert read_metadata(r.fp16_path).precision == "fp16"
 
 
+@pytest.mark.slow
 def test_fp16_variant_within_fp16_tolerance(exported, set5):
     from srdeploy.train.data import degrade, load_rgb, mod_crop, to_chw_float
 
@@ -150,6 +151,7 @@ def test_simplify_without_onnxslim_is_an_error_not_a_skip(tmp_path, exported, mo
     assert not (tmp_path / "s.onnx").exists()
 
 
+@pytest.mark.slow
 def test_simplify_with_onnxslim(tmp_path, exported):
     pytest.importorskip("onnxslim", reason="onnxslim not installed (pip install 'srdeploy[simplify]')")
     model, ckpt, _ = exported

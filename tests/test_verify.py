@@ -37,6 +37,7 @@ def models(tmp_path_factory):
     return ckpt, right.onnx_path, right.fp16_path, wrong.onnx_path
 
 
+@pytest.mark.slow
 def test_right_model_passes(models, tmp_path, capsys, set5):
     ckpt, onnx_path, _, _ = models
     out = tmp_path / "v.json"
@@ -66,6 +67,7 @@ def test_wrong_model_fails_and_names_cases(models, capsys):
     assert any("different checkpoint" in n for n in rep["notes"])
 
 
+@pytest.mark.slow
 def test_fp16_model_uses_fp16_tolerance(models):
     ckpt, _, fp16_path, _ = models
     report = verify(ckpt, fp16_path, use_images=False)
