@@ -414,3 +414,18 @@ def test_cuda_amp_run(images, init_ckpt, tmp_path):
     ds = SRTrainDataset(images["train"], crop=16, scale=4, seed=0)
     lr, hr = TensorCropper(ds, torch.device("cuda")).batch([0, 1, 2])
     assert np.array_equal(hr.cpu().numpy(), np.stack([ds[i][1] for i in range(3)]))
+
+
+def test_bench_train_script_runs_tiny(images, tmp_path, capsys):
+    """scripts/bench_train.py stays runnable (tiny model; the real figures come from running it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_train", Path(__file__).parent.parent / "scripts" / "bench_train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = tmp_path / "bench.json"
+    assert bench.main(["--device", "cpu", "--data", images["train"], "--num-blocks", "1", "--channels", "8",
+                       "--crop", "16", "--batch-size", "2", "--steps", "2", "--warmup", "1", "--json", str(report)]) == 0
+    (result,) = json.loads(report.read_text())["results"]
+    assert result["its"] > 0 and result["precision"] == "fp32" and result["lr_crop"] == 4
+    assert "it/s" in capsys.readouterr().out

@@ -226,10 +226,16 @@ def resolve_precision(amp: bool, device: torch.device) -> Precision:
         return Precision("fp32", note="mixed precision applies on CUDA only" if amp else "--no-amp")
     if not amp:
         return Precision("fp32", note="--no-amp")
-    # including_emulation=False: bf16 emulated on pre-Ampere GPUs is slower than fp16.
-    if torch.cuda.is_bf16_supported(including_emulation=False):
+    # including_emulation=False: bf16 emulated on pre-Ampere GPUs is slower than fp16
+    # (the keyword exists from torch 2.3; older versions do not count emulation anyway).
+    try:
+        bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:
+        bf16 = torch.cuda.is_bf16_supported()
+    if bf16:
         return Precision("bf16", torch.bfloat16, note="autocast bf16")
-    return Precision("fp16", torch.float16, torch.amp.GradScaler("cuda"), note="autocast fp16 + GradScaler")
+    scaler = torch.amp.GradScaler("cuda") if hasattr(torch.amp, "GradScaler") else torch.cuda.amp.GradScaler()
+    return Precision("fp16", torch.float16, scaler, note="autocast fp16 + GradScaler")
 
 
 class EMA:
@@ -661,7 +667,10 @@ def _run(cfg: TrainConfig, dist_info: DistInfo, stop_at: int | None) -> dict:
 
     disc = d_optimizer = d_scheduler = None
     if cfg.kind == "srgan" and cfg.adv_weight:
-        disc = Discriminator(base_channels=cfg.d_channels).to(device, memory_format=memory_format)
+        d_kwargs = {"base_channels": cfg.d_channels}
+        if ckpt is not None and "discriminator" in ckpt:  # resume: the saved D's shape wins
+            d_kwargs = dict(ckpt["discriminator"]["kwargs"])
+        disc = Discriminator(**d_kwargs).to(device, memory_format=memory_format)
         d_optimizer = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=(0.9, 0.999))
         d_scheduler = torch.optim.lr_scheduler.LambdaLR(d_optimizer, lambda s: lr_factor(cfg, s))
     if vgg is not None:
