@@ -74,10 +74,85 @@ echo "== GPU tests (pytest -m gpu)"
 python -m pytest tests/test_engine.py -m gpu -q -rs
 
 # ---------------------------------------------------------------------------------------------
-# RUNTIME ENGINEER: add the `srdeploy upscale` TensorRT vs ONNX Runtime comparison here, e.g.
-# upscale the same images with "$WORK/model_fp16.engine" and "$WORK/model.onnx" and compare
-# the outputs (PSNR / max abs) and the timings. Files available: $WORK/model.onnx,
-# $WORK/model_fp16.onnx, $WORK/model_fp32.engine, $WORK/model_fp16.engine (+ .engine.json).
+# RUNTIME (issue 5): `srdeploy upscale` on TensorRT vs ONNX Runtime.
+# Upscales the same images (Set5 + barbara from Set14, plus gray and RGBA variants; synthetic
+# images when the data folder is absent) with ONNX Runtime on the CPU, whole image (--tile 0:
+# the reference), and with the FP32 and FP16 engines, tiled to fit their 256x256 profile with
+# batches of 2 tiles. Compares the 8-bit outputs per file: FP32 engine max |diff| <= 1 level;
+# FP16 engine PSNR >= 45 dB and max |diff| <= 3 levels (verify's 2/255 plus rounding).
+# Prints the wall time of each run (includes session start-up).
 # ---------------------------------------------------------------------------------------------
+echo "== upscale: TensorRT engines vs ONNX Runtime"
+UP="$WORK/upscale"
+mkdir -p "$UP/in"
+python - "$UP/in" <<'PY'
+import sys
+import cv2
+import numpy as np
+from srdeploy.train.data import data_root
+
+out = sys.argv[1]
+bench = data_root() / "benchmark"
+if (bench / "Set5").is_dir() and (bench / "Set14" / "barbara.png").is_file():
+    images = {p.name: cv2.imread(str(p), cv2.IMREAD_COLOR) for p in sorted((bench / "Set5").glob("*.png"))}
+    images["barbara.png"] = cv2.imread(str(bench / "Set14" / "barbara.png"), cv2.IMREAD_COLOR)
+    print(f"   images from {bench}")
+else:
+    rng = np.random.default_rng(0)
+    images = {f"synthetic{i}.png": cv2.resize((rng.random((h // 8, w // 8, 3)) * 255).astype(np.uint8), (w, h),
+                                              interpolation=cv2.INTER_CUBIC) for i, (h, w) in enumerate([(97, 131), (576, 720)])}
+    print("   data folder not found: synthetic images")
+for name, img in images.items():
+    cv2.imwrite(f"{out}/{name}", img)
+big = max(images.values(), key=lambda a: a.size)
+gray = cv2.cvtColor(big, cv2.COLOR_BGR2GRAY)
+cv2.imwrite(f"{out}/zz_gray.png", gray)
+rgba = cv2.cvtColor(big, cv2.COLOR_BGR2BGRA)
+rgba[..., 3] = 255 - gray
+cv2.imwrite(f"{out}/zz_rgba.png", rgba)
+PY
+run_upscale() {  # name, extra args...
+    local name="$1"; shift
+    local t0 t1
+    t0=$(date +%s.%N)
+    srdeploy upscale -q -i "$UP/in" -o "$UP/$name" --overwrite "$@"
+    t1=$(date +%s.%N)
+    python -c "print(f'   $name: {float($t1) - float($t0):.1f} s')"
+}
+run_upscale ort_cpu --model "$WORK/model.onnx" --tile 0
+run_upscale trt_fp32 --model "$WORK/model_fp32.engine" --batch 2
+run_upscale trt_fp16 --model "$WORK/model_fp16.engine" --batch 2
+if python -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())"; then
+    run_upscale ort_cuda --model "$WORK/model.onnx" --device cuda
+fi
+python - "$UP" <<'PY'
+import sys
+from pathlib import Path
+import numpy as np
+from srdeploy.runtime.images import read_image
+
+up = Path(sys.argv[1])
+limits = {"trt_fp32": (1, None), "trt_fp16": (3, 45.0), "ort_cuda": (1, None)}
+failed = []
+for run, (max_levels, min_psnr) in limits.items():
+    if not (up / run).is_dir():
+        continue
+    for ref_path in sorted((up / "ort_cpu").iterdir()):
+        ref = read_image(ref_path)[0].astype(np.float64)
+        got = read_image(up / run / ref_path.name)[0].astype(np.float64)
+        assert got.shape == ref.shape, (run, ref_path.name, got.shape, ref.shape)
+        diff = np.abs(got - ref)
+        mse = float((diff ** 2).mean())
+        psnr = float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+        ok = diff.max() <= max_levels and (min_psnr is None or psnr >= min_psnr)
+        print(f"   {run:9s} {ref_path.name:16s} {str(got.shape):16s} max |diff| {diff.max():3.0f} levels, "
+              f"PSNR {psnr:6.2f} dB {'ok' if ok else 'FAIL'}")
+        if not ok:
+            failed.append(f"{run}/{ref_path.name}")
+if failed:
+    sys.exit(f"upscale comparison failed: {', '.join(failed)}")
+PY
+echo "== runtime GPU tests (pytest -m gpu)"
+python -m pytest tests/test_runtime_trt.py -m gpu -q -rs
 
 echo "== GPU check passed ($WORK)"
