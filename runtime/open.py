@@ -110,24 +110,36 @@ def default_model_path() -> Path:
 
     Looked up, first match wins:
       1. ``$SRDEPLOY_MODEL`` (a file path);
-      2. ``models/*.onnx`` inside the installed ``srdeploy.runtime`` package (package data);
-      3. ``models/*.onnx`` at the repository root beside ``runtime/`` (editable installs and
-         checkouts).
-    Within a folder, FP32 models are preferred over files whose name contains "fp16", then
+      2. ``*.onnx`` in the ``srdeploy.models`` package: the repository's ``models/`` folder,
+         installed as package data (``site-packages/srdeploy/models/``) or, in an editable
+         install / checkout, ``models/`` at the repository root.
+    Within the folder, FP32 models are preferred over files whose name contains "fp16", then
     alphabetical order.
     """
+    import importlib.util
+
     env = os.environ.get("SRDEPLOY_MODEL")
     if env:
         p = Path(env)
         if not p.is_file():
             raise FileNotFoundError(f"SRDEPLOY_MODEL={env}: no such model file")
         return p
-    here = Path(__file__).resolve().parent
-    folders = [here / "models", here.parent / "models"]
+    folders: list[Path] = []
+    try:
+        spec = importlib.util.find_spec("srdeploy.models")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        folders += [Path(p) for p in spec.submodule_search_locations]
+    folders.append(Path(__file__).resolve().parent.parent / "models")  # checkout without install
+    seen: list[Path] = []
     for folder in folders:
+        if folder.resolve() in seen:
+            continue
+        seen.append(folder.resolve())
         found = sorted(folder.glob("*.onnx"), key=lambda p: ("fp16" in p.name.lower(), p.name))
         if found:
             return found[0]
     raise FileNotFoundError(
-        "no default model: none of " + ", ".join(str(f / "*.onnx") for f in folders) + " exists. "
+        "no default model: no *.onnx in " + ", ".join(str(f) for f in seen) + ". "
         "Pass --model MODEL.onnx (export one with `srdeploy export CHECKPOINT -o MODEL.onnx`) or set SRDEPLOY_MODEL.")
