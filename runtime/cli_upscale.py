@@ -40,8 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=int, default=None, metavar="N",
                    help="tile size in input pixels (default 256, chosen by measurement); 0 = whole image in one pass")
     p.add_argument("--tile-pad", type=int, default=None, metavar="N",
-                   help="overlap margin in input pixels (default: measured per model from its receptive radius; "
-                        ">= the radius gives exactly the whole-image result)")
+                   help="overlap margin in input pixels (default: 0.3 x the model's receptive radius, at least 12, "
+                        "chosen by measurement: deviation < 0.2/255 on the x4 SRResNet; the radius itself "
+                        "gives exactly the whole-image result)")
     p.add_argument("--batch", type=int, default=1, metavar="N", help="tiles per inference call (default 1)")
     p.add_argument("--feather", type=int, default=0, metavar="N",
                    help="blend tiles over N input pixels instead of a hard crop (<= --tile-pad; default 0)")
