@@ -205,9 +205,6 @@ def upscale_frames(upscaler, frames: list[np.ndarray], *, order: str = "RGB") ->
     """
     if not frames:
         return []
-    batched = getattr(upscaler, "upscale_batch", None)  # the runtime's own, should it grow one
-    if batched is not None and len(frames) > 1:
-        return list(batched(frames, order=order))
     h, w = frames[0].shape[:2]
     chunk = _stack_size(upscaler, h, w)
     if len(frames) == 1 or chunk <= 1 or any(f.shape != frames[0].shape or f.dtype != np.uint8 or f.ndim != 3
@@ -219,33 +216,50 @@ def upscale_frames(upscaler, frames: list[np.ndarray], *, order: str = "RGB") ->
     return out
 
 
-def _stack_size(upscaler, h: int, w: int) -> int:
-    """How many whole frames one inference call may take (1 = use the tiled per-frame path)."""
+def _stack_size(upscaler, h: int, w: int, batch: int | None = None) -> int:
+    """How many whole frames one inference call may take; 0 = frames must go through the tiler.
+
+    Args:
+        upscaler: the Upscaler (its tile settings decide whether a frame is one tile).
+        h, w: frame size.
+        batch: frames wanted per call (default: ``upscaler.batch``); capped by the session's
+            batch range (a TensorRT profile).
+    """
     plan = upscaler.plan(h, w)
     if plan.num_tiles != 1 or plan.notes or plan.window != (h, w) or plan.feather:
-        return 1
+        return 0
     lo, hi = upscaler.session.input_spec.batch
-    n = upscaler.batch if hi is None else min(upscaler.batch, hi)
-    return n if n >= lo else 1
+    n = upscaler.batch if batch is None else batch
+    n = n if hi is None else min(n, hi)
+    return n if n >= lo else 0
 
 
-def _infer_stack(session, frames: list[np.ndarray], order: str) -> list[np.ndarray]:
-    # Same arithmetic as Upscaler._pass for uint8 (value / 255 mapped into the input range;
-    # output range mapped back to 0..255, rounded, clipped), so results are identical.
-    info = session.info
+# Same arithmetic as Upscaler._pass for uint8 (value / 255 mapped into the input range; output
+# range mapped back to 0..255, rounded, clipped), so stacked results equal per-frame ones.
+def _preprocess(info, frames: list[np.ndarray], order: str) -> np.ndarray:
+    """uint8 HWC frames -> float32 (N, 3, H, W) in the model's input range, RGB."""
     rgb = [2, 1, 0] if order == "BGR" else [0, 1, 2]  # model channel k <- frame channel rgb[k]
     in_lo, in_hi = info.input_range
-    out_lo, out_hi = info.output_range
     x = np.stack(frames)[..., rgb].transpose(0, 3, 1, 2).astype(np.float32) * np.float32((in_hi - in_lo) / 255.0)
     if in_lo:
         x += np.float32(in_lo)
-    y = session.infer(x)
+    return x
+
+
+def _postprocess(info, y: np.ndarray, order: str) -> list[np.ndarray]:
+    """float32 (N, 3, H, W) model output -> uint8 HWC frames in ``order``."""
+    rgb = [2, 1, 0] if order == "BGR" else [0, 1, 2]
+    out_lo, out_hi = info.output_range
     a_out = 255.0 / (out_hi - out_lo)
     if out_lo or a_out != 1.0:
         y = (y - np.float32(out_lo)) * np.float32(a_out)
     y = np.clip(np.rint(y), 0, 255).astype(np.uint8)
     y = y.transpose(0, 2, 3, 1)[..., rgb]  # rgb is its own inverse (identity or a swap)
     return [np.ascontiguousarray(f) for f in y]
+
+
+def _infer_stack(session, frames: list[np.ndarray], order: str) -> list[np.ndarray]:
+    return _postprocess(session.info, session.infer(_preprocess(session.info, frames, order)), order)
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -361,10 +375,20 @@ def upscale_video(upscaler, src: str | os.PathLike, dst: str | os.PathLike, *, c
         warn(f"{src}: frame rate unknown ({info.fps}); writing at 25 fps")
         fps = 25.0
 
+    # Work split: frames that fit in one tile are grouped ``batch`` at a time and converted to
+    # the model's float32 NCHW input by the decoder thread, the calling thread only runs the
+    # session, and the encoder thread converts the output back to uint8 and writes it; so the
+    # thread that holds the model does nothing else. Frames that need tiling go one by one
+    # through Upscaler.upscale (its tile batch applies) on the calling thread.
+    chunk = _stack_size(upscaler, h, w, batch)
+    stacked = chunk >= 1
+    group = chunk if stacked else 1
+    model_info = upscaler.session.info
+
     tmp = _temp_path(dst)
     writer = None
     stop = threading.Event()
-    qsize = queue_frames or 2 * batch + 2
+    qsize = queue_frames or max(2, 8 // group)  # in groups of frames
     q_in: queue.Queue = queue.Queue(maxsize=qsize)
     q_out: queue.Queue = queue.Queue(maxsize=qsize)
     errors: list[BaseException] = []
@@ -372,22 +396,33 @@ def upscale_video(upscaler, src: str | os.PathLike, dst: str | os.PathLike, *, c
     bar = None
     threads: list[threading.Thread] = []
 
+    def emit_group(frames: list[np.ndarray]) -> bool:
+        item = ("x", _preprocess(model_info, frames, "BGR")) if stacked else ("frames", frames)
+        return _put(q_in, item, stop)
+
     def decoder() -> None:
         try:
-            if not _put(q_in, first, stop):
-                return
+            frames = [first]
             index = 1
             while not stop.is_set():
-                ok, frame = cap.read()
+                if len(frames) == group:
+                    if not emit_group(frames):
+                        return
+                    frames = []
+                try:
+                    ok, frame = cap.read()
+                except cv2.error as exc:
+                    raise ValueError(f"{src}: decoding failed at frame {index} ({exc}); the file is damaged") from exc
                 if not ok or frame is None:
                     break
                 frame = _to_bgr(frame, src, index)
                 if frame.shape[:2] != (h, w):
                     raise ValueError(f"{src}: frame {index} is {frame.shape[1]}x{frame.shape[0]} but the video "
                                      f"started at {w}x{h}; resolution changes inside a video are not supported")
-                if not _put(q_in, frame, stop):
-                    return
+                frames.append(frame)
                 index += 1
+            if frames and not stop.is_set() and not emit_group(frames):
+                return
             _put(q_in, _END, stop)
         except BaseException as exc:  # handed to the main thread
             _put(q_in, _Failed(exc), stop)
@@ -398,7 +433,9 @@ def upscale_video(upscaler, src: str | os.PathLike, dst: str | os.PathLike, *, c
                 item = _get(q_out, stop)
                 if item is _END:
                     return
-                for frame in item:
+                kind, data = item
+                frames = _postprocess(model_info, data, "BGR") if kind == "y" else data
+                for frame in frames:
                     if frame.shape != (out_h, out_w, 3) or frame.dtype != np.uint8:
                         raise RuntimeError(f"upscaler returned {frame.shape} {frame.dtype}, expected "
                                            f"({out_h}, {out_w}, 3) uint8")
@@ -422,27 +459,25 @@ def upscale_video(upscaler, src: str | os.PathLike, dst: str | os.PathLike, *, c
                    threading.Thread(target=encoder, name="srdeploy-encode", daemon=True)]
         for t in threads:
             t.start()
-        done = False
-        while not done:
-            # Fill a batch; block for each frame (decoding is far faster than SR inference, so
-            # waiting for a full batch costs nothing and keeps one input shape for the backend).
-            frames = []
-            while len(frames) < batch:
-                try:
-                    item = q_in.get(timeout=0.1)
-                except queue.Empty:
-                    if errors:
-                        raise errors[0]
-                    continue
-                if item is _END:
-                    done = True
-                    break
-                if isinstance(item, _Failed):
-                    raise item.exc
-                frames.append(item)
+        while True:
+            try:
+                item = q_in.get(timeout=0.1)
+            except queue.Empty:
+                if errors:
+                    raise errors[0]
+                continue
+            if item is _END:
+                break
+            if isinstance(item, _Failed):
+                raise item.exc
             if errors:
                 raise errors[0]
-            if frames and not _put(q_out, upscale_frames(upscaler, frames, order="BGR"), stop):
+            kind, data = item
+            if kind == "x":
+                out = ("y", upscaler.session.infer(data))
+            else:
+                out = ("frames", [upscaler.upscale(f, order="BGR") for f in data])
+            if not _put(q_out, out, stop):
                 break
         _put(q_out, _END, stop)
         threads[1].join()
@@ -473,6 +508,16 @@ def upscale_video(upscaler, src: str | os.PathLike, dst: str | os.PathLike, *, c
         if info.frame_count is not None and written != info.frame_count:
             warn(f"{src}: decoded {written} frames but the container declares {info.frame_count}: the file "
                  "may be truncated or have undecodable frames (output holds the decoded ones)")
+        # OpenCV's writer reports no errors (a full disk included): read the result back.
+        try:
+            check = probe_video(tmp) if tmp.is_file() and tmp.stat().st_size > 0 else None
+        except ValueError:
+            check = None
+        if check is None or (check.width, check.height) != (out_w, out_h):
+            raise RuntimeError(f"{dst}: the encoder produced no readable video (disk full? codec {codec!r} "
+                               f"unusable in {dst.suffix}?); nothing was written")
+        if check.frame_count is not None and check.frame_count != written:
+            warn(f"{dst}: {written} frames were written but the file reports {check.frame_count}")
         audio_state = "disabled"
         if audio:
             audio_state = _remux_audio(src, tmp, ffmpeg, warn)

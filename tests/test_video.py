@@ -99,6 +99,16 @@ def test_output_matches_per_frame_upscale_tiled(session, odd_video, tmp_path):
     assert no_leftovers(tmp_path) == []
 
 
+def test_whole_frame_path_equals_upscaler_exactly(session, odd_video, tmp_path):
+    # tile 0, batch 1: frames take the pipeline's own pre/post-processing (decoder and encoder
+    # threads); it must be bit-identical to Upscaler.upscale.
+    up = Upscaler(session, tile=0)
+    out = tmp_path / "whole.mkv"
+    upscale_video(up, odd_video, out, progress=False, audio=False)
+    got, want = read_frames(out), reference(up, odd_video)
+    assert len(got) == 8 and all(np.array_equal(g, w) for g, w in zip(got, want))
+
+
 def test_frame_batching_equals_single_frames(session, odd_video, tmp_path):
     # tile 0: whole frames, stacked 3 per inference call (3 + 3 + 2); lossless png codec in .avi.
     up = Upscaler(session, tile=0, batch=3)
@@ -212,15 +222,15 @@ def test_ctrl_c_leaves_no_partial_output(session, odd_video, tmp_path, monkeypat
     out = tmp_path / "out.mkv"
     out.write_bytes(b"previous result")  # replaced only by a finished run
     calls = {"n": 0}
-    real = video_mod.upscale_frames
+    real = session.infer
 
-    def interrupted(*args, **kwargs):
+    def interrupted(x):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 3:  # as if Ctrl-C arrived during the third inference
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        return real(x)
 
-    monkeypatch.setattr(video_mod, "upscale_frames", interrupted)
+    monkeypatch.setattr(session, "infer", interrupted)
     with pytest.raises(KeyboardInterrupt):
         upscale_video(Upscaler(session, tile=0), odd_video, out, overwrite=True, progress=False, audio=False)
     assert out.read_bytes() == b"previous result"
