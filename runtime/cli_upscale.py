@@ -110,6 +110,9 @@ def output_paths(files: list[Path], output: str, *, ext: str | None, suffix: str
         if ext is not None and ext != out.suffix.lower():
             raise ValueError(f"-o {out} has extension {out.suffix} but --ext says {ext}; drop one of them")
         return {files[0]: out}
+    if out.suffix.lower() in _IMAGE_EXTS and not out.is_dir():
+        raise ValueError(f"-o {out}: an output file name needs exactly one input file ({len(files)} given, or a "
+                         "folder/glob); give an output folder instead")
     if out.exists() and not out.is_dir():
         raise ValueError(f"-o {out}: exists and is not a folder (a single output file needs exactly one "
                          "input file and an image extension)")

@@ -160,6 +160,8 @@ def test_cli_ext_suffix_glob_and_single_file(model, folder, tmp_path, capsys):
     single = tmp_path / "one" / "result.webp"
     rc, text = _run(capsys, "-i", folder / "rgb.png", "-o", single, "--model", model)
     assert rc == 0 and read_image(single)[0].shape == (34, 42, 3)
+    rc, text = _run(capsys, "-i", folder, "-o", tmp_path / "many.png", "--model", model)
+    assert rc == 1 and "needs exactly one input file" in text and not (tmp_path / "many.png").exists()
 
 
 def test_cli_bad_inputs_continue_and_fail(model, folder, tmp_path, capsys):
