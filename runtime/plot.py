@@ -1,10 +1,12 @@
 """Plot benchmark results (schema ``srdeploy.bench/1``): fps by input size, backend and tool.
 
-One PNG with grouped bars: input sizes on the x axis (sorted by pixel count), one bar per series,
-where a series is (tool, backend, device, precision): so the Python tool (``srdeploy bench``) and
-the C++ one (``srbench``) stand side by side for each backend. A ``--compare-torch`` result adds
-a "PyTorch eager (unfused)" series. The top panel is model-only fps; a second panel shows
-full-path fps where any file has it. matplotlib is optional (``pip install 'srdeploy[plot]'``).
+One PNG with grouped bars: input sizes on the x axis (sorted by pixel count), one bar per
+series, where a series is (tool, backend, device, precision, CPU threads), so the Python tool
+(``srdeploy bench``) and the C++ one (``srbench``) stand side by side for each backend. Panels:
+model-only fps; full-path fps (where any file has it); and, for ``--compare-torch`` results, our
+model and PyTorch eager (BN unfused) from their alternating same-run timing, the like-for-like
+comparison (separate runs on a loaded machine can differ more than the two runtimes do).
+matplotlib is optional (``pip install 'srdeploy[plot]'``).
 """
 
 from __future__ import annotations
@@ -33,9 +35,15 @@ def load_results(paths: list[str | os.PathLike]) -> list[dict]:
     return out
 
 
+def _threads(r: dict) -> str:
+    n = (r.get("threads") or {}).get("intra_op")
+    return f"{n} thr" if n else "default thr"
+
+
 def _series_label(r: dict) -> str:
     tool = "C++" if "srbench" in r.get("tool", "") else "Python"
-    return f"{tool} {r['backend']} {r.get('device', '')} {r.get('precision', '')}".strip()
+    label = f"{tool} {r['backend']} {r.get('device', '')} {r.get('precision', '')}"
+    return f"{label} {_threads(r)}" if r.get("device", "cpu") == "cpu" else label
 
 
 def collect(results: list[dict], metric: str = "model_only") -> tuple[list[str], dict[str, dict[str, float]]]:
@@ -43,7 +51,8 @@ def collect(results: list[dict], metric: str = "model_only") -> tuple[list[str],
 
     Args:
         results: loaded result objects.
-        metric: "model_only" or "full_path".
+        metric: "model_only", "full_path" or "compare_torch" (our model and PyTorch eager from
+            the alternating timing of ``--compare-torch``).
     """
     sizes: dict[str, int] = {}
     series: dict[str, dict[str, float]] = {}
@@ -59,10 +68,11 @@ def collect(results: list[dict], metric: str = "model_only") -> tuple[list[str],
         if timing is None:
             continue
         sizes[size] = inp["width"] * inp["height"] * inp.get("batch", 1)
-        add(_series_label(r), size, float(timing["fps"]))
-        torch = r["results"].get("compare_torch")
-        if metric == "model_only" and torch and "torch" in torch:
-            add(f"PyTorch eager unfused {r.get('device', '')} fp32", size, float(torch["torch"]["fps"]))
+        if metric == "compare_torch":  # the same-run, alternating pair
+            add(_series_label(r), size, float(timing["ours"]["fps"]))
+            add(f"PyTorch eager unfused {r.get('device', '')} fp32 {_threads(r)}", size, float(timing["torch"]["fps"]))
+        else:
+            add(_series_label(r), size, float(timing["fps"]))
     order = sorted(sizes, key=lambda s: (sizes[s], s))
     return order, series
 
@@ -83,7 +93,7 @@ def plot_results(paths: list[str | os.PathLike], out: str | os.PathLike) -> Path
     import numpy as np
 
     results = load_results(paths)
-    panels = [(m, *collect(results, m)) for m in ("model_only", "full_path")]
+    panels = [(m, *collect(results, m)) for m in ("model_only", "full_path", "compare_torch")]
     panels = [p for p in panels if p[2]]
     if not panels:
         raise ValueError("no results with model-only or full-path timings to plot")
@@ -103,7 +113,8 @@ def plot_results(paths: list[str | os.PathLike], out: str | os.PathLike) -> Path
         ax.set_xticks(x, sizes)
         ax.set_xlabel("LR input size (W x H, batch)")
         ax.set_ylabel("frames per second")
-        ax.set_title({"model_only": "model only (prepared batch)", "full_path": "full path (uint8 -> uint8)"}[metric])
+        ax.set_title({"model_only": "model only (prepared batch)", "full_path": "full path (uint8 -> uint8)",
+                      "compare_torch": "model only vs PyTorch eager, same run (alternating blocks)"}[metric])
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
     machines = sorted({f"{r['machine'].get('cpu', '')} x{r['machine'].get('cores', '')}"

@@ -190,8 +190,8 @@ def test_plot_collects_series_and_writes_png(tmp_path):
         files[-1].write_text(json.dumps(r))
     sizes, series = plot.collect(plot.load_results(files))
     assert sizes == ["64x64", "128x128"]
-    assert series == {"Python onnxruntime cpu fp32": {"128x128": 2.0, "64x64": 8.0},
-                      "C++ onnxruntime cpu fp32": {"128x128": 2.5}}
+    assert series == {"Python onnxruntime cpu fp32 default thr": {"128x128": 2.0, "64x64": 8.0},
+                      "C++ onnxruntime cpu fp32 default thr": {"128x128": 2.5}}
     bad = tmp_path / "bad.json"
     bad.write_text('{"hello": 1}')
     with pytest.raises(ValueError, match="not a benchmark result"):
