@@ -82,6 +82,40 @@ def overhead(h: int, w: int, tile: int, pad: int) -> float:
     return p.num_tiles * p.window[0] * p.window[1] / (h * w)
 
 
+def timing(s, args, radius: int, results: dict) -> None:
+    """Time tiled runs on one larger real image (an HR image of Set14 used as LR input)."""
+    from srdeploy.runtime.tiling import tiled_infer
+    from srdeploy.train.data import data_root, load_rgb
+
+    big = load_rgb(data_root() / "benchmark" / "Set14" / "barbara.png")[: args.time_size, : args.time_size]
+    x = to_chw(big)
+    h, w = x.shape[1:]
+
+    def timed(**kw) -> float:
+        best = float("inf")
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            tiled_infer(s, x, **kw)
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    base = timed(tile=0)
+    print(f"\ntiming on a {h}x{w} LR image (contended CPU; overhead = model input px / image px is exact):")
+    print(f"whole image: {base:.2f} s ({h * w / base / 1e3:.1f} kpx/s)")
+    print(f"{'tile':>5} {'margin':>6} {'overhead':>9} {'time s':>7} {'vs whole':>8}")
+    for t in (int(v) for v in args.time_tiles.split(",")):
+        for m in (int(v) for v in args.time_margins.split(",")):
+            if m > radius:
+                continue
+            ov = overhead(h, w, t, m)
+            sec = timed(tile=t, tile_pad=m)
+            results["timing"].append({"tile": t, "margin": m, "overhead": ov, "seconds": sec,
+                                      "ratio_vs_whole": sec / base})
+            print(f"{t:5d} {m:6d} {ov:9.2f} {sec:7.2f} {sec / base:8.2f}", flush=True)
+    results["whole_seconds"] = base
+    results["time_image"] = [h, w]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=None)
@@ -92,6 +126,7 @@ def main() -> int:
     ap.add_argument("--time-margins", default="0,4,8,12,16,24,40")
     ap.add_argument("--time-size", type=int, default=256, help="LR size of the timing image")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--no-timing", action="store_true", help="deviation table only")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -131,39 +166,10 @@ def main() -> int:
             results["deviation"].append(row)
             print(f"{m:6d} {worst:13.3g} {worst * 255:7.3f} {worst8:9.0f} {row['mean_abs']:9.2g}", flush=True)
 
-        # timing on one larger real image (an HR image of Set14 used as LR input)
-        from srdeploy.train.data import data_root, load_rgb
-
-        big = load_rgb(data_root() / "benchmark" / "Set14" / "barbara.png")[: args.time_size, : args.time_size]
-        x = to_chw(big)
-        h, w = x.shape[1:]
-
-        def timed(**kw) -> float:
-            best = float("inf")
-            for _ in range(args.repeat):
-                t0 = time.perf_counter()
-                tiled_infer(s, x, **kw)
-                best = min(best, time.perf_counter() - t0)
-            return best
-
-        base = timed(tile=0)
-        print(f"\ntiming on a {h}x{w} LR image (contended CPU; overhead = model input px / image px is exact):")
-        print(f"whole image: {base:.2f} s ({h * w / base / 1e3:.1f} kpx/s)")
-        print(f"{'tile':>5} {'margin':>6} {'overhead':>9} {'time s':>7} {'vs whole':>8}")
-        for t in (int(v) for v in args.time_tiles.split(",")):
-            for m in (int(v) for v in args.time_margins.split(",")):
-                if m > radius:
-                    continue
-                ov = overhead(h, w, t, m)
-                sec = timed(tile=t, tile_pad=m)
-                results["timing"].append({"tile": t, "margin": m, "overhead": ov, "seconds": sec,
-                                          "ratio_vs_whole": sec / base})
-                print(f"{t:5d} {m:6d} {ov:9.2f} {sec:7.2f} {sec / base:8.2f}", flush=True)
-        results["whole_seconds"] = base
-        results["time_image"] = [h, w]
-        # overhead at the sizes that matter for real photos (exact arithmetic, 3000x4000 LR)
         results["overhead_4000x3000"] = {f"{t}/{m}": overhead(3000, 4000, t, m)
                                          for t in (128, 192, 256, 384, 512) for m in margins}
+        if not args.no_timing:
+            timing(s, args, radius, results)
     ok = [r for r in results["deviation"] if r["max_abs_255"] <= 1.0]
     if ok:
         print(f"\nsmallest margin with max deviation <= 1/255: {ok[0]['margin']} (radius {radius})")
