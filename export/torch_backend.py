@@ -31,12 +31,16 @@ class TorchSession(Session):
         use_ema: use the checkpoint's EMA weights when present.
         channels_last: run CUDA convolutions in channels-last memory format (faster with
             tensor cores); default True on CUDA.
+        fold_bn: fold BatchNorm into the convolutions (default). False runs the training
+            model as it is (eager, BN unfused): the baseline ``srdeploy bench --compare-torch``
+            measures deployment against.
     """
 
     backend = "torch"
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", precision: str = "fp32",
-                 threads: int | None = None, use_ema: bool = True, channels_last: bool | None = None) -> None:
+                 threads: int | None = None, use_ema: bool = True, channels_last: bool | None = None,
+                 fold_bn: bool = True) -> None:
         super().__init__()
         import torch
 
@@ -68,7 +72,8 @@ class TorchSession(Session):
         ckpt = load_checkpoint(path)
         model = model_from_checkpoint(ckpt, use_ema=use_ema)
         radius = receptive_radius(model)
-        model = fuse_bn(model)
+        if fold_bn:
+            model = fuse_bn(model)
         self._device = torch.device(device)
         self._dtype = torch.float16 if precision == "fp16" else torch.float32
         self._channels_last = kind == "cuda" if channels_last is None else channels_last
@@ -98,7 +103,8 @@ class TorchSession(Session):
         self.details = {
             "torch_version": torch.__version__,
             "threads": torch.get_num_threads() if kind == "cpu" else None,
-            "bn_folded": True,
+            "bn_folded": fold_bn,
+            "batchnorm_layers": sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()),
             "ema_weights": bool(use_ema and ckpt.get("ema_state_dict")),
             "output_range_mode": out_range,
             "channels_last": self._channels_last,

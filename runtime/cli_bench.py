@@ -74,6 +74,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ONNX Runtime graph optimisation level (default all)")
     b.add_argument("--no-full-path", action="store_true", help="time model-only inference only")
     b.add_argument("--json", metavar="FILE", help="write the result (schema srdeploy.bench/1) to FILE")
+    b.add_argument("--cpp", action="store_true",
+                   help="also run the C++ benchmark cpp_bench/build/srbench (built first if needed) with the same "
+                        "model, size, batch, warm-up, iterations, threads and device; print Python vs C++ fps")
+    b.add_argument("--cpp-json", metavar="FILE", help="with --cpp: srbench's JSON (default: --json's name with .cpp.json)")
     b.add_argument("--compare-torch", metavar="CHECKPOINT",
                    help="also time this checkpoint in PyTorch eager (FP32, BatchNorm not folded, same threads) "
                         "on the same input, alternating with the model, and print the speed ratio")
@@ -146,17 +150,38 @@ def _run_bench(args: argparse.Namespace) -> int:
     if args.json:
         write_json(result, args.json)
         print(f"wrote {args.json}", file=sys.stderr)
+    if args.cpp:
+        _run_cpp(args, cfg, result)
     return 0
+
+
+def _run_cpp(args: argparse.Namespace, cfg, result: dict) -> None:
+    """Run srbench on the same model and settings; print the Python/C++ ratio and compare checksums."""
+    from pathlib import Path
+
+    from .cpp_bench import run_cpp_bench
+
+    backend = {"onnxruntime": "ort", "tensorrt": "trt"}.get(result["backend"])
+    if backend is None:
+        raise ValueError(f"bench --cpp times ONNX models (ONNX Runtime) and TensorRT engines, not backend "
+                         f"{result['backend']!r}")
+    cpp_json = args.cpp_json or (str(Path(args.json).with_suffix(".cpp.json")) if args.json else None)
+    cpp = run_cpp_bench(cfg.model, (cfg.width, cfg.height), cfg.batch, cfg.warmup, cfg.iters, cpp_json, cfg.threads,
+                        backend=backend, device=result["device"], precision=cfg.precision if backend == "trt" else None)
+    py_fps, c_fps = result["results"]["model_only"]["fps"], cpp["results"]["model_only"]["fps"]
+    print(f"model only: Python {py_fps:.3f} fps, C++ {c_fps:.3f} fps, Python/C++ {py_fps / c_fps:.3f}", file=sys.stderr)
+    # Same deterministic input on both sides: the sums must agree to float32 accumulation noise.
+    n_out = cfg.batch * 3 * cfg.height * cfg.width * result["model"]["scale"] ** 2
+    if abs(result["output_checksum"] - cpp["output_checksum"]) > 1e-7 * n_out:
+        raise RuntimeError(f"bench --cpp: output checksums differ (Python {result['output_checksum']!r}, "
+                           f"C++ {cpp['output_checksum']!r}): the two tools did not run the same computation")
 
 
 def torch_reference(checkpoint: str, threads: int | None):
     """The PyTorch baseline for ``bench --compare-torch``: eager, FP32, BatchNorm NOT folded, CPU.
 
-    Deliberate, contained exception to "the runtime imports nothing of ours and no torch": the
-    baseline must be the training model itself, rebuilt by ``srdeploy.train.checkpoint`` (the
-    torch backend adapter folds BatchNorm, which is what we compare against). Both imports happen
-    here, only when ``--compare-torch`` is given, so ``srdeploy.runtime.bench`` and every runtime
-    module stay importable without torch.
+    Opened through the torch backend entry point with ``fold_bn=False`` (the training model as it
+    is), so the runtime imports neither torch nor srdeploy.train itself.
 
     Args:
         checkpoint: srdeploy training checkpoint (.pt), loaded with weights_only=True.
@@ -165,19 +190,10 @@ def torch_reference(checkpoint: str, threads: int | None):
     Returns:
         (callable float32 NCHW numpy -> float32 NCHW numpy, info dict for the JSON).
     """
-    import torch
+    from .open import open_session
 
-    from srdeploy.train.checkpoint import model_from_checkpoint
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-    model = model_from_checkpoint(checkpoint).float().eval()
-    n_bn = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-    def run(x):
-        with torch.inference_mode():
-            return model(torch.from_numpy(x)).numpy()
-
-    info = {"torch_version": str(torch.__version__), "torch_threads": torch.get_num_threads(),
-            "mode": "eager", "precision": "fp32", "batchnorm_layers_unfolded": n_bn}
-    return run, info
+    session = open_session(checkpoint, backend="torch", device="cpu", precision="fp32", threads=threads,
+                           fold_bn=False, use_ema=True)
+    info = {"torch_version": str(session.details.get("torch_version")), "torch_threads": session.details.get("threads"),
+            "mode": "eager", "precision": "fp32", "batchnorm_layers_unfolded": session.details["batchnorm_layers"]}
+    return session.infer, info

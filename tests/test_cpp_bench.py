@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,19 @@ def test_wrapper_matches_cli(srbench, tiny_model, tmp_path):
         run_cpp_bench(tmp_path / "nope.onnx", "16x12", exe=srbench)
     with pytest.raises(ValueError, match="WxH"):
         run_cpp_bench(tiny_model, "16", exe=srbench)
+
+
+def test_srdeploy_bench_cpp_runs_both_and_compares(srbench, tiny_model, tmp_path):
+    out = tmp_path / "py.json"
+    res = subprocess.run([sys.executable, "-m", "srdeploy", "bench", "--model", str(tiny_model), "--size", "21x13",
+                          "--warmup", "1", "--iters", "2", "--threads", "1", "--no-full-path", "--json", str(out),
+                          "--cpp"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "Python/C++" in res.stderr
+    py, cpp = json.loads(out.read_text()), json.loads(out.with_suffix(".cpp.json").read_text())
+    assert py["tool"] == "srdeploy bench" and cpp["tool"] == "srbench"
+    assert [py["input"][k] for k in ("batch", "height", "width")] == [cpp["input"][k] for k in ("batch", "height", "width")]
+    assert py["output_checksum"] == pytest.approx(cpp["output_checksum"], abs=1e-7 * 3 * 13 * 21 * 16)
 
 
 def test_missing_model(srbench, tmp_path):
