@@ -1,0 +1,76 @@
+"""The bundled default model: metadata, parity with its checkpoint, and quality vs bicubic."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+def _bundle():
+    onnx_files = sorted(MODELS.glob("*.onnx"))
+    ckpts = sorted(MODELS.glob("*.pt"))
+    card = MODELS / "model_card.json"
+    if not onnx_files or not ckpts or not card.is_file():
+        pytest.fail(f"the bundled model is missing from {MODELS} (need *.onnx, *.pt and model_card.json)")
+    return onnx_files, ckpts, json.loads(card.read_text())
+
+
+def test_bundle_has_one_fp32_onnx_and_one_checkpoint_with_metadata():
+    from srdeploy.export.onnx_export import read_metadata, sha256_file
+    from srdeploy.train.archs import SRResNet, receptive_radius
+
+    onnx_files, ckpts, card = _bundle()
+    assert len(onnx_files) == 1 and len(ckpts) == 1
+    info = read_metadata(onnx_files[0])
+    assert info.precision == "fp32" and info.scale == 4
+    assert info.arch == "SRResNet" and info.arch_kwargs == {"scale": 4, "num_blocks": 16, "channels": 64}
+    assert info.receptive_radius == receptive_radius(SRResNet(**info.arch_kwargs))
+    assert info.channel_order == "RGB" and info.input_range == (0.0, 1.0) and info.output_range == (0.0, 1.0)
+    assert info.checkpoint_sha256 == sha256_file(ckpts[0])  # exported from exactly this checkpoint
+    for path in (*onnx_files, *ckpts):
+        assert path.stat().st_size < 8e6, f"{path} should stay small (about 6 MB)"
+
+
+def test_runtime_default_model_is_the_bundled_onnx():
+    from srdeploy.runtime.open import default_model_path
+
+    onnx_files, _, _ = _bundle()
+    assert default_model_path().resolve() == onnx_files[0].resolve()
+
+
+@pytest.mark.slow
+def test_bundled_onnx_reproduces_checkpoint_through_verify(set5, tmp_path):
+    onnx_files, ckpts, _ = _bundle()
+    report = tmp_path / "verify.json"
+    res = subprocess.run([sys.executable, "-m", "srdeploy", "verify", str(ckpts[0]), str(onnx_files[0]),
+                          "--images", str(set5), "--json", str(report)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = json.loads(report.read_text())
+    assert data["ok"] is True and data["failed"] == []
+    assert any("Set5" in c["name"] or "baby" in c["name"] for c in data["cases"])  # real images ran
+
+
+@pytest.mark.slow
+def test_bundled_model_beats_bicubic_on_set5_by_the_stated_margin(set5):
+    """A careless retrain cannot silently ship a worse model: the card's Set5 gain must hold."""
+    from srdeploy.runtime.open import open_session
+    from srdeploy.runtime.upscale import Upscaler
+    from srdeploy.train.evaluate import bicubic_upscale, evaluate
+
+    onnx_files, _, card = _bundle()
+    stated = card["figures"]["Set5"]
+    with open_session(onnx_files[0]) as session:
+        upscaler = Upscaler(session, tile=0)  # whole image: the card's figures are whole-image
+        (model,) = evaluate(upscaler.upscale, [set5], scale=4)
+    (bicubic,) = evaluate(lambda lr: bicubic_upscale(lr, 4), [set5], scale=4)
+    gain = model.psnr - bicubic.psnr
+    assert gain >= stated["gain_db"] - 0.05, (model.psnr, bicubic.psnr, stated)
+    assert model.psnr == pytest.approx(stated["model_psnr"], abs=0.05)
+    assert np.isfinite(model.ssim) and model.ssim > bicubic.ssim
