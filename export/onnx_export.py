@@ -6,26 +6,18 @@ Small chained steps, each usable alone: ``export_onnx`` (torch -> file) -> ``add
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import warnings
 from pathlib import Path
 
-from srdeploy.runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelInfo
+from srdeploy.runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelInfo, sha256_file  # noqa: F401 (re-exported)
 
 OPSET = 17  # PixelShuffle exports as DepthToSpace(CRD), supported by ORT and TensorRT 8.6+.
 DYNAMIC_AXES = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
                 OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"}}
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _umask_mode(path: str) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from srdeploy.runtime.metadata import INPUT_NAME, ModelInfo
 
-from .onnx_export import OPSET, add_metadata, check_onnx, export_onnx, read_props, sha256_file, simplify_onnx
+from .onnx_export import OPSET, add_metadata, check_onnx, export_onnx, sha256_file, simplify_onnx
 
 # Extra metadata keys this exporter writes beside the runtime contract (runtime/metadata.py).
 KEY_WEIGHTS = "srdeploy.weights"              # "ema" | "state_dict": which weights were exported

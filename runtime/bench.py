@@ -27,7 +27,6 @@ reference is passed in as a plain callable (see ``srdeploy.runtime.cli_bench``).
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import platform
@@ -41,6 +40,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from .metadata import sha256_file
 
 SCHEMA_ID = "srdeploy.bench/1"
 TOOL = "srdeploy bench"
@@ -190,12 +191,6 @@ def library_versions(extra: dict[str, str] | None = None) -> dict[str, str]:
     return out
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- configuration

@@ -6,7 +6,9 @@ without them. Keep this module free of heavy imports: it is the single definitio
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 
 # metadata_props keys
@@ -29,6 +31,15 @@ OUTPUT_NAME = "sr"  # float32 (N, 3, scale*H, scale*W), RGB in [0, 1]
 
 REQUIRED_KEYS = (KEY_FORMAT, KEY_SCALE, KEY_INPUT_RANGE, KEY_OUTPUT_RANGE, KEY_CHANNEL_ORDER,
                  KEY_LAYOUT, KEY_RADIUS)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file (model identity in metadata, engine sidecars and benchmark results)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class MetadataError(ValueError):

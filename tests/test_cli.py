@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 SUBCOMMANDS = ["eval", "train", "export", "verify", "build-engine", "upscale", "video", "bench"]
 
