@@ -29,10 +29,11 @@ from .session import Session
 from .tiling import TilePlan, plan_tiles, run_tiles
 
 # Chosen by measurement (scripts/bench_tiling.py, README "Tiling defaults"). On the trained
-# 16-block SRResNet x4 (radius 40), max deviation from the whole-image output over Set5 + Set14
-# images, in 1/255 units, by margin: 8 -> 3.2, 10 -> 0.93, 12 -> 0.19, 16 -> 0.003. Compute cost
-# is the tile overhead factor (window area / core area; measured time follows it): on a
-# 4000x3000 image, tile 256 costs 1.20x with margin 12 (1.74x with the full radius 40), and
+# 16-block SRResNet x4 (radius 40; /work/runs/srresnet_x4 step 6500, Set5 29.92 dB), max
+# deviation from the whole-image output over the 19 Set5 + Set14 images, in 1/255 units, by
+# margin: 8 -> 1.96, 10 -> 0.76, 12 -> 0.20, 16 -> 0.005 (step 2000 gave 3.2/0.93/0.19/0.003).
+# Compute cost is the tile overhead factor (window area / core area; measured time follows it):
+# on a 4000x3000 image, tile 256 costs 1.20x with margin 12 (1.74x with the full radius 40), and
 # 256 keeps ONNX Runtime's activation memory inside the 2 GB budget (scripts/bench_memory.py).
 DEFAULT_TILE = 256
 DEFAULT_MIN_TILE_PAD = 12       # LR pixels: 0.19/255 measured, 5x below the 1/255 goal
