@@ -45,7 +45,7 @@ class TorchSession(Session):
         import torch
 
         from srdeploy.export.fuse import fuse_bn
-        from srdeploy.export.onnx_export import sha256_file
+        from srdeploy.runtime.metadata import sha256_file
         from srdeploy.train.archs import receptive_radius
         from srdeploy.train.checkpoint import load_checkpoint, model_from_checkpoint
 
