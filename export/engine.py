@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from srdeploy.runtime.atomic import atomic_target
 from srdeploy.runtime.metadata import INPUT_NAME, ModelInfo
 
 SIDECAR_FORMAT = "srdeploy.trt-engine/1"
@@ -178,21 +179,8 @@ def make_sidecar(*, key: EngineKey, engine_file: Path, engine_sha256: str, onnx_
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_target(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_sidecar(path: str | os.PathLike, sidecar: dict) -> None:

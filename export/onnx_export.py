@@ -7,10 +7,10 @@ Small chained steps, each usable alone: ``export_onnx`` (torch -> file) -> ``add
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
+from srdeploy.runtime.atomic import atomic_target
 from srdeploy.runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelInfo, sha256_file  # noqa: F401 (re-exported)
 
 OPSET = 17  # PixelShuffle exports as DepthToSpace(CRD), supported by ORT and TensorRT 8.6+.
@@ -20,28 +20,12 @@ DYNAMIC_AXES = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
 
 
 
-def _umask_mode(path: str) -> None:
-    # mkstemp creates 0600 files; give the final file the permissions a plain open() would.
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
 def _atomic_save_onnx(model_proto, path: Path) -> None:
     """Save an ONNX model to a temporary file beside ``path``, then rename it over ``path``."""
     import onnx
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        _umask_mode(tmp)
-        onnx.save(model_proto, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_target(path) as tmp:
+        onnx.save(model_proto, str(tmp))
 
 
 def export_onnx(model, path: str | os.PathLike, *, opset: int = OPSET, sample_size: tuple[int, int] = (32, 32)) -> Path:
@@ -64,22 +48,12 @@ def export_onnx(model, path: str | os.PathLike, *, opset: int = OPSET, sample_si
     path = Path(path)
     model = model.eval()
     sample = torch.rand(1, 3, *sample_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        _umask_mode(tmp)
-        with torch.no_grad(), warnings.catch_warnings():
-            # The TorchScript exporter is chosen on purpose (see above); hide its deprecation notice.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(model, (sample,), tmp, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes=DYNAMIC_AXES, opset_version=opset, do_constant_folding=True,
-                              dynamo=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_target(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter is chosen on purpose (see above); hide its deprecation notice.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (sample,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes=DYNAMIC_AXES, opset_version=opset, do_constant_folding=True,
+                          dynamo=False)
     return path
 
 

@@ -41,6 +41,7 @@ from typing import Callable
 
 import numpy as np
 
+from .atomic import atomic_target
 from .metadata import sha256_file
 
 SCHEMA_ID = "srdeploy.bench/1"
@@ -437,20 +438,8 @@ def _video_mode(cfg, upscaler, model_only: dict, log) -> dict:
 
 def write_json(result: dict, path: str | os.PathLike) -> None:
     """Write ``result`` to ``path`` atomically (temporary file + rename)."""
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_target(path) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
 def load_schema() -> dict:
