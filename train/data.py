@@ -184,15 +184,20 @@ class SRTrainDataset:
     def __len__(self) -> int:
         return self.length
 
+    def crop_params(self, index: int) -> tuple[int, int, int, int]:
+        """(image, top, left, dihedral code) of item ``index``: the only random draws of an item,
+        shared by ``crop_hr`` and the GPU cropper of the trainer so both cut identical crops."""
+        rng = np.random.default_rng((self.seed, index))
+        k = int(rng.integers(len(self.images)))
+        h, w = self.images[k].shape[:2]
+        top, left = int(rng.integers(h - self.crop + 1)), int(rng.integers(w - self.crop + 1))
+        code = int(rng.integers(8)) if self.augment else 0
+        return k, top, left, code
+
     def crop_hr(self, index: int) -> np.ndarray:
         """The uint8 HR crop of item ``index``."""
-        rng = np.random.default_rng((self.seed, index))
-        img = self.images[int(rng.integers(len(self.images)))]
-        h, w = img.shape[:2]
-        top, left = int(rng.integers(h - self.crop + 1)), int(rng.integers(w - self.crop + 1))
-        hr = img[top: top + self.crop, left: left + self.crop]
-        if self.augment:
-            hr = augment(hr, int(rng.integers(8)))
+        k, top, left, code = self.crop_params(index)
+        hr = augment(self.images[k][top: top + self.crop, left: left + self.crop], code)
         return np.ascontiguousarray(hr)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:

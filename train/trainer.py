@@ -282,14 +282,8 @@ class TensorCropper:
         self.down = torch.from_numpy(_resize_matrix(dataset.crop, n, 1.0 / dataset.scale)).to(device)
 
     def params(self, index: int) -> tuple[int, int, int, int]:
-        """(image, top, left, dihedral code) of item ``index``: the draws of ``crop_hr``, in order."""
-        ds = self.ds
-        rng = np.random.default_rng((ds.seed, index))
-        k = int(rng.integers(len(ds.images)))
-        h, w = ds.images[k].shape[:2]
-        top, left = int(rng.integers(h - ds.crop + 1)), int(rng.integers(w - ds.crop + 1))
-        code = int(rng.integers(8)) if ds.augment else 0
-        return k, top, left, code
+        """(image, top, left, dihedral code) of item ``index``: the dataset's own draws."""
+        return self.ds.crop_params(index)
 
     def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(lr, hr) float32 NCHW in [0, 1] on the device for dataset items ``indices``."""
