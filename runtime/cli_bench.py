@@ -24,7 +24,8 @@ def _add_session_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads (ONNX Runtime intra-op / torch); default: the backend's (all cores)")
     p.add_argument("--tile-pad", type=int, default=None, metavar="N",
-                   help="tile margin in LR pixels (default: the model's receptive radius, exact)")
+                   help="tile margin in LR pixels (default: 0.3 x the model's receptive radius, at least 12, "
+                        "as srdeploy upscale; the radius itself is exact)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
