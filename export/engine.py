@@ -4,8 +4,10 @@ The engine is a plain serialized plan (``trtexec --loadEngine`` loads it). Besid
 ``<engine>.json`` (the sidecar, keys in ``SIDECAR_KEYS``) records what the runtime must check
 before loading (TensorRT version, GPU name and compute capability: engines only run where they
 were built) and what was built (precision, FP32-pinned layers, profiles, workspace, ONNX sha256,
-build time, the model's srdeploy metadata). ``srdeploy.runtime.trt_backend.check_sidecar``
-reads it; the runtime never imports this module.
+build time, the model's srdeploy metadata). The format (``SIDECAR_KEYS``, ``sidecar_path``,
+``read_sidecar``/``write_sidecar``) is defined once in ``srdeploy.runtime.backends.trt``, whose
+``check_sidecar`` validates it before loading; the runtime never imports this module. The GPU
+identity recorded here is read by ``srdeploy.runtime.backends._cuda``, as the runtime reads it.
 
 Precision: networks are built *strongly typed*: every layer runs in the type its ONNX tensors
 have. An FP16 engine is built from the mixed-precision ONNX of ``fp16.to_fp16_onnx`` (FP16
@@ -28,33 +30,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from srdeploy.runtime.atomic import atomic_target
+from srdeploy.runtime.backends._cuda import Cuda, import_cudart
+from srdeploy.runtime.backends.trt import (SIDECAR_FORMAT, SIDECAR_KEYS, read_sidecar, sidecar_path,
+                                           write_sidecar)
+from srdeploy.runtime.cli._args import parse_shape
 from srdeploy.runtime.metadata import INPUT_NAME, ModelInfo
 
-SIDECAR_FORMAT = "srdeploy.trt-engine/1"
 DEFAULT_WORKSPACE_GB = 4.0
 DEFAULT_OPT_LEVEL = 3
-# Every key the sidecar carries (tests check the writer emits exactly these).
-SIDECAR_KEYS = (
-    "format", "engine_file", "engine_sha256", "tensorrt_version", "gpu_name", "compute_capability",
-    "cuda_driver_version", "precision", "fp32_layers", "strongly_typed", "tf32", "profiles", "workspace_bytes",
-    "builder_optimization_level", "onnx_file", "onnx_sha256", "built_onnx_sha256", "metadata", "fp16_analysis",
-    "timing_cache", "build_seconds", "built_at", "srdeploy_version", "cache_key",
-)
 
 
 # ----------------------------------------------------------------------------- shapes
-
-def parse_shape(text: str) -> tuple[int, int, int, int]:
-    """'1x3x32x32' -> (1, 3, 32, 32): batch x channels x height x width, positive integers."""
-    parts = str(text).lower().replace("*", "x").split("x")
-    try:
-        dims = tuple(int(p) for p in parts)
-    except ValueError:
-        dims = ()
-    if len(dims) != 4 or min(dims) < 1:
-        raise ValueError(f"shape {text!r} is not NxCxHxW with positive integers (e.g. 1x3x256x256)")
-    return dims  # type: ignore[return-value]
-
 
 def _shape_str(shape) -> str:
     return "x".join(str(v) for v in shape)
@@ -135,12 +121,6 @@ class EngineKey:
 
 # ----------------------------------------------------------------------------- sidecar
 
-def sidecar_path(engine: str | os.PathLike) -> Path:
-    """Where ``build-engine`` writes the sidecar: ``<engine>.json`` (model.engine -> model.engine.json)."""
-    engine = Path(engine)
-    return engine.with_name(engine.name + ".json")
-
-
 def make_sidecar(*, key: EngineKey, engine_file: Path, engine_sha256: str, onnx_file: Path, info: ModelInfo,
                  extra_props: dict | None, fp16_analysis: dict | None, timing_cache: str | None,
                  build_seconds: float, cuda_driver_version: int | None) -> dict:
@@ -183,25 +163,9 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def write_sidecar(path: str | os.PathLike, sidecar: dict) -> None:
-    """Write the sidecar JSON atomically."""
-    _atomic_write_bytes(Path(path), (json.dumps(sidecar, indent=2) + "\n").encode())
-
-
-def read_sidecar(path: str | os.PathLike) -> dict:
-    """Read and shape-check a sidecar written by ``write_sidecar`` (ValueError when malformed)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: unreadable engine sidecar ({exc})") from exc
-    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
-        raise ValueError(f"{path}: not an srdeploy engine sidecar (format {SIDECAR_FORMAT!r})")
-    missing = [k for k in SIDECAR_KEYS if k not in data]
-    if missing:
-        raise ValueError(f"{path}: engine sidecar lacks {', '.join(missing)}; rebuild the engine")
+def read_checked_sidecar(path: str | os.PathLike) -> dict:
+    """``read_sidecar`` plus a check that every recorded profile is valid."""
+    data = read_sidecar(path)
     for p in data["profiles"]:
         ShapeProfile.from_dict(p)
     return data
@@ -221,36 +185,9 @@ def import_tensorrt():
 
 
 def gpu_identity(device: int = 0) -> tuple[str, str, int | None]:
-    """(GPU name, "major.minor" compute capability, CUDA driver version) of CUDA device ``device``.
-
-    Read with cuda-python's ``cudaGetDeviceProperties``, the same call the runtime uses, so the
-    sidecar's values compare equal on the same machine.
-    """
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        try:
-            from cuda import cudart  # older cuda-python
-        except ImportError as exc:
-            raise ModuleNotFoundError("build-engine needs cuda-python: pip install 'srdeploy[gpu]'",
-                                      name="cuda") from exc
-
-    def check(what, result):
-        err, *rest = result if isinstance(result, tuple) else (result,)
-        if err != cudart.cudaError_t.cudaSuccess:
-            raise RuntimeError(f"CUDA {what} failed ({getattr(err, 'name', err)}); is an NVIDIA GPU and driver present?")
-        return rest[0] if rest else None
-
-    count = check("cudaGetDeviceCount", cudart.cudaGetDeviceCount())
-    if device >= count:
-        raise RuntimeError(f"CUDA device {device} requested but {count} device(s) exist")
-    prop = check("cudaGetDeviceProperties", cudart.cudaGetDeviceProperties(device))
-    name = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
-    try:
-        driver = int(check("cudaDriverGetVersion", cudart.cudaDriverGetVersion()))
-    except RuntimeError:
-        driver = None
-    return name, f"{prop.major}.{prop.minor}", driver
+    """(GPU name, "major.minor" compute capability, CUDA driver version) of CUDA device ``device``,
+    read exactly as the runtime reads it (``srdeploy.runtime.backends._cuda``)."""
+    return Cuda(import_cudart("build-engine")).identity(device)
 
 
 @dataclass
@@ -379,7 +316,7 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, *, pro
         side_path = sidecar_path(output)
         if not force and output.is_file() and side_path.is_file():
             try:
-                old = read_sidecar(side_path)
+                old = read_checked_sidecar(side_path)
             except ValueError:
                 old = None
             if old and old["cache_key"] == key.digest() and old["engine_sha256"] == sha256_file(output):
