@@ -35,7 +35,8 @@ def parse_dims(text: str, *, names: tuple[str, ...], example: str, optional_lead
     if optional_lead is not None and len(dims) == len(names) - 1:
         dims = (optional_lead, *dims)
     if len(dims) != len(names) or min(dims, default=0) < 1:
-        form = "x".join(n.upper() for n in names)
+        short, long = "x".join(n[0].upper() for n in names), "x".join(n.upper() for n in names)
+        form = short if short == long else f"{short} ({long})"
         raise ValueError(f"{what} {text!r} is not {form} with positive integers (e.g. {example})")
     return dims
 
