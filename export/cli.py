@@ -7,6 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from srdeploy.runtime.backends import help_text as backend_help
+from srdeploy.runtime.cli._args import backend_arg
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -47,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="random-input sizes (default 1x33x47,2x40x64,1x96x71; kept inside an engine's profile)")
     v.add_argument("--atol", type=float, default=None, help="max abs tolerance (default by precision)")
     v.add_argument("--min-psnr", type=float, default=None, help="PSNR floor in dB (default 45 for FP16)")
-    v.add_argument("--backend", default="auto", help="runtime backend (default: from the file type)")
+    v.add_argument("--backend", default="auto", type=backend_arg, metavar="BACKEND", help=backend_help())
     v.add_argument("--device", default=None, help="runtime device (default: cpu for ONNX, cuda:0 for engines)")
     v.add_argument("--ref-device", default="cpu", help="torch device of the reference model (cpu, cuda)")
     v.add_argument("--seed", type=int, default=0, help="random-input seed")

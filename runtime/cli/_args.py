@@ -58,7 +58,8 @@ def parse_batch_hw(text: str, what: str = "size") -> tuple[int, int, int]:
 
 
 # ----------------------------------------------------------------------------- session flags
-def _backend(text: str) -> str:
+def backend_arg(text: str) -> str:
+    """argparse ``type`` for --backend: a name or alias from the backend table, made canonical."""
     try:
         return canonical(text)
     except ValueError as exc:
@@ -69,7 +70,7 @@ def add_session_args(p: argparse.ArgumentParser, *, threads: bool = True) -> Non
     """--model --backend --device --precision [--threads]: what ``session_recipe`` reads."""
     p.add_argument("--model", metavar="FILE",
                    help=f"{model_help()}; default: the bundled models/*.onnx (or $SRDEPLOY_MODEL)")
-    p.add_argument("--backend", default="auto", type=_backend, metavar="{" + ",".join(NAMES) + "}",
+    p.add_argument("--backend", default="auto", type=backend_arg, metavar="{" + ",".join(NAMES) + "}",
                    help=help_text())
     p.add_argument("--device", default=None, metavar="DEV",
                    help="cpu, cuda or cuda:N (default: the backend's: cpu, or cuda:0 for TensorRT)")
