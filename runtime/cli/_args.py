@@ -119,8 +119,14 @@ def session_recipe(args: argparse.Namespace, **options):
     from ..open import SessionRecipe
 
     model = model_path(args)
+    backend = backend_for(model, args.backend)
+    if backend == "onnxruntime-tensorrt" and hasattr(args, "tile") and "trt_tile_plan" not in options:
+        # The provider's shape profile covers the windows these tile flags produce (no engine rebuilds).
+        from ..upscale import DEFAULT_TILE
+
+        options["trt_tile_plan"] = (DEFAULT_TILE if args.tile is None else args.tile, args.tile_pad, args.batch)
     return SessionRecipe(model, args.backend, args.device, args.precision, getattr(args, "threads", None),
-                         make_options(backend_for(model, args.backend), options))
+                         make_options(backend, options))
 
 
 def describe_session(session, model, upscaler=None) -> str:
