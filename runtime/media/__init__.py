@@ -1,0 +1,1 @@
+"""Media input/output: images, video (OpenCV and ffmpeg), segments."""
