@@ -226,3 +226,8 @@ def test_encoder_settings_defaults_and_refusals():
         ff.encoder_settings("a.mkv", codec="nosuch", available=avail)
     with pytest.raises(ValueError, match="unknown video extension"):
         ff.encoder_settings("a.xyz", available=avail)
+
+
+def test_encode_fps_is_measured(tmp_path):
+    fps = ff.encode_fps(64, 48, ff.encoder_settings("a.mp4"), frames=10, work=tmp_path)
+    assert fps > 0 and list(tmp_path.glob("encode-fps.mov")) == []

@@ -768,3 +768,31 @@ def _mux_args(listing: Path, source: MediaInfo, plan: MuxPlan, container: str, o
 def with_path(info: MediaInfo, path: Path) -> MediaInfo:
     """The same MediaInfo for a file at another path (a copied source)."""
     return replace(info, path=path)
+
+
+def encode_fps(width: int, height: int, settings: EncoderSettings, *, frames: int = 60,
+               rate: Fraction = Fraction(25), work: Path) -> float:
+    """ffmpeg's encode speed alone (frames/s) at ``width`` x ``height`` with ``settings``.
+
+    Feeds a moving synthetic pattern through the same pipe, encoder and muxer as a segment
+    (into ``work``, deleted after), timed from the first write to the closed file. A user
+    compares it with the model's fps: on a fast GPU the encoder, not the model, can be the limit.
+    """
+    import time
+
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([(xx * 3) % 256, (yy * 5) % 256, ((xx + yy) * 2) % 256], -1).astype(np.uint8)
+    pattern = [np.roll(base, 7 * t, axis=1) for t in range(8)]
+    path = Path(work) / f"encode-fps.{settings.segment_format}"
+    enc = FrameEncoder(path, width, height, rate, settings, Path(work) / "encode-fps.log")
+    try:
+        t0 = time.perf_counter()
+        for t in range(frames):
+            enc.write(pattern[t % len(pattern)])
+        enc.close()
+        return frames / (time.perf_counter() - t0)
+    except BaseException:
+        enc.abort()
+        raise
+    finally:
+        path.unlink(missing_ok=True)
