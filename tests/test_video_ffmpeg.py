@@ -231,3 +231,37 @@ def test_encoder_settings_defaults_and_refusals():
 def test_encode_fps_is_measured(tmp_path):
     fps = ff.encode_fps(64, 48, ff.encoder_settings("a.mp4"), frames=10, work=tmp_path)
     assert fps > 0 and list(tmp_path.glob("encode-fps.mov")) == []
+
+
+@pytest.fixture()
+def full_disk(tmp_path):
+    """A 1 MiB tmpfs (root only; skipped with the reason elsewhere), unmounted after the test."""
+    import os
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a 1 MiB tmpfs needs root (mount -t tmpfs -o size=1m)")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"mount -t tmpfs not permitted here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_video_onto_a_full_disk_fails_cleanly(upscaler, full_disk, tmp_path):
+    # Incompressible noise, lossless FFV1: 40 frames of 192x144 need ~3 MB, more than the disk.
+    src = make(tmp_path / "noise.mkv", "-f", "lavfi", "-i", "nullsrc=s=96x72:r=10:d=4,geq=random(1)*255:random(2)*255:random(3)*255",
+               "-c:v", "ffv1", "-pix_fmt", "yuv444p")
+    out = full_disk / "out.mkv"
+    out.write_bytes(b"previous result")
+    with pytest.raises(ff.FFmpegError, match="No space left on device") as exc:
+        seg.upscale_video_ffmpeg(upscaler, src, out, codec="ffv1", overwrite=True, segment_frames=10,
+                                 progress=False, log=lambda s: None)
+    assert "\n" not in str(exc.value) and "ffmpeg log" in str(exc.value) and str(out) in str(exc.value)
+    assert out.read_bytes() == b"previous result"
+    assert not [p for p in full_disk.iterdir() if p.name != out.name and not p.name.endswith(seg.WORK_SUFFIX)]
+    work = seg.work_folder(out)
+    assert not list(work.glob(".seg-*"))  # no partial segment left

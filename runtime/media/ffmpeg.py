@@ -52,7 +52,17 @@ def ffmpeg_exe() -> str:
 
 
 class FFmpegError(RuntimeError):
-    """An ffmpeg process failed; the message is one line naming the cause and the log file."""
+    """An ffmpeg process failed; the message is one line naming the cause and the log file.
+
+    Attributes:
+        cause: the short cause ("No space left on device", ffmpeg's last line...).
+        log: the log file holding ffmpeg's full stderr (None when there is none).
+    """
+
+    def __init__(self, message: str, cause: str = "", log: Path | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause or message
+        self.log = log
 
 
 # Causes worth naming on their own (searched in ffmpeg's stderr, first match wins).
@@ -123,7 +133,8 @@ class Process:
         self.wait()
 
     def error(self, what: str) -> FFmpegError:
-        return FFmpegError(f"{what}: {failure_cause(''.join(self.tail))} (ffmpeg log: {self.log})")
+        cause = failure_cause("".join(self.tail))
+        return FFmpegError(f"{what}: {cause} (ffmpeg log: {self.log})", cause, self.log)
 
 
 def run(args: Sequence[str], log: Path, what: str) -> None:

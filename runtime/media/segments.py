@@ -509,7 +509,13 @@ def _run_job(upscaler, source, dst, work, settings, segment_frames, resume, batc
                 if bar is not None:
                     bar.update(task.count)
                 continue
-            process_segment(task, upscaler, batch=batch, on_frame=bar.update if bar is not None else None)
+            try:
+                process_segment(task, upscaler, batch=batch, on_frame=bar.update if bar is not None else None)
+            except ff.FFmpegError as exc:
+                finished = sum(1 for t in job.tasks if t.path.is_file())
+                raise ff.FFmpegError(f"{dst}: segment {task.index} failed: {exc.cause} (ffmpeg log: {exc.log}); "
+                                     f"{finished} finished segment(s) kept in {work} for --resume",
+                                     exc.cause, exc.log) from None
             done_frames += task.count
         seconds = time.perf_counter() - t0
         if bar is not None:
@@ -519,6 +525,11 @@ def _run_job(upscaler, source, dst, work, settings, segment_frames, resume, batc
         try:
             mux = join_segments(job, tmp)
             os.replace(tmp, dst)
+        except ff.FFmpegError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ff.FFmpegError(f"{dst}: joining the segments failed: {exc.cause} (ffmpeg log: {exc.log}); the "
+                                 f"{len(job.tasks)} finished segments are kept in {work} for --resume",
+                                 exc.cause, exc.log) from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
