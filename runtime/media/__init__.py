@@ -1,1 +1,4 @@
-"""Media input/output: images, video (OpenCV and ffmpeg), segments."""
+"""Image and video files: reading, writing and the video pipeline (OpenCV decode, encoders).
+
+Named ``media`` because ``io`` would shadow the standard library module.
+"""
