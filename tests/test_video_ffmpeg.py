@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -251,17 +252,147 @@ def full_disk(tmp_path):
         subprocess.run(["umount", str(mnt)], check=False)
 
 
-def test_video_onto_a_full_disk_fails_cleanly(upscaler, full_disk, tmp_path):
-    # Incompressible noise, lossless FFV1: 40 frames of 192x144 need ~3 MB, more than the disk.
-    src = make(tmp_path / "noise.mkv", "-f", "lavfi", "-i", "nullsrc=s=96x72:r=10:d=4,geq=random(1)*255:random(2)*255:random(3)*255",
+def test_video_and_image_onto_a_full_disk_fail_cleanly(copy_model, full_disk, tmp_path, capsys):
+    """issue 11 item 1: one line naming the cause, exit 1, nothing under the output name, old output kept."""
+    import cv2
+
+    from srdeploy.cli import main
+
+    # image: 400x400 noise -> 800x800 PNG (~1.9 MB) onto the 1 MiB disk
+    img = tmp_path / "noise.png"
+    cv2.imwrite(str(img), np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8))
+    assert main(["upscale", "-i", str(img), "-o", str(full_disk / "big.png"), "--model", str(copy_model),
+                 "--tile", "0", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "big.png" in err and ("No space left on device" in err or "disk full" in err)
+    assert not (full_disk / "big.png").exists()
+    assert list(full_disk.iterdir()) == []
+    # video: incompressible noise, lossless FFV1: 40 frames of 192x144 need ~3 MB
+    src = make(tmp_path / "noise.mkv", "-f", "lavfi", "-i",
+               "nullsrc=s=96x72:r=10:d=4,geq=random(1)*255:random(2)*255:random(3)*255",
                "-c:v", "ffv1", "-pix_fmt", "yuv444p")
     out = full_disk / "out.mkv"
     out.write_bytes(b"previous result")
-    with pytest.raises(ff.FFmpegError, match="No space left on device") as exc:
-        seg.upscale_video_ffmpeg(upscaler, src, out, codec="ffv1", overwrite=True, segment_frames=10,
-                                 progress=False, log=lambda s: None)
-    assert "\n" not in str(exc.value) and "ffmpeg log" in str(exc.value) and str(out) in str(exc.value)
+    assert main(["video", "-i", str(src), "-o", str(out), "--model", str(copy_model), "--tile", "0", "--codec",
+                 "ffv1", "--overwrite", "--segment-frames", "10", "-q"]) == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("model ")]
+    assert len(err) == 1 and "No space left on device" in err[0] and str(out) in err[0] and "ffmpeg log" in err[0]
     assert out.read_bytes() == b"previous result"
-    assert not [p for p in full_disk.iterdir() if p.name != out.name and not p.name.endswith(seg.WORK_SUFFIX)]
+    assert sorted(p.name for p in full_disk.iterdir()) == sorted([out.name, seg.work_folder(out).name])
+    assert not list(seg.work_folder(out).glob(".seg-*"))  # no partial segment left
+
+
+# --------------------------------------------------------------------------- the command
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "srdeploy", "video", *args]
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory) -> Path:
+    """40 frames at 25 fps, 32x24, H.264 with B-frames and AAC: 20 segments of 2 frames."""
+    d = tmp_path_factory.mktemp("long")
+    return make(d / "long.mp4", "-f", "lavfi", "-i", "testsrc2=size=32x24:rate=25:duration=1.6", "-f", "lavfi",
+                "-i", "sine=frequency=300:duration=1.6", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac")
+
+
+def _segments(work: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in work.glob("seg-*.mov")}
+
+
+def _run_until(cmd: list[str], work: Path, n: int, timeout: float = 120) -> dict[str, tuple[int, int]]:
+    """Start ``cmd``, SIGKILL it once ``work`` holds at least ``n`` finished segments; return them."""
+    import signal
+    import time
+
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t0 = time.monotonic()
+    try:
+        while len(_segments(work)) < n:
+            assert p.poll() is None, f"finished before it could be killed: {p.stderr.read().decode()[-500:]}"
+            assert time.monotonic() - t0 < timeout
+            time.sleep(0.01)
+        p.send_signal(signal.SIGKILL)
+    finally:
+        p.wait()
+    return _segments(work)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_reuses_finished_segments(copy_model, long_clip, tmp_path):
+    out = tmp_path / "out.mkv"
     work = seg.work_folder(out)
-    assert not list(work.glob(".seg-*"))  # no partial segment left
+    args = ["-i", str(long_clip), "-o", str(out), "--model", str(copy_model), "--tile", "0", "--codec", "libx264rgb",
+            "--crf", "0", "--segment-frames", "2", "-q"]
+    first = _run_until(cli(*args), work, 3)
+    assert not out.exists()
+    # without --resume the unfinished run is not silently thrown away
+    r = subprocess.run(cli(*args), capture_output=True, text=True)
+    assert r.returncode == 1 and "--resume" in r.stderr
+    # resume, killed again after it finished one more segment: the first ones were not rewritten
+    second = _run_until(cli(*args, "--resume"), work, len(first) + 1)
+    assert all(second[name] == first[name] for name in first), (first, second)
+    r = subprocess.run(cli(*args, "--resume"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"reused {len(second)} of 20 segments" in r.stderr
+    assert not work.exists()
+    got = decode(out)
+    assert len(got) == 40 and np.array_equal(got, reference(long_clip))
+    assert [s.kind for s in ff.probe(out).streams] == ["video", "audio"]
+
+
+def test_h264_mp4_with_stereo_aac(copy_model, bframes_mp4, tmp_path, capsys):
+    from srdeploy.cli import main
+
+    out = tmp_path / "out.mp4"
+    assert main(["video", "-i", str(bframes_mp4), "-o", str(out), "--model", str(copy_model), "--tile", "0", "-q"]) == 0
+    err = capsys.readouterr().err
+    first = err.splitlines()[0]
+    assert first.startswith(f"model {copy_model}") and "onnxruntime" in first and "cpu" in first and "tile" in first
+    assert "audio dropped" not in err
+    info = ff.probe(out)
+    assert [(s.kind, s.codec) for s in info.streams] == [("video", "h264"), ("audio", "aac")]
+    assert "stereo" in info.streams[1].text
+    times = ff.frame_times(info, tmp_path / "p.log")
+    assert times.count == 20 and ff.analyse_timing(times, info.start).rate == Fraction(24000, 1001)
+    frame = 1001 / 24000
+    assert abs(stream_duration(out, "a:0") - stream_duration(bframes_mp4, "a:0")) <= frame
+    assert abs(stream_duration(out, "v:0") - stream_duration(bframes_mp4, "v:0")) <= frame
+    got, want = decode(out).astype(float), reference(bframes_mp4).astype(float)
+    assert got.shape == want.shape == (20, 48, 64, 3)
+    assert np.abs(got - want).mean() < 3.0  # CRF 18 4:2:0: a few 8-bit levels
+    assert not list(tmp_path.glob(".*"))  # no work folder or partial file left
+
+
+def test_bad_inputs_and_outputs_are_one_line(copy_model, bframes_mp4, tmp_path, capsys):
+    from srdeploy.cli import main
+
+    import cv2
+
+    still = tmp_path / "still.png"
+    cv2.imwrite(str(still), np.zeros((8, 8, 3), np.uint8))
+    cases = [(["-i", str(tmp_path), "-o", str(tmp_path / "o.mp4")], "is a folder"),
+             (["-i", str(still), "-o", str(tmp_path / "o.mp4")], "srdeploy upscale"),
+             (["-i", str(bframes_mp4), "-o", str(tmp_path / "o.mkv"), "--codec", "ffv1", "--crf", "3"], "lossless")]
+    for args, message in cases:
+        assert main(["video", *args, "--model", str(copy_model), "-q"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert message in err[-1] and len([ln for ln in err if "error" in ln]) == 1, err
+
+
+def test_unwritable_output_folder_says_permission_denied(copy_model, bframes_mp4, tmp_path):
+    import os
+    import shutil
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    cmd = cli("-i", str(bframes_mp4), "-o", str(ro / "o.mp4"), "--model", str(copy_model), "-q")
+    if os.geteuid() == 0:  # root ignores folder permissions unless it drops CAP_DAC_OVERRIDE
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root and setpriv (util-linux) is missing: cannot make a folder unwritable")
+        cmd = [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--", *cmd]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "permission denied" in r.stderr and str(ro) in r.stderr, r.stderr
+    assert list(ro.iterdir()) == []

@@ -671,7 +671,7 @@ _FALLBACK_SUBS = {"mp4": "mov_text", "mov": "mov_text", "matroska": "srt", "webm
 
 
 def join_and_mux(segments: Sequence[Path], durations: Sequence[Fraction], source: MediaInfo, dst_tmp: Path,
-                 container: str, offset: float, work: Path, *, hevc_tag: bool = False) -> MuxPlan:
+                 container: str, offset: float, work: Path, *, hevc_tag: bool = False, audio: bool = True) -> MuxPlan:
     """Join encoded segments without re-encoding and add every other stream of the source.
 
     The segments are listed in an ffconcat file with exact durations (cumulative start times
@@ -687,6 +687,7 @@ def join_and_mux(segments: Sequence[Path], durations: Sequence[Fraction], source
         source: the probed source.  dst_tmp: file to write (renamed by the caller).
         container: ffmpeg muxer of the output.  offset: seconds from container start to the first frame.
         work: folder for the concat list and the log.  hevc_tag: tag HEVC as hvc1 (MP4/MOV players).
+        audio: False leaves the audio tracks out (``--no-audio``; no notice).
 
     Raises:
         FFmpegError: the mux failed (one line naming the cause and ``work/join.log``).
@@ -705,7 +706,7 @@ def join_and_mux(segments: Sequence[Path], durations: Sequence[Fraction], source
 
     plan = MuxPlan()
     for s in source.streams:
-        if s.index == source.video:
+        if s.index == source.video or (s.kind == "audio" and not audio):
             continue
         if s.kind == "attachment" and container != "matroska":
             plan.dropped[s.index] = f"attachments need .mkv; {container} cannot hold them"

@@ -28,20 +28,19 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import secrets
 import shutil
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
 from . import ffmpeg as ff
+from .video import run_pipeline
 
 DEFAULT_SEGMENT_SECONDS = 10
 WORK_SUFFIX = ".srdeploy-video"
@@ -145,137 +144,6 @@ def process_segment(task: SegmentTask, upscaler, *, batch: int = 1,
     return task.path
 
 
-# --------------------------------------------------------------------------- pipeline
-_END = object()
-
-
-class _Failed:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-def _get(q: queue.Queue, stop: threading.Event):
-    while True:
-        try:
-            return q.get(timeout=0.1)
-        except queue.Empty:
-            if stop.is_set():
-                return _END
-
-
-def run_pipeline(upscaler, frames: Iterable[np.ndarray], write: Callable[[np.ndarray], None], *, batch: int = 1,
-                 on_frame: Callable[[int], None] | None = None, order: str = "BGR") -> int:
-    """Upscale ``frames`` into ``write`` with decode, inference and encode overlapped.
-
-    A reader thread pulls frames and converts groups of ``batch`` whole frames to the model's
-    float32 input; the calling thread only runs the session (Ctrl-C lands there); a writer thread
-    converts outputs back to uint8 and calls ``write``. Frames larger than a tile go one by one
-    through ``Upscaler.upscale`` (tiled) on the calling thread. Queues are bounded, so memory is
-    flat however long the video.
-
-    Returns:
-        Frames written.
-    """
-    from ..video import _postprocess, _preprocess, _stack_size
-
-    it = iter(frames)
-    try:
-        first = next(it)
-    except StopIteration:
-        return 0
-    h, w = first.shape[:2]
-    chunk = _stack_size(upscaler, h, w, batch)
-    stacked = chunk >= 1
-    group = chunk if stacked else 1
-    info = upscaler.session.info
-    stop = threading.Event()
-    qsize = max(2, 8 // group)
-    q_in: queue.Queue = queue.Queue(maxsize=qsize)
-    q_out: queue.Queue = queue.Queue(maxsize=qsize)
-    errors: list[BaseException] = []
-    written = [0]
-
-    def emit(frames_: list[np.ndarray]) -> bool:
-        item = ("x", _preprocess(info, frames_, order)) if stacked else ("frames", frames_)
-        return _put(q_in, item, stop)
-
-    def reader() -> None:
-        try:
-            pending = [first]
-            for frame in it:
-                if stop.is_set():
-                    return
-                if len(pending) == group:
-                    if not emit(pending):
-                        return
-                    pending = []
-                pending.append(frame)
-            if pending and not emit(pending):
-                return
-            _put(q_in, _END, stop)
-        except BaseException as exc:
-            _put(q_in, _Failed(exc), stop)
-
-    def writer() -> None:
-        try:
-            while True:
-                item = _get(q_out, stop)
-                if item is _END:
-                    return
-                kind, data = item
-                for frame in (_postprocess(info, data, order) if kind == "y" else data):
-                    write(frame)
-                    written[0] += 1
-                    if on_frame is not None:
-                        on_frame(1)
-        except BaseException as exc:
-            errors.append(exc)
-            stop.set()
-
-    threads = [threading.Thread(target=reader, name="srdeploy-decode", daemon=True),
-               threading.Thread(target=writer, name="srdeploy-encode", daemon=True)]
-    for t in threads:
-        t.start()
-    try:
-        while True:
-            try:
-                item = q_in.get(timeout=0.1)
-            except queue.Empty:
-                if errors:
-                    raise errors[0]
-                continue
-            if item is _END:
-                break
-            if isinstance(item, _Failed):
-                raise item.exc
-            if errors:
-                raise errors[0]
-            kind, data = item
-            out = ("y", upscaler.session.infer(data)) if kind == "x" else \
-                ("frames", [upscaler.upscale(f, order=order) for f in data])
-            if not _put(q_out, out, stop):
-                break
-        _put(q_out, _END, stop)
-        threads[1].join()
-        if errors:
-            raise errors[0]
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    return written[0]
-
-
 # --------------------------------------------------------------------------- job
 @dataclass
 class VideoJob:
@@ -349,14 +217,14 @@ def job_record(job: VideoJob, fingerprint: dict) -> dict:
     return json.loads(json.dumps(record))  # as it reads back from job.json (tuples become lists)
 
 
-def join_segments(job: VideoJob, tmp: Path) -> ff.MuxPlan:
+def join_segments(job: VideoJob, tmp: Path, *, audio: bool = True) -> ff.MuxPlan:
     """Join the job's finished segments and mux the source's other streams into ``tmp``; check the frame count."""
     paths = [t.path for t in job.tasks]
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
         raise RuntimeError(f"{job.dst}: segments not finished: {', '.join(missing[:5])}")
     plan = ff.join_and_mux(paths, [t.duration for t in job.tasks], job.source, tmp, job.container,
-                           job.timing.offset, job.work, hevc_tag=job.settings.encoder == "libx265")
+                           job.timing.offset, job.work, hevc_tag=job.settings.encoder == "libx265", audio=audio)
     got = ff.count_packets(tmp, job.work / "join.log")
     if got != job.frames:
         raise ff.FFmpegError(f"{job.dst}: the joined video holds {got} frames, expected {job.frames} "
@@ -387,7 +255,7 @@ class FFmpegVideoStats:
 def upscale_video_ffmpeg(upscaler, src: str | os.PathLike, dst: str | os.PathLike, *, codec: str | None = None,
                          crf: int | None = None, preset: str | None = None, pix_fmt: str | None = None,
                          segment_frames: int | None = None, resume: bool = False, overwrite: bool = False,
-                         batch: int = 1, progress: bool = True, fingerprint: dict | None = None,
+                         batch: int = 1, progress: bool = True, audio: bool = True, fingerprint: dict | None = None,
                          log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> FFmpegVideoStats:
     """Upscale ``src`` into ``dst`` through ffmpeg, in resumable segments, keeping every stream.
 
@@ -397,7 +265,7 @@ def upscale_video_ffmpeg(upscaler, src: str | os.PathLike, dst: str | os.PathLik
         segment_frames: frames per segment (default about 10 s).
         resume: continue the unfinished job in the work folder (finished segments reused).
         overwrite: replace an existing ``dst``.  batch: frames per inference call.
-        progress: progress bar on stderr (probe, frames, join).
+        progress: progress bar on stderr (probe, frames, join).  audio: False leaves audio tracks out.
         fingerprint: extra identity of the job (model, tile settings) stored in job.json.
         log: where notices go.
 
@@ -429,7 +297,7 @@ def upscale_video_ffmpeg(upscaler, src: str | os.PathLike, dst: str | os.PathLik
     work = _open_work(dst, resume)
     try:
         return _run_job(upscaler, source, dst, work, settings, segment_frames, resume, batch, progress,
-                        fingerprint or {}, log)
+                        fingerprint or {}, log, audio)
     except BaseException:
         _tidy_failed(work)
         raise
@@ -475,7 +343,7 @@ def _tidy_failed(work: Path) -> None:
 
 
 def _run_job(upscaler, source, dst, work, settings, segment_frames, resume, batch, progress, fingerprint,
-             log) -> FFmpegVideoStats:
+             log, audio) -> FFmpegVideoStats:
     scale = upscaler.session.info.scale
     bar = None
     if progress:
@@ -523,7 +391,7 @@ def _run_job(upscaler, source, dst, work, settings, segment_frames, resume, batc
             bar.refresh()
         tmp = dst.with_name(f".{dst.stem}.{os.getpid()}-{secrets.token_hex(4)}.partial{dst.suffix}")
         try:
-            mux = join_segments(job, tmp)
+            mux = join_segments(job, tmp, audio=audio)
             os.replace(tmp, dst)
         except ff.FFmpegError as exc:
             tmp.unlink(missing_ok=True)
@@ -539,7 +407,7 @@ def _run_job(upscaler, source, dst, work, settings, segment_frames, resume, batc
     shutil.rmtree(work, ignore_errors=True)
     for note in mux.notices:
         log(f"note: {note}")
-    audio = "none" if not source.audio else (
+    audio = "none" if not source.audio else "disabled" if not audio else (
         "copied" if all(s.index not in mux.encode and s.index not in mux.dropped for s in source.audio) else "changed")
     return FFmpegVideoStats(frames=job.frames, width=job.times.width * scale, height=job.times.height * scale,
                             source_width=job.times.width, source_height=job.times.height,
