@@ -213,6 +213,22 @@ def test_mkv_streams_all_kept_and_mp4_converts_or_drops_with_notice(upscaler, tm
     assert any("attachment" in n and "dropped" in n for n in stats.notices)
 
 
+def test_colour_tags_round_trip(upscaler, tmp_path):
+    # BT.709-tagged source: decoded with BT.709, re-encoded with BT.709 and tagged so; a matrix
+    # mismatch on either side would move saturated colours by many levels.
+    src = make(tmp_path / "c709.mp4", "-f", "lavfi", "-i", "testsrc2=size=32x24:rate=10:duration=0.5",
+               "-vf", "scale=out_color_matrix=bt709:out_range=tv", "-c:v", "libx264", "-qp", "0", "-pix_fmt",
+               "yuv444p", "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709",
+               "-color_range", "tv")
+    out = tmp_path / "out.mkv"
+    seg.upscale_video_ffmpeg(upscaler, src, out, codec="h264", crf=0, pix_fmt="yuv444p", progress=False,
+                             log=lambda s: None)
+    info = ff.probe(out)
+    assert (info.colorspace, info.color_range) == ("bt709", "tv")
+    diff = np.abs(decode(out).astype(int) - reference(src).astype(int))
+    assert diff.max() <= 2 and diff.mean() < 0.5  # limited-range 8-bit YUV rounding; a matrix mismatch is >10
+
+
 def test_encoder_settings_defaults_and_refusals():
     avail = {"libx264", "libx265", "libsvtav1", "ffv1", "libx264rgb"}
     s = ff.encoder_settings("a.mp4", available=avail)

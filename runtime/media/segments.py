@@ -234,7 +234,11 @@ def join_segments(job: VideoJob, tmp: Path, *, audio: bool = True) -> ff.MuxPlan
 
 @dataclass
 class FFmpegVideoStats:
-    """What ``upscale_video_ffmpeg`` did (fields shared with the OpenCV path's VideoStats)."""
+    """What ``upscale_video_ffmpeg`` did (fields shared with the OpenCV path's VideoStats).
+
+    ``fps`` and ``seconds`` cover the segments processed in this run (decode, inference, encode);
+    ``total_seconds`` the whole call (probe, segments, join and mux).
+    """
 
     frames: int
     width: int
@@ -248,6 +252,7 @@ class FFmpegVideoStats:
     audio: str
     segments: int = 0
     reused: int = 0
+    total_seconds: float = 0.0
     notices: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -345,6 +350,7 @@ def _tidy_failed(work: Path) -> None:
 def _run_job(upscaler, source, dst, work, settings, segment_frames, resume, batch, progress, fingerprint,
              log, audio) -> FFmpegVideoStats:
     scale = upscaler.session.info.scale
+    t_start = time.perf_counter()
     bar = None
     if progress:
         from tqdm import tqdm
@@ -413,7 +419,8 @@ def _run_job(upscaler, source, dst, work, settings, segment_frames, resume, batc
                             source_width=job.times.width, source_height=job.times.height,
                             fps=done_frames / seconds if seconds > 0 else 0.0, seconds=seconds,
                             source_fps=float(job.timing.rate), codec=settings.describe(), audio=audio,
-                            segments=len(job.tasks), reused=reused, notices=job.notices + mux.notices)
+                            segments=len(job.tasks), reused=reused, notices=job.notices + mux.notices,
+                            total_seconds=time.perf_counter() - t_start)
 
 
 def _write_json(path: Path, data: dict) -> None:
