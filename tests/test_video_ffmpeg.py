@@ -386,13 +386,17 @@ def test_bad_inputs_and_outputs_are_one_line(copy_model, bframes_mp4, tmp_path, 
 
     still = tmp_path / "still.png"
     cv2.imwrite(str(still), np.zeros((8, 8, 3), np.uint8))
+    empty = tmp_path / "zero.avi"  # a valid container without a single frame
+    cv2.VideoWriter(str(empty), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 32)).release()
     cases = [(["-i", str(tmp_path), "-o", str(tmp_path / "o.mp4")], "is a folder"),
+             (["-i", str(empty), "-o", str(tmp_path / "o.mp4")], "no decodable video frames"),
              (["-i", str(still), "-o", str(tmp_path / "o.mp4")], "srdeploy upscale"),
              (["-i", str(bframes_mp4), "-o", str(tmp_path / "o.mkv"), "--codec", "ffv1", "--crf", "3"], "lossless")]
     for args, message in cases:
         assert main(["video", *args, "--model", str(copy_model), "-q"]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert message in err[-1] and len([ln for ln in err if "error" in ln]) == 1, err
+    assert not list(tmp_path.glob(".*"))  # no work folder or partial file left behind
 
 
 def test_unwritable_output_folder_says_permission_denied(copy_model, bframes_mp4, tmp_path):

@@ -203,8 +203,7 @@ class MediaInfo:
     @property
     def is_still_image(self) -> bool:
         """A still picture (PNG, JPEG...), which ffmpeg opens as a one-frame 'video'."""
-        return self.format == "image2" or self.format.endswith("_pipe") or (
-            self.video is not None and self.duration is None and not self.audio)
+        return self.format == "image2" or self.format.endswith("_pipe")
 
 
 _INPUT = re.compile(r"^Input #0, (.+?), from '", re.MULTILINE)

@@ -303,8 +303,8 @@ def upscale_video_ffmpeg(upscaler, src: str | os.PathLike, dst: str | os.PathLik
     try:
         return _run_job(upscaler, source, dst, work, settings, segment_frames, resume, batch, progress,
                         fingerprint or {}, log, audio)
-    except BaseException:
-        _tidy_failed(work)
+    except BaseException as exc:
+        _tidy_failed(work, keep_logs=isinstance(exc, ff.FFmpegError))
         raise
 
 
@@ -323,10 +323,11 @@ def _open_work(dst: Path, resume: bool) -> Path:
     work = work_folder(dst)
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if (work / JOB_FILE).is_file() and not resume:
-            done = len(list(work.glob("seg-*.*"))) - len(list(work.glob("seg-*.log")))
-            raise FileExistsError(f"{dst}: an unfinished run left {done} finished segment(s) in {work}; pass "
-                                  "--resume to continue it, or delete that folder to start again")
+        if work.is_dir() and not resume:
+            if _finished(work):
+                raise FileExistsError(f"{dst}: an unfinished run left {len(_finished(work))} finished segment(s) "
+                                      f"in {work}; pass --resume to continue it, or delete that folder to start again")
+            shutil.rmtree(work)  # only logs of a failed run: nothing to resume
         work.mkdir(exist_ok=True)
         for stale in work.glob(".seg-*.tmp.*"):  # a killed run's partial segment
             stale.unlink(missing_ok=True)
@@ -338,10 +339,14 @@ def _open_work(dst: Path, resume: bool) -> Path:
     return work
 
 
-def _tidy_failed(work: Path) -> None:
-    """After a failure keep finished segments and logs; drop a folder with nothing worth keeping."""
+def _finished(work: Path) -> list[Path]:
+    return [p for p in work.glob("seg-*") if p.suffix in (".mov", ".mp4")]
+
+
+def _tidy_failed(work: Path, *, keep_logs: bool) -> None:
+    """After a failure keep finished segments (and the logs an error message names); else remove the folder."""
     try:
-        if work.is_dir() and not any(p.suffix in (".mov", ".mp4", ".log") for p in work.iterdir()):
+        if work.is_dir() and not _finished(work) and not keep_logs:
             shutil.rmtree(work, ignore_errors=True)
     except OSError:
         pass
