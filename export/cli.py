@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fp16-threshold", type=float, default=None, metavar="ABS",
                    help="keep a layer FP32 when its largest |activation| exceeds this (default 16384 = 2**14)")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights even when EMA weights exist")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("-q", "--quiet", action="store_true", help="no step-by-step progress lines")
     p.set_defaults(func=_run_export)
 
     v = sub.add_parser(
@@ -54,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--ref-device", default="cpu", help="torch device of the reference model (cpu, cuda)")
     v.add_argument("--seed", type=int, default=0, help="random-input seed")
     v.add_argument("--json", metavar="FILE", help="also write the report as JSON ('-' for stdout)")
+    v.add_argument("-q", "--quiet", action="store_true", help="print the table at the end, not row by row")
     v.set_defaults(func=_run_verify)
 
     b = sub.add_parser(
@@ -89,12 +92,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    # Checked before the (seconds-long) torch/onnx imports and the work: refuse, as upscale does.
+    out = Path(args.output)
+    outputs = [out] + ([out.with_name(out.stem + "_fp16" + out.suffix)] if args.fp16 else [])
+    for path in outputs:
+        if path.exists() and not args.overwrite:
+            raise FileExistsError(f"{path}: already exists; pass --overwrite to replace it")
+    if not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"{args.checkpoint}: checkpoint file does not exist")
+    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    log(f"export: loading {args.checkpoint} (PyTorch, ONNX)")
+
     from .onnx_export import OPSET
     from .pipeline import export_checkpoint
 
     r = export_checkpoint(args.checkpoint, args.output, opset=args.opset or OPSET, simplify=args.simplify,
                           fp16=args.fp16, calib=args.calib, fp16_threshold=args.fp16_threshold,
-                          use_ema=not args.no_ema)
+                          use_ema=not args.no_ema, log=log)
     i = r.info
     print(f"wrote {r.onnx_path} ({i.arch} x{i.scale}, receptive radius {i.receptive_radius} LR px, "
           f"opset {args.opset or OPSET}, input 'lr' [batch,3,height,width] -> output 'sr')")
@@ -111,14 +125,24 @@ def _run_verify(args: argparse.Namespace) -> int:
     from .verify import verify
 
     sizes = [parse_batch_hw(s, what="--sizes") for s in args.sizes.split(",")] if args.sizes else None
+    live = args.json != "-" and not args.quiet  # rows as each case finishes, not all at the end
+
+    def on_case(report, case) -> None:
+        if live:
+            if len(report.cases) == 1:
+                print(report.format_header())
+            print(report.format_row(case), flush=True)
+
+    if live:
+        print(f"verify: loading {args.checkpoint} (PyTorch reference) and {args.model}", file=sys.stderr, flush=True)
     report = verify(args.checkpoint, args.model, images=args.images, use_images=not args.no_images, sizes=sizes,
                     atol=args.atol, min_psnr=args.min_psnr, backend=args.backend, device=args.device,
-                    ref_device=args.ref_device, seed=args.seed, image_limit=args.max_images)
+                    ref_device=args.ref_device, seed=args.seed, image_limit=args.max_images, on_case=on_case)
     text = json.dumps(report.as_dict(), indent=2)
     if args.json == "-":
         print(text)
     else:
-        print(report.format_table())
+        print(report.format_footer() if live and report.cases else report.format_table())
         if args.json:
             with atomic_target(args.json) as tmp:
                 tmp.write_text(text + "\n")

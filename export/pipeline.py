@@ -181,6 +181,7 @@ def _write_fp32(fused, tmpdir: Path, name: str, info: ModelInfo, extra: dict, *,
     """ONNX -> checker -> (onnxslim) -> metadata -> ONNX Runtime vs PyTorch; returns
     (checked file, unsimplified copy, simplify stats, max abs error)."""
     tmp = tmpdir / name
+    log(f"exporting to ONNX (opset {opset}), then onnx.checker, shape inference and an ONNX Runtime check")
     export_onnx(fused, tmp, opset=opset)
     check_onnx(tmp)
     raw = tmpdir / "raw.onnx"

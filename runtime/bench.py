@@ -77,15 +77,31 @@ def deterministic_images(batch: int, height: int, width: int) -> list[np.ndarray
 
 
 # --------------------------------------------------------------------------- timing
-def time_calls(fn: Callable[[], object], *, warmup: int, iters: int) -> list[float]:
-    """Call ``fn`` ``warmup`` times untimed, then ``iters`` times; returns seconds per call."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
+def time_calls(fn: Callable[[], object], *, warmup: int, iters: int, desc: str | None = None) -> list[float]:
+    """Call ``fn`` ``warmup`` times untimed, then ``iters`` times; returns seconds per call.
+
+    ``desc``: show a progress bar (stderr) with this label; it is updated outside the timed region.
+    """
+    bar = None
+    if desc is not None:
+        from tqdm import tqdm
+
+        bar = tqdm(total=warmup + iters, desc=desc, unit="call", leave=False, file=sys.stderr)
+    try:
+        for _ in range(warmup):
+            fn()
+            if bar is not None:
+                bar.update(1)
+        out = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
     return out
 
 
@@ -250,7 +266,7 @@ TorchRunner = Callable[[np.ndarray], np.ndarray]
 
 
 def run_bench(cfg: BenchConfig, *, session=None, torch_runner: tuple[TorchRunner, dict] | None = None,
-              log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> dict:
+              log: Callable[[str], None] = lambda s: print(s, file=sys.stderr), progress: bool = False) -> dict:
     """Measure and return one result object (schema ``srdeploy.bench/1``).
 
     Args:
@@ -259,6 +275,7 @@ def run_bench(cfg: BenchConfig, *, session=None, torch_runner: tuple[TorchRunner
         torch_runner: (callable float32 NCHW -> float32 NCHW, info dict) for ``compare_torch``;
             the caller builds it so this module never imports torch.
         log: where progress lines go (stderr by default).
+        progress: progress bars over the timed calls (stderr).
     """
     from .open import open_session
 
@@ -268,7 +285,7 @@ def run_bench(cfg: BenchConfig, *, session=None, torch_runner: tuple[TorchRunner
         session = open_session(cfg.model, backend=cfg.backend, device=cfg.device, precision=cfg.precision,
                                threads=cfg.threads, **cfg.options)
     try:
-        return _run(cfg, session, torch_runner, log)
+        return _run(cfg, session, torch_runner, log, progress)
     finally:
         if own:
             session.close()
@@ -278,7 +295,7 @@ def _tiling_applies(tile: int | None, height: int, width: int) -> bool:
     return bool(tile) and (height > tile or width > tile)
 
 
-def _run(cfg: BenchConfig, session, torch_runner, log) -> dict:
+def _run(cfg: BenchConfig, session, torch_runner, log, progress: bool = False) -> dict:
     from .tiling import tiled_infer
     from .upscale import Upscaler
     from .media.video import upscale_frames
@@ -303,13 +320,15 @@ def _run(cfg: BenchConfig, session, torch_runner, log) -> dict:
     checksum = output_checksum(y)
     log(f"bench: {session.backend} {session.precision} on {session.device}, input {n}x3x{h}x{w}, "
         f"tile {tile or 'off'}; output checksum {checksum:.6f}")
-    lat = time_calls(model_only, warmup=max(0, cfg.warmup - 1), iters=cfg.iters)
+    lat = time_calls(model_only, warmup=max(0, cfg.warmup - 1), iters=cfg.iters,
+                     desc="model only" if progress else None)
     results: dict = {"model_only": summarize(lat, frames=n, out_pixels_per_frame=out_px)}
     log(_line("model only", results["model_only"]))
 
     if cfg.full_path:
         images = deterministic_images(n, h, w)
-        lat = time_calls(lambda: upscale_frames(upscaler, images), warmup=cfg.warmup, iters=cfg.iters)
+        lat = time_calls(lambda: upscale_frames(upscaler, images), warmup=cfg.warmup, iters=cfg.iters,
+                         desc="full path" if progress else None)
         results["full_path"] = summarize(lat, frames=n, out_pixels_per_frame=out_px)
         log(_line("full path", results["full_path"]))
 
@@ -365,6 +384,7 @@ def _compare_torch(cfg, x, y_ours, model_only, torch_runner, out_px, log) -> dic
     if diff is None or diff > 1e-3:
         log(f"bench: warning: the PyTorch checkpoint's output differs from the model's "
             f"(max abs {diff if diff is not None else 'shape ' + str(y_torch.shape)}): are they the same model?")
+    log(f"bench: timing ours and PyTorch eager in alternating blocks ({cfg.iters} calls each)")
     times = time_alternating({"ours": model_only, "torch": lambda: fn(x)}, warmup=cfg.warmup, iters=cfg.iters)
     ours = summarize(times["ours"], frames=cfg.batch, out_pixels_per_frame=out_px)
     ref = summarize(times["torch"], frames=cfg.batch, out_pixels_per_frame=out_px)
@@ -383,6 +403,7 @@ def _video_mode(cfg, upscaler, model_only: dict, log) -> dict:
     from .media.segments import upscale_video_ffmpeg
     from .media.video import write_test_video
 
+    log(f"bench: video mode ({cfg.video or f'synthetic, {cfg.video_frames} frames'})")
     with tempfile.TemporaryDirectory(prefix="srdeploy-bench-") as tmp:
         src = cfg.video
         if not src:

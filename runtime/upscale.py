@@ -6,6 +6,7 @@ Channel handling:
   (input and output then both BGR(A)); channels are swapped per tile, never as a full copy.
 * Gray (H x W): replicated to RGB for the model; the result is converted back to gray with
   ITU-R BT.601 luma weights (0.299 R + 0.587 G + 0.114 B), so gray stays gray.
+* Gray + alpha (H x W x 2): the gray plane as gray above, alpha as for RGBA.
 * RGBA: colour as above; alpha upscaled separately, chosen by ``alpha``:
   ``"model"`` (default, as Real-ESRGAN does) runs alpha through the model as a gray image
   (alpha replicated to three channels, output averaged), ``"resize"`` uses bicubic
@@ -43,6 +44,8 @@ DEFAULT_TILE = 256
 DEFAULT_MIN_TILE_PAD = 12       # LR pixels: 0.19/255 measured, 5x below the 1/255 goal
 DEFAULT_TILE_PAD_FRACTION = 0.3  # 12 / 40 for the paper's model; scales with deeper models
 ALPHA_MODES = ("model", "resize")
+# Containers `srdeploy video` reads; `upscale` points there instead of failing to decode them.
+VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".wmv", ".flv", ".mpg", ".mpeg", ".ts")
 _LUMA = (0.299, 0.587, 0.114)
 
 
@@ -144,8 +147,9 @@ class Upscaler:
                             f"{getattr(img, 'dtype', type(img))}")
         if img.ndim == 3 and img.shape[2] == 1:
             img = img[:, :, 0]
-        if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (3, 4))):
-            raise ValueError(f"Upscaler.upscale: expected H x W, H x W x 3 or H x W x 4, got {img.shape}")
+        if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (2, 3, 4))):
+            raise ValueError(f"Upscaler.upscale: expected H x W, H x W x 2 (gray + alpha), H x W x 3 or "
+                             f"H x W x 4, got {img.shape}")
         h, w = img.shape[:2]
         s = self.scale
         channels = 1 if img.ndim == 2 else img.shape[2]
@@ -154,11 +158,12 @@ class Upscaler:
         self.last_plan = plan
 
         alpha_const = None
-        if channels == 4:
-            a = img[:, :, 3]
+        has_alpha = channels in (2, 4)  # gray + alpha, RGBA: alpha is the last channel
+        if has_alpha:
+            a = img[:, :, -1]
             if a.min() == a.max():
                 alpha_const = a.flat[0]
-        passes = 2 if channels == 4 and self.alpha == "model" and alpha_const is None else 1
+        passes = 2 if has_alpha and self.alpha == "model" and alpha_const is None else 1
         done_before = 0
 
         def prog(done: int, total: int) -> None:
@@ -168,19 +173,21 @@ class Upscaler:
         rgb = [2, 1, 0] if order == "BGR" else [0, 1, 2]  # model channel k <- img channel rgb[k]
         if channels == 1:
             self._pass(plan, lambda y0, y1, x0, x1: img[y0:y1, x0:x1][None], out, "gray", prog)
+        elif channels == 2:  # gray stays gray: the gray pass into channel 0
+            self._pass(plan, lambda y0, y1, x0, x1: img[y0:y1, x0:x1, 0][None], out[:, :, 0], "gray", prog)
         else:
             self._pass(plan, lambda y0, y1, x0, x1: img[y0:y1, x0:x1][:, :, rgb].transpose(2, 0, 1), out,
                        rgb, prog)
         done_before = plan.num_tiles
-        if channels == 4:
+        if has_alpha:
             if alpha_const is not None:
-                out[:, :, 3] = alpha_const
+                out[:, :, -1] = alpha_const
             elif self.alpha == "resize":
                 import cv2
 
-                out[:, :, 3] = cv2.resize(img[:, :, 3], (w * s, h * s), interpolation=cv2.INTER_CUBIC)
+                out[:, :, -1] = cv2.resize(img[:, :, -1], (w * s, h * s), interpolation=cv2.INTER_CUBIC)
             else:
-                self._pass(plan, lambda y0, y1, x0, x1: img[y0:y1, x0:x1, 3][None], out, "alpha", prog)
+                self._pass(plan, lambda y0, y1, x0, x1: img[y0:y1, x0:x1, -1][None], out, "alpha", prog)
         return out
 
     def _pass(self, plan: TilePlan, window, out: np.ndarray, target, progress) -> None:
@@ -208,7 +215,7 @@ class Upscaler:
                 lum = rows[0] * np.float32(_LUMA[0]) + rows[1] * np.float32(_LUMA[1]) + rows[2] * np.float32(_LUMA[2])
                 out[y:y + n] = convert(lum)
             elif target == "alpha":
-                out[y:y + n, :, 3] = convert((rows[0] + rows[1] + rows[2]) * np.float32(1 / 3))
+                out[y:y + n, :, -1] = convert((rows[0] + rows[1] + rows[2]) * np.float32(1 / 3))
             else:
                 for k, c in enumerate(target):
                     out[y:y + n, :, c] = convert(rows[k])
@@ -238,6 +245,9 @@ def collect_inputs(items: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
                 problems.append((item, f"{item}: folder contains no images ({', '.join(IMAGE_EXTS)})"))
             files += found
         elif p.exists():
+            if p.suffix.lower() in VIDEO_EXTS:  # read_image would only say "not an image"
+                problems.append((item, f"{item}: is a video; upscale it with `srdeploy video -i {item} -o OUT`"))
+                continue
             files.append(p)
         elif _has_magic(item):
             found = sorted(Path(f) for f in glob.glob(item) if Path(f).is_file())

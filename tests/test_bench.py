@@ -207,5 +207,5 @@ def test_plot_without_matplotlib_says_which_extra(tmp_path, monkeypatch, capsys)
     f = tmp_path / "r.json"
     f.write_text(json.dumps(_result("srdeploy bench", "onnxruntime", 64, 1.0)))
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    assert main(["bench", "--plot", str(tmp_path / "p.png"), str(f)]) == 3
+    assert main(["bench", "--plot", str(tmp_path / "p.png"), str(f)]) == 1  # exit policy: a missing optional package is an environment error
     assert "srdeploy[plot]" in capsys.readouterr().err

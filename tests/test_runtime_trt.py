@@ -95,7 +95,7 @@ def test_cli_engine_without_tensorrt(tmp_path, capsys):
 
     cv2.imwrite(str(img), np.zeros((8, 8, 3), np.uint8))
     rc = main(["upscale", "-q", "-i", str(img), "-o", str(tmp_path / "o"), "--model", str(engine)])
-    assert rc == 3 and "srdeploy[gpu]" in capsys.readouterr().err
+    assert rc == 1 and "srdeploy[gpu]" in capsys.readouterr().err
 
 
 def _cuda_and_tensorrt() -> str | None:

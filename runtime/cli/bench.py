@@ -52,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--plot", metavar="OUT.png",
                    help="plot fps by size, backend and tool from the FILE.json arguments into OUT.png "
                         "(needs matplotlib: pip install 'srdeploy[plot]')")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bars (result lines are still printed)")
     b.set_defaults(func=_run_bench)
 
 
@@ -82,7 +83,9 @@ def _run_bench(args: argparse.Namespace) -> int:
                       options=options)
     cfg.validate()
     torch_runner = torch_reference(args.compare_torch, args.threads) if args.compare_torch else None
-    result = run_bench(cfg, torch_runner=torch_runner)
+    if not args.quiet:
+        print(f"bench: opening {cfg.model} and running the first call", file=sys.stderr, flush=True)
+    result = run_bench(cfg, torch_runner=torch_runner, progress=not args.quiet)
     if args.json:
         write_json(result, args.json)
         print(f"wrote {args.json}", file=sys.stderr)

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="output format/extension, e.g. png, jpg, webp, tiff (default: the input's)")
     p.add_argument("--suffix", default="", metavar="S",
                    help="appended to output file names before the extension (default: none)")
-    p.add_argument("--quality", type=int, default=None, metavar="Q", help="JPEG/WebP quality (default 95)")
+    p.add_argument("--quality", type=int, default=None, metavar="Q", help="JPEG quality 0-100 / WebP quality 1-100 (default 95); out of range is an error")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_upscale)
@@ -53,10 +53,16 @@ def run_upscale(args: argparse.Namespace) -> int:
     failures: list[str] = [msg for _, msg in problems]
     single = len(args.input) == 1 and Path(args.input[0]).is_file()
     mapping = output_paths(files, args.output, ext=args.ext, suffix=args.suffix, single_item=single)
+    from ..media.images import check_quality, pixel_limit
+
+    pixel_limit()  # a bad $SRDEPLOY_MAX_IMAGE_PIXELS is one error up front, not one per file
+    for dst in mapping.values():  # before any work: an out-of-range value is refused, not clamped
+        check_quality(args.quality, dst)
     if not files:
         for msg in failures:
             print(f"srdeploy upscale: error: {msg}", file=sys.stderr)
-        print("srdeploy upscale: no input images", file=sys.stderr)
+        if not failures:  # each bad input already said why; this only when there was nothing to say
+            print("srdeploy upscale: no input images", file=sys.stderr)
         return 1
 
     recipe = session_recipe(args)
