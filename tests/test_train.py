@@ -429,3 +429,156 @@ def test_bench_train_script_runs_tiny(images, tmp_path, capsys):
     (result,) = json.loads(report.read_text())["results"]
     assert result["its"] > 0 and result["precision"] == "fp32" and result["lr_crop"] == 4
     assert "it/s" in capsys.readouterr().out
+
+
+# --- issue 11 item 3: --resume with changed optimisation settings ---------------------------------
+def _row_lrs(path: Path) -> dict[int, float]:
+    return {int(r["step"]): float(r["lr"]) for r in read_csv(path / "metrics.csv")[1]}
+
+
+def test_resume_with_changed_lr_schedule_and_iters_applies_them_from_the_resumed_step(images, tmp_path, capsys):
+    """A row's lr is the one the next step uses: base * factor(step) for the schedule in force."""
+    out = tmp_path / "run"
+    common = dict(val=[], save_every=3, log_every=1)
+    train_srresnet(tiny_cfg(images, out, iters=6, lr=1e-3, **common), stop_at=3)
+    assert _row_lrs(out)[3] == pytest.approx(1e-3 * trainer.lr_factor(tiny_cfg(images, out).resolved("srresnet"), 3))
+
+    # New lr only: the cosine over 6 steps continues from step 3 with base 5e-3 (not 1e-3).
+    train_srresnet(tiny_cfg(images, out, iters=6, lr=5e-3, resume=True, **common), stop_at=4)
+    cosine6 = tiny_cfg(images, out, iters=6).resolved("srresnet")
+    assert _row_lrs(out)[4] == pytest.approx(5e-3 * trainer.lr_factor(cosine6, 4), rel=1e-9)
+    assert "lr: 0.001 -> 0.005" in capsys.readouterr().err
+    # New schedule and iters too: "step" over 10 steps -> x1 before step 5, x0.1 from it.
+    train_srresnet(tiny_cfg(images, out, iters=10, lr=5e-3, schedule="step", resume=True, **common))
+    lrs = _row_lrs(out)
+    assert [lrs[s] for s in (5, 6, 10)] == pytest.approx([5e-4, 5e-4, 5e-4], rel=1e-9)
+    ckpt = load_checkpoint(out / "last.pt")
+    # What is recorded is what was used.
+    assert ckpt["scheduler"]["base_lrs"] == [5e-3]
+    assert [g["initial_lr"] for g in ckpt["optimizer"]["param_groups"]] == [5e-3]
+    settings = json.loads((out / "settings.json").read_text())
+    assert (settings["lr"], settings["schedule"], settings["iters"]) == (5e-3, "step", 10)
+    assert ckpt["settings"]["lr"] == 5e-3
+
+
+def test_resume_with_nothing_left_to_do_writes_nothing(srresnet_run: Path, images, capsys):
+    before = {p.name: p.read_bytes() for p in srresnet_run.iterdir() if p.is_file()}
+    result = train_srresnet(tiny_cfg(images, srresnet_run, ema=0.5, lr=0.01, resume=True))
+    assert "nothing to do" in capsys.readouterr().err
+    assert result["step"] == 6
+    assert {p.name: p.read_bytes() for p in srresnet_run.iterdir() if p.is_file()} == before
+
+
+def test_srgan_resume_with_new_lr_moves_the_discriminator_schedule_too(images, init_ckpt, tmp_path):
+    common = dict(init=str(init_ckpt), vgg_weights="random", iters=4, save_every=2, val=[], content_weight=0.0)
+    out = tmp_path / "gan"
+    train_srgan(tiny_cfg(images, out, **common), stop_at=2)
+    train_srgan(tiny_cfg(images, out, resume=True, lr=4e-3, **common))
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["scheduler"]["base_lrs"] == [4e-3] and ckpt["scheduler_d"]["base_lrs"] == [4e-3]
+    assert ckpt["settings"]["d_lr"] == 4e-3
+
+
+# --- issue 11 item 14: the run's named steps, alone ----------------------------------------------
+def _set_up_run(cfg: TrainConfig) -> "trainer._Run":
+    run = trainer._Run(cfg.resolved(cfg.kind), trainer.DistInfo("cpu"))
+    run.set_up()
+    return run
+
+
+def test_run_steps_set_up_one_step_validate_save_resume_alone(images, tmp_path):
+    run = _set_up_run(tiny_cfg(images, tmp_path / "run", ema=0.5))
+    assert (run.step, run.end, run.arch_kwargs) == (0, 6, TINY)
+    assert not (tmp_path / "run").exists()  # set-up writes nothing
+    lr, hr = next(iter(run.batches()))
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    parts = run.one_step(lr, hr)
+    assert run.step == 1 and parts["loss"].item() > 0
+    assert not torch.equal(before["head.weight"], run.model.state_dict()["head.weight"])
+    metrics = run.validate()
+    assert set(metrics) == {"val_psnr", "val_ssim"} and 0 < metrics["val_ssim"] < 1
+    run.save(tmp_path / "a.pt", {"step": 1})
+    ckpt = load_checkpoint(tmp_path / "a.pt")
+    assert ckpt["step"] == 1 and state_equal(ckpt["state_dict"], run.model.state_dict())
+
+    other = _set_up_run(tiny_cfg(images, tmp_path / "other", ema=0.5))
+    other.resume(ckpt)
+    assert other.step == 1 and state_equal(other.optimizer.state_dict(), run.optimizer.state_dict())
+    assert state_equal(other.ema.module.state_dict(), run.ema.module.state_dict())
+
+
+# --- issue 16 item 1: --time-budget -----------------------------------------------------------------
+def test_plan_iterations_counts_steps_validations_and_checkpoints():
+    plan = trainer.plan_iterations
+    common = dict(its=10.0, cap=10**6, val_every=100, save_every=50, val_s=1.0, save_s=0.5)
+    # 10 s at 10 it/s, nothing else: 100 steps; with checkpoints (0.5 s) at step 50 and the end: 90.
+    assert plan(step=0, remaining_s=10.0, **{**common, "save_s": 0.0}, validate=False) == 100
+    assert plan(step=0, remaining_s=10.0, **common, validate=False) == 90
+    # With a final validation (1 s + best.pt 0.5 s): 7.5 s + 2 checkpoints 1 s + 1.5 s = 10 s.
+    assert plan(step=0, remaining_s=10.0, **common, validate=True) == 75
+    # Crossing multiples: steps 1..150 in 15 s, saves at 50/100/150 (1.5 s), validations at 100/150 (3 s).
+    assert plan(step=0, remaining_s=19.5, **common, validate=True) == 150
+    assert plan(step=0, remaining_s=19.4, **common, validate=True) == 149
+    assert plan(step=7, remaining_s=0.1, **common, validate=True) == 7  # nothing more fits
+    assert plan(step=0, remaining_s=1e9, **common, validate=True) == 10**6  # --iters caps the plan
+
+
+def test_time_budget_plans_iters_records_them_and_the_schedule_spans_the_plan(images, tmp_path, capsys):
+    """Not timed: checks what is recorded and that the schedule is the plan's (not how long it took)."""
+    out = tmp_path / "run"
+    train_srresnet(tiny_cfg(images, out, iters=100_000, time_budget=2.0, val_every=10**6, save_every=10**6,
+                            log_every=10**6))
+    settings = json.loads((out / "settings.json").read_text())
+    tb = settings["resolved"]["time_budget"]
+    planned, actual = tb["planned_iters"], tb["actual_iters"]
+    assert settings["iters"] == planned and settings["time_budget"] == 2.0 and tb["iters_cap"] == 100_000
+    assert tb["its"] > 0 and tb["warmup_steps"] >= 1 + trainer.BUDGET_WARMUP_MIN_STEPS
+    assert tb["warmup_steps"] < actual <= planned < 100_000
+    ckpt = load_checkpoint(out / "last.pt")
+    assert (ckpt["step"], ckpt["planned_iters"], ckpt["settings"]["iters"]) == (actual, planned, planned)
+    rows = read_csv(out / "metrics.csv")[1]
+    # Rows: the warm-up's validation/checkpoint step and the last step, both validated.
+    assert [int(r["step"]) for r in rows] == [tb["warmup_steps"], actual] and rows[-1]["val_psnr"] != ""
+    plan_cfg = tiny_cfg(images, out, iters=planned).resolved("srresnet")
+    assert float(rows[-1]["lr"]) == pytest.approx(1e-3 * trainer.lr_factor(plan_cfg, actual), rel=1e-9)
+    if actual == planned:  # the cosine reached its end with the budget
+        assert float(rows[-1]["lr"]) == pytest.approx(1e-3 * 0.01)
+    assert f"-> {planned} iterations" in capsys.readouterr().err
+
+    # --resume with a budget: more steps, the schedule re-planned over the new total from here.
+    train_srresnet(tiny_cfg(images, out, iters=100_000, time_budget=1.0, resume=True, val_every=10**6,
+                            save_every=10**6, log_every=1))
+    tb2 = json.loads((out / "settings.json").read_text())["resolved"]["time_budget"]
+    assert tb2["planned_iters"] > actual and tb2["actual_iters"] > actual
+    lrs = _row_lrs(out)
+    again = tiny_cfg(images, out, iters=tb2["planned_iters"]).resolved("srresnet")
+    step = tb2["actual_iters"]
+    assert lrs[step] == pytest.approx(1e-3 * trainer.lr_factor(again, step), rel=1e-9)
+
+
+def test_time_budget_flag_parses_durations():
+    from srdeploy.cli import build_parser
+    from srdeploy.train.config import parse_duration
+    from srdeploy.train.train_cli import config_from_args
+
+    assert [parse_duration(t) for t in ("90s", "8m", "2h", "45", "1.5m")] == [90, 480, 7200, 45, 90]
+    for bad in ("soon", "-5s", "0", "8 minutes", ""):
+        with pytest.raises(ValueError, match="e.g. 90s, 8m or 2h"):
+            parse_duration(bad)
+    args = build_parser().parse_args(["train", "srresnet", "--data", "a", "--out", "o", "--time-budget", "8m",
+                                      "--init", "x.pt"])
+    cfg = config_from_args(args)
+    assert (cfg.time_budget, cfg.init) == (480.0, "x.pt")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "srresnet", "--data", "a", "--out", "o", "--time-budget", "soon"])
+
+
+def test_srresnet_init_starts_from_the_checkpoint_weights(images, init_ckpt, tmp_path):
+    out = tmp_path / "ft"
+    train_srresnet(tiny_cfg(images, out, init=str(init_ckpt), iters=1, num_blocks=16, channels=64, val=[]))
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["kwargs"] == TINY and ckpt["step"] == 1  # architecture from --init, fresh schedule
+    init = load_checkpoint(init_ckpt)["state_dict"]
+    # One Adam step of lr 1e-3 moves each weight by at most ~lr.
+    diff = (ckpt["state_dict"]["head.weight"] - init["head.weight"]).abs().max().item()
+    assert 0 < diff < 2e-3
