@@ -7,6 +7,7 @@ batch 2, a handful of steps. Images: 64x64 / 48x48 crops of Set5 written to a te
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -294,6 +295,19 @@ def test_srgan_trains_generator_and_discriminator(images, init_ckpt, tmp_path):
     assert columns == ["step", "loss", "lr", "its", "g_pixel", "g_content", "g_adv", "d_loss", "d_real",
                        "d_fake", "val_psnr", "val_ssim"]
     assert all(r["g_pixel"] == "" and float(r["g_adv"]) > 0 and float(r["d_loss"]) > 0 for r in rows)
+    # Generator loss = content + 1e-3 x adversarial (the paper's weights), per logged step.
+    for r in rows:
+        assert float(r["loss"]) == pytest.approx(float(r["g_content"]) + 1e-3 * float(r["g_adv"]), rel=1e-4)
+        assert 0 < float(r["d_real"]) < 1 and 0 < float(r["d_fake"]) < 1
+    # The discriminator took every step (Adam's count), and its weights moved from its seeded start.
+    assert all(int(st["step"]) == 4 for st in last["optimizer_d"]["state"].values())
+    assert last["scheduler_d"]["last_epoch"] == 4
+    torch.manual_seed(0)  # the trainer seeds, builds the generator, then the discriminator
+    SRResNet(**TINY)
+    d0 = trainer.Discriminator(base_channels=8).state_dict()
+    moved = [k for k, v in last["discriminator"]["state_dict"].items() if v.is_floating_point()
+             and not torch.equal(v, d0[k])]
+    assert "features.0.weight" in moved and len(moved) > len(d0) // 2, moved
     settings = json.loads((out / "settings.json").read_text())
     assert (settings["schedule"], settings["adv_weight"], settings["content_weight"], settings["pixel_weight"]) == \
         ("step", 1e-3, 1.0, 0.0)
@@ -582,3 +596,126 @@ def test_srresnet_init_starts_from_the_checkpoint_weights(images, init_ckpt, tmp
     # One Adam step of lr 1e-3 moves each weight by at most ~lr.
     diff = (ckpt["state_dict"]["head.weight"] - init["head.weight"]).abs().max().item()
     assert 0 < diff < 2e-3
+
+
+# --- issue 19: documented constants and behaviour, pinned with literal values ---------------------
+def test_documented_srgan_constants():
+    from srdeploy.train.config import KIND_DEFAULTS
+    from srdeploy.train.losses import ContentLoss, GeneratorLoss
+
+    assert TrainConfig().vgg_rescale == 12.75
+    assert KIND_DEFAULTS["srgan"] == {"schedule": "step", "pixel_weight": 0.0, "content_weight": 1.0, "adv_weight": 1e-3}
+    assert KIND_DEFAULTS["srresnet"]["schedule"] == "cosine"
+    d = TrainConfig().resolved("srgan")
+    assert (d.vgg_rescale, d.adv_weight, d.content_weight, d.lr, d.vgg_layer) == (12.75, 1e-3, 1.0, 1e-4, "relu5_4")
+    assert ContentLoss(torch.nn.Identity()).rescale == 12.75
+    assert GeneratorLoss(pixel=None, content=ContentLoss(torch.nn.Identity())).adv_weight == 1e-3
+
+
+def test_losses_equal_hand_values():
+    from srdeploy.train.losses import ContentLoss, GeneratorLoss, gan_loss, pixel_loss
+
+    sr = torch.tensor([[[[0.0, 0.5], [1.0, 0.25]]]])
+    hr = torch.zeros_like(sr)
+    assert pixel_loss("mse")(sr, hr).item() == pytest.approx((0 + 0.25 + 1 + 0.0625) / 4)  # 0.328125
+    assert pixel_loss("l1")(sr, hr).item() == pytest.approx((0 + 0.5 + 1 + 0.25) / 4)  # 0.4375
+    # Content: features divided by 12.75 before the MSE: identity "features" 12.75 apart -> 1.
+    content = ContentLoss(torch.nn.Identity())
+    assert content(torch.zeros(1, 1, 2, 2), torch.full((1, 1, 2, 2), 12.75)).item() == pytest.approx(1.0)
+    # BCE with logits 0 is ln 2 either way; the generator's adversarial term is weighted by 1e-3.
+    zeros = torch.zeros(4, 1)
+    assert gan_loss(zeros, real=True).item() == pytest.approx(math.log(2))
+    assert gan_loss(torch.full((4, 1), 2.0), real=False).item() == pytest.approx(math.log(1 + math.e ** 2))
+    loss = GeneratorLoss(pixel=pixel_loss("mse"), content=content, pixel_weight=0.5)
+    total, parts = loss(torch.zeros(1, 1, 2, 2), torch.full((1, 1, 2, 2), 12.75), zeros)
+    assert parts["g_adv"].item() == pytest.approx(math.log(2)) and parts["g_content"].item() == pytest.approx(1.0)
+    assert total.item() == pytest.approx(0.5 * 12.75 ** 2 + 1.0 + 1e-3 * math.log(2))
+
+
+def test_ema_equals_a_hand_computation_after_k_steps():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(1.0)
+    ema = trainer.EMA(model, 0.9)
+    expected = 1.0
+    for k, value in enumerate([3.0, -1.0, 5.0], 1):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(value)
+            model[1].running_mean.fill_(k)
+        ema.update(model)
+        expected = 0.9 * expected + 0.1 * value  # 1.2, 0.98, 1.382
+    assert expected == pytest.approx(1.382)
+    for p in ema.module.parameters():
+        assert torch.allclose(p, torch.full_like(p, 1.382), atol=1e-6)
+    assert torch.equal(ema.module[1].running_mean, torch.full((2,), 3.0))  # buffers are copied
+
+
+def test_schedules_give_these_learning_rates():
+    def lrs(schedule, steps):
+        cfg = TrainConfig(data=["d"], iters=100, schedule=schedule, lr_min_ratio=0.01).resolved("srresnet")
+        return [trainer.lr_factor(cfg, s) for s in steps]
+
+    assert lrs("cosine", [0, 25, 50, 75, 100]) == pytest.approx([1.0, 0.8550179, 0.505, 0.1549821, 0.01], abs=1e-7)
+    assert lrs("step", [0, 49, 50, 99]) == [1.0, 1.0, 0.1, 0.1]
+    assert lrs("constant", [0, 50, 100]) == [1.0, 1.0, 1.0]
+
+
+def test_run_follows_its_cosine_schedule(srresnet_run: Path):
+    """The run's own rows: lr after step s = 1e-3 * cosine(s / 6) (lr_min_ratio 0.01)."""
+    expected = [1e-3 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * s / 6))) for s in range(1, 7)]
+    assert [float(r["lr"]) for r in read_csv(srresnet_run / "metrics.csv")[1]] == pytest.approx(expected, rel=1e-9)
+    # EMA on (0.5): the EMA weights differ from the raw weights after 6 steps.
+    last = load_checkpoint(srresnet_run / "last.pt")
+    assert not torch.equal(last["state_dict"]["head.weight"], last["ema_state_dict"]["head.weight"])
+
+
+def _cli_run(images, out: Path, *extra: str) -> "trainer._Run":
+    """A _Run set up from `srdeploy train ...` flags (the CLI -> config path)."""
+    from srdeploy.cli import build_parser
+    from srdeploy.train.train_cli import config_from_args
+
+    args = build_parser().parse_args(["train", *extra, "--data", images["train"], "--out", str(out), "--crop", "16",
+                                      "--batch-size", "2", "--device", "cpu", "--no-tensorboard", "--iters", "4"])
+    return _set_up_run(config_from_args(args))
+
+
+@pytest.mark.parametrize("loss", ["l1", "mse"])
+def test_loss_flag_trains_with_that_loss(images, tmp_path, loss):
+    run = _cli_run(images, tmp_path / "r", "srresnet", "--num-blocks", "1", "--channels", "8", "--loss", loss)
+    lr, hr = next(iter(run.batches()))
+    with torch.no_grad():
+        sr = run.model(lr)
+    fn = torch.nn.functional.l1_loss if loss == "l1" else torch.nn.functional.mse_loss
+    assert run.one_step(lr, hr)["loss"].item() == pytest.approx(fn(sr, hr).item(), rel=1e-6)
+    assert run.settings["loss"] == loss
+
+
+@pytest.mark.parametrize("adv_weight", ["0.5", "0.002"])
+def test_srgan_step_scales_adversarial_term_and_steps_the_discriminator(images, init_ckpt, tmp_path, adv_weight):
+    run = _cli_run(images, tmp_path / "g", "srgan", "--init", str(init_ckpt), "--testing-random-vgg",
+                   "--content-weight", "0", "--adv-weight", adv_weight, "--d-channels", "8")
+    d_before = {k: v.clone() for k, v in run.disc.state_dict().items()}
+    g_before = run.model.state_dict()["head.weight"].clone()
+    lr, hr = next(iter(run.batches()))
+    parts = run.one_step(lr, hr)
+    # Only the adversarial term: the generator's loss is adv_weight x BCE(D(G(x)), real).
+    assert parts["loss"].item() == pytest.approx(float(adv_weight) * parts["g_adv"].item(), rel=1e-6)
+    assert parts["g_adv"].item() > 0.1
+    # Both networks took a step.
+    changed = [k for k, v in run.disc.state_dict().items() if v.is_floating_point() and not torch.equal(v, d_before[k])]
+    assert any(k.endswith("weight") for k in changed), changed
+    assert all(s["step"].item() == 1 for s in run.d_optimizer.state_dict()["state"].values())
+    assert not torch.equal(g_before, run.model.state_dict()["head.weight"])
+    # D's loss is BCE(D(hr), real) + BCE(D(sr), fake), and its outputs are probabilities.
+    assert parts["d_loss"].item() > 0 and 0 < parts["d_real"].item() < 1 and 0 < parts["d_fake"].item() < 1
+
+
+def test_no_gpu_crops_flag(images, tmp_path):
+    run = _cli_run(images, tmp_path / "r", "srresnet", "--num-blocks", "1", "--channels", "8", "--no-gpu-crops")
+    assert run.cfg.gpu_crops is False and run.resolved["data_path"] == "dataloader(0 workers)"
+    assert isinstance(run.batches(), torch.utils.data.DataLoader)
+    # On the CPU the DataLoader is used whatever the flag says, and settings.json says so.
+    run = _cli_run(images, tmp_path / "r2", "srresnet", "--num-blocks", "1", "--channels", "8")
+    assert run.cfg.gpu_crops is True and run.resolved["data_path"] == "dataloader(0 workers)"
