@@ -428,6 +428,14 @@ def test_cuda_amp_run(images, init_ckpt, tmp_path):
     ds = SRTrainDataset(images["train"], crop=16, scale=4, seed=0)
     lr, hr = TensorCropper(ds, torch.device("cuda")).batch([0, 1, 2])
     assert np.array_equal(hr.cpu().numpy(), np.stack([ds[i][1] for i in range(3)]))
+    # --no-gpu-crops: the DataLoader path on CUDA, recorded.
+    train_srresnet(tiny_cfg(images, tmp_path / "dl", device="cuda", iters=2, save_every=2, val=[], gpu_crops=False))
+    assert json.loads((tmp_path / "dl" / "settings.json").read_text())["resolved"]["data_path"] == "dataloader(0 workers)"
+    # --time-budget on CUDA: 3 untimed steps (cuDNN autotuning), then the plan.
+    train_srresnet(tiny_cfg(images, tmp_path / "tb", device="cuda", iters=10**5, time_budget=3.0,
+                            val_every=10**6, save_every=10**6, log_every=10**6))
+    tb = json.loads((tmp_path / "tb" / "settings.json").read_text())["resolved"]["time_budget"]
+    assert tb["planned_iters"] >= tb["actual_iters"] > tb["warmup_steps"] >= 3 + trainer.BUDGET_WARMUP_MIN_STEPS
 
 
 def test_bench_train_script_runs_tiny(images, tmp_path, capsys):
