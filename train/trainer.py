@@ -597,7 +597,7 @@ def train_srgan(cfg: TrainConfig, *, stop_at: int | None = None, clock: float | 
 
 
 def _train(cfg: TrainConfig, stop_at: int | None, clock: float | None = None) -> dict:
-    clock = time.perf_counter() if clock is None else clock  # --time-budget counts from here
+    clock = _now() if clock is None else clock  # --time-budget counts from here
     cfg.validate()
     dist_info = DistInfo(cfg.device)
     try:
@@ -620,6 +620,11 @@ BUDGET_WARMUP_FRACTION = 0.05
 BUDGET_WARMUP_MAX_S = 15.0
 BUDGET_MARGIN = 0.03
 BUDGET_EXIT_S = 0.5
+
+
+def _now() -> float:
+    """The clock of the training loop and the time budget (one function, so tests can replace it)."""
+    return time.perf_counter()
 
 
 def plan_iterations(*, step: int, remaining_s: float, its: float, cap: int, val_every: int,
@@ -654,7 +659,7 @@ class _Budget:
 
     Args:
         seconds: the budget.
-        clock: ``time.perf_counter()`` when the invocation started.
+        clock: ``_now()`` when the invocation started.
         cap: ``--iters``: the plan never exceeds it.
     """
 
@@ -666,16 +671,16 @@ class _Budget:
         self.plan: dict | None = None
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.clock
+        return _now() - self.clock
 
     def warmup_done(self, step: int, start_step: int) -> bool:
         """Called after each step until it says True; starts the timer after the untimed steps."""
         if step - start_step == self.untimed:
-            self.timed_from_step, self.timed_from, self.overhead_s = step, time.perf_counter(), 0.0
+            self.timed_from_step, self.timed_from, self.overhead_s = step, _now(), 0.0
             return False
         if self.timed_from is None:
             return self.elapsed() > 0.5 * self.seconds  # very slow first steps: plan with what we have
-        timed = time.perf_counter() - self.timed_from
+        timed = _now() - self.timed_from
         long_enough = timed >= min(BUDGET_WARMUP_FRACTION * self.seconds, BUDGET_WARMUP_MAX_S)
         return (step - self.timed_from_step >= BUDGET_WARMUP_MIN_STEPS and long_enough) or \
             self.elapsed() > 0.25 * self.seconds
@@ -684,7 +689,7 @@ class _Budget:
         """Measured steps per second (validation and checkpoint time excluded)."""
         if self.timed_from is None:  # no step was timed: the whole elapsed time per step
             return max(step - start_step, 1) / max(self.elapsed(), 1e-6)
-        seconds = time.perf_counter() - self.timed_from - self.overhead_s
+        seconds = _now() - self.timed_from - self.overhead_s
         return max(step - self.timed_from_step, 1) / max(seconds, 1e-6)
 
     def reserve(self) -> float:
@@ -708,7 +713,7 @@ class _Run:
         cfg: resolved settings (``TrainConfig.resolved``).
         dist_info: rank / world size / device.
         stop_at: stop this invocation after this step (the schedule still spans ``cfg.iters``).
-        clock: ``time.perf_counter()`` when the invocation started (``--time-budget`` counts
+        clock: ``_now()`` when the invocation started (``--time-budget`` counts
             from it).
     """
 
@@ -717,7 +722,7 @@ class _Run:
         self.cfg, self.dist, self.stop_at = cfg, dist_info, stop_at
         self.device, self.main = dist_info.device, dist_info.is_main
         self.out = Path(cfg.out)
-        self.clock = time.perf_counter() if clock is None else clock
+        self.clock = _now() if clock is None else clock
         self.budget: _Budget | None = None
         self.step = self.start_step = 0
         self.best_psnr, self.last_saved = -math.inf, None
@@ -933,6 +938,8 @@ class _Run:
             stale.unlink(missing_ok=True)
         if self.ckpt is not None:
             changes = _settings_changes(self.ckpt.get("settings", {}), self.settings)
+            if self.budget is not None:  # iters is re-planned (logged with the plan), not a change
+                changes = [c for c in changes if not c.startswith("iters: ")]
             if changes:
                 _log(f"train: note: resuming with changed settings, applied from step {self.start_step}: "
                      + "; ".join(changes))
@@ -1096,7 +1103,7 @@ class _Run:
         self.model.train()
         checked = self.step
         acc, acc_n = None, 0
-        t_last, step_last = time.perf_counter(), self.step
+        t_last, step_last = _now(), self.step
         warming_up = budget is not None
         final_s = 0.0  # --time-budget: measured cost of the final validation + checkpoint
         for lr_batch, hr_batch in self.batches():
@@ -1135,23 +1142,23 @@ class _Run:
             if self.bar is not None:
                 self.bar.update(1)
 
-            t_extra = time.perf_counter()
+            t_extra = _now()
             val_s = save_s = 0.0
             if is_val or is_save:
                 self.check_weights()
             if self.main and is_log:
-                now = time.perf_counter()
+                now = _now()
                 metrics = {"step": step, "lr": self.scheduler.get_last_lr()[0],
                            "its": round((step - step_last) / (now - t_last), 3)}
                 metrics.update({n: float(f"{v:.6g}") for n, v in zip(self.names, means) if n in parts})
                 if is_val:
-                    t0 = time.perf_counter()
+                    t0 = _now()
                     metrics.update(self.validate())
                     first = f"{Path(cfg.val[0]).name}_psnr"
                     if metrics[first] > self.best_psnr:
                         self.best_psnr = metrics[first]
                         self.save(self.out / "best.pt", metrics)
-                    val_s = time.perf_counter() - t0
+                    val_s = _now() - t0
                     self.bar.write(" ".join(f"{k}={v}" for k, v in metrics.items()))
                 append_csv(self.out / "metrics.csv", metrics, self.columns)
                 if self.tb is not None:
@@ -1162,19 +1169,19 @@ class _Run:
             if is_log:
                 acc, acc_n = None, 0
             if self.main and is_save:
-                t0 = time.perf_counter()
+                t0 = _now()
                 self.save(self.out / "last.pt", self.metrics)
-                save_s = time.perf_counter() - t0
+                save_s = _now() - t0
             if is_save:
                 self.last_saved = step
             if is_val or is_save:
                 self.dist.barrier()  # the other ranks wait here while rank 0 validates and writes
             if budget is not None:
-                budget.overhead_s += time.perf_counter() - t_extra if (is_val or is_save) else 0.0
+                budget.overhead_s += _now() - t_extra if (is_val or is_save) else 0.0
             if planning:
                 self.plan(val_s, save_s)
                 final_s = val_s + save_s
                 if self.main and self.step >= self.end:  # no more steps fit: last.pt records the plan
                     self.save(self.out / "last.pt", self.metrics)
             if is_log:
-                t_last, step_last = time.perf_counter(), step
+                t_last, step_last = _now(), step
