@@ -1117,6 +1117,8 @@ class _Run:
 
             planning = False
             if warming_up:
+                if device.type == "cuda" and budget.timed_from is None:
+                    torch.cuda.synchronize(device)  # the timer starts when the untimed steps really ended
                 done = budget.warmup_done(step, self.start_step) if self.main else False
                 if self.dist.world > 1:  # every rank ends the warm-up at rank 0's step
                     done = bool(self.dist.all_reduce_mean(torch.tensor([float(done)], device=device)).item() > 0)
