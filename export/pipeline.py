@@ -62,16 +62,9 @@ def load_generator(checkpoint: str | os.PathLike, *, use_ema: bool = True):
         checkpoint: path to an srdeploy checkpoint (.pt).
         use_ema: use the EMA weights when the checkpoint has them.
     """
-    from srdeploy.train.archs import receptive_radius
-    from srdeploy.train.checkpoint import load_checkpoint, model_from_checkpoint
+    from srdeploy.train.checkpoint import load_generator as load_checked  # one-line errors naming the file
 
-    ckpt = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(ckpt, use_ema=use_ema)
-    try:
-        receptive_radius(model)
-    except TypeError as exc:
-        raise ValueError(f"{checkpoint}: architecture {ckpt['arch']!r} is not an SR generator srdeploy can "
-                         f"export ({exc})") from exc
+    model, ckpt = load_checked(checkpoint, use_ema=use_ema)
     weights = "ema" if use_ema and ckpt.get("ema_state_dict") else "state_dict"
     return model, ckpt, weights
 

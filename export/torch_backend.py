@@ -50,7 +50,7 @@ class TorchSession(Session):
         from srdeploy.export.fuse import fuse_bn
         from srdeploy.runtime.metadata import sha256_file
         from srdeploy.train.archs import receptive_radius
-        from srdeploy.train.checkpoint import load_checkpoint, model_from_checkpoint
+        from srdeploy.train.checkpoint import load_generator
 
         path = Path(path)
         if precision not in ("fp32", "fp16"):
@@ -70,8 +70,7 @@ class TorchSession(Session):
                 raise ValueError(f"threads must be >= 1, got {threads}")
             torch.set_num_threads(threads)
 
-        ckpt = load_checkpoint(path)
-        model = model_from_checkpoint(ckpt, use_ema=use_ema)
+        model, ckpt = load_generator(path, use_ema=use_ema)  # one-line errors naming the file
         radius = receptive_radius(model)
         if fold_bn:
             model = fuse_bn(model)

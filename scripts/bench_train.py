@@ -11,6 +11,7 @@ Examples:
   python scripts/bench_train.py                      # auto device, default model
   python scripts/bench_train.py --device cpu --steps 5 --threads 2
   python scripts/bench_train.py --kind srgan         # SRGAN step (VGG19 relu5_4 + discriminator)
+  python scripts/bench_train.py --device cuda --precisions fp32,bf16,fp16 --channels-last-modes on,off
 
 On a shared machine the figures depend on what else runs: the script prints the load average
 so the reader can judge; compare ratios measured in one run rather than absolute numbers.
@@ -37,8 +38,36 @@ def _images_folder(path: str | None) -> str:
     raise SystemExit(f"bench_train: no training images at {t91}; pass --data FOLDER (or set SRDEPLOY_DATA)")
 
 
-def bench_one(args, *, amp: bool, channels_last: bool) -> dict:
-    """Time ``args.steps`` training iterations after ``args.warmup``; returns the figures."""
+def make_precision(name: str, device):
+    """The trainer's Precision for "auto" (what training picks), "fp32", "bf16" or "fp16".
+
+    Explicit bf16/fp16 are for measuring each on CUDA; asking for them elsewhere is an error
+    (never a silent fp32).
+    """
+    import torch
+
+    from srdeploy.train import trainer
+
+    if name == "auto":
+        return trainer.resolve_precision(True, device)
+    if name == "fp32":
+        return trainer.Precision("fp32", note="fp32")
+    if device.type != "cuda":
+        raise SystemExit(f"bench_train: precision {name} runs on CUDA only (training autocasts on CUDA)")
+    if name == "bf16":
+        if not torch.cuda.is_bf16_supported():
+            raise SystemExit("bench_train: this GPU has no bf16 support")
+        return trainer.Precision("bf16", torch.bfloat16, note="autocast bf16")
+    if name == "fp16":
+        return trainer.Precision("fp16", torch.float16, torch.amp.GradScaler("cuda"), note="autocast fp16 + GradScaler")
+    raise SystemExit(f"bench_train: unknown precision {name!r}; choose auto, fp32, bf16 or fp16")
+
+
+def bench_one(args, *, amp: bool, channels_last: bool, precision_name: str | None = None) -> dict:
+    """Time ``args.steps`` training iterations after ``args.warmup``; returns the figures.
+
+    ``precision_name`` (auto/fp32/bf16/fp16) overrides ``amp`` (True = auto, False = fp32).
+    """
     import torch
 
     from srdeploy.train import trainer
@@ -57,7 +86,7 @@ def bench_one(args, *, amp: bool, channels_last: bool) -> dict:
     model = SRResNet(scale=cfg.scale, num_blocks=cfg.num_blocks, channels=cfg.channels).to(device, memory_format=fmt)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    precision = trainer.resolve_precision(amp, device)
+    precision = make_precision(precision_name or ("auto" if amp else "fp32"), device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     common = dict(cfg=cfg, g_train=model, model=model, optimizer=optimizer, scheduler=scheduler, ema=None,
@@ -143,6 +172,11 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default: 2 CPU, 20 CUDA)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (CPU data path)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--precisions", metavar="LIST",
+                   help="comma list of auto, fp32, bf16, fp16 (bf16/fp16: CUDA only); with --channels-last-modes, "
+                        "every combination is measured (default CUDA: auto+CL, fp32+CL, auto without CL)")
+    p.add_argument("--channels-last-modes", metavar="LIST", default=None,
+                   help="comma list of on, off (channels_last applies on CUDA only)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
 
@@ -161,16 +195,21 @@ def main(argv=None) -> int:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"bench_train: {os.cpu_count()} CPUs, load average {load}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads", flush=True)
-    variants = [(True, True)] if not cuda else [(True, True), (False, True), (True, False)]
+    if args.precisions or args.channels_last_modes:
+        precisions = (args.precisions or "auto").split(",")
+        modes = [m.strip() == "on" for m in (args.channels_last_modes or "on").split(",")]
+        variants = [(None, cl, name.strip()) for name in precisions for cl in modes]
+    else:
+        variants = [(True, True, None)] if not cuda else [(True, True, None), (False, True, None), (True, False, None)]
     results = []
-    for amp, cl in variants:
-        r = bench_one(args, amp=amp, channels_last=cl)
+    for amp, cl, name in variants:
+        r = bench_one(args, amp=amp, channels_last=cl, precision_name=name)
         results.append(r)
         print(f"{r['kind']} {r['model']} batch {r['batch_size']} LR {r['lr_crop']}x{r['lr_crop']} on {r['device_name']} "
               f"[{r['precision']}, channels_last={r['channels_last']}, {r['data_path']}]: "
               f"{r['its']:.3f} it/s ({r['images_per_s']:.1f} images/s); data path alone {r['data_its']:.1f} it/s",
               flush=True)
-    if cuda:
+    if cuda and not (args.precisions or args.channels_last_modes):
         base = results[0]["its"]
         print(f"ratio AMP {results[0]['precision']} / fp32: {base / results[1]['its']:.2f}x; "
               f"channels_last on / off: {base / results[2]['its']:.2f}x")

@@ -90,3 +90,102 @@ def test_mismatched_weights_are_reported(tmp_path):
     ckpt["kwargs"] = {**kwargs, "channels": 16}
     with pytest.raises(ValueError, match="weights do not match"):
         model_from_checkpoint(ckpt)
+
+
+# --- issue 11 item 4: every bad checkpoint is one ValueError line naming the file -----------------
+def _one_line_naming(exc_info, path) -> str:
+    message = str(exc_info.value)
+    assert "\n" not in message and str(path) in message, message
+    assert "weights_only" not in message and "Re-running" not in message, message  # torch's unsafe advice
+    assert exc_info.value.__cause__ is None or not isinstance(exc_info.value.__cause__, RuntimeError)
+    return message
+
+
+def test_checkpoint_of_another_architecture_is_refused_for_upscaling(tmp_path):
+    from srdeploy.train.archs import Discriminator
+    from srdeploy.train.checkpoint import load_generator
+
+    path = tmp_path / "disc.pt"
+    save_checkpoint(path, Discriminator(base_channels=8), arch="Discriminator", kwargs={"base_channels": 8})
+    with pytest.raises(ValueError) as info:
+        load_generator(path)
+    assert "holds a Discriminator, not an SR generator" in _one_line_naming(info, path)
+    assert "last.pt or best.pt" in str(info.value)
+    # A generator checkpoint loads.
+    model, kwargs = _tiny()
+    save_checkpoint(tmp_path / "g.pt", model, arch="SRResNet", kwargs=kwargs)
+    g, ckpt = load_generator(tmp_path / "g.pt")
+    assert isinstance(g, SRResNet) and ckpt["kwargs"] == kwargs
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"scale": 2, "num_blocks": 1, "channels": 8, "colour": "blue"}, "kwargs ['colour'] are not arguments of SRResNet"),
+    ([2, 1, 8], "'kwargs' must be a mapping"),
+    ("scale=2", "'kwargs' must be a mapping"),
+])
+def test_bad_kwargs_are_one_line_naming_the_file(tmp_path, kwargs, needle):
+    from srdeploy.train.checkpoint import FORMAT, load_generator
+
+    model, _ = _tiny()
+    path = tmp_path / "edited.pt"
+    torch.save({"format": FORMAT, "format_version": 1, "arch": "SRResNet", "kwargs": kwargs,
+                "state_dict": model.state_dict()}, path)
+    for load in (load_checkpoint, load_generator, model_from_checkpoint):
+        with pytest.raises(ValueError) as info:
+            load(path)
+        assert needle in _one_line_naming(info, path)
+
+
+def test_weights_of_the_wrong_shape_are_one_line_naming_the_file(tmp_path):
+    from srdeploy.train.checkpoint import load_generator
+
+    model, kwargs = _tiny()
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, arch="SRResNet", kwargs={**kwargs, "channels": 16})  # 8-channel weights
+    with pytest.raises(ValueError) as info:
+        load_generator(path)
+    message = _one_line_naming(info, path)
+    assert "weights do not match SRResNet" in message and "of the wrong shape" in message
+    assert "head.weight (8, 3, 9, 9) where the model has (16, 3, 9, 9)" in message
+    # The same through a dict with its source named (export / torch backend path).
+    with pytest.raises(ValueError, match=r"m\.pt: weights do not match"):
+        model_from_checkpoint(load_checkpoint(path), source=path)
+    # Invalid argument values (the architecture's own check) also name the file.
+    save_checkpoint(path, model, arch="SRResNet", kwargs={**kwargs, "scale": 3})
+    with pytest.raises(ValueError) as info:
+        load_generator(path)
+    assert "cannot build SRResNet" in _one_line_naming(info, path)
+
+
+def test_unloadable_files_never_show_torchs_unsafe_advice(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "text.pt").write_text("hello, not weights\n")
+    for name, needle in (("evil.pt", "posix.system"), ("empty.pt", "empty (0 bytes)"), ("text.pt", "torch.load failed")):
+        with pytest.raises(ValueError) as info:
+            load_checkpoint(tmp_path / name)
+        assert needle in _one_line_naming(info, tmp_path / name)
+
+
+@pytest.mark.parametrize("content", [b"", b"not weights at all\n", "pickle"])
+def test_vgg_weights_that_are_not_weights_are_one_line(tmp_path, content):
+    """`train srgan --vgg-weights FILE` with a zero-byte or non-weights file (issue 11 item 4)."""
+    from srdeploy.train.archs import VGGFeatures
+
+    path = tmp_path / "vgg19.pth"
+    if content == "pickle":
+        torch.save({"features.0.weight": "not a tensor"}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError) as info:
+        VGGFeatures(layer="relu1_2", weights=path)
+    assert "VGG19 weights" in _one_line_naming(info, path)
+    # Wrong shapes too.
+    torch.save({"0.weight": torch.zeros(4, 3, 3, 3), "0.bias": torch.zeros(4)}, path)
+    with pytest.raises(ValueError) as info:
+        VGGFeatures(layer="relu1_2", weights=path)
+    assert "shapes differ" in _one_line_naming(info, path)

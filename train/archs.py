@@ -215,14 +215,22 @@ def _load_vgg19_weights(vgg: nn.Module, weights: str | os.PathLike | None) -> No
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"VGGFeatures: VGG19 weights file {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from .checkpoint import torch_load_safely  # checkpoint imports this module
+
+    what = "VGG19 weights (torchvision's vgg19-dcbb9e9d.pth or a features state dict)"
+    state = torch_load_safely(path, what)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"VGGFeatures: {path} is not {what}: it holds a {type(state).__name__} of other things")
     # Accept the full torchvision state dict ("features.0.weight", "classifier...") or a
     # features-only one ("0.weight").
     feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")} or state
-    missing, _ = vgg.load_state_dict(feats, strict=False)
+    try:
+        missing, _ = vgg.load_state_dict(feats, strict=False)
+    except RuntimeError:
+        raise ValueError(f"VGGFeatures: {path} is not {what}: tensor shapes differ from VGG19's") from None
     needed = [k for k in missing if int(k.split(".")[0]) < len(vgg)]
     if needed:
-        raise ValueError(f"VGGFeatures: {path} is not a VGG19 state dict (missing {needed[:4]}...)")
+        raise ValueError(f"VGGFeatures: {path} is not {what} (missing {needed[:4]}...)")
 
 
 class VGGFeatures(nn.Module):

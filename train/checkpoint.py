@@ -95,18 +95,53 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, arch: str, kwa
     atomic_torch_save(ckpt, path)
 
 
-def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict:
-    """Read and validate a checkpoint (``weights_only=True``: never runs code from the file)."""
+# Lines of torch.load's errors that are advice, not a diagnosis. Its advice to re-run with
+# weights_only=False recommends running code from an untrusted file: never pass it on.
+_TORCH_ADVICE = ("weights_only", "re-running", "in pytorch 2.6", "check the documentation", "torch.serialization",
+                 "add_safe_globals", "safe_globals")
+
+
+def load_failure(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in one line, without torch's unsafe advice."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    kept = [line for line in lines if not any(word in line.lower() for word in _TORCH_ADVICE)]
+    reason = " ".join(kept)
+    if isinstance(exc, EOFError) or not reason:
+        return f"{type(exc).__name__}: truncated or not a PyTorch file" if isinstance(exc, EOFError) or not lines \
+            else f"{type(exc).__name__}: rejected by the safe (weights-only) loader"
+    return f"{type(exc).__name__}: {reason}"
+
+
+def torch_load_safely(path: str | os.PathLike, what: str, *, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``; any failure is a one-line ValueError naming the file.
+
+    Args:
+        path: an existing file.
+        what: what the file should be, for the message ("not <what>"), e.g. "a valid srdeploy checkpoint".
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint file does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty (0 bytes), not {what}")
     try:
         # TorchVersion (a str subclass, no code) is allowed so checkpoints written before
         # library_versions() stored plain strings still load.
         with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle errors, truncated zip, unsafe globals, ...
-        raise ValueError(f"{path}: not a valid srdeploy checkpoint (torch.load failed: {exc})") from exc
+        raise ValueError(f"{path}: not {what} (torch.load failed: {load_failure(exc)})") from None
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict:
+    """Read and validate a checkpoint (``weights_only=True``: never runs code from the file).
+
+    Every problem with the file is a one-line ValueError (FileNotFoundError when missing) that
+    names it: not loadable, not an srdeploy checkpoint, unknown architecture, ``kwargs`` that
+    are not a mapping or that the architecture does not take.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint file does not exist")
+    ckpt = torch_load_safely(path, "a valid srdeploy checkpoint", map_location=map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path}: not an srdeploy checkpoint (no 'format': {FORMAT!r} entry); "
                          "bare state dicts cannot be rebuilt, save with srdeploy.train.checkpoint.save_checkpoint")
@@ -118,19 +153,90 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
             raise ValueError(f"{path}: srdeploy checkpoint is missing {key!r}")
     if ckpt["arch"] not in ARCHS:
         raise ValueError(f"{path}: unknown architecture {ckpt['arch']!r}; registered: {sorted(ARCHS)}")
+    _check_kwargs(ckpt["arch"], ckpt["kwargs"], path)
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict | str | os.PathLike, *, use_ema: bool = True) -> nn.Module:
-    """Rebuild the model of a checkpoint (EMA weights when present and ``use_ema``), in eval mode."""
-    source = ckpt
+def _check_kwargs(arch: str, kwargs: Any, name: Any) -> None:
+    """``kwargs`` must be a mapping of keyword arguments that ``ARCHS[arch]`` accepts."""
+    import inspect
+
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"{name}: checkpoint 'kwargs' must be a mapping of {arch} keyword arguments, got "
+                         f"{type(kwargs).__name__}; the file is damaged or not written by srdeploy's save_checkpoint")
+    accepted = {p.name for p in inspect.signature(ARCHS[arch]).parameters.values()
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    unknown = sorted(str(k) for k in kwargs if k not in accepted)
+    if unknown:
+        raise ValueError(f"{name}: checkpoint kwargs {unknown} are not arguments of {arch} (it takes "
+                         f"{sorted(accepted)}); the file was written by another version or program: re-save it "
+                         "with srdeploy's save_checkpoint")
+
+
+def _shape_mismatch(model: nn.Module, state: Any) -> str:
+    """A short account of why ``state`` does not load into ``model``."""
+    if not isinstance(state, dict):
+        return f"the weights are a {type(state).__name__}, not a state dict"
+    own = model.state_dict()
+    wrong = [k for k in own if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    parts = []
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{len(wrong)} tensor(s) of the wrong shape, e.g. {k} {tuple(state[k].shape)} where the "
+                     f"model has {tuple(own[k].shape)}")
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if extra:
+        parts.append(f"{len(extra)} unexpected (e.g. {extra[0]})")
+    return "; ".join(parts) or "the weights do not load"
+
+
+def model_from_checkpoint(ckpt: dict | str | os.PathLike, *, use_ema: bool = True,
+                          source: str | os.PathLike | None = None) -> nn.Module:
+    """Rebuild the model of a checkpoint (EMA weights when present and ``use_ema``), in eval mode.
+
+    Args:
+        ckpt: a path, or a dict from ``load_checkpoint``.
+        use_ema: prefer ``ema_state_dict`` when the checkpoint has one.
+        source: the file name for messages when ``ckpt`` is a dict.
+
+    Raises:
+        ValueError: one line naming the file when the architecture cannot be built from its
+            kwargs or the weights do not fit it.
+    """
+    name = source if source is not None else (ckpt if not isinstance(ckpt, dict) else "checkpoint")
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
-    model = build_model(ckpt["arch"], **ckpt["kwargs"])
-    state = ckpt.get("ema_state_dict") if use_ema and ckpt.get("ema_state_dict") else ckpt["state_dict"]
+    _check_kwargs(ckpt["arch"], ckpt["kwargs"], name)
     try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        name = source if not isinstance(source, dict) else "checkpoint"
-        raise ValueError(f"{name}: weights do not match {ckpt['arch']}({ckpt['kwargs']}): {exc}") from exc
+        model = build_model(ckpt["arch"], **ckpt["kwargs"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: cannot build {ckpt['arch']} from the checkpoint's kwargs {ckpt['kwargs']} "
+                         f"({exc}); the file is damaged or was not written by srdeploy") from None
+    key = "ema_state_dict" if use_ema and ckpt.get("ema_state_dict") else "state_dict"
+    try:
+        model.load_state_dict(ckpt[key])
+    except (RuntimeError, TypeError, AttributeError, KeyError):
+        raise ValueError(f"{name}: weights do not match {ckpt['arch']}({ckpt['kwargs']}): "
+                         f"{_shape_mismatch(model, ckpt[key])} ({key}); the file is damaged or its kwargs were "
+                         "edited: use the checkpoint as training wrote it") from None
     return model.eval()
+
+
+# Architectures that upscale images (what upscale, export, eval and bench can run).
+GENERATORS = ("SRResNet",)
+
+
+def load_generator(path: str | os.PathLike, *, use_ema: bool = True) -> tuple[nn.Module, dict]:
+    """``(model, ckpt)`` for an SR generator checkpoint; a one-line ValueError naming the file otherwise.
+
+    Refuses checkpoints of other registered architectures (SRGAN's discriminator) with what to
+    use instead, on top of ``load_checkpoint`` and ``model_from_checkpoint``'s checks.
+    """
+    ckpt = load_checkpoint(path)
+    if ckpt["arch"] not in GENERATORS:
+        raise ValueError(f"{path}: holds a {ckpt['arch']}, not an SR generator ({', '.join(GENERATORS)}); "
+                         "use the generator checkpoint of the run (last.pt or best.pt)")
+    return model_from_checkpoint(ckpt, use_ema=use_ema, source=path), ckpt

@@ -50,16 +50,16 @@ def _run_eval(args: argparse.Namespace) -> int:
         title = f"bicubic x{scale}"
         upscale = lambda lr: bicubic_upscale(lr, scale)  # noqa: E731
     else:
-        from .checkpoint import load_checkpoint, model_from_checkpoint
+        from .checkpoint import load_generator
         from .evaluate import model_upscale
         from .trainer import resolve_device
 
-        ckpt = load_checkpoint(args.checkpoint)
+        model, ckpt = load_generator(args.checkpoint, use_ema=not args.no_ema)
         scale = int(ckpt["kwargs"].get("scale", 4))
         if args.scale and args.scale != scale:
             raise ValueError(f"eval: --scale {args.scale} does not match the checkpoint's scale {scale}")
         device = resolve_device(args.device)
-        model = model_from_checkpoint(ckpt, use_ema=not args.no_ema).to(device)
+        model = model.to(device)
         title = f"{args.checkpoint} ({ckpt['arch']} x{scale}, step {ckpt.get('step', '?')})"
         upscale = lambda lr: model_upscale(model, lr, device)  # noqa: E731
     results = evaluate(upscale, folders, scale=scale, progress=not args.quiet)

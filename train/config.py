@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -64,7 +65,14 @@ class TrainConfig:
         gpu_crops: on CUDA, hold the training images on the GPU and cut / downscale the crops
             there (same crops as the CPU path); False uses a DataLoader with ``workers``.
         tensorboard: also log to TensorBoard (``out/tb``) when the package is installed.
-        resume: continue from ``out/last.pt``.
+        resume: continue from ``out/last.pt``. Changed optimisation settings (lr, d_lr,
+            schedule, lr_min_ratio, iters, loss weights, ...) apply from the resumed step on;
+            the schedule continues from that step with the new values.
+        time_budget: seconds this invocation may take (``--time-budget 8m``), or None. The
+            trainer measures it/s after a short warm-up and plans the iterations (at most
+            ``iters``) so that the run, its validations and its final checkpoint end within
+            the budget; the schedule spans the planned iterations. With ``resume``, the budget
+            is for the steps added to the current one. ``iters`` then records the plan.
     """
 
     kind: str = "srresnet"
@@ -102,6 +110,7 @@ class TrainConfig:
     gpu_crops: bool = True
     tensorboard: bool = True
     resume: bool = False
+    time_budget: float | None = None
 
     def resolved(self, kind: str) -> "TrainConfig":
         """A copy with ``kind`` set and the ``None`` fields filled with that kind's defaults."""
@@ -136,6 +145,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"train: --{name.replace('_', '-')} must be a positive number, got {value}")
+        if self.time_budget is not None and not (math.isfinite(self.time_budget) and self.time_budget > 0):
+            raise ValueError(f"train: --time-budget must be a positive duration, got {self.time_budget}")
         if not 0.0 <= self.lr_min_ratio <= 1.0:
             raise ValueError(f"train: --lr-min-ratio must be in [0, 1], got {self.lr_min_ratio}")
         if not 0.0 <= self.ema < 1.0:
@@ -172,3 +183,17 @@ class TrainConfig:
     def from_json(cls, path: str | Path) -> "TrainConfig":
         """Read a run's ``settings.json``."""
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*$", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a duration such as "90s", "8m", "2h" or "45" (seconds).
+
+    Raises ValueError naming the expected forms when ``text`` is none of them.
+    """
+    match = _DURATION.match(str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"train: --time-budget {text!r} is not a duration; write e.g. 90s, 8m or 2h")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2).lower()]

@@ -44,7 +44,21 @@ def _add_optim_and_run(p: argparse.ArgumentParser, *, lr: float, schedule: str) 
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
                    help="do not log to OUT/tb even when tensorboard is installed")
     p.add_argument("--resume", action="store_true",
-                   help="continue OUT/last.pt: same step, optimizer, scheduler and RNG state")
+                   help="continue OUT/last.pt: same step, optimizer, scheduler and RNG state; changed "
+                        "--lr/--schedule/--iters apply from the resumed step")
+    p.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
+                   help="end within this wall time (e.g. 90s, 8m, 2h): it/s is measured after a warm-up "
+                        "and the iterations (at most --iters) planned so that validation and the final "
+                        "checkpoint fit; the schedule spans them. With --resume: time for more steps")
+
+
+def _duration(text: str) -> float:
+    from .config import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("train: ")) from None
 
 
 def register_train(sub: argparse._SubParsersAction) -> None:
@@ -60,6 +74,9 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--scale", type=int, default=4, choices=(2, 4, 8), help="upscaling factor (default 4)")
     r.add_argument("--num-blocks", type=int, default=16, help="residual blocks (default 16)")
     r.add_argument("--channels", type=int, default=64, help="feature channels (default 64)")
+    r.add_argument("--init", metavar="CHECKPOINT",
+                   help="start from this SRResNet checkpoint's weights (EMA if any; architecture taken "
+                        "from it) with a fresh optimizer and schedule at step 0")
     _add_optim_and_run(r, lr=1e-4, schedule="cosine")
     r.set_defaults(func=_run_train)
 
@@ -108,14 +125,36 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig(**values)
 
 
+def _process_started() -> float:
+    """``time.perf_counter()`` value at this process's start (Linux /proc), else now.
+
+    ``--time-budget`` counts the interpreter start and the torch import too: the budget is the
+    wall time of the command.
+    """
+    import os
+    import time
+
+    now = time.perf_counter()
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return now
+    return now - age if 0 <= age < 3600 else now
+
+
 def _run_train(args: argparse.Namespace) -> int:
+    started = _process_started()
     cfg = config_from_args(args)
     if args.kind == "srresnet":
         from .trainer import train_srresnet
 
-        train_srresnet(cfg)
+        train_srresnet(cfg, clock=started)
     else:
         from .trainer import train_srgan
 
-        train_srgan(cfg)
+        train_srgan(cfg, clock=started)
     return 0
