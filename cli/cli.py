@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except ModuleNotFoundError as exc:  # optional dependency missing: say which extra
         extra = {"torch": "train", "torchvision": "train", "onnx": "export", "PIL": "train",
-                 "tensorrt": "gpu", "cuda": "gpu", "matplotlib": "plot"}.get((exc.name or "").split(".")[0])
+                 "tensorrt": "gpu", "cuda": "gpu", "matplotlib": "plot",
+                 "ray": "cluster"}.get((exc.name or "").split(".")[0])
         if extra is None:
             raise
         print(f"srdeploy {args.command}: needs the Python package {exc.name!r}, which is not installed. "

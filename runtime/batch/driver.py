@@ -1,0 +1,330 @@
+"""``run_batch``: plan the job, start or attach to Ray, keep every worker busy, retry, report.
+
+Scheduling is pull-style: each actor holds one task at a time and gets the next one from the
+driver's queue the moment it returns (``ray.wait`` on the running calls), so slow and fast tasks
+balance themselves and a dead worker loses exactly one task. One task in flight per actor costs a
+driver round trip between tasks (about a millisecond, measured by ``scripts/bench_batch.py``) and
+keeps a SIGKILL from taking queued work down with it.
+
+Failures:
+
+* input error (unreadable file, unwritable output): reported by name, not retried, job goes on;
+* the worker process died (SIGKILL, OOM killer, node lost): a new actor replaces it and the task
+  runs again, up to ``retries`` more times;
+* any other exception inside a task: retried the same way (the actor stays).
+
+Ray is imported here only, inside functions.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .job import (JobFolder, Settings, Summary, WorkerStats, collect, is_finished, open_job, plan_tasks,
+                  write_json)
+from .video import unavailable_reason
+
+
+@dataclass
+class BatchConfig:
+    """What ``srdeploy batch`` was asked to do (the CLI fills it).
+
+    Attributes:
+        inputs: files, folders, globs, manifests.  outdir: output folder (holds the job folder).
+        recipe: the ``SessionRecipe`` each worker opens.  settings: what decides outputs (plan.json).
+        tiling: ``Upscaler`` keyword arguments.
+        workers: actors.  threads_per_worker: CPUs each actor reserves (and ONNX Runtime threads).
+        gpus_per_worker: GPUs each actor reserves (Ray pins it via CUDA_VISIBLE_DEVICES); 0 = none.
+        address: Ray cluster to attach to ("auto", "HOST:PORT"); None = start a local one (or use
+            the one already initialised in this process).
+        recursive, resume, retries, overwrite: see the CLI help.
+        json: also write the summary here.  progress: the bar on stderr.
+    """
+
+    inputs: list[str]
+    outdir: str
+    recipe: object
+    settings: Settings
+    tiling: dict
+    workers: int = 1
+    threads_per_worker: int = 1
+    gpus_per_worker: float = 0.0
+    address: str | None = None
+    recursive: bool = False
+    resume: bool = False
+    retries: int = 2
+    overwrite: bool = False
+    json: str | None = None
+    progress: bool = True
+    quality: int | None = None
+    ray_init: dict = field(default_factory=dict)
+
+
+def _say(msg: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(msg, file=sys.stderr)
+
+
+def _cause(exc: BaseException) -> str:
+    """The last meaningful line of a Ray error (its traceback is long; the cause is at the end)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+class _Pool:
+    """The actors, by slot; a dead one is replaced in its slot."""
+
+    def __init__(self, ray, cfg: BatchConfig, job: JobFolder) -> None:
+        from .worker import BatchWorker
+
+        self.ray = ray
+        self.cfg = cfg
+        self.job = job
+        # Actor restarts and task retries are ours (the driver decides from the job folder), not Ray's.
+        self.remote = ray.remote(BatchWorker).options(num_cpus=cfg.threads_per_worker,
+                                                      num_gpus=cfg.gpus_per_worker or None,
+                                                      max_restarts=0, max_task_retries=0)
+        self.actors = []
+        self.stats = [WorkerStats(name=f"w{i}") for i in range(cfg.workers)]
+        for i in range(cfg.workers):
+            self.actors.append(self._new(i))
+
+    def _new(self, slot: int):
+        return self.remote.remote(self.cfg.recipe, self.cfg.tiling, str(self.job.root), self.stats[slot].name,
+                                  {"quality": self.cfg.quality})
+
+    def ready(self) -> list[dict]:
+        """Wait until every actor has opened its session; an actor that cannot is an error."""
+        infos = []
+        for slot, actor in enumerate(self.actors):
+            try:
+                info = self.ray.get(actor.describe.remote())
+            except self.ray.exceptions.RayError as exc:
+                raise RuntimeError(f"batch: worker {self.stats[slot].name} could not open the model "
+                                   f"{self.cfg.recipe.model}: {_cause(exc)}") from None
+            self.stats[slot].pid, self.stats[slot].node = info["pid"], info["node"]
+            infos.append(info)
+        return infos
+
+    def replace(self, slot: int) -> None:
+        try:
+            self.ray.kill(self.actors[slot], no_restart=True)
+        except Exception:  # already gone
+            pass
+        self.actors[slot] = self._new(slot)
+        self.stats[slot].restarts += 1
+        self.stats[slot].pid = 0
+
+    def close(self) -> None:
+        for actor in self.actors:
+            try:
+                self.ray.kill(actor, no_restart=True)
+            except Exception:
+                pass
+
+
+def _start_ray(cfg: BatchConfig):
+    """Attach to ``cfg.address``, reuse this process's Ray, or start a local instance.
+
+    Returns:
+        (ray, started_here).
+    """
+    try:
+        import ray
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError("srdeploy batch needs Ray: pip install 'srdeploy[cluster]'", name="ray") from exc
+    if ray.is_initialized():
+        return ray, False
+    import logging
+
+    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+                  configure_logging=True)
+    kwargs.update(cfg.ray_init)
+    if cfg.address:
+        ray.init(address=cfg.address, **kwargs)
+    else:
+        # A local instance sized to the request: Ray's CPU count is a scheduling budget, so ask
+        # for at least what the workers reserve (more threads than cores is the user's choice).
+        need = cfg.workers * cfg.threads_per_worker
+        kwargs.setdefault("num_cpus", max(need, os.cpu_count() or 1))
+        if cfg.gpus_per_worker:
+            kwargs.setdefault("num_gpus", None)
+        ray.init(address="local", **kwargs)
+    return ray, True
+
+
+def run_batch(cfg: BatchConfig, *, log: Callable[[str], None] = _say) -> Summary:
+    """Run (or resume) a batch job; returns its summary (also written to the job folder).
+
+    Raises:
+        ValueError/OSError: bad flags, nothing to do, or a job folder that does not match.
+        RuntimeError: no worker could open the model.
+        KeyboardInterrupt: Ctrl-C/SIGTERM (the states on disk stay; rerun with --resume).
+    """
+    t_start = time.perf_counter()
+    if cfg.workers < 1 or cfg.threads_per_worker < 1 or cfg.retries < 0 or cfg.gpus_per_worker < 0:
+        raise ValueError("--workers and --threads-per-worker must be >= 1, --retries and --gpus-per-worker >= 0")
+    outdir = Path(cfg.outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise ValueError(f"-o {outdir}: exists and is not a folder; batch writes into an output folder")
+    pairs, problems = collect(cfg.inputs, recursive=cfg.recursive)
+    tasks, clashes = plan_tasks(pairs, outdir, cfg.settings, overwrite=cfg.overwrite)
+    problems += clashes
+    if not tasks:
+        for msg in problems:
+            log(f"srdeploy batch: error: {msg}")
+        raise ValueError("batch: no input images or videos")
+    job = JobFolder.of(outdir)
+    tasks = open_job(job, cfg.settings, tasks, resume=cfg.resume)
+
+    summary = Summary(tasks=len(tasks), settings=asdict(cfg.settings))
+    summary.failures += [{"input": msg.split(":", 1)[0], "error": msg} for msg in problems]
+    todo: list[dict] = []
+    skipped_units = 0
+    why_no_video = unavailable_reason()
+    for t in tasks:
+        if is_finished(job, t):
+            summary.skipped += 1
+            skipped_units += t["units"]
+        elif t["preexisting"] and not cfg.overwrite:
+            _fail(job, summary, t, f"{t['dst']}: already exists; pass --overwrite to replace it", 0)
+        elif t["kind"] == "video" and why_no_video:
+            _fail(job, summary, t, f"{t['src']}: {why_no_video}", 0)
+        else:
+            job.clear_state(t["id"])
+            todo.append(dict(t))
+    if summary.skipped:
+        log(f"srdeploy batch: --resume: {summary.skipped} finished task(s) kept (outputs checked)")
+
+    if todo:
+        _run_tasks(cfg, job, todo, summary, skipped_units, log)
+    summary.seconds = time.perf_counter() - t_start
+    summary.failed = len(summary.failures)
+    summary.ok = not summary.failures
+    summary.units_per_s = summary.units / max(1e-9, summary.seconds - summary.startup_s)
+    record = asdict(summary)
+    write_json(job.root / "summary.json", record, fsync=False)
+    if cfg.json:
+        write_json(Path(cfg.json), record)
+    return summary
+
+
+def _fail(job: JobFolder, summary: Summary, task: dict, error: str, attempts: int) -> None:
+    job.write_state(task["id"], {"state": "failed", "attempts": attempts, "error": error})
+    summary.failures.append({"input": task["src"], "error": error})
+
+
+def _run_tasks(cfg: BatchConfig, job: JobFolder, todo: list[dict], summary: Summary, skipped_units: int,
+               log: Callable[[str], None]) -> None:
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    ray, started_here = _start_ray(cfg)
+    pool = None
+    bar = None
+    try:
+        pool = _Pool(ray, cfg, job)
+        infos = pool.ready()
+        summary.startup_s = time.perf_counter() - t0
+        summary.cluster = {"address": cfg.address or ("local" if started_here else "attached"),
+                           "resources": {k: v for k, v in ray.cluster_resources().items()
+                                         if k in ("CPU", "GPU", "memory")},
+                           "nodes": len({i["node"] for i in infos})}
+        log(f"srdeploy batch: {infos[0]['line']}")
+        log(f"srdeploy batch: {len(todo)} task(s) on {cfg.workers} worker(s) x {cfg.threads_per_worker} thread(s)"
+            + (f" x {cfg.gpus_per_worker:g} GPU" if cfg.gpus_per_worker else "")
+            + f", Ray ready in {summary.startup_s:.1f} s")
+        total = skipped_units + sum(t["units"] for t in todo)
+        bar = tqdm(total=total, initial=skipped_units, unit="item", desc="images+frames", file=sys.stderr,
+                   disable=not cfg.progress, dynamic_ncols=True, smoothing=0.1)
+        _schedule(ray, pool, job, deque(todo), cfg.retries, summary, bar, log)
+    finally:
+        if bar is not None:
+            bar.close()
+        if pool is not None:
+            summary.workers = [s.as_dict() for s in pool.stats]
+            pool.close()
+        if started_here:
+            ray.shutdown()
+
+
+def _schedule(ray, pool: _Pool, job: JobFolder, queue: deque, retries: int, summary: Summary, bar,
+              log: Callable[[str], None]) -> None:
+    """Keep one task on every actor until the queue is empty and nothing runs."""
+    running: dict = {}  # ObjectRef -> (slot, task, start time)
+    attempts: dict[str, int] = {}
+    idle = set(range(len(pool.actors)))
+    while queue or running:
+        while queue and idle:
+            slot = idle.pop()
+            task = queue.popleft()
+            attempts[task["id"]] = attempts.get(task["id"], 0) + 1
+            task["attempt"] = attempts[task["id"]]
+            running[pool.actors[slot].run.remote(task)] = (slot, task, time.perf_counter())
+        ready, _ = ray.wait(list(running), num_returns=1)
+        for ref in ready:
+            slot, task, started = running.pop(ref)
+            stats = pool.stats[slot]
+            stats.busy_s += time.perf_counter() - started
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                stats.lost += 1
+                log(f"srdeploy batch: worker {stats.name} died running {task['src']} ({_cause(exc)}); "
+                    "starting a new one")
+                pool.replace(slot)
+                _retry_or_fail(job, summary, queue, task, attempts, retries, "its worker died", log)
+            except ray.exceptions.RayError as exc:
+                _retry_or_fail(job, summary, queue, task, attempts, retries, _cause(exc), log)
+            else:
+                stats.tasks += 1
+                stats.pid = result["pid"]
+                for note in result["notes"]:
+                    if ": error: " not in note:
+                        log(note.replace("srdeploy upscale:", "srdeploy batch:"))
+                if result["ok"]:
+                    stats.units += result["units"]
+                    summary.done += 1
+                    summary.units += result["units"]
+                    bar.update(result["units"])
+                else:
+                    stats.failures += 1
+                    bar.update(task["units"])  # its work is over too: the bar and ETA count what is left
+                    _fail(job, summary, task, result["error"], attempts[task["id"]])
+                    log(f"srdeploy batch: error: {result['error']}")
+            idle.add(slot)
+
+
+def _retry_or_fail(job: JobFolder, summary: Summary, queue: deque, task: dict, attempts: dict, retries: int,
+                   why: str, log: Callable[[str], None]) -> None:
+    n = attempts[task["id"]]
+    if n <= retries:
+        summary.retries += 1
+        queue.appendleft(task)
+        return
+    error = f"{task['src']}: failed {n} time(s), last because {why}; not retried (--retries {retries})"
+    _fail(job, summary, task, error, n)
+    log(f"srdeploy batch: error: {error}")
+
+
+def report_lines(summary: Summary) -> list[str]:
+    """The end report: totals, per-worker figures, failures."""
+    lines = [f"srdeploy batch: {summary.done} done, {summary.skipped} kept from before, {summary.failed} failed, "
+             f"{summary.retries} retried; {summary.units} item(s) in {summary.seconds:.1f} s "
+             f"(Ray start {summary.startup_s:.1f} s, {summary.units_per_s:.2f} items/s after it)"]
+    for w in summary.workers:
+        lines.append(f"  {w['name']} (pid {w['pid']} on {w['node']}): {w['tasks']} task(s), {w['units']} item(s), "
+                     f"{w['failures']} failed, busy {w['busy_s']:.1f} s"
+                     + (f", {w['lost']} lost to a dead worker, {w['restarts']} restart(s)" if w['lost'] or w['restarts']
+                        else ""))
+    if summary.failures:
+        lines.append(f"srdeploy batch: {summary.failed} failed:")
+        lines += [f"  {f['error']}" for f in summary.failures]
+    return lines
