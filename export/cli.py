@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
+
+from srdeploy.runtime.backends import help_text as backend_help
+from srdeploy.runtime.cli._args import backend_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="random-input sizes (default 1x33x47,2x40x64,1x96x71; kept inside an engine's profile)")
     v.add_argument("--atol", type=float, default=None, help="max abs tolerance (default by precision)")
     v.add_argument("--min-psnr", type=float, default=None, help="PSNR floor in dB (default 45 for FP16)")
-    v.add_argument("--backend", default="auto", help="runtime backend (default: from the file type)")
+    v.add_argument("--backend", default="auto", type=backend_arg, metavar="BACKEND", help=backend_help())
     v.add_argument("--device", default=None, help="runtime device (default: cpu for ONNX, cuda:0 for engines)")
     v.add_argument("--ref-device", default="cpu", help="torch device of the reference model (cpu, cuda)")
     v.add_argument("--seed", type=int, default=0, help="random-input seed")
@@ -76,6 +78,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--opt-level", type=int, default=3, help="builder optimisation level 0-5 (default 3)")
     b.add_argument("--device", type=int, default=0, help="CUDA device index")
     b.add_argument("--force", action="store_true", help="rebuild even when the engine is up to date")
+    b.add_argument("--version-compatible", action="store_true",
+                   help="engine that also loads on later TensorRT releases of the same major version (embeds its "
+                        "lean runtime; may be slower)")
+    b.add_argument("--hardware-compatible", nargs="?", const="ampere_plus", default="none",
+                   choices=("none", "ampere_plus", "same_compute_capability"), metavar="LEVEL",
+                   help="engine that runs on other GPUs: ampere_plus (the default LEVEL: any GPU of compute "
+                        "capability >= 8.0) or same_compute_capability; may be slower")
     b.set_defaults(func=_run_build_engine)
 
 
@@ -126,7 +135,8 @@ def _run_build_engine(args: argparse.Namespace) -> int:
     r = build_engine(args.onnx, args.output, profiles=profiles, fp16=args.fp16,
                      workspace_gb=args.workspace or DEFAULT_WORKSPACE_GB, timing_cache=args.timing_cache,
                      calib=args.calib, checkpoint=args.checkpoint, fp16_threshold=args.fp16_threshold,
-                     opt_level=args.opt_level, device=args.device, force=args.force)
+                     opt_level=args.opt_level, device=args.device, force=args.force,
+                     version_compatible=args.version_compatible, hardware_compatibility=args.hardware_compatible)
     side = r.sidecar
     pinned = side.get("fp32_layers") or []
     print(f"{'reused' if r.reused else 'built'} {r.engine}: {side['precision']}, TensorRT {side['tensorrt_version']}, "

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from srdeploy.runtime.atomic import atomic_target
 from srdeploy.runtime.backends._cuda import Cuda, import_cudart
-from srdeploy.runtime.backends.trt import (SIDECAR_FORMAT, SIDECAR_KEYS, read_sidecar, sidecar_path,
-                                           write_sidecar)
+from srdeploy.runtime.backends.trt import (HARDWARE_LEVELS, SIDECAR_FORMAT, SIDECAR_KEYS, read_sidecar,
+                                           sidecar_path, write_sidecar)
 from srdeploy.runtime.cli._args import parse_shape
 from srdeploy.runtime.metadata import INPUT_NAME, ModelInfo
 
@@ -109,6 +109,8 @@ class EngineKey:
     builder_optimization_level: int
     tf32: bool
     strongly_typed: bool = True
+    version_compatible: bool = False
+    hardware_compatibility: str = "none"
     format: str = SIDECAR_FORMAT
 
     def digest(self) -> str:
@@ -143,6 +145,8 @@ def make_sidecar(*, key: EngineKey, engine_file: Path, engine_sha256: str, onnx_
         "profiles": [p.as_dict() for p in key.profiles],
         "workspace_bytes": key.workspace_bytes,
         "builder_optimization_level": key.builder_optimization_level,
+        "version_compatible": key.version_compatible,
+        "hardware_compatibility": key.hardware_compatibility,
         "onnx_file": str(onnx_file),
         "onnx_sha256": key.onnx_sha256,
         "built_onnx_sha256": key.built_onnx_sha256,
@@ -255,6 +259,7 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, *, pro
                  timing_cache: str | os.PathLike | None = None, calib: str | os.PathLike | None = None,
                  checkpoint: str | os.PathLike | None = None, fp16_threshold: float | None = None,
                  opt_level: int = DEFAULT_OPT_LEVEL, device: int = 0, force: bool = False,
+                 version_compatible: bool = False, hardware_compatibility: str = "none",
                  log=print) -> BuildResult:
     """Build a TensorRT engine and its sidecar from an srdeploy ONNX model.
 
@@ -269,7 +274,12 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, *, pro
         checkpoint: checkpoint of an FP32 ONNX, needed for ``fp16`` (analysis).
         fp16_threshold: |activation| above which layers stay FP32 (default 2**14).
         opt_level: ``builder_optimization_level`` (0-5; TensorRT's default is 3).
-        device: CUDA device index to build on.
+        device: CUDA device index to build on (selected before TensorRT's builder is created, so
+            the engine is built on, and the sidecar describes, that GPU).
+        version_compatible: build with ``BuilderFlag.VERSION_COMPATIBLE`` (the plan embeds its lean
+            runtime and loads on later TensorRT releases of the same major version; slower).
+        hardware_compatibility: "none", "ampere_plus" (runs on any GPU of compute capability >= 8.0)
+            or "same_compute_capability" (any GPU of the building GPU's compute capability).
         force: rebuild even when an up-to-date engine (same cache key) exists.
         log: progress printer.
     """
@@ -277,13 +287,20 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, *, pro
 
     onnx_path, output = Path(onnx_path), Path(output)
     _check_build_request(onnx_path, profiles, opt_level, workspace_gb)
+    if hardware_compatibility not in HARDWARE_LEVELS:
+        raise ValueError(f"--hardware-compatible must be one of {', '.join(HARDWARE_LEVELS)}, got "
+                         f"{hardware_compatibility!r}")
     props = read_props(onnx_path)
     info = ModelInfo.from_props(props, source=str(onnx_path))
     if info.precision == "fp16" and not fp16:
         raise ValueError(f"{onnx_path} is the FP16 model; pass --fp16 to build an FP16 engine, or build FP32 from "
                          "the FP32 ONNX")
     trt = import_tensorrt()  # fail fast, before any analysis work
-    gpu_name, cc, driver = gpu_identity(device)
+    cuda = Cuda(import_cudart("build-engine"))
+    gpu_name, cc, driver = cuda.identity(device)
+    if hardware_compatibility == "ampere_plus" and int(cc.split(".")[0]) < 8:
+        raise ValueError(f"--hardware-compatible ampere_plus needs an Ampere or newer GPU to build on; cuda:{device} "
+                         f"is {gpu_name} (compute capability {cc})")
     workspace_bytes = int(workspace_gb * (1 << 30))
     onnx_sha = sha256_file(onnx_path)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -298,7 +315,8 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, *, pro
                         tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=cc,
                         precision="fp16" if fp16 else "fp32", fp32_layers=tuple(fp32_layers),
                         profiles=tuple(profiles), workspace_bytes=workspace_bytes,
-                        builder_optimization_level=opt_level, tf32=False)
+                        builder_optimization_level=opt_level, tf32=False,
+                        version_compatible=version_compatible, hardware_compatibility=hardware_compatibility)
         side_path = sidecar_path(output)
         old = None if force else _reusable(output, side_path, key)
         if old is not None:
@@ -310,7 +328,9 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, *, pro
             f"{len(profiles)} profile(s), workspace {workspace_gb:g} GiB ...")
         data, cache_bytes, seconds = _build_plan(trt, onnx_path, built_onnx, profiles=profiles,
                                                  workspace_bytes=workspace_bytes, opt_level=opt_level,
-                                                 cache_path=cache_path)
+                                                 cache_path=cache_path, cuda=cuda, device=device,
+                                                 version_compatible=version_compatible,
+                                                 hardware_compatibility=hardware_compatibility)
         _atomic_write_bytes(output, data)
         if cache_path is not None:
             _atomic_write_bytes(cache_path, cache_bytes)
@@ -353,8 +373,13 @@ def _reusable(output: Path, side_path: Path, key: EngineKey) -> dict | None:
 
 
 def _build_plan(trt, onnx_path: Path, built_onnx: Path, *, profiles: list[ShapeProfile], workspace_bytes: int,
-                opt_level: int, cache_path: Path | None) -> tuple[bytes, bytes | None, float]:
-    """Parse -> configure -> build; returns (plan bytes, timing cache bytes or None, build seconds)."""
+                opt_level: int, cache_path: Path | None, cuda: Cuda, device: int, version_compatible: bool = False,
+                hardware_compatibility: str = "none") -> tuple[bytes, bytes | None, float]:
+    """Parse -> configure -> build on CUDA device ``device``; returns (plan bytes, timing cache
+    bytes or None, build seconds)."""
+    # TensorRT builds on the thread's current device: make it ``device`` first (as trtexec does),
+    # or the plan is built for device 0 while the sidecar describes ``device``.
+    cuda.select(device)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
@@ -370,6 +395,14 @@ def _build_plan(trt, onnx_path: Path, built_onnx: Path, *, profiles: list[ShapeP
     config.builder_optimization_level = opt_level
     if hasattr(trt.BuilderFlag, "TF32"):  # on by default: FP32 convs would round inputs to 10 bits
         config.clear_flag(trt.BuilderFlag.TF32)
+    if version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if hardware_compatibility != "none":
+        level = getattr(trt.HardwareCompatibilityLevel, hardware_compatibility.upper(), None)
+        if level is None:
+            raise RuntimeError(f"TensorRT {trt.__version__} has no hardware compatibility level "
+                               f"{hardware_compatibility.upper()}")
+        config.hardware_compatibility_level = level
     for p in profiles:
         prof = builder.create_optimization_profile()
         prof.set_shape(INPUT_NAME, p.min, p.opt, p.max)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import glob
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable

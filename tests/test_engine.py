@@ -83,7 +83,7 @@ def test_cache_key_covers_every_field():
              "fp32_layers": ("/tail/Conv",), "profiles": (ShapeProfile.parse("1x3x32x32", "1x3x256x256",
                                                                              "4x3x512x640"),),
              "workspace_bytes": 2 << 30, "builder_optimization_level": 5, "tf32": True, "strongly_typed": False,
-             "format": "srdeploy.trt-engine/2"}
+             "version_compatible": True, "hardware_compatibility": "ampere_plus", "format": "srdeploy.trt-engine/2"}
     fields = {f.name for f in dataclasses.fields(EngineKey)}
     assert fields == set(other), "a new EngineKey field needs a case here"
     digests = {base.digest()}

@@ -46,6 +46,11 @@ class Cuda:
             raise RuntimeError(f"CUDA device cuda:{device} requested but {count} CUDA device(s) exist")
         self("cudaSetDevice", self.rt.cudaSetDevice(device))
 
+    def use(self, device: int) -> None:
+        """Make ``device`` current again (cheap: no count check). Every entry point of a session calls
+        it, as a CUDA thread's current device may have changed since (another session, another thread)."""
+        self("cudaSetDevice", self.rt.cudaSetDevice(device))
+
     def identity(self, device: int) -> tuple[str, str, int | None]:
         """(GPU name, "major.minor" compute capability, CUDA driver version or None) of ``device``."""
         count = self.device_count()

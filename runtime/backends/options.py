@@ -10,6 +10,24 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
+#: The tile plan a TensorRT-provider shape profile is derived from when none is given:
+#: (tile, tile_pad, batch); tile_pad None = the model's default margin. 256 = upscale.DEFAULT_TILE
+#: (not imported: this module stays free of numpy; a test keeps the two equal).
+DEFAULT_TRT_TILE_PLAN = (256, None, 1)
+
+
+def _shape(value, what: str) -> tuple[int, int, int, int] | None:
+    """An NCHW shape from a tuple or an 'NxCxHxW' string (None stays None)."""
+    if value is None:
+        return None
+    parts = value.lower().split("x") if isinstance(value, str) else list(value)
+    try:
+        shape = tuple(int(v) for v in parts)
+    except (TypeError, ValueError):
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise ValueError(f"{what} must be four positive dims NxCxHxW (e.g. 1x3x32x32), got {value!r}")
+    return shape
 
 
 @dataclass(frozen=True)
@@ -22,16 +40,46 @@ class OrtOptions:
         provider_options: extra options for the chosen provider, as ORT names them (a tuple of
             (key, value) pairs, so the dataclass stays hashable; a dict is accepted and converted).
         trt_cache_dir: engine and timing cache folder for the TensorRT provider (None = no cache).
+        trt_profile_min, trt_profile_opt, trt_profile_max: the TensorRT provider's shape profile of
+            the input ``lr`` (NCHW tuples or "NxCxHxW" strings; all three or none). Without a
+            profile the provider builds an engine for the first input shape and rebuilds whenever
+            a shape falls outside it, so one is always passed: these, or one derived from
+            ``trt_tile_plan``.
+        trt_tile_plan: (tile, tile_pad, batch) of the tiling the session will serve, used for the
+            profile when no explicit one is given: windows up to tile + 2 * tile_pad pixels,
+            1..batch tiles per call (tile_pad None = the model's default margin; tile 0 = whole
+            images, which needs an explicit profile).
     """
 
     inter_op_threads: int | None = None
     graph_optimization: str = "all"
     provider_options: tuple[tuple[str, Any], ...] = ()
     trt_cache_dir: str | None = None
+    trt_profile_min: tuple[int, int, int, int] | None = None
+    trt_profile_opt: tuple[int, int, int, int] | None = None
+    trt_profile_max: tuple[int, int, int, int] | None = None
+    trt_tile_plan: tuple[int, int | None, int] = DEFAULT_TRT_TILE_PLAN
 
     def __post_init__(self) -> None:
         if isinstance(self.provider_options, dict):
             object.__setattr__(self, "provider_options", tuple(sorted(self.provider_options.items())))
+        shapes = {}
+        for name in ("trt_profile_min", "trt_profile_opt", "trt_profile_max"):
+            shapes[name] = _shape(getattr(self, name), name)
+            object.__setattr__(self, name, shapes[name])
+        given = [v is not None for v in shapes.values()]
+        if any(given) and not all(given):
+            raise ValueError("give trt_profile_min, trt_profile_opt and trt_profile_max together (or none)")
+        if all(given):
+            mn, opt, mx = shapes.values()
+            if mn[1] != opt[1] or opt[1] != mx[1] or not all(a <= b <= c for a, b, c in zip(mn, opt, mx)):
+                raise ValueError(f"TensorRT profile needs min <= opt <= max per dim and one channel count, got "
+                                 f"{mn}, {opt}, {mx}")
+        tile, pad, batch = tuple(self.trt_tile_plan)
+        if tile < 0 or (pad is not None and pad < 0) or batch < 1:
+            raise ValueError(f"trt_tile_plan (tile, tile_pad, batch) needs tile >= 0, tile_pad >= 0, batch >= 1, "
+                             f"got {self.trt_tile_plan}")
+        object.__setattr__(self, "trt_tile_plan", (int(tile), None if pad is None else int(pad), int(batch)))
         if self.graph_optimization not in GRAPH_OPT_LEVELS:
             raise ValueError(f"graph_optimization must be one of {GRAPH_OPT_LEVELS}, got {self.graph_optimization!r}")
         if self.inter_op_threads is not None and self.inter_op_threads < 1:

@@ -58,7 +58,8 @@ def parse_batch_hw(text: str, what: str = "size") -> tuple[int, int, int]:
 
 
 # ----------------------------------------------------------------------------- session flags
-def _backend(text: str) -> str:
+def backend_arg(text: str) -> str:
+    """argparse ``type`` for --backend: a name or alias from the backend table, made canonical."""
     try:
         return canonical(text)
     except ValueError as exc:
@@ -69,7 +70,7 @@ def add_session_args(p: argparse.ArgumentParser, *, threads: bool = True) -> Non
     """--model --backend --device --precision [--threads]: what ``session_recipe`` reads."""
     p.add_argument("--model", metavar="FILE",
                    help=f"{model_help()}; default: the bundled models/*.onnx (or $SRDEPLOY_MODEL)")
-    p.add_argument("--backend", default="auto", type=_backend, metavar="{" + ",".join(NAMES) + "}",
+    p.add_argument("--backend", default="auto", type=backend_arg, metavar="{" + ",".join(NAMES) + "}",
                    help=help_text())
     p.add_argument("--device", default=None, metavar="DEV",
                    help="cpu, cuda or cuda:N (default: the backend's: cpu, or cuda:0 for TensorRT)")
@@ -118,8 +119,14 @@ def session_recipe(args: argparse.Namespace, **options):
     from ..open import SessionRecipe
 
     model = model_path(args)
+    backend = backend_for(model, args.backend)
+    if backend == "onnxruntime-tensorrt" and hasattr(args, "tile") and "trt_tile_plan" not in options:
+        # The provider's shape profile covers the windows these tile flags produce (no engine rebuilds).
+        from ..upscale import DEFAULT_TILE
+
+        options["trt_tile_plan"] = (DEFAULT_TILE if args.tile is None else args.tile, args.tile_pad, args.batch)
     return SessionRecipe(model, args.backend, args.device, args.precision, getattr(args, "threads", None),
-                         make_options(backend_for(model, args.backend), options))
+                         make_options(backend, options))
 
 
 def describe_session(session, model, upscaler=None) -> str:

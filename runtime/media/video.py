@@ -1,4 +1,8 @@
-"""Video super-resolution on OpenCV: decode | infer | encode, pipelined.
+"""Video super-resolution: the decode | infer | encode pipeline, and the OpenCV encoder.
+
+``srdeploy video`` encodes with ffmpeg by default (``media.ffmpeg`` and ``media.segments``:
+H.264/HEVC/AV1/FFV1, every stream kept, resumable segments); ``--encoder opencv`` runs
+``upscale_video`` below, OpenCV's decoder and ``VideoWriter``. Both feed ``run_pipeline``.
 
 ``upscale_video`` runs three stages concurrently, joined by bounded queues (so memory stays
 flat however long the video is):
@@ -32,10 +36,10 @@ matrix nor the range of its conversions; where exact colour handling matters, de
 with ffmpeg (pipe raw RGB frames) and keep the colour tags there. Rotation metadata is applied
 by OpenCV while decoding (frames come out upright), so the output carries no rotation tag.
 
-Audio and other streams: OpenCV writes video only. Where an ``ffmpeg`` executable is found, the
-source's audio streams are copied into the result (re-encoded with the container's default
+Audio and other streams (OpenCV encoder): OpenCV writes video only, so the source's audio streams
+are copied in afterwards with the bundled ffmpeg (re-encoded with the container's default
 encoder if the codec does not fit the container); subtitles, data streams and metadata are not
-carried. Without ffmpeg, audio is dropped and a warning says so.
+carried (the ffmpeg encoder carries them).
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -388,92 +392,133 @@ def _open_source(src: Path):
 
 def _run_pipeline(upscaler, cap, first: np.ndarray, info: VideoInfo, writer, src: Path, *, batch: int,
                   out_size: tuple[int, int], progress: bool, queue_frames: int | None) -> tuple[int, float]:
-    """Decode | infer | encode until the source ends; returns (frames written, seconds).
-
-    Work split: frames that fit in one tile are grouped ``batch`` at a time and converted to the
-    model's float32 NCHW input by the decoder thread, the calling thread only runs the session,
-    and the encoder thread converts the output back to uint8 and writes it; so the thread that
-    holds the model does nothing else. Frames that need tiling go one by one through
-    ``Upscaler.upscale`` (its tile batch applies) on the calling thread.
-    """
+    """OpenCV capture -> ``run_pipeline`` -> OpenCV writer; returns (frames written, seconds)."""
     cv2 = _cv2()
     h, w = first.shape[:2]
     out_w, out_h = out_size
+
+    def frames():
+        yield first
+        index = 1
+        while True:
+            try:
+                ok, frame = cap.read()
+            except cv2.error as exc:
+                raise ValueError(f"{src}: decoding failed at frame {index} ({exc}); the file is damaged") from exc
+            if not ok or frame is None:
+                return
+            frame = _to_bgr(frame, src, index)
+            if frame.shape[:2] != (h, w):
+                raise ValueError(f"{src}: frame {index} is {frame.shape[1]}x{frame.shape[0]} but the video "
+                                 f"started at {w}x{h}; resolution changes inside a video are not supported")
+            yield frame
+            index += 1
+
+    def write(frame: np.ndarray) -> None:
+        if frame.shape != (out_h, out_w, 3) or frame.dtype != np.uint8:
+            raise RuntimeError(f"upscaler returned {frame.shape} {frame.dtype}, expected ({out_h}, {out_w}, 3) uint8")
+        writer.write(frame)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=info.frame_count, unit="frame", desc=src.name, dynamic_ncols=True, file=sys.stderr,
+                   smoothing=0.1)
+    t0 = time.perf_counter()
+    try:
+        written = run_pipeline(upscaler, frames(), write, batch=batch, on_frame=bar.update if bar else None,
+                               queue_groups=queue_frames)
+    finally:
+        if bar is not None:
+            bar.close()
+    return written, time.perf_counter() - t0
+
+
+def run_pipeline(upscaler, frames: Iterable[np.ndarray], write: Callable[[np.ndarray], None], *, batch: int = 1,
+                 on_frame: Callable[[int], None] | None = None, order: str = "BGR",
+                 queue_groups: int | None = None) -> int:
+    """Upscale ``frames`` into ``write`` with decoding, inference and encoding overlapped.
+
+    Used by both encoders (OpenCV writer here, ffmpeg segments in ``media.segments``). Work
+    split: a reader thread pulls frames and converts groups of ``batch`` whole frames to the
+    model's float32 NCHW input; the calling thread only runs the session (so Ctrl-C lands there
+    and the thread that holds the model does nothing else); a writer thread converts outputs
+    back to uint8 and calls ``write``. Frames larger than a tile go one by one through
+    ``Upscaler.upscale`` (tiled; its tile batch applies) on the calling thread. Queues are
+    bounded, so memory stays flat however long the video. On any error or interrupt both
+    threads stop before this returns.
+
+    Args:
+        upscaler: ``Upscaler`` on an open session.
+        frames: uint8 (H, W, 3) frames of one size, in ``order``; iterated on the reader thread.
+        write: receives each upscaled uint8 frame, in order, on the writer thread.
+        batch: frames per inference call.  on_frame: called with 1 after each ``write``.
+        order: "BGR" or "RGB" (channel order of frames and results).
+        queue_groups: groups buffered between stages (default ``max(2, 8 // batch)``).
+
+    Returns:
+        Frames written.
+    """
+    it = iter(frames)
+    try:
+        first = next(it)
+    except StopIteration:
+        return 0
+    h, w = first.shape[:2]
     chunk = _stack_size(upscaler, h, w, batch)
     stacked = chunk >= 1
     group = chunk if stacked else 1
     model_info = upscaler.session.info
     stop = threading.Event()
-    qsize = queue_frames or max(2, 8 // group)  # in groups of frames
+    qsize = queue_groups or max(2, 8 // group)
     q_in: queue.Queue = queue.Queue(maxsize=qsize)
     q_out: queue.Queue = queue.Queue(maxsize=qsize)
     errors: list[BaseException] = []
-    state = {"written": 0}
-    bar = None
-    threads: list[threading.Thread] = []
+    written = [0]
 
-    def emit_group(frames: list[np.ndarray]) -> bool:
-        item = ("x", _preprocess(model_info, frames, "BGR")) if stacked else ("frames", frames)
+    def emit(group_frames: list[np.ndarray]) -> bool:
+        item = ("x", _preprocess(model_info, group_frames, order)) if stacked else ("frames", group_frames)
         return _put(q_in, item, stop)
 
-    def decoder() -> None:
+    def reader() -> None:
         try:
-            frames = [first]
-            index = 1
-            while not stop.is_set():
-                if len(frames) == group:
-                    if not emit_group(frames):
+            pending = [first]
+            for frame in it:
+                if stop.is_set():
+                    return
+                if len(pending) == group:
+                    if not emit(pending):
                         return
-                    frames = []
-                try:
-                    ok, frame = cap.read()
-                except cv2.error as exc:
-                    raise ValueError(f"{src}: decoding failed at frame {index} ({exc}); the file is damaged") from exc
-                if not ok or frame is None:
-                    break
-                frame = _to_bgr(frame, src, index)
-                if frame.shape[:2] != (h, w):
-                    raise ValueError(f"{src}: frame {index} is {frame.shape[1]}x{frame.shape[0]} but the video "
-                                     f"started at {w}x{h}; resolution changes inside a video are not supported")
-                frames.append(frame)
-                index += 1
-            if frames and not stop.is_set() and not emit_group(frames):
+                    pending = []
+                pending.append(frame)
+            if pending and not stop.is_set() and not emit(pending):
                 return
             _put(q_in, _END, stop)
-        except BaseException as exc:  # handed to the main thread
+        except BaseException as exc:  # handed to the calling thread
             _put(q_in, _Failed(exc), stop)
 
-    def encoder() -> None:
+    def writer() -> None:
         try:
             while True:
                 item = _get(q_out, stop)
                 if item is _END:
                     return
                 kind, data = item
-                frames = _postprocess(model_info, data, "BGR") if kind == "y" else data
-                for frame in frames:
-                    if frame.shape != (out_h, out_w, 3) or frame.dtype != np.uint8:
-                        raise RuntimeError(f"upscaler returned {frame.shape} {frame.dtype}, expected "
-                                           f"({out_h}, {out_w}, 3) uint8")
-                    writer.write(frame)
-                    state["written"] += 1
-                    if bar is not None:
-                        bar.update(1)
+                for frame in (_postprocess(model_info, data, order) if kind == "y" else data):
+                    write(frame)
+                    written[0] += 1
+                    if on_frame is not None:
+                        on_frame(1)
         except BaseException as exc:
             errors.append(exc)
             stop.set()
 
-    t0 = time.perf_counter()
+    threads = [threading.Thread(target=reader, name="srdeploy-decode", daemon=True),
+               threading.Thread(target=writer, name="srdeploy-encode", daemon=True)]
+    for t in threads:
+        t.start()
     try:
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=info.frame_count, unit="frame", desc=src.name, dynamic_ncols=True, file=sys.stderr,
-                       smoothing=0.1)
-        threads = [threading.Thread(target=decoder, name="srdeploy-decode", daemon=True),
-                   threading.Thread(target=encoder, name="srdeploy-encode", daemon=True)]
-        for t in threads:
-            t.start()
         while True:
             try:
                 item = q_in.get(timeout=0.1)
@@ -488,17 +533,14 @@ def _run_pipeline(upscaler, cap, first: np.ndarray, info: VideoInfo, writer, src
             if errors:
                 raise errors[0]
             kind, data = item
-            if kind == "x":
-                out = ("y", upscaler.session.infer(data))
-            else:
-                out = ("frames", [upscaler.upscale(f, order="BGR") for f in data])
+            out = ("y", upscaler.session.infer(data)) if kind == "x" else \
+                ("frames", [upscaler.upscale(f, order=order) for f in data])
             if not _put(q_out, out, stop):
                 break
         _put(q_out, _END, stop)
         threads[1].join()
         if errors:
             raise errors[0]
-        seconds = time.perf_counter() - t0
     except BaseException:
         stop.set()
         _drain(q_in)
@@ -507,9 +549,7 @@ def _run_pipeline(upscaler, cap, first: np.ndarray, info: VideoInfo, writer, src
     finally:
         for t in threads:
             t.join()
-        if bar is not None:
-            bar.close()
-    return state["written"], seconds
+    return written[0]
 
 
 def _finish(src: Path, dst: Path, tmp: Path, info: VideoInfo, written: int, out_size: tuple[int, int], codec: str,
@@ -554,9 +594,13 @@ def _to_bgr(frame: np.ndarray, src: Path, index: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- audio
 def find_ffmpeg(ffmpeg: str | None = None) -> str | None:
-    """The ffmpeg executable: ``ffmpeg`` if given, else $SRDEPLOY_FFMPEG, else ``ffmpeg`` on PATH."""
-    cand = ffmpeg or os.environ.get("SRDEPLOY_FFMPEG") or "ffmpeg"
-    return shutil.which(cand)
+    """The ffmpeg executable: ``ffmpeg`` if given (a path or a name on PATH), else the bundled one
+    (``srdeploy.runtime.media.ffmpeg.ffmpeg_exe``: $SRDEPLOY_FFMPEG or imageio-ffmpeg's)."""
+    if ffmpeg:
+        return shutil.which(ffmpeg)
+    from .ffmpeg import ffmpeg_exe
+
+    return ffmpeg_exe()
 
 
 _AUDIO_LINE = re.compile(r"^\s*Stream #\d+:\d+.*?: Audio:", re.MULTILINE)
@@ -574,9 +618,7 @@ def _remux_audio(src: Path, video: Path, ffmpeg: str | None, warn: Callable[[str
     if exe is None:
         if ffmpeg:
             raise FileNotFoundError(f"--ffmpeg {ffmpeg}: no such executable")
-        warn(f"{src}: no ffmpeg executable found, so any audio in the source was dropped (OpenCV writes video "
-             "only); install ffmpeg or pass --ffmpeg PATH to keep it, or --no-audio to silence this")
-        return "dropped"
+        return "dropped"  # not reached: the bundled ffmpeg is a dependency
     if not has_audio(src, exe):
         return "none"
     out = video.with_name(video.stem + ".audio" + video.suffix)
