@@ -234,3 +234,43 @@ def test_driver_killed_then_resume_keeps_finished_outputs(cluster, model, bigger
     assert main(["batch", "-q", "--resume", *args, "--json", str(tmp_path / "s2.json")]) == 0
     assert json.loads((tmp_path / "s2.json").read_text())["done"] == 1
     assert _same_pixels(first, ref / first.name)
+
+
+def test_images_and_a_three_segment_video_on_two_workers_equal_video(cluster, model, images, tmp_path):
+    from srdeploy.runtime.media import ffmpeg as ff
+
+    exe = ff.ffmpeg_exe()
+    src = tmp_path / "in"
+    src.mkdir()
+    clip = src / "clip.mp4"  # 20 frames, H.264 + AAC: segments of 8 -> 3 segments (8, 8, 4)
+    subprocess.run([exe, "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=48x32:rate=10",
+                    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=22050", "-t", "2", "-frames:v", "20",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(clip)], check=True)
+    for name in ("im0.png", "im1.png"):
+        (src / name).write_bytes((images / name).read_bytes())
+    out = tmp_path / "out"
+    rc = main(["batch", "-q", "-i", str(src), "-o", str(out), "--model", str(model), "--tile", "16",
+               "--workers", "2", "--segment-frames", "8", "--json", str(tmp_path / "s.json")])
+    assert rc == 0
+    ref = tmp_path / "ref"
+    assert main(["video", "-q", "-i", str(clip), "-o", str(ref / "clip.mp4"), "--model", str(model), "--tile", "16",
+                 "--threads", "1", "--segment-frames", "8"]) == 0
+    _reference(model, [src / "im0.png", src / "im1.png"], ref, 16)
+    for name in ("im0.png", "im1.png"):
+        assert _same_pixels(out / name, ref / name)
+
+    def frames(path: Path) -> np.ndarray:
+        r = subprocess.run([exe, "-v", "error", "-i", f"file:{path}", "-map", "0:V:0", "-fps_mode", "passthrough",
+                            "-f", "rawvideo", "-pix_fmt", "bgr24", "-"], capture_output=True, check=True)
+        return np.frombuffer(r.stdout, np.uint8).reshape(-1, 64, 96, 3)
+
+    got, want = frames(out / "clip.mp4"), frames(ref / "clip.mp4")
+    assert got.shape[0] == 20 == want.shape[0]  # exactly the source's frame count
+    assert np.array_equal(got, want)
+    info = ff.probe(out / "clip.mp4")
+    assert len(info.audio) == 1  # the audio stream is kept
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["ok"] and summary["done"] == 3 and summary["units"] == 2 + 20
+    segs = [w["tasks"] for w in summary["workers"]]
+    assert sum(segs) == 2 + 1 + 3 + 1 and min(segs) >= 1  # images, plan, 3 segments, join over both workers
+    assert not (out / ".clip.mp4.srdeploy-video").exists()  # the work folder is removed after the join

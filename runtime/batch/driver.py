@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from .job import (JobFolder, Settings, Summary, WorkerStats, collect, is_finished, open_job, plan_tasks,
-                  write_json)
+                  update_plan_units, write_json)
 from .video import unavailable_reason
 
 
@@ -98,7 +98,8 @@ class _Pool:
 
     def _new(self, slot: int):
         return self.remote.remote(self.cfg.recipe, self.cfg.tiling, str(self.job.root), self.stats[slot].name,
-                                  {"quality": self.cfg.quality})
+                                  {"quality": self.cfg.quality, "codec": self.cfg.settings.codec,
+                                   "crf": self.cfg.settings.crf, "segment_frames": self.cfg.settings.segment_frames})
 
     def ready(self) -> list[dict]:
         """Wait until every actor has opened its session; an actor that cannot is an error."""
@@ -199,7 +200,10 @@ def run_batch(cfg: BatchConfig, *, log: Callable[[str], None] = _say) -> Summary
             _fail(job, summary, t, f"{t['src']}: {why_no_video}", 0)
         else:
             job.clear_state(t["id"])
-            todo.append(dict(t))
+            if t["kind"] == "video":  # planned by a worker, which queues its segments, then the join
+                todo.append({**t, "id": f"{t['id']}.plan", "kind": "video-plan", "video": t["id"], "units": 0})
+            else:
+                todo.append(dict(t))
     if summary.skipped:
         log(f"srdeploy batch: --resume: {summary.skipped} finished task(s) kept (outputs checked)")
 
@@ -244,7 +248,7 @@ def _run_tasks(cfg: BatchConfig, job: JobFolder, todo: list[dict], summary: Summ
         total = skipped_units + sum(t["units"] for t in todo)
         bar = tqdm(total=total, initial=skipped_units, unit="item", desc="images+frames", file=sys.stderr,
                    disable=not cfg.progress, dynamic_ncols=True, smoothing=0.1)
-        _schedule(ray, pool, job, deque(todo), cfg.retries, summary, bar, log)
+        _Scheduler(ray, pool, job, deque(todo), cfg.retries, summary, bar, log).run()
     finally:
         if bar is not None:
             bar.close()
@@ -255,63 +259,118 @@ def _run_tasks(cfg: BatchConfig, job: JobFolder, todo: list[dict], summary: Summ
             ray.shutdown()
 
 
-def _schedule(ray, pool: _Pool, job: JobFolder, queue: deque, retries: int, summary: Summary, bar,
-              log: Callable[[str], None]) -> None:
-    """Keep one task on every actor until the queue is empty and nothing runs."""
-    running: dict = {}  # ObjectRef -> (slot, task, start time)
-    attempts: dict[str, int] = {}
-    idle = set(range(len(pool.actors)))
-    while queue or running:
-        while queue and idle:
-            slot = idle.pop()
-            task = queue.popleft()
-            attempts[task["id"]] = attempts.get(task["id"], 0) + 1
-            task["attempt"] = attempts[task["id"]]
-            running[pool.actors[slot].run.remote(task)] = (slot, task, time.perf_counter())
-        ready, _ = ray.wait(list(running), num_returns=1)
-        for ref in ready:
-            slot, task, started = running.pop(ref)
-            stats = pool.stats[slot]
-            stats.busy_s += time.perf_counter() - started
-            try:
-                result = ray.get(ref)
-            except ray.exceptions.RayActorError as exc:
-                stats.lost += 1
-                log(f"srdeploy batch: worker {stats.name} died running {task['src']} ({_cause(exc)}); "
-                    "starting a new one")
-                pool.replace(slot)
-                _retry_or_fail(job, summary, queue, task, attempts, retries, "its worker died", log)
-            except ray.exceptions.RayError as exc:
-                _retry_or_fail(job, summary, queue, task, attempts, retries, _cause(exc), log)
-            else:
-                stats.tasks += 1
-                stats.pid = result["pid"]
-                for note in result["notes"]:
-                    if ": error: " not in note:
-                        log(note.replace("srdeploy upscale:", "srdeploy batch:"))
-                if result["ok"]:
-                    stats.units += result["units"]
-                    summary.done += 1
-                    summary.units += result["units"]
-                    bar.update(result["units"])
+class _Scheduler:
+    """Keep one task on every actor until the queue is empty and nothing runs.
+
+    Images are one task each. A video starts as a ``video-plan`` task; its result queues the
+    unfinished segments (at the front, so a video finishes early and its segments spread over
+    the workers), and the last segment queues the ``join``. A failed part fails the whole video
+    once and drops its queued segments.
+    """
+
+    def __init__(self, ray, pool: _Pool, job: JobFolder, queue: deque, retries: int, summary: Summary, bar,
+                 log: Callable[[str], None]) -> None:
+        self.ray, self.pool, self.job, self.queue, self.retries = ray, pool, job, queue, retries
+        self.summary, self.bar, self.log = summary, bar, log
+        self.attempts: dict[str, int] = {}
+        self.videos: dict[str, dict] = {}  # video id -> {"left": segments to go, "failed": bool, "job": VideoJob}
+
+    def run(self) -> None:
+        ray, pool = self.ray, self.pool
+        running: dict = {}  # ObjectRef -> (slot, task, start time)
+        idle = set(range(len(pool.actors)))
+        while self.queue or running:
+            while self.queue and idle:
+                slot = idle.pop()
+                task = self.queue.popleft()
+                self.attempts[task["id"]] = self.attempts.get(task["id"], 0) + 1
+                task["attempt"] = self.attempts[task["id"]]
+                running[pool.actors[slot].run.remote(task)] = (slot, task, time.perf_counter())
+            ready, _ = ray.wait(list(running), num_returns=1)
+            for ref in ready:
+                slot, task, started = running.pop(ref)
+                stats = pool.stats[slot]
+                stats.busy_s += time.perf_counter() - started
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayActorError as exc:
+                    stats.lost += 1
+                    self.log(f"srdeploy batch: worker {stats.name} died running {task['src']} "
+                             f"({task['kind']}; {_cause(exc)}); starting a new one")
+                    pool.replace(slot)
+                    self._retry_or_fail(task, "its worker died")
+                except ray.exceptions.RayError as exc:
+                    self._retry_or_fail(task, _cause(exc))
                 else:
-                    stats.failures += 1
-                    bar.update(task["units"])  # its work is over too: the bar and ETA count what is left
-                    _fail(job, summary, task, result["error"], attempts[task["id"]])
-                    log(f"srdeploy batch: error: {result['error']}")
-            idle.add(slot)
+                    stats.tasks += 1
+                    stats.pid = result["pid"]
+                    for note in result["notes"]:
+                        if ": error: " not in note:
+                            self.log(note.replace("srdeploy upscale:", "srdeploy batch:"))
+                    if result["ok"]:
+                        stats.units += result["units"]
+                        self.summary.units += result["units"]
+                        self.bar.update(result["units"])
+                        self._finished(task, result)
+                    else:
+                        stats.failures += 1
+                        self._fail(task, result["error"])
+                idle.add(slot)
 
+    def _finished(self, task: dict, result: dict) -> None:
+        kind = task["kind"]
+        if kind in ("image", "join"):
+            self.summary.done += 1
+        elif kind == "video-plan":
+            plan = result["plan"]
+            vid = task["video"]
+            todo = [seg for seg, done in zip(plan["job"].tasks, plan["done"]) if not done]
+            reused = sum(seg.count for seg, done in zip(plan["job"].tasks, plan["done"]) if done)
+            self.videos[vid] = {"left": len(todo), "failed": False, "job": plan["job"]}
+            self.bar.total = (self.bar.total or 0) + plan["frames"]
+            self.bar.update(reused)
+            update_plan_units(self.job, {vid: plan["frames"]})
+            parts = [{"id": f"{vid}.s{seg.index:05d}", "kind": "segment", "video": vid, "src": task["src"],
+                      "dst": task["dst"], "seg": seg, "units": seg.count} for seg in todo]
+            if not parts:
+                parts = [self._join(task)]
+            self.queue.extendleft(reversed(parts))
+        elif kind == "segment":
+            video = self.videos[task["video"]]
+            video["left"] -= 1
+            if video["left"] == 0 and not video["failed"]:
+                self.queue.appendleft(self._join(task))
 
-def _retry_or_fail(job: JobFolder, summary: Summary, queue: deque, task: dict, attempts: dict, retries: int,
-                   why: str, log: Callable[[str], None]) -> None:
-    n = attempts[task["id"]]
-    if n <= retries:
-        summary.retries += 1
-        queue.appendleft(task)
-        return
-    error = f"{task['src']}: failed {n} time(s), last because {why}; not retried (--retries {retries})"
-    _fail(job, summary, task, error, n)
-    log(f"srdeploy batch: error: {error}")
+    def _join(self, task: dict) -> dict:
+        vid = task["video"]
+        return {"id": vid, "kind": "join", "video": vid, "src": task["src"], "dst": task["dst"],
+                "job": self.videos[vid]["job"], "units": 0}
+
+    def _fail(self, task: dict, error: str) -> None:
+        vid = task.get("video")
+        if vid is not None:
+            video = self.videos.setdefault(vid, {"left": 0, "failed": False, "job": None})
+            if video["failed"]:
+                return
+            video["failed"] = True
+            dropped = [t for t in self.queue if t.get("video") == vid]
+            for t in dropped:
+                self.queue.remove(t)
+            self.bar.update(sum(t["units"] for t in dropped) + task["units"])
+        else:
+            self.bar.update(task["units"])  # its work is over too: the bar and ETA count what is left
+        _fail(self.job, self.summary, {"id": vid or task["id"], "src": task["src"]}, error,
+              self.attempts.get(task["id"], 0))
+        self.log(f"srdeploy batch: error: {error}")
+
+    def _retry_or_fail(self, task: dict, why: str) -> None:
+        n = self.attempts[task["id"]]
+        if n <= self.retries:
+            self.summary.retries += 1
+            self.queue.appendleft(task)
+            return
+        self._fail(task, f"{task['src']}: failed {n} time(s), last because {why}; not retried "
+                         f"(--retries {self.retries})")
 
 
 def report_lines(summary: Summary) -> list[str]:

@@ -58,23 +58,39 @@ class BatchWorker:
                 "scale": self.upscaler.scale}
 
     def run(self, task: dict) -> dict:
-        """Run one task (see ``srdeploy.runtime.batch.job`` for its fields)."""
+        """Run one task (see ``srdeploy.runtime.batch.job`` and ``.video`` for the kinds)."""
+        from . import video
+
         t0 = time.perf_counter()
         notes: list[str] = []
+        extra: dict = {}
+        units = 0
         try:
             if task["kind"] == "image":
                 self._image(task, notes)
+                units = task["units"]
+            elif task["kind"] == "video-plan":
+                extra["plan"] = video.plan_video(task["src"], task["dst"], self.upscaler, self.model,
+                                                 codec=self.options.get("codec"), crf=self.options.get("crf"),
+                                                 segment_frames=self.options.get("segment_frames"))
+                notes += [f"srdeploy batch: note: {n}" for n in extra["plan"]["notices"]]
+            elif task["kind"] == "segment":
+                units = video.run_segment(task["seg"], self.upscaler, batch=self.upscaler.batch)
+            elif task["kind"] == "join":
+                notes += [f"srdeploy batch: note: {task['dst']}: {n}" for n in video.join_video(task["job"])]
             else:
                 raise ValueError(f"{task['src']}: unknown task kind {task['kind']!r}")
-        except INPUT_ERRORS as exc:
-            return {"id": task["id"], "ok": False, "error": str(exc) if task["src"] in str(exc) else
-                    f"{task['src']}: {exc}", "seconds": time.perf_counter() - t0, "units": 0, "notes": notes,
-                    "pid": os.getpid()}
+        except INPUT_ERRORS + video.input_errors() as exc:
+            return {"id": task["id"], "ok": False, "error": str(exc) if task["src"] in str(exc) or task["dst"] in
+                    str(exc) else f"{task['src']}: {exc}", "seconds": time.perf_counter() - t0, "units": 0,
+                    "notes": notes, "pid": os.getpid()}
         seconds = time.perf_counter() - t0
-        self.job.write_state(task["id"], {"state": "done", "attempts": task.get("attempt", 1), "worker": self.name,
-                                          "seconds": round(seconds, 4), **output_stamp(task["dst"])})
-        return {"id": task["id"], "ok": True, "seconds": seconds, "units": task["units"], "notes": notes,
-                "pid": os.getpid()}
+        if task["kind"] in ("image", "join"):  # the task that writes the job's output records it as done
+            self.job.write_state(task["id"], {"state": "done", "attempts": task.get("attempt", 1),
+                                              "worker": self.name, "seconds": round(seconds, 4),
+                                              **output_stamp(task["dst"])})
+        return {"id": task["id"], "ok": True, "seconds": seconds, "units": units, "notes": notes,
+                "pid": os.getpid(), **extra}
 
     def _image(self, task: dict, notes: list[str]) -> None:
         from ..upscale import upscale_files
