@@ -14,11 +14,13 @@ Measured, on the same N small images (crops of real Set14/Set5 photos) and one m
 3. Per-task costs: the Ray round trip of an empty actor call, the driver-observed task time minus
    the worker's own time (scheduling + result + state write), bytes read and written per task,
    and the pickled task/result sizes (what crosses the object store with a shared filesystem).
-4. ``--cli``: end to end, ``srdeploy batch --workers 1`` (starting its own Ray) against
+4. ``--video``: the fixed cost of one video segment (ffmpeg decoder start and seek, encoder start,
+   packet count, task round trip): a 48-frame clip as 1 segment and as 24, on 1 worker.
+5. ``--cli``: end to end, ``srdeploy batch --workers 1`` (starting its own Ray) against
    ``srdeploy upscale --threads 1``, as child processes: the fixed cost of starting Ray.
 
 Usage:
-  python scripts/bench_batch.py [--images 16] [--size 64x64] [--model M] [--repeat 2] [--cli]
+  python scripts/bench_batch.py [--images 16] [--size 64x64] [--model M] [--repeat 2] [--cli] [--video]
 """
 
 from __future__ import annotations
@@ -99,6 +101,36 @@ def run_batch_once(model: str, inputs: Path, out: Path, workers: int) -> dict:
             "per_task_worker_ms": 1000 * worker_s / len(states)}
 
 
+def segment_cost(model: str, work: Path, frames: int = 48, short: int = 2) -> dict:
+    """Fixed cost of one video segment: the same clip in 1 segment and in frames/short segments, 1 worker."""
+    from srdeploy.runtime.batch.driver import BatchConfig, run_batch
+    from srdeploy.runtime.batch.job import Settings
+    from srdeploy.runtime.media import ffmpeg as ff
+    from srdeploy.runtime.open import SessionRecipe
+
+    src = work / "vid"
+    src.mkdir()
+    clip = src / "clip.mp4"
+    subprocess.run([ff.ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    f"testsrc=size=32x32:rate=24", "-frames:v", str(frames), "-c:v", "libx264", "-pix_fmt",
+                    "yuv420p", str(clip)], check=True)
+    res = {}
+    for n in (frames, short):
+        settings = Settings(model=model, backend="onnxruntime", device="cpu", precision=None, tile=None,
+                            tile_pad=None, batch=1, feather=0, alpha="model", ext=None, suffix="", quality=None,
+                            segment_frames=n)
+        cfg = BatchConfig(inputs=[str(clip)], outdir=str(work / f"vout{n}"), recipe=SessionRecipe(model, threads=1),
+                          settings=settings, tiling={"tile": None, "tile_pad": None, "batch": 1, "feather": 0,
+                                                     "alpha": "model"}, workers=1, progress=False)
+        s = run_batch(cfg, log=lambda m: None)
+        assert s.ok, s.failures
+        res[n] = s.seconds - s.startup_s
+    segs = frames // short
+    return {"frames": frames, "segments": segs, "one_segment_s": res[frames], "many_segments_s": res[short],
+            "per_segment_ms": 1000 * (res[short] - res[frames]) / (segs - 1),
+            "per_frame_ms": 1000 * res[frames] / frames}
+
+
 def actor_round_trip_ms(ray, calls: int = 200) -> float:
     @ray.remote(num_cpus=1)
     class Echo:
@@ -138,6 +170,7 @@ def main() -> None:
     ap.add_argument("--data", default=os.environ.get("SRDEPLOY_DATA", str(ROOT.parent / "shared" / "data")))
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--cli", action="store_true", help="also time the two commands end to end (Ray start included)")
+    ap.add_argument("--video", action="store_true", help="also measure the fixed cost of a video segment")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     import logging
@@ -164,6 +197,8 @@ def main() -> None:
         runs["upscale"].append(run_upscale(args.model, files, work / f"up{r}"))
         runs["batch_1w"].append(run_batch_once(args.model, inputs, work / f"b1_{r}", 1))
         runs["batch_2w"].append(run_batch_once(args.model, inputs, work / f"b2_{r}", 2))
+    if args.video:
+        seg = segment_cost(args.model, work)
     ray.shutdown()
     best = {k: {m: min(x[m] for x in v) for m in v[0]} for k, v in runs.items()}
     out_files = list((work / "b1_0").glob("*.png"))
@@ -183,6 +218,8 @@ def main() -> None:
         "task_pickle_bytes": len(pickle.dumps(task)), "result_pickle_bytes": len(pickle.dumps(result)),
         "input_bytes_per_task": bytes_in, "output_bytes_per_task": bytes_out,
     }
+    if args.video:
+        fig["segment"] = seg
     if args.cli:
         fig["cli"] = cli_end_to_end(args.model, inputs, work)
     print(f"CPU flags: {fig['cpu_flags']}; {fig['cores']} cores (shared with other processes: figures are noisy, "
@@ -199,6 +236,11 @@ def main() -> None:
           f"{100 * fig['overhead_1w_vs_upscale_total']:+.1f}% (whole call, actor start included)")
     print(f"bytes per task: task {fig['task_pickle_bytes']} B + result {fig['result_pickle_bytes']} B through Ray; "
           f"image {bytes_in / 1024:.1f} KiB read, {bytes_out / 1024:.1f} KiB written (shared filesystem)")
+    if "segment" in fig:
+        g = fig["segment"]
+        print(f"video 32x32 x4, {g['frames']} frames, 1 worker: 1 segment {g['one_segment_s']:.2f} s, "
+              f"{g['segments']} segments {g['many_segments_s']:.2f} s"
+              f" -> {g['per_segment_ms']:.0f} ms per extra segment, {g['per_frame_ms']:.0f} ms per frame")
     if "cli" in fig:
         c = fig["cli"]
         print(f"end to end: srdeploy upscale {c['upscale_s']:.1f} s, srdeploy batch --workers 1 {c['batch_1w_s']:.1f} s "

@@ -274,3 +274,30 @@ def test_images_and_a_three_segment_video_on_two_workers_equal_video(cluster, mo
     segs = [w["tasks"] for w in summary["workers"]]
     assert sum(segs) == 2 + 1 + 3 + 1 and min(segs) >= 1  # images, plan, 3 segments, join over both workers
     assert not (out / ".clip.mp4.srdeploy-video").exists()  # the work folder is removed after the join
+
+
+NO_RAY = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "ray":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+from srdeploy.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def test_without_ray_says_which_extra(model, images, tmp_path):
+    proc = subprocess.run([sys.executable, "-c", NO_RAY, "batch", "-q", "-i", str(images / "im0.png"), "-o",
+                           str(tmp_path / "out"), "--model", str(model)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3 and "pip install 'srdeploy[cluster]'" in proc.stderr, proc.stderr
+
+
+def test_gpu_flags_are_checked_before_work(model, images, tmp_path, capsys):
+    base = ["batch", "-q", "-i", str(images / "im0.png"), "-o", str(tmp_path / "out"), "--model", str(model)]
+    assert main(base + ["--device", "cuda"]) == 1
+    assert "need --gpus-per-worker" in capsys.readouterr().err
+    assert main(base + ["--gpus-per-worker", "1"]) == 1
+    assert "pass --device cuda" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
