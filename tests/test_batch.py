@@ -301,3 +301,9 @@ def test_gpu_flags_are_checked_before_work(model, images, tmp_path, capsys):
     assert main(base + ["--gpus-per-worker", "1"]) == 1
     assert "pass --device cuda" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_more_workers_than_the_cluster_fits_is_refused(cluster, model, images, tmp_path, capsys):
+    rc = main(["batch", "-q", "-i", str(images / "im0.png"), "-o", str(tmp_path / "out"), "--model", str(model),
+               "--workers", "3"])  # the module's cluster has 2 CPUs: a third actor would wait forever
+    assert rc == 1 and "fits 2 worker(s) of 1 CPU each, not --workers 3" in capsys.readouterr().err

@@ -101,6 +101,23 @@ class _Pool:
                                   {"quality": self.cfg.quality, "codec": self.cfg.settings.codec,
                                    "crf": self.cfg.settings.crf, "segment_frames": self.cfg.settings.segment_frames})
 
+    @staticmethod
+    def check_fits(ray, cfg: BatchConfig) -> None:
+        """Refuse a request the cluster cannot place: waiting actors would wait forever (all ours run to the end)."""
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        gpus = cfg.gpus_per_worker
+
+        def slots(res: dict) -> int:
+            n = int(res.get("CPU", 0) // cfg.threads_per_worker)
+            return min(n, int(res.get("GPU", 0) // gpus)) if gpus else n
+
+        fit = sum(slots(r) for r in nodes)
+        if fit < cfg.workers:
+            have = ", ".join(f"{r.get('CPU', 0):g} CPU/{r.get('GPU', 0):g} GPU" for r in nodes) or "no live nodes"
+            raise RuntimeError(f"batch: the Ray cluster fits {fit} worker(s) of {cfg.threads_per_worker} CPU"
+                               + (f" and {gpus:g} GPU" if gpus else "") + f" each, not --workers {cfg.workers} "
+                               f"(nodes: {have}); lower --workers, --threads-per-worker or --gpus-per-worker")
+
     def ready(self) -> list[dict]:
         """Wait until every actor has opened its session; an actor that cannot is an error."""
         infos = []
@@ -155,8 +172,6 @@ def _start_ray(cfg: BatchConfig):
         # for at least what the workers reserve (more threads than cores is the user's choice).
         need = cfg.workers * cfg.threads_per_worker
         kwargs.setdefault("num_cpus", max(need, os.cpu_count() or 1))
-        if cfg.gpus_per_worker:
-            kwargs.setdefault("num_gpus", None)
         ray.init(address="local", **kwargs)
     return ray, True
 
@@ -176,7 +191,7 @@ def run_batch(cfg: BatchConfig, *, log: Callable[[str], None] = _say) -> Summary
     if outdir.exists() and not outdir.is_dir():
         raise ValueError(f"-o {outdir}: exists and is not a folder; batch writes into an output folder")
     pairs, problems = collect(cfg.inputs, recursive=cfg.recursive)
-    tasks, clashes = plan_tasks(pairs, outdir, cfg.settings, overwrite=cfg.overwrite)
+    tasks, clashes = plan_tasks(pairs, outdir, cfg.settings)
     problems += clashes
     if not tasks:
         for msg in problems:
@@ -234,6 +249,7 @@ def _run_tasks(cfg: BatchConfig, job: JobFolder, todo: list[dict], summary: Summ
     pool = None
     bar = None
     try:
+        _Pool.check_fits(ray, cfg)
         pool = _Pool(ray, cfg, job)
         infos = pool.ready()
         summary.startup_s = time.perf_counter() - t0

@@ -147,8 +147,7 @@ def kind_of(path: Path) -> str:
     return "video" if path.suffix.lower() in VIDEO_EXTS else "image"
 
 
-def plan_tasks(pairs: list[tuple[Path, Path]], outdir: Path, settings: Settings, *,
-               overwrite: bool) -> tuple[list[dict], list[str]]:
+def plan_tasks(pairs: list[tuple[Path, Path]], outdir: Path, settings: Settings) -> tuple[list[dict], list[str]]:
     """Tasks for the inputs: output paths, with clashes and overwrites refused by name.
 
     Returns:

@@ -64,6 +64,8 @@ class BatchWorker:
         t0 = time.perf_counter()
         notes: list[str] = []
         extra: dict = {}
+        if task["kind"] in ("image", "join"):
+            _drop_partials(Path(task["dst"]))
         units = 0
         try:
             if task["kind"] == "image":
@@ -102,3 +104,12 @@ class BatchWorker:
                                quality=self.options.get("quality"), progress=False, log=notes.append)
         if report.failures:
             raise ValueError(report.failures[0])
+
+
+def _drop_partials(dst: Path) -> None:
+    """Remove the temporary files a SIGKILLed attempt at this output left (``atomic_target`` names,
+    ``.NAME.XXXX.tmp*``); a clean failure removes its own, a killed process cannot."""
+    import glob
+
+    for f in dst.parent.glob(f".{glob.escape(dst.name)}.*.tmp*"):
+        f.unlink(missing_ok=True)
