@@ -247,6 +247,9 @@ def main() -> None:
               "(Ray start included)")
     if args.json:
         Path(args.json).write_text(json.dumps(fig, indent=1) + "\n")
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
