@@ -1,4 +1,4 @@
-"""Runtime subcommands: ``upscale``, ``video`` and ``bench`` (one module each; shared flags in ``_args``).
+"""Runtime subcommands: ``upscale``, ``video``, ``bench`` and ``batch`` (one module each; shared flags in ``_args``).
 
 Parsers only: no onnxruntime, OpenCV or torch import until a command runs.
 """
@@ -9,8 +9,9 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from . import bench, upscale, video
+    from . import batch, bench, upscale, video
 
     upscale.register(sub)
     video.register(sub)
     bench.register(sub)
+    batch.register(sub)

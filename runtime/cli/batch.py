@@ -1,0 +1,127 @@
+"""``srdeploy batch``: images and videos on a Ray cluster (local or ``--address``), resumable.
+
+Parser only at import time (no ray, numpy or onnxruntime); the handler imports
+``srdeploy.runtime.batch`` (and it imports ray) when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from ._args import add_session_args, add_tile_args, check_tile_args, model_path, session_recipe
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "batch", help="upscale many images and videos on a Ray cluster (resumable, retries dead workers)",
+        description="Upscale images and videos with several workers (Ray actors, one session each), locally or "
+                    "on a Ray cluster (--address). Each image is a task; each video is cut into segments that "
+                    "run as tasks, then joined and muxed once. The job folder OUTDIR/.srdeploy-batch records the "
+                    "plan and every task's state, so --resume continues a stopped job without redoing finished "
+                    "work. Outputs mirror the input tree and are written atomically; an image output is "
+                    "identical to `srdeploy upscale` with the same settings. Bad inputs are reported by name and "
+                    "the job goes on. Exit status: 0 all done, 1 some input failed, 130/143 interrupted.")
+    p.add_argument("-i", "--input", nargs="+", required=True, metavar="INPUT",
+                   help="image/video files, folders, glob patterns, or manifest files (.txt/.lst: one input per "
+                        "line, relative to the manifest)")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR",
+                   help="output folder (created); the output tree mirrors the input tree")
+    add_session_args(p, threads=False)
+    add_tile_args(p, batch_help="tiles per inference call (default 1); for videos, frames per call when a frame "
+                                "fits in one tile")
+    p.add_argument("--feather", type=int, default=0, metavar="N",
+                   help="blend tiles over N input pixels instead of a hard crop (<= --tile-pad; default 0)")
+    p.add_argument("--alpha", default="model", choices=("model", "resize"),
+                   help="RGBA: upscale alpha with the model (gray pass, default) or bicubic resize")
+    g = p.add_argument_group("cluster")
+    g.add_argument("--workers", type=int, default=1, metavar="N", help="workers (Ray actors, one model each; default 1)")
+    g.add_argument("--threads-per-worker", type=int, default=1, metavar="N",
+                   help="CPUs each worker reserves and ONNX Runtime threads it uses (default 1)")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="F",
+                   help="GPUs each worker reserves; Ray pins each worker to its GPU(s), so use --device cuda "
+                        "(default 0: CPU workers; 0.5 puts two workers on one GPU)")
+    g.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                   help="attach to a running Ray cluster (`ray start --head` / `ray start --address`); default: "
+                        "start a local one for this job. Every node must see the inputs and OUTDIR at the same paths")
+    g.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="run a task again up to N times when its worker dies or it fails unexpectedly (default 2); "
+                        "a bad input is not retried")
+    p.add_argument("--recursive", action="store_true", help="also take images/videos in sub-folders (and ** in globs)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the job recorded in OUTDIR: finished tasks whose outputs are unchanged are kept")
+    p.add_argument("--ext", default=None, metavar="EXT",
+                   help="image output format/extension, e.g. png, jpg, webp (default: the input's)")
+    p.add_argument("--suffix", default="", metavar="S", help="appended to output file names before the extension")
+    p.add_argument("--quality", type=int, default=None, metavar="Q", help="JPEG/WebP quality (default 95)")
+    p.add_argument("--codec", default=None, metavar="NAME", help="video encoder (default: by output extension)")
+    p.add_argument("--crf", type=int, default=None, metavar="N", help="video encoder quality (CRF)")
+    p.add_argument("--segment-frames", type=int, default=None, metavar="N",
+                   help="frames per video segment task (default about 10 s of video)")
+    p.add_argument("--overwrite", action="store_true", help="replace output files that existed before the job")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the summary as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_batch_cli)
+
+
+class _Terminated(Exception):
+    """SIGTERM, turned into an exception so the driver's cleanup (Ray shutdown) runs."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def run_batch_cli(args: argparse.Namespace) -> int:
+    from ..batch.driver import BatchConfig, report_lines, run_batch
+    from ..batch.job import Settings
+
+    check_tile_args(args)
+    if args.segment_frames is not None and args.segment_frames < 1:
+        raise ValueError(f"--segment-frames must be >= 1, got {args.segment_frames}")
+    args.threads = args.threads_per_worker
+    recipe = session_recipe(args)
+    resolved = recipe.resolved()
+    _check_devices(resolved.device, args.gpus_per_worker)
+    settings = Settings(model=str(model_path(args)), backend=resolved.backend, device=resolved.device,
+                        precision=args.precision, tile=args.tile, tile_pad=args.tile_pad, batch=args.batch,
+                        feather=args.feather, alpha=args.alpha, ext=args.ext, suffix=args.suffix,
+                        quality=args.quality, codec=args.codec, crf=args.crf, segment_frames=args.segment_frames)
+    cfg = BatchConfig(inputs=args.input, outdir=args.output, recipe=recipe, settings=settings,
+                      tiling={"tile": args.tile, "tile_pad": args.tile_pad, "batch": args.batch,
+                              "feather": args.feather, "alpha": args.alpha},
+                      workers=args.workers, threads_per_worker=args.threads_per_worker,
+                      gpus_per_worker=args.gpus_per_worker, address=args.address, recursive=args.recursive,
+                      resume=args.resume, retries=args.retries, overwrite=args.overwrite, json=args.json,
+                      progress=not args.quiet, quality=args.quality)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        summary = run_batch(cfg)
+    except _Terminated:
+        print("srdeploy batch: terminated; finished tasks are recorded, rerun with --resume to continue",
+              file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:
+        print("srdeploy batch: interrupted; finished tasks are recorded, rerun with --resume to continue",
+              file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    for line in report_lines(summary):
+        print(line, file=sys.stderr)
+    return 0 if summary.ok else 1
+
+
+def _check_devices(device: str, gpus_per_worker: float) -> None:
+    """GPU workers need Ray to pin them; a CPU device with GPUs reserved is a mistake (never a quiet fallback)."""
+    if device.startswith("cuda"):
+        if not gpus_per_worker:
+            raise ValueError(f"--device {device}: GPU workers need --gpus-per-worker (e.g. 1) so Ray pins each "
+                             "worker to its own GPU")
+        if device not in ("cuda", "cuda:0"):
+            raise ValueError(f"--device {device}: with --gpus-per-worker Ray gives each worker its GPU(s) as cuda:0; "
+                             "pass --device cuda")
+    elif gpus_per_worker:
+        raise ValueError(f"--gpus-per-worker {gpus_per_worker:g} with --device {device}: pass --device cuda, or drop "
+                         "--gpus-per-worker for CPU workers")

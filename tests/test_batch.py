@@ -1,0 +1,309 @@
+"""`srdeploy batch` on a local Ray cluster (CPU, loopback only, one cluster for the module).
+
+Real behaviour on small real images: outputs equal `srdeploy upscale`, a worker SIGKILLed mid-run
+is replaced and its task redone, a killed driver is resumed without rewriting finished outputs, a
+bad file is reported by name with exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="srdeploy batch needs Ray: pip install 'srdeploy[cluster]'")
+
+from srdeploy.cli import main  # noqa: E402
+
+pytestmark = pytest.mark.slow
+SCALE = 2
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    import torch
+
+    from srdeploy.export.fuse import fuse_bn
+    from srdeploy.export.onnx_export import add_metadata, export_onnx
+    from srdeploy.runtime.metadata import ModelInfo
+    from srdeploy.train.archs import SRResNet, receptive_radius
+
+    torch.manual_seed(0)
+    m = SRResNet(scale=SCALE, num_blocks=2, channels=16).eval()
+    d = tmp_path_factory.mktemp("batch_model")
+    export_onnx(fuse_bn(m), d / "bare.onnx")
+    (d / "tiny.onnx").write_bytes((d / "bare.onnx").read_bytes())
+    add_metadata(d / "tiny.onnx", ModelInfo(scale=SCALE, receptive_radius=receptive_radius(m), arch="SRResNet"))
+    return d / "tiny.onnx"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local Ray instance for the module (start-up costs seconds), stopped at the end."""
+    ray.init(address="local", include_dashboard=False, num_cpus=2, log_to_driver=False,
+             _node_ip_address="127.0.0.1", configure_logging=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def images(set14, tmp_path_factory) -> Path:
+    """A small input tree: RGB crops of real images (one in a sub-folder), a gray one and an RGBA one."""
+    d = tmp_path_factory.mktemp("batch_in")
+    (d / "sub").mkdir()
+    files = sorted(set14.glob("*.png"))[:6]
+    for i, f in enumerate(files):
+        img = cv2.imread(str(f))[:40 + 4 * i, :56]
+        cv2.imwrite(str(d / ("sub" if i == 5 else ".") / f"im{i}.png"), img)
+    gray = cv2.imread(str(files[0]), cv2.IMREAD_GRAYSCALE)[:30, :30]
+    cv2.imwrite(str(d / "gray.png"), gray)
+    rgba = cv2.cvtColor(cv2.imread(str(files[1]))[:24, :36], cv2.COLOR_BGR2BGRA)
+    rgba[:, :, 3] = np.linspace(0, 255, 36, dtype=np.uint8)[None]
+    cv2.imwrite(str(d / "alpha.png"), rgba)
+    return d
+
+
+def _tree(root: Path) -> list[Path]:
+    return sorted(p.relative_to(root) for p in root.rglob("*.png") if ".srdeploy-batch" not in p.parts)
+
+
+def _same_pixels(a: Path, b: Path) -> bool:
+    x, y = cv2.imread(str(a), cv2.IMREAD_UNCHANGED), cv2.imread(str(b), cv2.IMREAD_UNCHANGED)
+    return x is not None and x.shape == y.shape and x.dtype == y.dtype and np.array_equal(x, y)
+
+
+def _reference(model: Path, files: list[Path], out: Path, tile: int) -> None:
+    """`srdeploy upscale` on each file (one thread, as each batch worker uses)."""
+    for f in files:
+        assert main(["upscale", "-q", "-i", str(f), "-o", str(out / f.name), "--model", str(model), "--tile",
+                     str(tile), "--threads", "1"]) == 0
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """pid -> command line of every process below ``pid`` (only our own cluster's processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = {}, [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            try:
+                found[c] = Path(f"/proc/{c}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            todo.append(c)
+    return found
+
+
+def _driver(args: list[str], addr: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "srdeploy", "batch", "-q", "--address", addr, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_images_on_two_workers_equal_upscale(cluster, model, images, tmp_path):
+    out = tmp_path / "out"
+    rc = main(["batch", "-q", "-i", str(images), "-o", str(out), "--model", str(model), "--tile", "16",
+               "--workers", "2", "--recursive", "--json", str(tmp_path / "s.json")])
+    assert rc == 0
+    inputs = _tree(images)
+    assert _tree(out) == inputs and Path("sub/im5.png") in inputs  # the tree is mirrored
+    ref = tmp_path / "ref"
+    _reference(model, [images / p for p in inputs], ref, 16)
+    for p in inputs:
+        assert _same_pixels(out / p, ref / p.name), p
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["ok"] and summary["done"] == len(inputs) and summary["units"] == len(inputs)
+    assert [w["tasks"] > 0 for w in summary["workers"]] == [True, True]  # both workers pulled work
+    states = [json.loads(p.read_text()) for p in (out / ".srdeploy-batch" / "tasks").glob("*.json")]
+    assert len(states) == len(inputs) and all(s["state"] == "done" for s in states)
+
+
+def test_bad_file_is_reported_and_the_others_written(cluster, model, images, tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("im0.png", "im1.png"):
+        (src / name).write_bytes((images / name).read_bytes())
+    (src / "broken.png").write_bytes(b"not a png at all")
+    manifest = tmp_path / "list.txt"
+    manifest.write_text("in/im0.png\nin/broken.png\n# a comment\nin/im1.png\n")
+    out = tmp_path / "out"
+    rc = main(["batch", "-q", "-i", str(manifest), "-o", str(out), "--model", str(model), "--tile", "16",
+               "--workers", "1", "--json", str(tmp_path / "s.json")])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert f"{src / 'broken.png'}: not a readable image" in err
+    assert sorted(p.name for p in (out / "in").iterdir()) == ["im0.png", "im1.png"]
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert not summary["ok"] and summary["done"] == 2 and summary["failed"] == 1
+    assert summary["failures"][0]["input"] == str(src / "broken.png")
+    # a rerun without --resume refuses to mix with the recorded job; with it, only the bad file runs again
+    args = ["batch", "-q", "-i", str(manifest), "-o", str(out), "--model", str(model), "--tile", "16"]
+    assert main(args) == 1 and "pass --resume to continue it" in capsys.readouterr().err
+    assert main(args + ["--resume", "--json", str(tmp_path / "s2.json")]) == 1
+    again = json.loads((tmp_path / "s2.json").read_text())
+    assert again["skipped"] == 2 and again["failed"] == 1
+
+
+@pytest.fixture(scope="module")
+def bigger(set5, tmp_path_factory) -> Path:
+    """Images large enough (with --tile 24) that a worker is mid-task most of the time."""
+    d = tmp_path_factory.mktemp("batch_big")
+    files = sorted(set5.glob("*.png"))
+    for i in range(10):
+        img = cv2.imread(str(files[i % len(files)]))
+        cv2.imwrite(str(d / f"b{i}.png"), img[8 * i:8 * i + 120, :160])
+    return d
+
+
+def test_worker_sigkill_mid_run_is_retried(cluster, model, bigger, tmp_path):
+    out = tmp_path / "out"
+    proc = _driver(["-i", str(bigger), "-o", str(out), "--model", str(model), "--tile", "24", "--workers", "2",
+                    "--retries", "2", "--json", str(tmp_path / "s.json")], cluster)
+    killed = None
+    deadline = time.monotonic() + 120
+    while killed is None and time.monotonic() < deadline and proc.poll() is None:
+        # Kill a worker while it runs a task, once the job is under way (one output written).
+        if list((out / ".srdeploy-batch" / "tasks").glob("*.json")) if out.exists() else []:
+            busy = [pid for pid, cmd in _descendants(os.getpid()).items() if "ray::BatchWorker.run" in cmd]
+            if busy:
+                os.kill(busy[0], signal.SIGKILL)
+                killed = busy[0]
+        time.sleep(0.005)
+    _, err = proc.communicate(timeout=300)
+    assert killed is not None, "no busy worker was seen to kill: " + err
+    assert proc.returncode == 0, err
+    assert "died running" in err
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["retries"] >= 1 and sum(w["lost"] for w in summary["workers"]) == 1
+    assert summary["done"] == 10
+    ref = tmp_path / "ref"
+    _reference(model, sorted(bigger.glob("*.png")), ref, 24)
+    for f in sorted(bigger.glob("*.png")):
+        assert _same_pixels(out / f.name, ref / f.name), f.name
+
+
+def test_driver_killed_then_resume_keeps_finished_outputs(cluster, model, bigger, tmp_path):
+    out = tmp_path / "out"
+    args = ["-i", str(bigger), "-o", str(out), "--model", str(model), "--tile", "24", "--workers", "1"]
+    proc = _driver(args, cluster)
+    tasks = out / ".srdeploy-batch" / "tasks"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and len(list(tasks.glob("*.json")) if tasks.exists()
+                                                                         else []) < 3:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    done = {}
+    for state in tasks.glob("*.json"):
+        s = json.loads(state.read_text())
+        if s["state"] == "done":
+            done[state.stem] = s
+    plan = json.loads((out / ".srdeploy-batch" / "plan.json").read_text())
+    dst = {t["id"]: Path(t["dst"]) for t in plan["tasks"]}
+    assert 3 <= len(done) < 10, "the driver was not killed mid-job"
+    mtimes = {i: dst[i].stat().st_mtime_ns for i in done}
+    time.sleep(0.05)
+    rc = main(["batch", "-q", "--resume", *args, "--json", str(tmp_path / "s.json")])
+    assert rc == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["skipped"] >= len(done) and summary["skipped"] + summary["done"] == 10
+    assert {i: dst[i].stat().st_mtime_ns for i in done} == mtimes  # finished outputs not rewritten
+    ref = tmp_path / "ref"
+    _reference(model, sorted(bigger.glob("*.png")), ref, 24)
+    for f in sorted(bigger.glob("*.png")):
+        assert _same_pixels(out / f.name, ref / f.name), f.name
+    # an output changed after it was recorded is not trusted: --resume redoes it
+    first = dst[min(done)]
+    first.write_bytes(b"damaged")
+    assert main(["batch", "-q", "--resume", *args, "--json", str(tmp_path / "s2.json")]) == 0
+    assert json.loads((tmp_path / "s2.json").read_text())["done"] == 1
+    assert _same_pixels(first, ref / first.name)
+
+
+def test_images_and_a_three_segment_video_on_two_workers_equal_video(cluster, model, images, tmp_path):
+    from srdeploy.runtime.media import ffmpeg as ff
+
+    exe = ff.ffmpeg_exe()
+    src = tmp_path / "in"
+    src.mkdir()
+    clip = src / "clip.mp4"  # 20 frames, H.264 + AAC: segments of 8 -> 3 segments (8, 8, 4)
+    subprocess.run([exe, "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=48x32:rate=10",
+                    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=22050", "-t", "2", "-frames:v", "20",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(clip)], check=True)
+    for name in ("im0.png", "im1.png"):
+        (src / name).write_bytes((images / name).read_bytes())
+    out = tmp_path / "out"
+    rc = main(["batch", "-q", "-i", str(src), "-o", str(out), "--model", str(model), "--tile", "16",
+               "--workers", "2", "--segment-frames", "8", "--json", str(tmp_path / "s.json")])
+    assert rc == 0
+    ref = tmp_path / "ref"
+    assert main(["video", "-q", "-i", str(clip), "-o", str(ref / "clip.mp4"), "--model", str(model), "--tile", "16",
+                 "--threads", "1", "--segment-frames", "8"]) == 0
+    _reference(model, [src / "im0.png", src / "im1.png"], ref, 16)
+    for name in ("im0.png", "im1.png"):
+        assert _same_pixels(out / name, ref / name)
+
+    def frames(path: Path) -> np.ndarray:
+        r = subprocess.run([exe, "-v", "error", "-i", f"file:{path}", "-map", "0:V:0", "-fps_mode", "passthrough",
+                            "-f", "rawvideo", "-pix_fmt", "bgr24", "-"], capture_output=True, check=True)
+        return np.frombuffer(r.stdout, np.uint8).reshape(-1, 64, 96, 3)
+
+    got, want = frames(out / "clip.mp4"), frames(ref / "clip.mp4")
+    assert got.shape[0] == 20 == want.shape[0]  # exactly the source's frame count
+    assert np.array_equal(got, want)
+    info = ff.probe(out / "clip.mp4")
+    assert len(info.audio) == 1  # the audio stream is kept
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["ok"] and summary["done"] == 3 and summary["units"] == 2 + 20
+    segs = [w["tasks"] for w in summary["workers"]]
+    assert sum(segs) == 2 + 1 + 3 + 1 and min(segs) >= 1  # images, plan, 3 segments, join over both workers
+    assert not (out / ".clip.mp4.srdeploy-video").exists()  # the work folder is removed after the join
+
+
+NO_RAY = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "ray":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+from srdeploy.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def test_without_ray_says_which_extra(model, images, tmp_path):
+    proc = subprocess.run([sys.executable, "-c", NO_RAY, "batch", "-q", "-i", str(images / "im0.png"), "-o",
+                           str(tmp_path / "out"), "--model", str(model)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "pip install 'srdeploy[cluster]'" in proc.stderr, proc.stderr
+
+
+def test_gpu_flags_are_checked_before_work(model, images, tmp_path, capsys):
+    base = ["batch", "-q", "-i", str(images / "im0.png"), "-o", str(tmp_path / "out"), "--model", str(model)]
+    assert main(base + ["--device", "cuda"]) == 1
+    assert "need --gpus-per-worker" in capsys.readouterr().err
+    assert main(base + ["--gpus-per-worker", "1"]) == 1
+    assert "pass --device cuda" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_more_workers_than_the_cluster_fits_is_refused(cluster, model, images, tmp_path, capsys):
+    rc = main(["batch", "-q", "-i", str(images / "im0.png"), "-o", str(tmp_path / "out"), "--model", str(model),
+               "--workers", "3"])  # the module's cluster has 2 CPUs: a third actor would wait forever
+    assert rc == 1 and "fits 2 worker(s) of 1 CPU each, not --workers 3" in capsys.readouterr().err
