@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from srdeploy.runtime.backends import help_text as backend_help
 from srdeploy.runtime.cli._args import backend_arg

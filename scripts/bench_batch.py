@@ -112,7 +112,7 @@ def segment_cost(model: str, work: Path, frames: int = 48, short: int = 2) -> di
     src.mkdir()
     clip = src / "clip.mp4"
     subprocess.run([ff.ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
-                    f"testsrc=size=32x32:rate=24", "-frames:v", str(frames), "-c:v", "libx264", "-pix_fmt",
+                    "testsrc=size=32x32:rate=24", "-frames:v", str(frames), "-c:v", "libx264", "-pix_fmt",
                     "yuv420p", str(clip)], check=True)
     res = {}
     for n in (frames, short):

@@ -37,7 +37,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from . import ffmpeg as ff
 from .video import run_pipeline
