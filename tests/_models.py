@@ -3,15 +3,15 @@
 A randomly initialised SRResNet with the default clamp outputs dark images (mean 0.02-0.03, a third
 to a half of the pixels clamped to 0), so a one-level uint8 tolerance is about 20% of a typical
 value and an all-black or shifted output can pass a loose comparison. These models use the tanh
-output with the last convolution scaled up, so outputs spread over [0, 1] (mean about 0.5, std
-about 0.25, almost nothing at 0 or 1): every output value then moves every comparison.
+output, with the last convolution normalised per output channel on a calibration input (its
+output has mean 0 and std 1 there, as in LSUV initialisation), so outputs spread over [0, 1]:
+mean about 0.5, std about 0.25, hardly any pixel at 0 or 1. Every output value then moves every
+comparison.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-TAIL_GAIN = 8.0  # tail conv x 8: tanh argument std ~1 (x 1 gives outputs in 0.42-0.59 only)
 
 
 def spread_generator(*, scale: int = 4, num_blocks: int = 2, channels: int = 16, seed: int = 0):
@@ -24,10 +24,19 @@ def spread_generator(*, scale: int = 4, num_blocks: int = 2, channels: int = 16,
     torch.manual_seed(seed)
     model = randomize_bn(SRResNet(scale=scale, num_blocks=num_blocks, channels=channels, output_range="tanh"),
                          seed=seed)
+    model.eval()
+    # Untouched, the tail's output (tanh argument) has std ~0.05 and a per-channel offset: outputs
+    # would sit in 0.42-0.59, or saturate in one channel if merely scaled up.
+    seen = {}
+    hook = model.tail.register_forward_hook(lambda _m, _a, out: seen.update(z=out))
+    calib = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        model.tail.weight.mul_(TAIL_GAIN)
-        model.tail.bias.mul_(TAIL_GAIN)
-    return model.eval()
+        model(calib)
+        hook.remove()
+        mean, std = seen["z"].mean(dim=(0, 2, 3)), seen["z"].std(dim=(0, 2, 3))
+        model.tail.weight.div_(std[:, None, None, None])
+        model.tail.bias.sub_(mean).div_(std)
+    return model
 
 
 def export_spread_model(path: Path, **kwargs) -> Path:
