@@ -3,26 +3,32 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 
-SUBCOMMANDS = ["eval", "train", "export", "verify", "build-engine", "upscale", "video", "bench"]
+SUBCOMMANDS = ["demo", "eval", "train", "export", "verify", "build-engine", "upscale", "video", "bench"]
 
 
 def run(*args, **kw):
     return subprocess.run([sys.executable, "-m", "srdeploy", *args], capture_output=True, text=True, **kw)
 
 
-def test_help_lists_subcommands():
+def test_help_lists_subcommands(capsys):
+    from srdeploy.cli import build_parser
+
     out = run("--help")
     assert out.returncode == 0
-    registered = [c for c in SUBCOMMANDS if c in out.stdout]
-    assert "eval" in registered and "train" in registered
-    for cmd in registered:
-        sub = run(cmd, "--help")
-        assert sub.returncode == 0 and "usage: srdeploy" in sub.stdout, cmd
+    # every README command is listed: one per line, indented 4 (help text continues at 16)
+    listed = set(re.findall(r"^    ([a-z][a-z-]*)(?:\s|$)", out.stdout, flags=re.M))
+    assert set(SUBCOMMANDS) <= listed, sorted(set(SUBCOMMANDS) - listed)
+    for cmd in SUBCOMMANDS:
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args([cmd, "--help"])
+        assert exc.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: srdeploy {cmd}"), cmd
 
 
 def test_eval_bicubic_table_and_json(set5, set14, tmp_path):
