@@ -14,8 +14,15 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def spread_generator(*, scale: int = 4, num_blocks: int = 2, channels: int = 16, seed: int = 0):
-    """An eval-mode SRResNet (tanh output, non-trivial BN statistics) with wide-range outputs."""
+def spread_generator(*, scale: int = 4, num_blocks: int = 2, channels: int = 16, seed: int = 0,
+                     smooth: bool = False):
+    """An eval-mode SRResNet (tanh output, non-trivial BN statistics) with wide-range outputs.
+
+    ``smooth``: the sub-pixel convolutions give all positions of a 2x2 block the same weights, so
+    upsampling is nearest-neighbour on features and the 9x9 tail smooths it. Outputs then follow
+    the input's shapes instead of a random pixel-level pattern, which is what a lossy video codec
+    (4:2:0 chroma, DCT) can reproduce.
+    """
     import torch
 
     from srdeploy.export.fuse import randomize_bn
@@ -25,11 +32,21 @@ def spread_generator(*, scale: int = 4, num_blocks: int = 2, channels: int = 16,
     model = randomize_bn(SRResNet(scale=scale, num_blocks=num_blocks, channels=channels, output_range="tanh"),
                          seed=seed)
     model.eval()
+    if smooth:
+        with torch.no_grad():
+            for block in model.upsample:  # PixelShuffle(2): output channel c*4 + k is position k of channel c
+                w, b = block.conv.weight.view(-1, 4, *block.conv.weight.shape[1:]), block.conv.bias.view(-1, 4)
+                w.copy_(w[:, :1].expand_as(w).clone())
+                b.copy_(b[:, :1].expand_as(b).clone())
     # Untouched, the tail's output (tanh argument) has std ~0.05 and a per-channel offset: outputs
     # would sit in 0.42-0.59, or saturate in one channel if merely scaled up.
     seen = {}
     hook = model.tail.register_forward_hook(lambda _m, _a, out: seen.update(z=out))
-    calib = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)
+    calib = torch.rand(1, 3, 32, 32, generator=gen)
+    if smooth:  # calibrate on smooth content too (a coarse random field, enlarged)
+        calib = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=gen), size=(32, 32),
+                                                mode="bilinear", align_corners=False)
     with torch.no_grad():
         model(calib)
         hook.remove()
