@@ -59,3 +59,45 @@ def test_eval_bad_checkpoint_is_a_clear_error(set5, tmp_path):
     assert "bad.pt: not a valid srdeploy checkpoint" in out.stderr and "Traceback" not in out.stderr
     out = run("eval", str(set5))
     assert out.returncode == 1 and "give a checkpoint" in out.stderr
+
+
+def _tiny_images(folder):
+    import cv2
+    import numpy as np
+
+    folder.mkdir()
+    cv2.imwrite(str(folder / "small.png"), np.full((9, 9, 3), 90, np.uint8))    # 81 pixels
+    cv2.imwrite(str(folder / "large.png"), np.full((17, 21, 3), 90, np.uint8))  # 357 pixels
+    return folder
+
+
+def test_max_image_pixels_env_refuses_larger_images(tmp_path):
+    """README: images over SRDEPLOY_MAX_IMAGE_PIXELS are reported by name; the batch goes on, exit 1."""
+    import os
+
+    src = _tiny_images(tmp_path / "in")
+    env = {**os.environ, "SRDEPLOY_MAX_IMAGE_PIXELS": "100"}
+    env.pop("SRDEPLOY_DEBUG", None)
+    out = run("upscale", "-q", "-i", str(src), "-o", str(tmp_path / "out"), env=env, timeout=300)
+    assert out.returncode == 1, out.stderr
+    refused = [line for line in out.stderr.splitlines() if "large.png" in line and "error" in line]
+    assert refused and "SRDEPLOY_MAX_IMAGE_PIXELS" in refused[0], out.stderr
+    assert "small.png" not in " ".join(line for line in out.stderr.splitlines() if "error" in line)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["small.png"]
+
+
+def test_debug_env_shows_traceback_only_when_set(tmp_path):
+    """README: errors are one line naming the file; SRDEPLOY_DEBUG=1 shows the traceback."""
+    import os
+
+    src = _tiny_images(tmp_path / "in")
+    args = ("upscale", "-q", "-i", str(src / "small.png"), "-o", str(tmp_path / "o.png"),
+            "--model", str(tmp_path / "missing.onnx"))
+    env = {k: v for k, v in os.environ.items() if k != "SRDEPLOY_DEBUG"}
+    plain = run(*args, env=env, timeout=300)
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    lines = plain.stderr.strip().splitlines()
+    assert len(lines) == 1 and "missing.onnx" in lines[0], plain.stderr
+    debug = run(*args, env={**env, "SRDEPLOY_DEBUG": "1"}, timeout=300)
+    assert debug.returncode != 0 and "Traceback (most recent call last)" in debug.stderr
+    assert "missing.onnx" in debug.stderr and not (tmp_path / "o.png").exists()
