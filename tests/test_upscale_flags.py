@@ -174,3 +174,14 @@ def test_ext_suffix_quality_flags(model, session, images, tmp_path):
     upscale(model, src, out, "--ext", "webp", "--suffix", "_w")
     data = (out / "rgb_w.webp").read_bytes()
     assert data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+
+
+def test_uint8_output_is_rounded_not_truncated(session, images):
+    """uint8 output = the float output x 255, rounded: at most half a level off, no bias."""
+    img = read_image(images["rgb"])[0]
+    out = Upscaler(session, tile=0).upscale(img).astype(np.float64)
+    ref = Upscaler(session, tile=0).upscale(img.astype(np.float32) / 255).astype(np.float64) * 255
+    inside = (ref > 0.5) & (ref < 254.5)
+    assert inside.mean() > 0.95
+    signed = out[inside] - ref[inside]
+    assert np.abs(signed).max() <= 0.5 + 1e-3 and abs(signed.mean()) < 0.05  # truncation: mean -0.5
