@@ -109,15 +109,23 @@ def test_run_bench_result_is_schema_valid_and_checksum_is_real(tiny):
     assert result["machine"]["cores"] >= 1 and result["versions"]["onnxruntime"]
 
 
-def test_bench_tiled_model_only_matches_whole(tiny):
+def test_bench_tiled_model_only_matches_whole(tiny, monkeypatch):
     onnx_path, _ = tiny
+    # The checksum is a sum, blind to tiles in the wrong place: keep the output arrays it is taken of.
+    outputs: list[np.ndarray] = []
+    real = bench.output_checksum
+    monkeypatch.setattr(bench, "output_checksum", lambda y: outputs.append(np.array(y)) or real(y))
     whole = run_bench(BenchConfig(model=str(onnx_path), width=40, height=36, warmup=0, iters=1,
                                   full_path=False), log=lambda s: None)
     tiled = run_bench(BenchConfig(model=str(onnx_path), width=40, height=36, warmup=0, iters=1, tile=16,
                                   full_path=False), log=lambda s: None)
-    assert tiled["input"]["tile"] == 16
-    # tile_pad defaults to the receptive radius: tiled output == whole output, so same checksum
+    assert tiled["input"]["tile"] == 16 and tiled["input"]["tile_pad"] == 12
+    # tile_pad defaults to 12 = the tiny model's receptive radius: tiled output == whole output
+    assert len(outputs) == 2 and outputs[0].shape == outputs[1].shape == (1, 3, 144, 160)
+    assert outputs[0].std() > 0.01  # not a constant image
+    assert np.abs(outputs[1] - outputs[0]).max() <= 1e-5
     assert tiled["output_checksum"] == pytest.approx(whole["output_checksum"], rel=1e-6)
+    assert whole["output_checksum"] == pytest.approx(float(outputs[0].astype(np.float64).sum()), rel=1e-9)
 
 
 def test_cli_json_compare_torch_and_video(tiny, tmp_path, capsys):

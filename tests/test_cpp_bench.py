@@ -241,8 +241,11 @@ def test_tensorrt_engine(srbench, tmp_path):
         pytest.skip("srbench was built without TensorRT (no TensorRT headers/libraries here)")
     engine = os.environ.get("SRDEPLOY_TEST_ENGINE")
     if not engine:
-        pytest.skip("set SRDEPLOY_TEST_ENGINE to a TensorRT engine built by `srdeploy build-engine` "
-                    "(with its metadata sidecar) to run the TensorRT path")
+        pytest.skip("SRDEPLOY_TEST_ENGINE is not set. On a GPU machine `bash scripts/gpu_check.sh` builds engines and "
+                    "sets it; by hand: `srdeploy build-engine model.onnx -o model.engine --min 1x3x16x16 --opt "
+                    "1x3x64x64 --max 1x3x64x64`, then `SRDEPLOY_TEST_ENGINE=model.engine python -m pytest "
+                    "tests/test_cpp_bench.py -k tensorrt` (the engine needs its .engine.json sidecar and must "
+                    "accept 1x3x64x64)")
     out = tmp_path / "trt.json"
     proc = run(srbench, "--model", engine, "--size", "64x64", "--backend", "trt", "--device", "cuda",
                "--warmup", 2, "--iters", 5, "--json", out)

@@ -173,3 +173,24 @@ def test_cli_parsers_import_nothing_heavy():
     out = subprocess.run([sys.executable, "-m", "srdeploy", "--help"], capture_output=True, text=True)
     for cmd in ("export", "verify", "build-engine"):
         assert cmd in out.stdout
+
+
+def test_cli_export_fp16_with_calib(tmp_path, exported, capsys):
+    """README: `srdeploy export CKPT -o model.onnx --fp16 --calib DIR` (also writes model_fp16.onnx)."""
+    import json
+
+    import cv2
+
+    _, ckpt, _ = exported
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("one.png", "two.png"):
+        cv2.imwrite(str(calib / name), rng.integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(ckpt), "-o", str(out), "--fp16", "--calib", str(calib)]) == 0, capsys.readouterr().err
+    assert f"wrote {tmp_path / 'm_fp16.onnx'}" in capsys.readouterr().out
+    assert read_metadata(out).precision == "fp32" and read_metadata(tmp_path / "m_fp16.onnx").precision == "fp16"
+    analysis = json.loads(read_props(tmp_path / "m_fp16.onnx")["srdeploy.fp16_analysis"])
+    assert analysis["calibration_inputs"] == ["one.png", "two.png"]  # the --calib images, not Set5
+    assert analysis["threshold"] == 16384.0                           # README: 2^14

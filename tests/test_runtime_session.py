@@ -125,9 +125,28 @@ def test_default_model_path(models, monkeypatch, tmp_path):
     with pytest.raises(FileNotFoundError, match="SRDEPLOY_MODEL"):
         default_model_path()
     monkeypatch.delenv("SRDEPLOY_MODEL")
-    try:
-        found = default_model_path()
-    except FileNotFoundError as exc:
-        assert "--model" in str(exc) and "models" in str(exc)
-    else:
-        assert found.suffix == ".onnx" and found.parent.name == "models"
+    # the bundled model: models/srresnet_x4.onnx (repository or installed package data)
+    found = default_model_path()
+    assert found.name == "srresnet_x4.onnx" and found.parent.name == "models" and found.is_file()
+    # in a folder, FP32 models come before "fp16" ones, then alphabetical order
+    import importlib.machinery
+    import importlib.util
+
+    import srdeploy.runtime.open as open_mod
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in ("a_fp16.onnx", "c.onnx", "b.onnx", "notes.txt"):
+        (folder / name).write_bytes(b"")
+    spec = importlib.machinery.ModuleSpec("srdeploy.models", None, is_package=True)
+    spec.submodule_search_locations = [str(folder)]
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: spec if name == "srdeploy.models" else real_find_spec(name, *a))
+    monkeypatch.setattr(open_mod, "__file__", str(tmp_path / "nowhere" / "runtime" / "open.py"))
+    assert default_model_path() == folder / "b.onnx"
+    # no model anywhere: a message saying what to do
+    for f in folder.glob("*.onnx"):
+        f.unlink()
+    with pytest.raises(FileNotFoundError, match="no default model.*--model.*SRDEPLOY_MODEL"):
+        default_model_path()

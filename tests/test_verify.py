@@ -80,6 +80,34 @@ def test_fp16_model_uses_fp16_tolerance(models):
     assert not strict.ok
 
 
+def test_cli_atol_and_min_psnr_flip_the_exit_status(models, capsys):
+    """README: `verify ... [--atol X] [--min-psnr DB]`; a loose bound passes, a strict one fails."""
+    ckpt, onnx_path, fp16_path, _ = models
+    quick = ["--no-images", "--sizes", "1x12x10", "--json", "-"]
+
+    def run(model, *flags):
+        rc = main(["verify", str(ckpt), str(model), *quick, *flags])
+        rep = json.loads(capsys.readouterr().out)
+        return rc, rep
+
+    rc, rep = run(onnx_path)
+    err = rep["cases"][0]["max_abs"]
+    assert rc == 0 and rep["tolerance"] == {"max_abs": 1e-4, "min_psnr": None} and 0 < err <= 1e-4
+    rc, rep = run(onnx_path, "--atol", f"{err / 2:g}")
+    assert rc == 1 and rep["tolerance"]["max_abs"] == pytest.approx(err / 2, rel=1e-5) and not rep["ok"]
+    assert "max abs" in rep["cases"][0]["reason"]
+    # FP16: default 2/255 and 45 dB; --min-psnr above the measured PSNR fails, --atol/--min-psnr loose pass
+    rc, rep = run(fp16_path)
+    psnr = rep["cases"][0]["psnr"]
+    assert rc == 0 and rep["tolerance"] == {"max_abs": 2 / 255, "min_psnr": 45.0} and 45 < psnr < 200
+    rc, rep = run(fp16_path, "--min-psnr", f"{psnr + 1:.2f}")
+    assert rc == 1 and "PSNR" in rep["cases"][0]["reason"]
+    rc, rep = run(fp16_path, "--atol", f"{rep['cases'][0]['max_abs'] / 2:g}", "--min-psnr", "0")
+    assert rc == 1 and "max abs" in rep["cases"][0]["reason"]
+    rc, rep = run(fp16_path, "--atol", "1", "--min-psnr", "0")
+    assert rc == 0 and rep["tolerance"] == {"max_abs": 1.0, "min_psnr": 0.0}
+
+
 def test_missing_image_folder_is_a_clear_error(models, tmp_path):
     ckpt, onnx_path, _, _ = models
     with pytest.raises(FileNotFoundError, match="--images DIR"):

@@ -131,19 +131,56 @@ def test_upscale_frames_orders_and_batches(session):
     assert all(np.abs(a[:, :, ::-1].astype(int) - b.astype(int)).max() <= 1 for a, b in zip(bgr, single))
 
 
-def test_lossy_default_codec_mp4(session, tmp_path):
-    src = write_test_video(tmp_path / "in.mp4", width=32, height=24, frames=6, fps=25)
+@pytest.fixture(scope="module")
+def smooth_session(tmp_path_factory):
+    """A range-covering x4 model with smooth outputs (tests/_models.py): what a lossy codec can keep.
+
+    The tiny random model above outputs grey levels 0-30, where an all-black frame, the previous
+    frame or swapped channels all stay within a few levels of the truth.
+    """
+    pytest.importorskip("torch")
+    from _models import export_spread_model
+
+    path = export_spread_model(tmp_path_factory.mktemp("smooth") / "smooth_x4.onnx", scale=4, smooth=True)
+    with open_session(path) as s:
+        yield s
+
+
+def test_lossy_default_codec_mp4(smooth_session, tmp_path):
+    # Source: unrelated smooth colour fields, one per frame, so every frame's output differs a lot
+    # from the previous one, from its channel swap and from black.
+    src = tmp_path / "in.mp4"
+    rng = np.random.default_rng(0)
+    writer = cv2.VideoWriter(str(src), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"mp4v"), 25, (32, 24))
+    for _ in range(6):
+        writer.write(cv2.resize(rng.integers(0, 256, (3, 4, 3), dtype=np.uint8), (32, 24),
+                                interpolation=cv2.INTER_CUBIC))
+    writer.release()
     out = tmp_path / "out.mp4"
-    up = Upscaler(session, tile=0)
+    up = Upscaler(smooth_session, tile=0)
     stats = upscale_video(up, src, out, progress=False, audio=False)
     info = probe_video(out)
     assert (stats.codec, info.width, info.height, info.frame_count) == ("mp4v", 128, 96, 6)
     assert info.fps == pytest.approx(25.0)
     got, want = read_frames(out), reference(up, src)
-    # mp4v is lossy: compare within codec tolerance (mean abs error of a few 8-bit levels)
     assert len(got) == 6
-    for g, w in zip(got, want):
-        assert np.abs(g.astype(float) - w.astype(float)).mean() < 6.0
+    assert 90 < np.mean(want) < 170 and np.std(want) > 40  # outputs cover the range
+
+    # mp4v is lossy (DCT blocks, 4:2:0 chroma): compare what it keeps, the image blurred over a few
+    # pixels (measured: mean abs 2.5 levels against 22+ for the previous frame, 37+ for swapped
+    # channels), and the raw pixels loosely (measured 8.5 levels).
+    def blur(img):
+        return cv2.GaussianBlur(img.astype(np.float32), (0, 0), 2)
+
+    def err(a, b):
+        return float(np.abs(blur(a) - blur(b)).mean())
+
+    for i, (g, w) in enumerate(zip(got, want)):
+        wrong = [want[i - 1] if i else want[1], np.ascontiguousarray(w[..., ::-1]), np.zeros_like(w)]
+        e = err(g, w)
+        assert e < 4.0, (i, e)
+        assert all(e < 0.25 * err(g, other) for other in wrong), (i, e, [err(g, o) for o in wrong])
+        assert np.abs(g.astype(float) - w).mean() < 12.0
 
 
 def test_source_without_frame_count(session, tmp_path):
