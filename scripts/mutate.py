@@ -152,10 +152,10 @@ MUTANTS: tuple[Mutant, ...] = (
            "key=lambda p: (\"fp16\" in p.name.lower(), p.name))", "key=lambda p: p.name)",
            ("tests/test_runtime_session.py",)),
     # --- video (issue 19 weak test): the encoder writing a wrong frame
-    Mutant("video-black-frames", "runtime/media/video.py", "                    writer.write(frame)\n",
-           "                    writer.write(frame * 0)\n", ("tests/test_video.py",)),
-    Mutant("video-swapped-channels", "runtime/media/video.py", "                    writer.write(frame)\n",
-           "                    writer.write(np.ascontiguousarray(frame[..., ::-1]))\n", ("tests/test_video.py",)),
+    Mutant("video-black-frames", "runtime/media/video.py", "        writer.write(frame)\n",
+           "        writer.write(frame * 0)\n", ("tests/test_video.py",)),
+    Mutant("video-swapped-channels", "runtime/media/video.py", "        writer.write(frame)\n",
+           "        writer.write(np.ascontiguousarray(frame[..., ::-1]))\n", ("tests/test_video.py",)),
 )
 
 
