@@ -96,9 +96,12 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from .verify import parse_size, verify
+    from srdeploy.runtime.atomic import atomic_target
+    from srdeploy.runtime.cli._args import parse_batch_hw
 
-    sizes = [parse_size(s) for s in args.sizes.split(",")] if args.sizes else None
+    from .verify import verify
+
+    sizes = [parse_batch_hw(s, what="--sizes") for s in args.sizes.split(",")] if args.sizes else None
     report = verify(args.checkpoint, args.model, images=args.images, use_images=not args.no_images, sizes=sizes,
                     atol=args.atol, min_psnr=args.min_psnr, backend=args.backend, device=args.device,
                     ref_device=args.ref_device, seed=args.seed, image_limit=args.max_images)
@@ -108,7 +111,8 @@ def _run_verify(args: argparse.Namespace) -> int:
     else:
         print(report.format_table())
         if args.json:
-            Path(args.json).write_text(text + "\n")
+            with atomic_target(args.json) as tmp:
+                tmp.write_text(text + "\n")
     if not report.ok:
         print(f"srdeploy verify: FAILED cases: {', '.join(c.name for c in report.failed)}", file=sys.stderr)
         return 1

@@ -142,19 +142,6 @@ def judge(max_abs: float, psnr: float, tol: Tolerance) -> tuple[bool, str]:
     return not reasons, "; ".join(reasons)
 
 
-def parse_size(text: str) -> tuple[int, int, int]:
-    """'2x33x47' (batch x H x W) or '33x47' (batch 1) -> (batch, H, W)."""
-    try:
-        parts = [int(v) for v in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 2:
-        parts = [1, *parts]
-    if len(parts) != 3 or min(parts) < 1:
-        raise ValueError(f"verify: size {text!r} is not BxHxW or HxW with positive integers (e.g. 2x33x47)")
-    return parts[0], parts[1], parts[2]
-
-
 def fit_sizes(sizes, spec) -> tuple[list[tuple[int, int, int]], list[str]]:
     """Sizes kept inside a session's ``InputSpec`` (a TensorRT profile); notes for each change.
 
@@ -200,9 +187,9 @@ def _model_props(path: Path) -> dict:
 
         return read_props(path)
     try:
-        from srdeploy.runtime.trt_backend import sidecar_path
+        from srdeploy.runtime.backends.trt import find_sidecar
 
-        side = sidecar_path(path)
+        side = find_sidecar(path)
         return dict(json.loads(side.read_text()).get("metadata") or {})
     except (OSError, ValueError):
         return {}

@@ -21,7 +21,7 @@ shared with the C++ tool (cpp_bench): both use the same deterministic input,
 can be checked against each other.
 
 This module imports neither torch nor anything of ours outside ``srdeploy.runtime``; the torch
-reference is passed in as a plain callable (see ``srdeploy.runtime.cli_bench``).
+reference is passed in as a plain callable (see ``torch_reference`` below).
 """
 
 from __future__ import annotations
@@ -195,18 +195,6 @@ def library_versions(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- configuration
-def parse_size(text: str) -> tuple[int, int]:
-    """``"WxH"`` -> (width, height); a clear ValueError otherwise."""
-    parts = text.lower().replace("*", "x").split("x")
-    try:
-        w, h = (int(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 128x128") from None
-    if w < 1 or h < 1:
-        raise ValueError(f"--size {text!r}: width and height must be >= 1")
-    return w, h
-
-
 @dataclass
 class BenchConfig:
     """What ``run_bench`` measures (argparse only fills it).
@@ -293,7 +281,7 @@ def _tiling_applies(tile: int | None, height: int, width: int) -> bool:
 def _run(cfg: BenchConfig, session, torch_runner, log) -> dict:
     from .tiling import tiled_infer
     from .upscale import Upscaler
-    from .video import upscale_frames
+    from .media.video import upscale_frames
 
     n, h, w = cfg.batch, cfg.height, cfg.width
     scale = session.info.scale
@@ -391,7 +379,7 @@ def _compare_torch(cfg, x, y_ours, model_only, torch_runner, out_px, log) -> dic
 def _video_mode(cfg, upscaler, model_only: dict, log) -> dict:
     import tempfile
 
-    from .video import upscale_video, write_test_video
+    from .media.video import upscale_video, write_test_video
 
     with tempfile.TemporaryDirectory(prefix="srdeploy-bench-") as tmp:
         src = cfg.video
@@ -457,3 +445,25 @@ def validate_result(result: dict) -> None:
     if errors:
         raise ValueError("benchmark result does not follow bench_schema.json: " +
                          "; ".join(f"{'/'.join(map(str, e.path)) or '<root>'}: {e.message}" for e in errors))
+
+
+def torch_reference(checkpoint: str, threads: int | None):
+    """The PyTorch baseline for ``bench --compare-torch``: eager, FP32, BatchNorm NOT folded, CPU.
+
+    Opened through the torch backend entry point with ``fold_bn=False`` (the training model as it
+    is), so the runtime imports neither torch nor srdeploy.train itself.
+
+    Args:
+        checkpoint: srdeploy training checkpoint (.pt), loaded with weights_only=True.
+        threads: torch intra-op threads (None = torch's default, like ONNX Runtime's: all cores).
+
+    Returns:
+        (callable float32 NCHW numpy -> float32 NCHW numpy, info dict for the JSON).
+    """
+    from .open import open_session
+
+    session = open_session(checkpoint, backend="torch", device="cpu", precision="fp32", threads=threads,
+                           fold_bn=False, use_ema=True)
+    info = {"torch_version": str(session.details.get("torch_version")), "torch_threads": session.details.get("threads"),
+            "mode": "eager", "precision": "fp32", "batchnorm_layers_unfolded": session.details["batchnorm_layers"]}
+    return session.infer, info

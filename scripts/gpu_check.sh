@@ -129,7 +129,7 @@ python - "$UP" <<'PY'
 import sys
 from pathlib import Path
 import numpy as np
-from srdeploy.runtime.images import read_image
+from srdeploy.runtime.media.images import read_image
 
 up = Path(sys.argv[1])
 limits = {"trt_fp32": (1, None), "trt_fp16": (3, 45.0), "ort_cuda": (1, None)}

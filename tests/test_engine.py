@@ -17,13 +17,15 @@ import pytest
 import torch
 
 from srdeploy.cli import main
-from srdeploy.export.engine import (SIDECAR_KEYS, EngineKey, ShapeProfile, build_engine, make_sidecar, parse_shape,
-                                    prepare_fp16_onnx, profiles_from_args, read_sidecar, sidecar_path, write_sidecar)
+from srdeploy.export.engine import (EngineKey, ShapeProfile, build_engine, make_sidecar, prepare_fp16_onnx,
+                                    profiles_from_args)
 from srdeploy.export.fp16 import (DEFAULT_THRESHOLD, FP16_MAX, analyse_activations, check_node_mapping,
                                   module_scope, nodes_to_pin, to_fp16_onnx)
 from srdeploy.export.fuse import fuse_bn, randomize_bn
 from srdeploy.export.onnx_export import export_onnx, read_metadata
 from srdeploy.export.pipeline import export_checkpoint
+from srdeploy.runtime.backends.trt import SIDECAR_KEYS, read_sidecar, sidecar_path, write_sidecar
+from srdeploy.runtime.cli._args import parse_shape
 from srdeploy.runtime.metadata import INPUT_NAME, ModelInfo
 from srdeploy.train.archs import SRResNet
 from srdeploy.train.checkpoint import save_checkpoint
@@ -112,7 +114,7 @@ def _sidecar(tmp_path, key=None):
 
 
 def test_sidecar_round_trip_and_runtime_check(tmp_path):
-    from srdeploy.runtime.trt_backend import check_sidecar, sidecar_path as runtime_sidecar_path
+    from srdeploy.runtime.backends.trt import check_sidecar, find_sidecar
 
     side = _sidecar(tmp_path)
     assert tuple(side) == SIDECAR_KEYS
@@ -127,7 +129,7 @@ def test_sidecar_round_trip_and_runtime_check(tmp_path):
     # The runtime finds the sidecar where build-engine writes it and accepts it on the same machine ...
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"plan")
-    assert runtime_sidecar_path(engine) == path
+    assert find_sidecar(engine) == path
     info = check_sidecar(back, engine, trt_version="10.9.0.34", gpu_name="NVIDIA H200", compute_capability="9.0")
     assert info.scale == 2 and info.receptive_radius == 12 and info.precision == "fp16"
     # ... and refuses another TensorRT version or another GPU, saying to rebuild.

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from srdeploy.runtime.images import read_image, write_image
+from srdeploy.runtime.media.images import read_image, write_image
 
 
 def _exif(orientation: int) -> bytes:

@@ -1,4 +1,4 @@
-"""srdeploy video: pipelined OpenCV decode | upscale | encode (runtime/video.py, cli_bench.py)."""
+"""srdeploy video: pipelined OpenCV decode | upscale | encode (runtime/media/video.py, runtime/cli/video.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 
 from srdeploy.cli import main  # noqa: E402
-from srdeploy.runtime import video as video_mod  # noqa: E402
+from srdeploy.runtime.media import video as video_mod  # noqa: E402
 from srdeploy.runtime.open import open_session  # noqa: E402
 from srdeploy.runtime.upscale import Upscaler  # noqa: E402
-from srdeploy.runtime.video import (probe_video, upscale_frames, upscale_video,  # noqa: E402
+from srdeploy.runtime.media.video import (probe_video, upscale_frames, upscale_video,  # noqa: E402
                                     write_test_video)
 
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import atomic_target
 
 # 200 megapixels: well above any camera, far below what would exhaust memory in decoding.
 MAX_PIXELS = int(os.environ.get("SRDEPLOY_MAX_IMAGE_PIXELS", 200_000_000))
@@ -328,12 +329,6 @@ def _write_params(ext: str, quality: int | None) -> list[int]:
     return []
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_image(path: str | os.PathLike, img: np.ndarray, *, order: str = "RGB", overwrite: bool = False,
                 quality: int | None = None) -> Path:
     """Write an image atomically (temporary file in the same folder, then rename).
@@ -359,27 +354,8 @@ def write_image(path: str | os.PathLike, img: np.ndarray, *, order: str = "RGB",
         raise FileExistsError(f"{path}: already exists; pass --overwrite (overwrite=True) to replace it")
     if order == "RGB" and channels in (3, 4):
         img = img[:, :, [2, 1, 0, 3][:channels]]
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Keep the real extension last: OpenCV picks the encoder from it.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        if not cv2.imwrite(tmp, img, _write_params(path.suffix.lower(), quality)):
+    with atomic_target(path, keep_suffix=True, overwrite=overwrite) as tmp:
+        if not cv2.imwrite(str(tmp), img, _write_params(path.suffix.lower(), quality)):
             raise OSError(f"{path}: OpenCV failed to write the image (disk full or unsupported format?)")
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            # Hard link: atomic and fails when the target appeared meanwhile (no clobbering).
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise FileExistsError(f"{path}: already exists; pass --overwrite to replace it") from None
-            except OSError:  # filesystems without hard links
-                if path.exists():
-                    raise FileExistsError(f"{path}: already exists; pass --overwrite to replace it") from None
-                os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

@@ -55,6 +55,9 @@ from typing import Callable
 
 import numpy as np
 
+from ..atomic import atomic_target
+from ..upscale import PixelMap
+
 # Default FourCC by container. The PyPI OpenCV builds ship FFmpeg without x264/x265 (licensing),
 # so H.264 ("avc1") is usually unavailable: MPEG-4 Part 2 is the widely playable choice for
 # .mp4/.mov, FFV1 (lossless) for .mkv, MJPEG for .avi.
@@ -234,26 +237,17 @@ def _stack_size(upscaler, h: int, w: int, batch: int | None = None) -> int:
     return n if n >= lo else 0
 
 
-# Same arithmetic as Upscaler._pass for uint8 (value / 255 mapped into the input range; output
-# range mapped back to 0..255, rounded, clipped), so stacked results equal per-frame ones.
 def _preprocess(info, frames: list[np.ndarray], order: str) -> np.ndarray:
-    """uint8 HWC frames -> float32 (N, 3, H, W) in the model's input range, RGB."""
+    """uint8 HWC frames -> float32 (N, 3, H, W) in the model's input range, RGB (``PixelMap``,
+    the Upscaler's own conversion, so stacked results equal per-frame ones)."""
     rgb = [2, 1, 0] if order == "BGR" else [0, 1, 2]  # model channel k <- frame channel rgb[k]
-    in_lo, in_hi = info.input_range
-    x = np.stack(frames)[..., rgb].transpose(0, 3, 1, 2).astype(np.float32) * np.float32((in_hi - in_lo) / 255.0)
-    if in_lo:
-        x += np.float32(in_lo)
-    return x
+    return PixelMap(info, np.uint8).to_model(np.stack(frames)[..., rgb].transpose(0, 3, 1, 2))
 
 
 def _postprocess(info, y: np.ndarray, order: str) -> list[np.ndarray]:
     """float32 (N, 3, H, W) model output -> uint8 HWC frames in ``order``."""
     rgb = [2, 1, 0] if order == "BGR" else [0, 1, 2]
-    out_lo, out_hi = info.output_range
-    a_out = 255.0 / (out_hi - out_lo)
-    if out_lo or a_out != 1.0:
-        y = (y - np.float32(out_lo)) * np.float32(a_out)
-    y = np.clip(np.rint(y), 0, 255).astype(np.uint8)
+    y = PixelMap(info, np.uint8).from_model(y)
     y = y.transpose(0, 2, 3, 1)[..., rgb]  # rgb is its own inverse (identity or a swap)
     return [np.ascontiguousarray(f) for f in y]
 
@@ -291,18 +285,6 @@ def _get(q: queue.Queue, stop: threading.Event):
                 return _END
 
 
-def _temp_path(dst: Path) -> Path:
-    """A fresh name beside ``dst`` for the partial output.
-
-    Same folder (the final rename stays atomic, on one filesystem) and same extension (OpenCV and
-    ffmpeg choose the container from it); hidden and marked ``.partial`` so a leftover of a killed
-    run is recognisable. Not created here: the writer creates it with the usual permissions.
-    """
-    import secrets
-
-    return dst.with_name(f".{dst.stem}.{os.getpid()}-{secrets.token_hex(4)}.partial{dst.suffix}")
-
-
 def upscale_video(upscaler, src: str | os.PathLike, dst: str | os.PathLike, *, codec: str | None = None,
                   batch: int = 1, overwrite: bool = False, progress: bool = True, audio: bool = True,
                   ffmpeg: str | None = None, queue_frames: int | None = None,
@@ -330,8 +312,46 @@ def upscale_video(upscaler, src: str | os.PathLike, dst: str | os.PathLike, *, c
         ValueError: empty/corrupt/undecodable source, bad codec.  RuntimeError: encoder unavailable.
         KeyboardInterrupt: re-raised after cleaning up (no file left under ``dst``).
     """
-    cv2 = _cv2()
     src, dst = Path(src), Path(dst)
+    codec = _check_request(src, dst, codec, batch, overwrite)
+    warnings: list[str] = []
+
+    def warn(msg: str) -> None:
+        warnings.append(msg)
+        log(f"warning: {msg}")
+
+    cap, info, first = _open_source(src)
+    try:
+        h, w = first.shape[:2]
+        s = upscaler.session.info.scale
+        out_w, out_h = w * s, h * s
+        if out_w % 2 or out_h % 2:
+            raise ValueError(f"{src}: output size {out_w}x{out_h} is odd; OpenCV's FFmpeg encoder would cut a "
+                             "row/column (it needs even sizes)")
+        fps = info.fps
+        if fps <= 0 or fps > 1000:
+            warn(f"{src}: frame rate unknown ({info.fps}); writing at 25 fps")
+            fps = 25.0
+        # The partial output is hidden beside dst with dst's extension (OpenCV and ffmpeg choose the
+        # container from it); an interrupted run (Ctrl-C, SIGTERM, error) removes it.
+        with atomic_target(dst, keep_suffix=True, create=False, overwrite=overwrite) as tmp:
+            writer = _open_writer(tmp, codec, fps, (out_w, out_h), dst)
+            try:
+                written, seconds = _run_pipeline(upscaler, cap, first, info, writer, src, batch=batch,
+                                                 out_size=(out_w, out_h), progress=progress,
+                                                 queue_frames=queue_frames)
+            finally:
+                writer.release()
+            audio_state = _finish(src, dst, tmp, info, written, (out_w, out_h), codec, audio, ffmpeg, warn)
+    finally:
+        cap.release()
+    return VideoStats(frames=written, width=out_w, height=out_h, source_width=w, source_height=h,
+                      fps=written / seconds if seconds > 0 else 0.0, seconds=seconds, source_fps=fps, codec=codec,
+                      audio=audio_state, warnings=warnings)
+
+
+def _check_request(src: Path, dst: Path, codec: str | None, batch: int, overwrite: bool) -> str:
+    """Validate paths and options before any work; returns the FourCC to use."""
     if batch < 1:
         raise ValueError(f"--batch must be >= 1, got {batch}")
     if not src.is_file():
@@ -345,48 +365,44 @@ def upscale_video(upscaler, src: str | os.PathLike, dst: str | os.PathLike, *, c
     codec = codec or default_codec(dst)
     _fourcc(codec)  # validate the FourCC text before any work
     dst.parent.mkdir(parents=True, exist_ok=True)
+    return codec
 
+
+def _open_source(src: Path):
+    """(capture, VideoInfo, first frame as BGR); the capture is released on failure."""
+    cv2 = _cv2()
     cap = _open_capture(src)
-    info = _info(cap, src)
-    warnings: list[str] = []
-
-    def warn(msg: str) -> None:
-        warnings.append(msg)
-        log(f"warning: {msg}")
-
     try:
-        ok, first = cap.read()
-    except cv2.error as exc:
+        info = _info(cap, src)
+        try:
+            ok, first = cap.read()
+        except cv2.error as exc:
+            raise ValueError(f"{src}: cannot decode the first frame ({exc})") from exc
+        if not ok or first is None:
+            raise ValueError(f"{src}: contains no decodable video frames (empty or corrupt video)")
+        return cap, info, _to_bgr(first, src, 0)
+    except BaseException:
         cap.release()
-        raise ValueError(f"{src}: cannot decode the first frame ({exc})") from exc
-    if not ok or first is None:
-        cap.release()
-        raise ValueError(f"{src}: contains no decodable video frames (empty or corrupt video)")
-    first = _to_bgr(first, src, 0)
-    h, w = first.shape[:2]
-    s = upscaler.session.info.scale
-    out_w, out_h = w * s, h * s
-    if out_w % 2 or out_h % 2:
-        cap.release()
-        raise ValueError(f"{src}: output size {out_w}x{out_h} is odd; OpenCV's FFmpeg encoder would cut a "
-                         "row/column (it needs even sizes)")
-    fps = info.fps
-    if fps <= 0 or fps > 1000:
-        warn(f"{src}: frame rate unknown ({info.fps}); writing at 25 fps")
-        fps = 25.0
+        raise
 
-    # Work split: frames that fit in one tile are grouped ``batch`` at a time and converted to
-    # the model's float32 NCHW input by the decoder thread, the calling thread only runs the
-    # session, and the encoder thread converts the output back to uint8 and writes it; so the
-    # thread that holds the model does nothing else. Frames that need tiling go one by one
-    # through Upscaler.upscale (its tile batch applies) on the calling thread.
+
+def _run_pipeline(upscaler, cap, first: np.ndarray, info: VideoInfo, writer, src: Path, *, batch: int,
+                  out_size: tuple[int, int], progress: bool, queue_frames: int | None) -> tuple[int, float]:
+    """Decode | infer | encode until the source ends; returns (frames written, seconds).
+
+    Work split: frames that fit in one tile are grouped ``batch`` at a time and converted to the
+    model's float32 NCHW input by the decoder thread, the calling thread only runs the session,
+    and the encoder thread converts the output back to uint8 and writes it; so the thread that
+    holds the model does nothing else. Frames that need tiling go one by one through
+    ``Upscaler.upscale`` (its tile batch applies) on the calling thread.
+    """
+    cv2 = _cv2()
+    h, w = first.shape[:2]
+    out_w, out_h = out_size
     chunk = _stack_size(upscaler, h, w, batch)
     stacked = chunk >= 1
     group = chunk if stacked else 1
     model_info = upscaler.session.info
-
-    tmp = _temp_path(dst)
-    writer = None
     stop = threading.Event()
     qsize = queue_frames or max(2, 8 // group)  # in groups of frames
     q_in: queue.Queue = queue.Queue(maxsize=qsize)
@@ -449,7 +465,6 @@ def upscale_video(upscaler, src: str | os.PathLike, dst: str | os.PathLike, *, c
 
     t0 = time.perf_counter()
     try:
-        writer = _open_writer(tmp, codec, fps, (out_w, out_h), dst)
         if progress:
             from tqdm import tqdm
 
@@ -488,45 +503,33 @@ def upscale_video(upscaler, src: str | os.PathLike, dst: str | os.PathLike, *, c
         stop.set()
         _drain(q_in)
         _drain(q_out)
+        raise
+    finally:
         for t in threads:
             t.join()
-        if writer is not None:
-            writer.release()
-        cap.release()
         if bar is not None:
             bar.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    for t in threads:
-        t.join()
-    writer.release()
-    cap.release()
-    if bar is not None:
-        bar.close()
-    written = state["written"]
+    return state["written"], seconds
+
+
+def _finish(src: Path, dst: Path, tmp: Path, info: VideoInfo, written: int, out_size: tuple[int, int], codec: str,
+            audio: bool, ffmpeg: str | None, warn: Callable[[str], None]) -> str:
+    """Check the encoded file and add the audio; returns the audio outcome (see VideoStats)."""
+    out_w, out_h = out_size
+    if info.frame_count is not None and written != info.frame_count:
+        warn(f"{src}: decoded {written} frames but the container declares {info.frame_count}: the file "
+             "may be truncated or have undecodable frames (output holds the decoded ones)")
+    # OpenCV's writer reports no errors (a full disk included): read the result back.
     try:
-        if info.frame_count is not None and written != info.frame_count:
-            warn(f"{src}: decoded {written} frames but the container declares {info.frame_count}: the file "
-                 "may be truncated or have undecodable frames (output holds the decoded ones)")
-        # OpenCV's writer reports no errors (a full disk included): read the result back.
-        try:
-            check = probe_video(tmp) if tmp.is_file() and tmp.stat().st_size > 0 else None
-        except ValueError:
-            check = None
-        if check is None or (check.width, check.height) != (out_w, out_h):
-            raise RuntimeError(f"{dst}: the encoder produced no readable video (disk full? codec {codec!r} "
-                               f"unusable in {dst.suffix}?); nothing was written")
-        if check.frame_count is not None and check.frame_count != written:
-            warn(f"{dst}: {written} frames were written but the file reports {check.frame_count}")
-        audio_state = "disabled"
-        if audio:
-            audio_state = _remux_audio(src, tmp, ffmpeg, warn)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return VideoStats(frames=written, width=out_w, height=out_h, source_width=w, source_height=h, fps=written / seconds if seconds > 0 else 0.0,
-                      seconds=seconds, source_fps=fps, codec=codec, audio=audio_state, warnings=warnings)
+        check = probe_video(tmp) if tmp.is_file() and tmp.stat().st_size > 0 else None
+    except ValueError:
+        check = None
+    if check is None or (check.width, check.height) != (out_w, out_h):
+        raise RuntimeError(f"{dst}: the encoder produced no readable video (disk full? codec {codec!r} "
+                           f"unusable in {dst.suffix}?); nothing was written")
+    if check.frame_count is not None and check.frame_count != written:
+        warn(f"{dst}: {written} frames were written but the file reports {check.frame_count}")
+    return _remux_audio(src, tmp, ffmpeg, warn) if audio else "disabled"
 
 
 def _drain(q: queue.Queue) -> None:
@@ -576,7 +579,7 @@ def _remux_audio(src: Path, video: Path, ffmpeg: str | None, warn: Callable[[str
         return "dropped"
     if not has_audio(src, exe):
         return "none"
-    out = video.with_name(video.name.replace(".partial", ".audio"))
+    out = video.with_name(video.stem + ".audio" + video.suffix)
     base = [exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(video), "-i", str(src),
             "-map", "0:v:0", "-map", "1:a", "-c:v", "copy"]
     attempts = (("copied", ["-c:a", "copy"]), ("re-encoded", []))  # [] = the container's default encoder

@@ -23,19 +23,62 @@ from pathlib import Path
 
 import numpy as np
 
-from .metadata import INPUT_NAME, OUTPUT_NAME, MetadataError, ModelInfo
-from .session import InputSpec, Session
+from ..atomic import atomic_target
+from ..metadata import INPUT_NAME, OUTPUT_NAME, MetadataError, ModelInfo
+from ..session import InputSpec, Session
+from . import parse_device
+from ._cuda import Cuda, import_cudart
+from .options import TrtOptions
 
-SIDECAR_FORMAT = "srdeploy.trt-engine/1"  # written by srdeploy.export.engine
+# ----------------------------------------------------------------------------- the sidecar format
+# Written by srdeploy.export.engine (build-engine), read here; defined once, here, because the
+# runtime must not import the exporter.
+SIDECAR_FORMAT = "srdeploy.trt-engine/1"
+# Every key the sidecar carries (tests check the writer emits exactly these).
+SIDECAR_KEYS = (
+    "format", "engine_file", "engine_sha256", "tensorrt_version", "gpu_name", "compute_capability",
+    "cuda_driver_version", "precision", "fp32_layers", "strongly_typed", "tf32", "profiles", "workspace_bytes",
+    "builder_optimization_level", "onnx_file", "onnx_sha256", "built_onnx_sha256", "metadata", "fp16_analysis",
+    "timing_cache", "build_seconds", "built_at", "srdeploy_version", "cache_key",
+)
 REBUILD = "rebuild the engine on this machine with `srdeploy build-engine MODEL.onnx -o {engine}`"
 
 
 def sidecar_path(engine: str | os.PathLike) -> Path:
-    """The JSON beside an engine: ``<engine>.json`` (preferred) or ``<engine stem>.json``."""
+    """Where an engine's sidecar is written: ``<engine>.json`` (model.engine -> model.engine.json)."""
     engine = Path(engine)
-    first = engine.with_name(engine.name + ".json")
-    second = engine.with_suffix(".json")
+    return engine.with_name(engine.name + ".json")
+
+
+def find_sidecar(engine: str | os.PathLike) -> Path:
+    """The sidecar to read for an engine: ``<engine>.json``, else ``<engine stem>.json`` when only
+    that exists (engines renamed by hand); ``sidecar_path`` where neither exists."""
+    first = sidecar_path(engine)
+    second = Path(engine).with_suffix(".json")
     return first if first.is_file() or not second.is_file() else second
+
+
+def write_sidecar(path: str | os.PathLike, sidecar: dict) -> None:
+    """Write a sidecar JSON atomically."""
+    with atomic_target(path) as tmp:
+        tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
+
+
+def read_sidecar(path: str | os.PathLike) -> dict:
+    """Read and shape-check a sidecar written by build-engine (ValueError when malformed)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable engine sidecar ({exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+        raise ValueError(f"{path}: not an srdeploy engine sidecar (format {SIDECAR_FORMAT!r})")
+    missing = [k for k in SIDECAR_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"{path}: engine sidecar lacks {', '.join(missing)}; rebuild the engine")
+    return data
 
 
 def _get(meta: dict, *keys: str):
@@ -116,36 +159,13 @@ def _import():
     except ImportError as exc:
         raise ModuleNotFoundError("TensorRT is not installed: pip install 'srdeploy[gpu]' (tensorrt>=10) on a "
                                   "machine with an NVIDIA GPU", name="tensorrt") from exc
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        try:
-            from cuda import cudart  # older cuda-python
-        except ImportError as exc:
-            raise ModuleNotFoundError("cuda-python is not installed: pip install 'srdeploy[gpu]'",
-                                      name="cuda") from exc
-    return trt, cudart
-
-
-class _Cuda:
-    """cuda-python runtime calls with every error code checked."""
-
-    def __init__(self, cudart) -> None:
-        self.rt = cudart
-
-    def __call__(self, what: str, result):
-        err, rest = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
-        if err != self.rt.cudaError_t.cudaSuccess:
-            _, msg = self.rt.cudaGetErrorString(err)
-            text = msg.decode() if isinstance(msg, bytes) else str(msg)
-            raise RuntimeError(f"CUDA {what} failed: {getattr(err, 'name', err)}: {text}")
-        return rest[0] if len(rest) == 1 else (rest or None)
+    return trt, import_cudart()
 
 
 class _Buffer:
     """A device buffer plus a pinned host buffer of the same size, grown on demand."""
 
-    def __init__(self, cuda: _Cuda) -> None:
+    def __init__(self, cuda: Cuda) -> None:
         self.cuda, self.nbytes, self.device, self.host = cuda, 0, None, None
 
     def ensure(self, nbytes: int) -> None:
@@ -185,17 +205,18 @@ class TrtSession(Session):
 
     backend = "tensorrt"
 
-    def __init__(self, path: str | os.PathLike, *, device: str = "cuda:0", precision: str | None = None,
-                 profile: int = 0, check_gpu: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike, *, backend: str = "tensorrt", device: str = "cuda:0",
+                 precision: str | None = None, threads: int | None = None, options: TrtOptions | None = None) -> None:
         super().__init__()
+        options = options or TrtOptions()
+        profile, check_gpu = options.profile, options.check_gpu
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: engine file does not exist")
-        kind, _, index = device.partition(":")
-        if kind != "cuda" or (index and not index.isdigit()):
-            raise ValueError(f"tensorrt backend runs on 'cuda' or 'cuda:N', not {device!r}")
-        dev = int(index or 0)
-        side = sidecar_path(path)
+        if threads is not None:
+            raise ValueError("threads does not apply to the TensorRT backend")
+        _, dev = parse_device(device, backend="tensorrt")
+        side = find_sidecar(path)
         if not side.is_file():
             raise FileNotFoundError(f"{path}: its JSON sidecar ({path.name}.json) is missing; it records the "
                                     "TensorRT version, GPU and model metadata the runtime needs: "
@@ -207,17 +228,12 @@ class TrtSession(Session):
 
         trt, cudart = _import()
         self._trt = trt
-        cuda = self._cuda = _Cuda(cudart)
+        cuda = self._cuda = Cuda(cudart)
         self._stream = None
         self._context = None
         self._bufs: list[_Buffer] = []
-        count = cuda("cudaGetDeviceCount", cudart.cudaGetDeviceCount())
-        if dev >= count:
-            raise RuntimeError(f"{path}: device cuda:{dev} requested but {count} CUDA device(s) exist")
-        cuda("cudaSetDevice", cudart.cudaSetDevice(dev))
-        prop = cuda("cudaGetDeviceProperties", cudart.cudaGetDeviceProperties(dev))
-        gpu_name = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
-        cc = f"{prop.major}.{prop.minor}"
+        cuda.select(dev)
+        gpu_name, cc, _ = cuda.identity(dev)
         if not check_gpu:  # caller vouches for a version/hardware-compatible engine
             meta = {**meta, "hardware_compatibility": "ampere+", "version_compatible": True}
         self.info = check_sidecar(meta, path, trt_version=trt.__version__, gpu_name=gpu_name,
