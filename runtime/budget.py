@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Peak RSS of the process before the first tile: Python, numpy, OpenCV, ONNX Runtime and the
-# srdeploy CLI imported, session created, excluding the weights. Measured with
-# scripts/bench_memory.py (VmHWM of `srdeploy upscale` on a 64x48 image with a 10 kB model).
-BASE_BYTES = 150 << 20
+# srdeploy CLI imported, session created, excluding the weights. Measured: VmHWM of
+# `srdeploy upscale` on a 64x48 image with a 150 kB model is 94 MiB (scripts/bench_memory.py).
+BASE_BYTES = 100 << 20
 # ONNX Runtime CPU (memory pattern off, arena on) allocates this many times the live activation
 # tensors of the graph walk: NCHWc reorders, conv workspaces and arena bins. Fitted on the
 # bundled 16-block SRResNet x4 at windows 88..280 (1.30..1.44, scripts/bench_ort_memory.py).
@@ -87,6 +87,24 @@ def available_ram() -> int | None:
     except OSError:
         return None
     return None
+
+
+def gpu_free_memory(device: str) -> int | None:
+    """Free memory of a "cuda[:N]" device in bytes; None for the CPU.
+
+    Raises RuntimeError where cuda-python is missing or the call fails: a CUDA session whose
+    budget cannot be read needs an explicit --max-memory, not a silent CPU-sized guess.
+    """
+    if not device.startswith("cuda"):
+        return None
+    from .backends._cuda import Cuda, import_cudart
+
+    index = int(device.partition(":")[2] or 0)
+    try:
+        return Cuda(import_cudart("--tile auto on CUDA")).free_memory(index)
+    except (ModuleNotFoundError, RuntimeError) as exc:
+        raise RuntimeError(f"--tile auto: cannot read the free memory of {device} ({exc}); "
+                           "pass --max-memory SIZE or --tile N") from exc
 
 
 def default_budget(*, gpu_free: int | None = None) -> int:
@@ -298,6 +316,27 @@ def profile_onnx(path: str | os.PathLike) -> GraphProfile:
     return profile_graph(Path(path).read_bytes(), source=str(path))
 
 
+def session_profile(session) -> GraphProfile | ProfileError:
+    """The GraphProfile of an open session's ONNX file, or the ProfileError saying why there is none
+    (a TensorRT engine or a PyTorch checkpoint carries no ONNX graph to read)."""
+    path = getattr(session, "path", None)
+    if path is None or Path(path).suffix.lower() != ".onnx":
+        return ProfileError(f"{path or session.backend}: not an ONNX file, so no graph to size the tiles from")
+    try:
+        return profile_onnx(path)
+    except (ProfileError, OSError) as exc:
+        return ProfileError(str(exc))
+
+
+def weights_bytes(session) -> int:
+    """Bytes of the session's model file (its weights, loaded once); 0 when unknown."""
+    path = getattr(session, "path", None)
+    try:
+        return Path(path).stat().st_size if path else 0
+    except OSError:
+        return 0
+
+
 # --- peak prediction and tile choice ----------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -327,7 +366,8 @@ def _window(n: int, tile: int, pad: int) -> tuple[int, int]:
 
 def predict_peak(profile: GraphProfile, *, height: int, width: int, channels: int, itemsize: int, scale: int,
                  tile: int, tile_pad: int, weights_bytes: int = 0, streamed: bool = True, passes: int = 1,
-                 base_bytes: int = BASE_BYTES, factor: float = ORT_ACTIVATION_FACTOR) -> Prediction:
+                 batch: int = 1, gpu: bool = False, base_bytes: int = BASE_BYTES,
+                 factor: float = ORT_ACTIVATION_FACTOR) -> Prediction:
     """Predicted peak RSS of upscaling one ``height x width`` image with ``tile`` (0 = whole image).
 
     Args:
@@ -336,19 +376,24 @@ def predict_peak(profile: GraphProfile, *, height: int, width: int, channels: in
         streamed: the output format is written band by band (PNG, TIFF); otherwise the whole
             output image is held.
         passes: model passes run side by side (2 for RGBA with the alpha through the model).
+        batch: tiles per inference call (activations scale with it).
         weights_bytes: the model file size (weights are loaded once).
+        gpu: predict device memory (weights and activations only; the image buffers live in host
+            memory). The factor is the CPU one: not yet measured on a GPU.
     """
     wh, kh = _window(height, tile, tile_pad)
     ww, _ = _window(width, tile, tile_pad)
     core_h = math.ceil(height / kh)
     out_w = width * scale
-    acts = profile.activation_bytes(wh, ww, factor=factor)
+    acts = batch * profile.activation_bytes(wh, ww, factor=factor)
     # float32 band of 3 model channels per pass, plus the tile output the backend returned
     band = passes * 3 * core_h * scale * out_w * 4 + CONVERT_CHUNK_BYTES
     out_bytes = height * scale * out_w * channels * itemsize
     if streamed:
         band += core_h * scale * out_w * channels * itemsize  # the converted band on its way to the file
         out_bytes = 0
+    if gpu:
+        return Prediction(tile=tile, base=weights_bytes, activations=acts, image_in=0, band=0, image_out=0)
     return Prediction(tile=tile, base=base_bytes + weights_bytes, activations=acts,
                       image_in=height * width * channels * itemsize, band=band, image_out=out_bytes)
 

@@ -61,6 +61,7 @@ def _checked(bands: Iterable[np.ndarray], path: Path, height: int, width: int, c
             raise ValueError(f"{path}: bands give more than the declared {height} rows")
         done += band.shape[0]
         yield band[:, :, [2, 1, 0, 3][:channels]] if swap else band
+        del band  # not held while the next band is computed
     if done != height:
         raise ValueError(f"{path}: bands stopped after {done} of {height} rows; nothing was written")
 
@@ -87,6 +88,7 @@ def _write_png(f, bands: Iterator[np.ndarray], height: int, width: int, channels
             data = z.compress(filt)
             if data:
                 png.write_chunk(f, b"IDAT", data)
+        del band, raw, filt  # not held while the next band is computed
     png.write_chunk(f, b"IDAT", z.flush())
     png.write_chunk(f, b"IEND")
 
@@ -160,7 +162,7 @@ def write_bands(path: str | os.PathLike, bands: Iterable[np.ndarray], *, height:
     ext = path.suffix.lower()
     checked = _checked(bands, path, height, width, channels, dtype, order)
     if ext not in STREAMED_EXTS:
-        from ..images import write_image
+        from .images import write_image
 
         shape = (height, width) if channels == 1 else (height, width, channels)
         img = np.empty(shape, dtype)
