@@ -366,7 +366,7 @@ def _window(n: int, tile: int, pad: int) -> tuple[int, int]:
 
 def predict_peak(profile: GraphProfile, *, height: int, width: int, channels: int, itemsize: int, scale: int,
                  tile: int, tile_pad: int, weights_bytes: int = 0, streamed: bool = True, passes: int = 1,
-                 batch: int = 1, gpu: bool = False, base_bytes: int = BASE_BYTES,
+                 batch: int = 1, gpu: bool = False, base_bytes: int | None = None,
                  factor: float = ORT_ACTIVATION_FACTOR) -> Prediction:
     """Predicted peak RSS of upscaling one ``height x width`` image with ``tile`` (0 = whole image).
 
@@ -392,6 +392,7 @@ def predict_peak(profile: GraphProfile, *, height: int, width: int, channels: in
     if streamed:
         band += core_h * scale * out_w * channels * itemsize  # the converted band on its way to the file
         out_bytes = 0
+    base_bytes = BASE_BYTES if base_bytes is None else base_bytes
     if gpu:
         return Prediction(tile=tile, base=weights_bytes, activations=acts, image_in=0, band=0, image_out=0)
     return Prediction(tile=tile, base=base_bytes + weights_bytes, activations=acts,
