@@ -277,8 +277,9 @@ def run_bench(cfg: BenchConfig, *, session=None, torch_runner: tuple[TorchRunner
             session.close()
 
 
-def _tiling_applies(tile: int | None, height: int, width: int) -> bool:
-    return bool(tile) and (height > tile or width > tile)
+def _tiling_applies(tile: int | tuple[int, int] | None, height: int, width: int) -> bool:
+    th, tw = (tile, tile) if not isinstance(tile, tuple) else tile
+    return bool(th) and (height > th or width > tw)
 
 
 def _run(cfg: BenchConfig, session, torch_runner, log) -> dict:
@@ -333,7 +334,9 @@ def _run(cfg: BenchConfig, session, torch_runner, log) -> dict:
              "scale": int(scale)}
     if getattr(session.info, "arch", ""):
         model["arch"] = session.info.arch
-    input_ = {"batch": n, "channels": 3, "height": h, "width": w, "tile": int(tile or 0)}
+    # the schema (shared with the C++ srbench) has one tile size: a chosen (h, w) core records its larger side
+    input_ = {"batch": n, "channels": 3, "height": h, "width": w,
+              "tile": int(max(tile) if isinstance(tile, tuple) else tile or 0)}
     if tile_pad is not None:
         input_["tile_pad"] = int(tile_pad)
     result = {

@@ -19,8 +19,10 @@ before running anything:
   for formats that cannot be written band by band (JPEG, WebP, BMP, PNM through OpenCV) the
   whole output image.
 
-``choose_tile`` then picks the largest square tile whose predicted peak fits the budget: the
-largest tile is also the cheapest in compute (less overlap), so nothing is traded away.
+``choose_tile`` then picks the tiling (core height and width chosen separately, so the budget is
+filled closely at any image size) with the least compute overhead whose predicted peak fits 90%
+of the budget (the rest absorbs the prediction's error): the largest tiles are also the cheapest
+in compute (less overlap), so nothing is traded away.
 
 The graph is read straight from the ONNX file's protobuf wire format (a few fields of
 ModelProto/GraphProto/NodeProto/TensorProto), so neither the ``onnx`` package nor torch is
@@ -50,6 +52,9 @@ CONVERT_CHUNK_BYTES = 4 * (1 << 20) * 4
 # already below 1.1x with the default margin, and bigger windows only cost memory.
 MAX_TILE = 1024
 MIN_TILE = 16
+# The chooser fills this share of the budget: the rest absorbs the prediction's error
+# (measured / predicted peak was 0.99..1.06 in scripts/bench_memory.py runs).
+HEADROOM = 0.9
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -339,11 +344,14 @@ def weights_bytes(session) -> int:
 
 # --- peak prediction and tile choice ----------------------------------------------------------
 
+Tile = "int | tuple[int, int]"  # a square core size, or (core height, core width); 0 = whole image
+
+
 @dataclass(frozen=True)
 class Prediction:
-    """Predicted peak memory of one image, by part (bytes)."""
+    """Predicted peak memory of one image, by part (bytes); ``tile`` as ``plan_tiles`` takes it."""
 
-    tile: int
+    tile: int | tuple[int, int]
     base: int
     activations: int
     image_in: int
@@ -353,6 +361,10 @@ class Prediction:
     @property
     def total(self) -> int:
         return self.base + self.activations + self.image_in + self.band + self.image_out
+
+
+def _hw(tile: int | tuple[int, int]) -> tuple[int, int]:
+    return (tile, tile) if isinstance(tile, int) else tile
 
 
 def _window(n: int, tile: int, pad: int) -> tuple[int, int]:
@@ -365,14 +377,15 @@ def _window(n: int, tile: int, pad: int) -> tuple[int, int]:
 
 
 def predict_peak(profile: GraphProfile, *, height: int, width: int, channels: int, itemsize: int, scale: int,
-                 tile: int, tile_pad: int, weights_bytes: int = 0, streamed: bool = True, passes: int = 1,
-                 batch: int = 1, gpu: bool = False, base_bytes: int | None = None,
+                 tile: int | tuple[int, int], tile_pad: int, weights_bytes: int = 0, streamed: bool = True,
+                 passes: int = 1, batch: int = 1, gpu: bool = False, base_bytes: int | None = None,
                  factor: float = ORT_ACTIVATION_FACTOR) -> Prediction:
     """Predicted peak RSS of upscaling one ``height x width`` image with ``tile`` (0 = whole image).
 
     Args:
         profile: the model's GraphProfile.
         channels, itemsize: of the image (1/3/4; 1, 2 or 4 bytes).
+        tile: core size (int, or (height, width)) as ``plan_tiles`` takes it.
         streamed: the output format is written band by band (PNG, TIFF); otherwise the whole
             output image is held.
         passes: model passes run side by side (2 for RGBA with the alpha through the model).
@@ -381,55 +394,81 @@ def predict_peak(profile: GraphProfile, *, height: int, width: int, channels: in
         gpu: predict device memory (weights and activations only; the image buffers live in host
             memory). The factor is the CPU one: not yet measured on a GPU.
     """
-    wh, kh = _window(height, tile, tile_pad)
-    ww, _ = _window(width, tile, tile_pad)
+    th, tw = _hw(tile)
+    wh, kh = _window(height, th, tile_pad)
+    ww, _ = _window(width, tw, tile_pad)
     core_h = math.ceil(height / kh)
     out_w = width * scale
     acts = batch * profile.activation_bytes(wh, ww, factor=factor)
-    # float32 band of 3 model channels per pass, plus the tile output the backend returned
+    base_bytes = BASE_BYTES if base_bytes is None else base_bytes
+    if gpu:
+        return Prediction(tile=tile, base=weights_bytes, activations=acts, image_in=0, band=0, image_out=0)
+    # float32 band of 3 model channels per pass, plus the rows being converted
     band = passes * 3 * core_h * scale * out_w * 4 + CONVERT_CHUNK_BYTES
     out_bytes = height * scale * out_w * channels * itemsize
     if streamed:
         band += core_h * scale * out_w * channels * itemsize  # the converted band on its way to the file
         out_bytes = 0
-    base_bytes = BASE_BYTES if base_bytes is None else base_bytes
-    if gpu:
-        return Prediction(tile=tile, base=weights_bytes, activations=acts, image_in=0, band=0, image_out=0)
     return Prediction(tile=tile, base=base_bytes + weights_bytes, activations=acts,
                       image_in=height * width * channels * itemsize, band=band, image_out=out_bytes)
 
 
-def tile_overhead(height: int, width: int, tile: int, tile_pad: int) -> float:
+def tile_overhead(height: int, width: int, tile: int | tuple[int, int], tile_pad: int) -> float:
     """Compute cost of tiling relative to one whole-image pass (window area / image area)."""
-    wh, kh = _window(height, tile, tile_pad)
-    ww, kw = _window(width, tile, tile_pad)
+    th, tw = _hw(tile)
+    wh, kh = _window(height, th, tile_pad)
+    ww, kw = _window(width, tw, tile_pad)
     return kh * kw * wh * ww / (height * width)
 
 
-def choose_tile(profile: GraphProfile, budget: int, *, height: int, width: int, tile_pad: int, step: int = 8,
-                **kwargs) -> Prediction:
-    """The largest square tile (multiple of ``step``, or the whole image) whose predicted peak fits.
+def _cores(n: int) -> list[int]:
+    """Distinct core sizes along an axis of ``n`` pixels (largest first, MAX_TILE .. MIN_TILE)."""
+    sizes: list[int] = []
+    k = max(1, math.ceil(n / MAX_TILE))
+    while True:
+        core = math.ceil(n / k)
+        if not sizes or core != sizes[-1]:
+            sizes.append(core)
+        if core <= MIN_TILE:
+            return sizes
+        k += 1
 
-    Returns the Prediction of the chosen tile (``tile == 0`` means the whole image in one pass).
-    When not even the smallest tile fits, returns the smallest one's prediction: the caller
-    decides whether to go on (its ``total`` then exceeds ``budget``). ``kwargs`` go to
-    ``predict_peak``.
+
+def choose_tile(profile: GraphProfile, budget: int, *, height: int, width: int, tile_pad: int,
+                **kwargs) -> Prediction:
+    """The tiling with the least compute overhead whose predicted peak fits ``HEADROOM * budget``.
+
+    Candidates are the whole image (when its sides are <= MAX_TILE) and every pair of core
+    height and width the tiler can produce (``ceil(n / k)`` per axis), so the budget is filled
+    closely whatever the image size; among those that fit, the least overhead (window area /
+    image area) wins, which also means the largest tiles. Returns the Prediction of the choice
+    (``tile`` 0 = whole image, else (core height, core width)). When nothing fits, the smallest
+    tiles' prediction is returned and the caller decides (its ``total`` exceeds ``budget``).
+    ``kwargs`` go to ``predict_peak``.
     """
-    whole = predict_peak(profile, height=height, width=width, tile=0, tile_pad=tile_pad, **kwargs)
-    if whole.total <= budget and max(height, width) <= MAX_TILE:
-        return whole
-    hi = min(MAX_TILE, max(height, width))
-    lo = MIN_TILE
-    best = None
-    # Peak grows with the tile (window area and band height): bisect on multiples of step.
-    a, b = lo // step, hi // step
-    while a <= b:
-        mid = (a + b) // 2
-        p = predict_peak(profile, height=height, width=width, tile=mid * step, tile_pad=tile_pad, **kwargs)
-        if p.total <= budget:
-            best, a = p, mid + 1
-        else:
-            b = mid - 1
-    if best is None:
-        return predict_peak(profile, height=height, width=width, tile=lo, tile_pad=tile_pad, **kwargs)
-    return best
+    def predict(tile):
+        return predict_peak(profile, height=height, width=width, tile=tile, tile_pad=tile_pad, **kwargs)
+
+    budget = int(budget * HEADROOM)
+
+    if max(height, width) <= MAX_TILE:
+        whole = predict(0)
+        if whole.total <= budget:
+            return whole
+    rows, cols = _cores(height), _cores(width)
+    best, best_cost = None, math.inf
+    for th in rows:
+        # peak falls as the core width falls: bisect for the widest core that fits with this height
+        lo, hi, fit = 0, len(cols) - 1, None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            p = predict((th, cols[mid]))
+            if p.total <= budget:
+                fit, hi = p, mid - 1
+            else:
+                lo = mid + 1
+        if fit is not None:
+            cost = tile_overhead(height, width, fit.tile, tile_pad)
+            if cost < best_cost - 1e-9:
+                best, best_cost = fit, cost
+    return best if best is not None else predict((rows[-1], cols[-1]))

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import glob
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -103,8 +102,9 @@ class Upscaler:
 
     Args:
         session: an open Session (any backend).
-        tile: tile core size in LR pixels; 0 = whole image in one pass; "auto" = per image, the
-            largest tile whose predicted peak memory fits ``max_memory`` (runtime.budget).
+        tile: tile core size in LR pixels (int, or (height, width)); 0 = whole image in one pass;
+            "auto" = per image, the tiling with the least overhead whose predicted peak memory
+            fits ``max_memory`` (runtime.budget).
         tile_pad: margin in LR pixels; None = ``default_tile_pad(session.info.receptive_radius)``.
         batch: tiles per inference call.
         feather: blending width between tiles in LR pixels (0 = hard crop; see tiling).
@@ -113,11 +113,14 @@ class Upscaler:
             (1 GiB or half the available RAM; on a CUDA device its free memory).
     """
 
-    def __init__(self, session: Session, *, tile: int | str = DEFAULT_TILE, tile_pad: int | None = None,
+    def __init__(self, session: Session, *, tile: int | tuple[int, int] | str = DEFAULT_TILE,
+                 tile_pad: int | None = None,
                  batch: int = 1, feather: int = 0, alpha: str = "model", max_memory: int | None = None) -> None:
         if alpha not in ALPHA_MODES:
             raise ValueError(f"alpha must be one of {ALPHA_MODES}, got {alpha!r}")
-        if tile != "auto" and (not isinstance(tile, int) or tile < 0) or batch < 1 or feather < 0 \
+        sizes = tile if isinstance(tile, tuple) else (tile,)
+        if tile != "auto" and not (len(sizes) in (1, 2) and all(isinstance(t, int) and t >= 0 for t in sizes)) \
+                or batch < 1 or feather < 0 \
                 or (tile_pad is not None and tile_pad < 0) or (max_memory is not None and max_memory < 1):
             raise ValueError(f"Upscaler: need tile >= 0 or 'auto', tile_pad >= 0, batch >= 1, feather >= 0, "
                              f"max_memory >= 1; got tile={tile!r}, tile_pad={tile_pad}, batch={batch}, "
@@ -133,7 +136,8 @@ class Upscaler:
         self.last_plan: TilePlan | None = None
         self.last_prediction = None  # budget.Prediction of the last plan (tile "auto" only)
         self._profile = None
-        self._auto_tile: int | None = None  # the tile "auto" chose for the last planned image
+        # the tile "auto" chose for the last planned image: 0 (whole), an int or (core h, core w)
+        self._auto_tile: int | tuple[int, int] | None = None
 
     @property
     def budget(self) -> int:
@@ -194,8 +198,9 @@ class Upscaler:
             self._auto_tile = tile
         return plan
 
-    def resolve_tile(self, height: int, width: int, **kwargs) -> int:
-        """The tile size ``plan`` uses for this image (``tile="auto"`` resolved; 0 = whole image)."""
+    def resolve_tile(self, height: int, width: int, **kwargs) -> int | tuple[int, int]:
+        """The tile ``plan`` uses for this image, as ``plan_tiles`` takes it (``tile="auto"``
+        resolved: 0 = whole image, else (core height, core width))."""
         self.plan(height, width, **kwargs)
         return self._auto_tile if self.tile == "auto" else self.tile
 
@@ -203,11 +208,13 @@ class Upscaler:
         """Tiling settings for the CLI's first line: with ``tile="auto"``, the tile chosen for the
         last planned image and its predicted peak against the budget."""
         if self.tile != "auto":
-            text = f"tile {self.tile}" if self.tile else "tile whole image"
+            t = self.tile
+            text = f"tile {t if isinstance(t, int) else f'{t[1]}x{t[0]}'}" if t else "tile whole image"
         elif self._auto_tile is None:
             text = f"tile auto (max memory {_size(self.budget)})"
         else:
-            text = f"tile auto -> {self._auto_tile or 'whole image'}"
+            t = self._auto_tile
+            text = f"tile auto -> {'whole image' if not t else t if isinstance(t, int) else f'{t[1]}x{t[0]}'}"
             p = self.last_prediction
             text += (f" (predicted peak {_size(p.total)}, max memory {_size(self.budget)})" if p is not None
                      else " (memory not predicted: no ONNX graph)")

@@ -132,11 +132,12 @@ def measure(args, model: Path, tmp: Path, width: int, height: int) -> dict | Non
         print(err, file=sys.stderr)
         return None
     first = err.strip().splitlines()[0] if err.strip() else ""
-    m = re.search(r"tile auto -> (\w+(?: image)?) \(predicted peak ([0-9.]+) (MiB|GiB)", first)
+    m = re.search(r"tile auto -> (whole image|\d+x\d+|\d+) \(predicted peak ([0-9.]+) (MiB|GiB)", first)
     row = {"size": f"{width}x{height}", "peak": peak, "wall": wall, "first_line": first,
            "out_mb": out.stat().st_size / 1e6}
     if m:
-        row["tile"] = 0 if m.group(1) == "whole image" else int(m.group(1))
+        t = m.group(1)
+        row["tile"] = 0 if t == "whole image" else tuple(int(v) for v in t.split("x"))[::-1] if "x" in t else int(t)
         row["predicted"] = float(m.group(2)) * (1024 if m.group(3) == "GiB" else 1)
     out.unlink()
     src.unlink()
@@ -187,7 +188,9 @@ def main() -> int:
 
             with open_session(str(model)) as s:
                 pad = Upscaler(s, tile_pad=args.tile_pad).tile_pad
-            line += (f"; tile {row['tile'] or 'whole'}, predicted {row['predicted']:.0f} MiB, measured/predicted "
+            shown = "whole" if not row["tile"] else "x".join(map(str, row["tile"][::-1])) if isinstance(
+                row["tile"], tuple) else row["tile"]
+            line += (f"; tile {shown} (WxH), predicted {row['predicted']:.0f} MiB, measured/predicted "
                      f"{ratio:.2f} ({'ok' if ok else 'OFF BY MORE THAN ' + format(args.tolerance, '.0%')}); "
                      f"compute overhead {tile_overhead(height, width, row['tile'], pad):.2f}x")
         print(line, flush=True)

@@ -13,9 +13,12 @@ Settings compared (ORT's own knobs for CPU memory):
   neither       both off
   same-as-req   arena on, extend strategy kSameAsRequested (shared env allocator)
 
+``--speed N``: instead, one process opens a session per setting and alternates them N rounds on
+the first window (so machine load hits every setting alike) and prints median times and ratios.
+
 Usage:
   python scripts/bench_ort_memory.py --model models/srresnet_x4.onnx --windows 88,152,216,280
-      [--settings default,no-arena] [--threads 2] [--repeat 3] [--json out.json]
+      [--settings default,no-arena] [--threads 2] [--repeat 3] [--json out.json] [--speed N]
 """
 
 from __future__ import annotations
@@ -63,6 +66,39 @@ print(json.dumps({"base_mb": base, "loaded_mb": loaded, "peak_mb": hwm(), "times
 """
 
 
+def speed(args) -> int:
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+
+    window = int(args.windows.split(",")[0])
+    x = np.random.default_rng(0).random((1, 3, window, window), dtype=np.float32)
+    sessions = {}
+    for setting in args.settings.split(","):
+        if setting not in ("default", "no-pattern", "no-arena", "neither"):
+            continue
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = args.threads
+        opts.enable_mem_pattern = setting not in ("no-pattern", "neither")
+        opts.enable_cpu_mem_arena = setting not in ("no-arena", "neither")
+        sessions[setting] = ort.InferenceSession(args.model, sess_options=opts, providers=["CPUExecutionProvider"])
+    times = {k: [] for k in sessions}
+    for k, s in sessions.items():  # warm-up
+        s.run(None, {s.get_inputs()[0].name: x})
+    for _ in range(args.speed):
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, {s.get_inputs()[0].name: x})
+            times[k].append(time.perf_counter() - t0)
+    ref = statistics.median(times["default"]) if "default" in times else None
+    for k, t in times.items():
+        med = statistics.median(t)
+        print(f"{k:12s} window {window}: median {med:.3f} s over {len(t)} alternating runs"
+              + (f", {med / ref:.2f}x default" if ref else ""))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="models/srresnet_x4.onnx")
@@ -71,7 +107,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--speed", type=int, default=0, help="alternate the settings this many rounds, time only")
     args = ap.parse_args()
+    if args.speed:
+        return speed(args)
     rows = []
     print(f"{'setting':12s} {'window':>6s} {'session MB':>10s} {'infer +MB':>9s} {'peak MB':>8s} {'s/tile':>7s}")
     for window in (int(w) for w in args.windows.split(",")):

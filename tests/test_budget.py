@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from srdeploy.runtime.budget import (GraphProfile, ProfileError, choose_tile, format_size, parse_size,
+from srdeploy.runtime.budget import (HEADROOM, GraphProfile, ProfileError, choose_tile, format_size, parse_size,
                                      predict_peak, profile_graph, profile_onnx, tile_overhead)
 from srdeploy.runtime.open import default_model_path
 
@@ -62,7 +62,7 @@ def test_profile_reader_agrees_with_onnx_package(tmp_path):
 
 
 def test_profile_unknown_operator_says_so(tmp_path):
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
     graph = helper.make_graph([helper.make_node("Resize", ["input", "", "scales"], ["output"])], "g",
@@ -78,21 +78,25 @@ _IMAGE = dict(height=3000, width=4000, channels=3, itemsize=1, scale=4)
 
 
 def test_chooser_is_monotonic_in_budget():
-    tiles = []
+    costs = []
     for mb in range(300, 4000, 100):
         p = choose_tile(_PROFILE, mb << 20, tile_pad=12, **_IMAGE)
-        assert p.total <= mb << 20 or p.tile == 16
-        tiles.append(p.tile if p.tile else 10 ** 9)
-    assert tiles == sorted(tiles) and tiles[0] < tiles[-1]
+        assert p.total <= HEADROOM * (mb << 20)
+        costs.append(tile_overhead(3000, 4000, p.tile, 12))
+    assert costs == sorted(costs, reverse=True) and costs[0] > costs[-1]
 
 
-def test_chooser_picks_the_largest_fitting_tile():
+def test_chooser_fills_the_budget_with_the_cheapest_tiling():
     budget = 1 << 30
     p = choose_tile(_PROFILE, budget, tile_pad=12, **_IMAGE)
-    assert p.total <= budget
-    bigger = predict_peak(_PROFILE, tile=p.tile + 8, tile_pad=12, **_IMAGE)
-    assert bigger.total > budget
-    assert tile_overhead(3000, 4000, p.tile, 12) < 1.3
+    th, tw = p.tile
+    assert p.total <= HEADROOM * budget and tile_overhead(3000, 4000, p.tile, 12) < 1.3
+    # every tiling the tiler can make with less overhead is predicted over the budget
+    for kh in range(1, 40):
+        for kw in range(1, 40):
+            t = (-(-3000 // kh), -(-4000 // kw))
+            if tile_overhead(3000, 4000, t, 12) < tile_overhead(3000, 4000, p.tile, 12) - 1e-9:
+                assert predict_peak(_PROFILE, tile=t, tile_pad=12, **_IMAGE).total > HEADROOM * budget
 
 
 def test_predictor_parts():

@@ -46,18 +46,18 @@ def test_auto_tile_follows_the_budget(session, monkeypatch):
     img = (np.random.default_rng(0).random((60, 70, 3)) * 255).astype(np.uint8)
     whole = Upscaler(session, tile=0).upscale(img)
     tiles = []
-    for kb in (300, 800, 3000, 100_000):
-        limit = budget.CONVERT_CHUNK_BYTES + (kb << 10)  # the conversion chunks are a fixed cost
+    for kb in (2000, 6000, 100_000):
+        limit = int((budget.CONVERT_CHUNK_BYTES + (kb << 10)) / budget.HEADROOM)  # chunks: a fixed cost
         up = Upscaler(session, tile="auto", max_memory=limit)
         out = up.upscale(img)
         p = up.last_prediction
-        assert p is not None and (p.total <= limit or p.tile == budget.MIN_TILE)
-        tiles.append(p.tile or 10 ** 6)
-        assert up.describe().startswith(f"tile auto -> {p.tile or 'whole image'} (predicted peak")
+        assert p is not None and p.total <= budget.HEADROOM * limit
+        tiles.append(budget.tile_overhead(60, 70, p.tile, up.tile_pad))
+        assert up.describe().startswith("tile auto -> ") and "(predicted peak" in up.describe()
         np.testing.assert_array_equal(out, Upscaler(session, tile=p.tile).upscale(img))
         # default margin = the receptive radius for this small model: tiled equals whole
         assert np.abs(out.astype(int) - whole).max() <= 1
-    assert tiles == sorted(tiles) and tiles[0] < tiles[-1] == 10 ** 6
+    assert tiles == sorted(tiles, reverse=True) and tiles[0] > tiles[-1] == 1.0  # the last: whole image
     assert session.details["mem_pattern"] is False  # measured: 1.5x the activations for no speed
 
 

@@ -48,25 +48,32 @@ def held_output_bytes(path: str | os.PathLike, *, height: int, width: int, chann
 
 
 def _checked(bands: Iterable[np.ndarray], path: Path, height: int, width: int, channels: int,
-             dtype: np.dtype, order: str) -> Iterator[np.ndarray]:
-    """Bands in RGB order, checked against the declared shape; raises on a short/long stream."""
-    swap = order == "BGR" and channels in (3, 4)
+             dtype: np.dtype) -> Iterator[np.ndarray]:
+    """The bands, checked against the declared shape; raises on a short or long stream."""
     done = 0
+    want = (width,) if channels == 1 else (width, channels)
     for band in bands:
-        want = (width,) if channels == 1 else (width, channels)
         if band.dtype != dtype or band.shape[1:] != want:
             raise ValueError(f"{path}: band {band.dtype} {band.shape} does not match the image "
                              f"({dtype}, rows x {' x '.join(map(str, want))})")
         if done + band.shape[0] > height:
             raise ValueError(f"{path}: bands give more than the declared {height} rows")
         done += band.shape[0]
-        yield band[:, :, [2, 1, 0, 3][:channels]] if swap else band
+        yield band
         del band  # not held while the next band is computed
     if done != height:
         raise ValueError(f"{path}: bands stopped after {done} of {height} rows; nothing was written")
 
 
-def _write_png(f, bands: Iterator[np.ndarray], height: int, width: int, channels: int, dtype: np.dtype) -> None:
+def _rgb(rows: np.ndarray, bgr: bool) -> np.ndarray:
+    """A C-contiguous RGB(A) copy of a few rows (swapped here, per chunk, never per whole band)."""
+    if bgr and rows.ndim == 3:
+        return np.ascontiguousarray(rows[:, :, [2, 1, 0, 3][:rows.shape[2]]])
+    return np.ascontiguousarray(rows)
+
+
+def _write_png(f, bands: Iterator[np.ndarray], height: int, width: int, channels: int, dtype: np.dtype,
+               bgr: bool) -> None:
     import png
 
     writer = png.Writer(width, height, greyscale=channels == 1, alpha=channels == 4,
@@ -77,10 +84,11 @@ def _write_png(f, bands: Iterator[np.ndarray], height: int, width: int, channels
     step = max(1, (4 << 20) // row_bytes)  # filter ~4 MB of rows at a time
     z = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
     for band in bands:
-        if dtype.itemsize == 2:
-            band = band.astype(">u2", copy=False)
         for r in range(0, band.shape[0], step):
-            raw = np.ascontiguousarray(band[r:r + step]).view(np.uint8).reshape(-1, row_bytes)
+            rows = _rgb(band[r:r + step], bgr)
+            if dtype.itemsize == 2:
+                rows = rows.astype(">u2")
+            raw = rows.view(np.uint8).reshape(-1, row_bytes)
             filt = np.empty((raw.shape[0], row_bytes + 1), np.uint8)
             filt[:, 0] = 1  # Sub: each byte minus the byte one pixel to its left (mod 256)
             filt[:, 1:bpp + 1] = raw[:, :bpp]
@@ -88,12 +96,13 @@ def _write_png(f, bands: Iterator[np.ndarray], height: int, width: int, channels
             data = z.compress(filt)
             if data:
                 png.write_chunk(f, b"IDAT", data)
-        del band, raw, filt  # not held while the next band is computed
+        del band, rows, raw, filt  # not held while the next band is computed
     png.write_chunk(f, b"IDAT", z.flush())
     png.write_chunk(f, b"IEND")
 
 
-def _write_tiff(f, bands: Iterator[np.ndarray], height: int, width: int, channels: int, dtype: np.dtype) -> None:
+def _write_tiff(f, bands: Iterator[np.ndarray], height: int, width: int, channels: int, dtype: np.dtype,
+                bgr: bool) -> None:
     import tifffile
 
     row_bytes = width * channels * dtype.itemsize
@@ -120,7 +129,7 @@ def _write_tiff(f, bands: Iterator[np.ndarray], height: int, width: int, channel
             yield encode(carry)
 
     def encode(strip: np.ndarray) -> bytes:
-        strip = np.ascontiguousarray(strip.reshape(strip.shape[0], width, channels))
+        strip = _rgb(strip, bgr).reshape(strip.shape[0], width, channels)
         if predictor:
             d = strip.copy()
             np.subtract(strip[:, 1:], strip[:, :-1], out=d[:, 1:])  # wraps, as TIFF predictor 2 does
@@ -160,7 +169,8 @@ def write_bands(path: str | os.PathLike, bands: Iterable[np.ndarray], *, height:
     if not overwrite and path.exists():
         raise FileExistsError(f"{path}: already exists; pass --overwrite (overwrite=True) to replace it")
     ext = path.suffix.lower()
-    checked = _checked(bands, path, height, width, channels, dtype, order)
+    checked = _checked(bands, path, height, width, channels, dtype)
+    bgr = order == "BGR"
     if ext not in STREAMED_EXTS:
         from .images import write_image
 
@@ -170,12 +180,12 @@ def write_bands(path: str | os.PathLike, bands: Iterable[np.ndarray], *, height:
         for band in checked:
             img[y:y + band.shape[0]] = band
             y += band.shape[0]
-        return write_image(path, img, order="RGB", overwrite=overwrite, quality=quality)
+        return write_image(path, img, order=order, overwrite=overwrite, quality=quality)
     if ext == ".png" and dtype not in (np.uint8, np.uint16):
         raise ValueError(f"{path}: PNG stores 8- or 16-bit pixels, not {dtype}; write .tiff for float images")
     if dtype not in (np.uint8, np.uint16, np.float32):
         raise ValueError(f"{path}: unsupported pixel type {dtype} (uint8, uint16 or float32)")
     with atomic_target(path) as tmp:
         with open(tmp, "wb") as f:
-            (_write_png if ext == ".png" else _write_tiff)(f, checked, height, width, channels, dtype)
+            (_write_png if ext == ".png" else _write_tiff)(f, checked, height, width, channels, dtype, bgr)
     return path
