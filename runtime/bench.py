@@ -293,7 +293,8 @@ def _run(cfg: BenchConfig, session, torch_runner, log) -> dict:
     x = deterministic_input((n, 3, h, w))
     kwargs = {} if cfg.tile is None else {"tile": cfg.tile}
     upscaler = Upscaler(session, tile_pad=cfg.tile_pad, batch=cfg.batch, max_memory=cfg.max_memory, **kwargs)
-    tile = upscaler.resolve_tile(h, w)  # "auto": the tile the memory budget allows for this size (0 = whole)
+    # "auto": the tile the memory budget allows for this size (0 = whole); the full path holds its output
+    tile = upscaler.resolve_tile(h, w, streamed=False)
     tile_pad = upscaler.tile_pad
 
     if _tiling_applies(tile, h, w):
