@@ -222,7 +222,9 @@ class BenchConfig:
         backend, device, precision, threads: passed to ``open_session``.
         warmup: untimed calls before timing.
         iters: timed calls.
-        tile: tile size (0 = whole image; None = the runtime's default).
+        tile: tile size (0 = whole image; "auto" = the largest that fits ``max_memory``; None = the
+            runtime's default).
+        max_memory: budget in bytes for ``tile="auto"`` (None = the runtime's default budget).
         tile_pad: tile margin (None = the model's receptive radius, the runtime's default).
         full_path: also time uint8 -> uint8.
         video: None = no video mode; "" = a synthetic video; else a video file to upscale.
@@ -240,8 +242,9 @@ class BenchConfig:
     threads: int | None = None
     warmup: int = 3
     iters: int = 20
-    tile: int | None = 0
+    tile: int | str | None = 0
     tile_pad: int | None = None
+    max_memory: int | None = None
     full_path: bool = True
     video: str | None = None
     video_frames: int = 30
@@ -253,7 +256,7 @@ class BenchConfig:
             raise ValueError(f"--batch must be >= 1, got {self.batch}")
         if self.iters < 1 or self.warmup < 0:
             raise ValueError(f"--iters must be >= 1 and --warmup >= 0, got {self.iters} and {self.warmup}")
-        if self.tile is not None and self.tile < 0:
+        if self.tile is not None and self.tile != "auto" and self.tile < 0:
             raise ValueError(f"--tile must be >= 0 (0 = whole image), got {self.tile}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {self.threads}")
@@ -291,8 +294,9 @@ def run_bench(cfg: BenchConfig, *, session=None, torch_runner: tuple[TorchRunner
             session.close()
 
 
-def _tiling_applies(tile: int | None, height: int, width: int) -> bool:
-    return bool(tile) and (height > tile or width > tile)
+def _tiling_applies(tile: int | tuple[int, int] | None, height: int, width: int) -> bool:
+    th, tw = (tile, tile) if not isinstance(tile, tuple) else tile
+    return bool(th) and (height > th or width > tw)
 
 
 def _run(cfg: BenchConfig, session, torch_runner, log, progress: bool = False) -> dict:
@@ -304,9 +308,11 @@ def _run(cfg: BenchConfig, session, torch_runner, log, progress: bool = False) -
     scale = session.info.scale
     out_px = h * scale * w * scale
     x = deterministic_input((n, 3, h, w))
-    upscaler = Upscaler(session, tile=cfg.tile, tile_pad=cfg.tile_pad, batch=cfg.batch)
-    tile = getattr(upscaler, "tile", cfg.tile)
-    tile_pad = getattr(upscaler, "tile_pad", cfg.tile_pad)
+    kwargs = {} if cfg.tile is None else {"tile": cfg.tile}
+    upscaler = Upscaler(session, tile_pad=cfg.tile_pad, batch=cfg.batch, max_memory=cfg.max_memory, **kwargs)
+    # "auto": the tile the memory budget allows for this size (0 = whole); the full path holds its output
+    tile = upscaler.resolve_tile(h, w, streamed=False)
+    tile_pad = upscaler.tile_pad
 
     if _tiling_applies(tile, h, w):
         def model_only():
@@ -318,8 +324,9 @@ def _run(cfg: BenchConfig, session, torch_runner, log, progress: bool = False) -
     # The checksum comes from the first call: one inference on the deterministic input.
     y = model_only()
     checksum = output_checksum(y)
+    tiling = upscaler.describe() if cfg.tile == "auto" else f"tile {tile or 'off'}"
     log(f"bench: {session.backend} {session.precision} on {session.device}, input {n}x3x{h}x{w}, "
-        f"tile {tile or 'off'}; output checksum {checksum:.6f}")
+        f"{tiling}; output checksum {checksum:.6f}")
     lat = time_calls(model_only, warmup=max(0, cfg.warmup - 1), iters=cfg.iters,
                      desc="model only" if progress else None)
     results: dict = {"model_only": summarize(lat, frames=n, out_pixels_per_frame=out_px)}
@@ -347,7 +354,9 @@ def _run(cfg: BenchConfig, session, torch_runner, log, progress: bool = False) -
              "scale": int(scale)}
     if getattr(session.info, "arch", ""):
         model["arch"] = session.info.arch
-    input_ = {"batch": n, "channels": 3, "height": h, "width": w, "tile": int(tile or 0)}
+    # the schema (shared with the C++ srbench) has one tile size: a chosen (h, w) core records its larger side
+    input_ = {"batch": n, "channels": 3, "height": h, "width": w,
+              "tile": int(max(tile) if isinstance(tile, tuple) else tile or 0)}
     if tile_pad is not None:
         input_["tile_pad"] = int(tile_pad)
     result = {

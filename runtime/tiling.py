@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -187,6 +187,17 @@ def run_tiles(session: Session, plan: TilePlan, source: Source, emit: Emit, *,
             afterwards, so copy what you keep.
         progress: optional ``progress(done_tiles, total_tiles)`` callback.
     """
+    for y, rows in iter_bands(session, plan, source, progress=progress):
+        emit(y, rows)
+
+
+def iter_bands(session: Session, plan: TilePlan, source: Source, *,
+               progress: Callable[[int, int], None] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """``run_tiles`` as a generator: yields ``(y, rows)`` where ``run_tiles`` calls ``emit``.
+
+    A caller can then pull bands into a file writer, or drive two passes side by side (the
+    colour and the alpha of an RGBA image), holding one band per pass and never the whole output.
+    """
     s = session.info.scale
     R, C, f = plan.rows, plan.cols, plan.feather
     wh, ww = plan.window
@@ -212,6 +223,7 @@ def run_tiles(session: Session, plan: TilePlan, source: Source, emit: Emit, *,
         x = np.stack([window(i, j) for i, j in group]).astype(np.float32, copy=False)
         if len(group) < bmin:  # engine profile needs a bigger batch: repeat the last tile
             x = np.concatenate([x, np.repeat(x[-1:], bmin - len(group), axis=0)])
+        y = part = None  # drop the previous output first: two alive would add a window's output to the peak
         y = session.infer(x)
         for k, (i, j) in enumerate(group):
             ey0, ey1 = _extent(R, i, f)
@@ -243,7 +255,8 @@ def run_tiles(session: Session, plan: TilePlan, source: Source, emit: Emit, *,
             keep = 0 if last or f == 0 else 2 * f * s
             if keep:
                 carry = buf[:, buf.shape[1] - keep:].copy()
-            emit(ey0 * s, buf[:, :buf.shape[1] - keep])
+            yield ey0 * s, buf[:, :buf.shape[1] - keep]
+            del buf  # the consumer is done with it: free it before the next tiles run
             next_row += 1
         if progress is not None:
             progress(done, len(tiles))

@@ -15,23 +15,26 @@ Channel handling:
 
 Integer pixels are mapped to the model's input range (``value / max``), outputs mapped back from
 the output range, rounded and clipped; float32 images are taken as [0, 1] and returned unclipped.
-Output is written band by band straight into the result array, so peak memory is the input, the
-output and a few tile rows (no full-size float32 image).
+Output comes band by band (``Upscaler.bands``): ``upscale_files`` hands the bands straight to a
+streaming writer (PNG, TIFF), so peak memory is the input and a few tile rows, not the output;
+``upscale`` assembles them into one array. ``tile="auto"`` picks, per image, the largest tile
+whose predicted peak fits the memory budget (``runtime.budget``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from .media.images import IMAGE_EXTS
 from .session import Session
-from .tiling import TilePlan, plan_tiles, run_tiles
+from .tiling import TilePlan, iter_bands, plan_tiles
 
 # Chosen by measurement (scripts/bench_tiling.py, README "Tiling defaults"). On the trained
 # 16-block SRResNet x4 (radius 40; the bundled model's training run at step 6500, Set5 29.92 dB), max
@@ -46,6 +49,8 @@ DEFAULT_TILE_PAD_FRACTION = 0.3  # 12 / 40 for the paper's model; scales with de
 ALPHA_MODES = ("model", "resize")
 # Containers `srdeploy video` reads; `upscale` points there instead of failing to decode them.
 VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".wmv", ".flv", ".mpg", ".mpeg", ".ts")
+# Outputs that cannot be written band by band and hold at least this much get a note up front.
+LARGE_OUTPUT_BYTES = 256 << 20
 _LUMA = (0.299, 0.587, 0.114)
 
 
@@ -100,20 +105,29 @@ class Upscaler:
 
     Args:
         session: an open Session (any backend).
-        tile: tile core size in LR pixels; 0 = whole image in one pass.
+        tile: tile core size in LR pixels (int, or (height, width)); 0 = whole image in one pass;
+            "auto" = per image, the tiling with the least overhead whose predicted peak memory
+            fits ``max_memory`` (runtime.budget).
         tile_pad: margin in LR pixels; None = ``default_tile_pad(session.info.receptive_radius)``.
         batch: tiles per inference call.
         feather: blending width between tiles in LR pixels (0 = hard crop; see tiling).
         alpha: how RGBA alpha is upscaled: "model" or "resize" (see module doc).
+        max_memory: the budget for ``tile="auto"`` in bytes; None = ``budget.default_budget``
+            (1 GiB or half the available RAM; on a CUDA device its free memory).
     """
 
-    def __init__(self, session: Session, *, tile: int = DEFAULT_TILE, tile_pad: int | None = None,
-                 batch: int = 1, feather: int = 0, alpha: str = "model") -> None:
+    def __init__(self, session: Session, *, tile: int | tuple[int, int] | str = DEFAULT_TILE,
+                 tile_pad: int | None = None,
+                 batch: int = 1, feather: int = 0, alpha: str = "model", max_memory: int | None = None) -> None:
         if alpha not in ALPHA_MODES:
             raise ValueError(f"alpha must be one of {ALPHA_MODES}, got {alpha!r}")
-        if tile < 0 or batch < 1 or feather < 0 or (tile_pad is not None and tile_pad < 0):
-            raise ValueError(f"Upscaler: need tile >= 0, tile_pad >= 0, batch >= 1, feather >= 0; got "
-                             f"tile={tile}, tile_pad={tile_pad}, batch={batch}, feather={feather}")
+        sizes = tile if isinstance(tile, tuple) else (tile,)
+        if tile != "auto" and not (len(sizes) in (1, 2) and all(isinstance(t, int) and t >= 0 for t in sizes)) \
+                or batch < 1 or feather < 0 \
+                or (tile_pad is not None and tile_pad < 0) or (max_memory is not None and max_memory < 1):
+            raise ValueError(f"Upscaler: need tile >= 0 or 'auto', tile_pad >= 0, batch >= 1, feather >= 0, "
+                             f"max_memory >= 1; got tile={tile!r}, tile_pad={tile_pad}, batch={batch}, "
+                             f"feather={feather}, max_memory={max_memory}")
         self.session = session
         self.scale = session.info.scale
         self.tile = tile
@@ -121,12 +135,106 @@ class Upscaler:
         self.batch = batch
         self.feather = feather
         self.alpha = alpha
+        self.max_memory = max_memory
         self.last_plan: TilePlan | None = None
+        self.last_prediction = None  # budget.Prediction of the last plan (tile "auto" only)
+        self._profile = None
+        # the tile "auto" chose for the last planned image: 0 (whole), an int or (core h, core w)
+        self._auto_tile: int | tuple[int, int] | None = None
 
-    def plan(self, height: int, width: int) -> TilePlan:
-        """The tile plan for an image of this size (notes say what was adjusted to fit the session)."""
-        return plan_tiles(height, width, tile=self.tile, tile_pad=self.tile_pad, batch=self.batch,
+    @property
+    def budget(self) -> int:
+        """The memory budget (bytes) ``tile="auto"`` fits."""
+        if self.max_memory is None:
+            from .budget import default_budget, gpu_free_memory
+
+            self.max_memory = default_budget(gpu_free=gpu_free_memory(self.session.device))
+        return self.max_memory
+
+    def predict(self, height: int, width: int, *, channels: int = 3, itemsize: int = 1, streamed: bool = True,
+                tile: int | None = None):
+        """Predicted peak memory (``budget.Prediction``) of one image with ``tile`` (default: the
+        one ``plan`` would choose); None when the model's graph cannot be profiled."""
+        from . import budget
+
+        if self._profile is None:
+            self._profile = budget.session_profile(self.session)
+        if isinstance(self._profile, Exception):
+            return None
+        kwargs = dict(height=height, width=width, channels=channels, itemsize=itemsize, scale=self.scale,
+                      tile_pad=self.tile_pad, passes=2 if channels in (2, 4) and self.alpha == "model" else 1,
+                      streamed=streamed, batch=self.batch, gpu=self.session.device.startswith("cuda"),
+                      weights_bytes=budget.weights_bytes(self.session))
+        if tile is not None:
+            return budget.predict_peak(self._profile, tile=tile, **kwargs)
+        if self.tile == "auto":
+            return budget.choose_tile(self._profile, self.budget, **kwargs)
+        return budget.predict_peak(self._profile, tile=self.tile, **kwargs)
+
+    def plan(self, height: int, width: int, *, channels: int = 3, itemsize: int = 1,
+             streamed: bool = True) -> TilePlan:
+        """The tile plan for an image of this size (notes say what was adjusted to fit the session).
+
+        With ``tile="auto"`` the tile is chosen for this image (its channels and pixel size, and
+        whether the output is written band by band) and ``last_prediction`` records the
+        predicted peak; a model whose graph cannot be profiled gets ``DEFAULT_TILE`` (noted).
+        """
+        tile = self.tile
+        notes: tuple[str, ...] = ()
+        self.last_prediction = None
+        if tile == "auto":
+            pred = self.predict(height, width, channels=channels, itemsize=itemsize, streamed=streamed)
+            if pred is None:
+                tile = DEFAULT_TILE
+                notes = (f"tile auto: memory not predicted ({self._profile}); using tile {DEFAULT_TILE}",)
+            else:
+                tile = pred.tile
+                self.last_prediction = pred
+                if pred.total > self.budget:
+                    notes = (f"tile auto: even tile {tile} is predicted to take {_size(pred.total)}, over the "
+                             f"--max-memory budget of {_size(self.budget)}",)
+        plan = plan_tiles(height, width, tile=tile, tile_pad=self.tile_pad, batch=self.batch,
                           feather=self.feather, spec=self.session.input_spec)
+        if notes:
+            plan = dataclasses.replace(plan, notes=notes + plan.notes)
+        if self.tile == "auto":
+            self._auto_tile = tile
+        return plan
+
+    def resolve_tile(self, height: int, width: int, **kwargs) -> int | tuple[int, int]:
+        """The tile ``plan`` uses for this image, as ``plan_tiles`` takes it (``tile="auto"``
+        resolved: 0 = whole image, else (core height, core width))."""
+        self.plan(height, width, **kwargs)
+        return self._auto_tile if self.tile == "auto" else self.tile
+
+    def describe(self) -> str:
+        """Tiling settings for the CLI's first line: with ``tile="auto"``, the tile chosen for the
+        last planned image and its predicted peak against the budget."""
+        if self.tile != "auto":
+            t = self.tile
+            text = f"tile {t if isinstance(t, int) else f'{t[1]}x{t[0]}'}" if t else "tile whole image"
+        elif self._auto_tile is None:
+            text = f"tile auto (max memory {_size(self.budget)})"
+        else:
+            t = self._auto_tile
+            text = f"tile auto -> {'whole image' if not t else t if isinstance(t, int) else f'{t[1]}x{t[0]}'}"
+            p = self.last_prediction
+            text += (f" (predicted peak {_size(p.total)}, max memory {_size(self.budget)})" if p is not None
+                     else " (memory not predicted: no ONNX graph)")
+        return text + f", tile-pad {self.tile_pad}"
+
+    def _check(self, img: np.ndarray, order: str) -> tuple[np.ndarray, int]:
+        if order not in ("RGB", "BGR"):
+            raise ValueError(f"order must be 'RGB' or 'BGR', got {order!r}")
+        if not isinstance(img, np.ndarray) or img.dtype not in (np.uint8, np.uint16, np.float32):
+            raise TypeError(f"Upscaler.upscale: expected a uint8, uint16 or float32 array, got "
+                            f"{getattr(img, 'dtype', type(img))}")
+        if img.ndim == 3 and img.shape[2] == 1:
+            img = img[:, :, 0]
+        if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (2, 3, 4))):
+            raise ValueError(f"Upscaler.upscale: expected H x W, H x W x 2 (gray + alpha), H x W x 3 or "
+                             f"H x W x 4, got {img.shape}")
+        return img, 1 if img.ndim == 2 else img.shape[2]
 
     def upscale(self, img: np.ndarray, *, order: str = "RGB",
                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
@@ -140,87 +248,122 @@ class Upscaler:
         Returns:
             The upscaled image: same dtype, channels and order, ``scale`` times larger.
         """
-        if order not in ("RGB", "BGR"):
-            raise ValueError(f"order must be 'RGB' or 'BGR', got {order!r}")
-        if not isinstance(img, np.ndarray) or img.dtype not in (np.uint8, np.uint16, np.float32):
-            raise TypeError(f"Upscaler.upscale: expected a uint8, uint16 or float32 array, got "
-                            f"{getattr(img, 'dtype', type(img))}")
-        if img.ndim == 3 and img.shape[2] == 1:
-            img = img[:, :, 0]
-        if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (2, 3, 4))):
-            raise ValueError(f"Upscaler.upscale: expected H x W, H x W x 2 (gray + alpha), H x W x 3 or "
-                             f"H x W x 4, got {img.shape}")
+        img, channels = self._check(img, order)
         h, w = img.shape[:2]
         s = self.scale
-        channels = 1 if img.ndim == 2 else img.shape[2]
         out = np.empty((h * s, w * s) if channels == 1 else (h * s, w * s, channels), img.dtype)
-        plan = self.plan(h, w)
-        self.last_plan = plan
+        y = 0
+        for band in self.bands(img, order=order, progress=progress, streamed=False):
+            out[y:y + band.shape[0]] = band
+            y += band.shape[0]
+        return out
 
+    def bands(self, img: np.ndarray, *, order: str = "RGB", progress: Callable[[int, int], None] | None = None,
+              streamed: bool = True) -> Iterator[np.ndarray]:
+        """Upscale one image band by band: yields its output rows, top to bottom.
+
+        Same arguments and pixels as ``upscale``, but the result comes as fresh arrays of rows
+        (``rows x scale*W [x C]``) that a writer can store and drop (``media.writers.write_bands``):
+        the whole output is never held. RGBA with the alpha through the model runs the colour
+        and the alpha passes side by side. ``streamed`` tells ``tile="auto"`` whether the caller
+        keeps the bands (False: the whole output is held, so less memory is left for tiles).
+        """
+        img, channels = self._check(img, order)
+        h, w = img.shape[:2]
+        s = self.scale
+        plan = self.plan(h, w, channels=channels, itemsize=img.dtype.itemsize, streamed=streamed)
+        self.last_plan = plan
         alpha_const = None
         has_alpha = channels in (2, 4)  # gray + alpha, RGBA: alpha is the last channel
         if has_alpha:
             a = img[:, :, -1]
             if a.min() == a.max():
                 alpha_const = a.flat[0]
-        passes = 2 if has_alpha and self.alpha == "model" and alpha_const is None else 1
-        done_before = 0
+        model_alpha = has_alpha and self.alpha == "model" and alpha_const is None
+        passes = 2 if model_alpha else 1
+        done = [0, 0]
+        pixels = PixelMap(self.session.info, img.dtype)
 
-        def prog(done: int, total: int) -> None:
-            if progress is not None:
-                progress(done_before + done, total * passes)
+        def prog(k: int) -> Callable[[int, int], None]:
+            def cb(d: int, total: int) -> None:
+                done[k] = d
+                if progress is not None:
+                    progress(done[0] + done[1], total * passes)
+            return cb
+
+        def run(window, k: int) -> Iterator[tuple[int, np.ndarray]]:
+            def source(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+                x = pixels.to_model(window(y0, y1, x0, x1))
+                return np.broadcast_to(x, (3,) + x.shape[1:]) if x.shape[0] == 1 else x
+            return iter_bands(self.session, plan, source, progress=prog(k))
 
         rgb = [2, 1, 0] if order == "BGR" else [0, 1, 2]  # model channel k <- img channel rgb[k]
         if channels == 1:
-            self._pass(plan, lambda y0, y1, x0, x1: img[y0:y1, x0:x1][None], out, "gray", prog)
+            colour = run(lambda y0, y1, x0, x1: img[y0:y1, x0:x1][None], 0)
         elif channels == 2:  # gray stays gray: the gray pass into channel 0
-            self._pass(plan, lambda y0, y1, x0, x1: img[y0:y1, x0:x1, 0][None], out[:, :, 0], "gray", prog)
+            colour = run(lambda y0, y1, x0, x1: img[y0:y1, x0:x1, 0][None], 0)
         else:
-            self._pass(plan, lambda y0, y1, x0, x1: img[y0:y1, x0:x1][:, :, rgb].transpose(2, 0, 1), out,
-                       rgb, prog)
-        done_before = plan.num_tiles
-        if has_alpha:
-            if alpha_const is not None:
-                out[:, :, -1] = alpha_const
-            elif self.alpha == "resize":
-                import cv2
-
-                out[:, :, -1] = cv2.resize(img[:, :, -1], (w * s, h * s), interpolation=cv2.INTER_CUBIC)
-            else:
-                self._pass(plan, lambda y0, y1, x0, x1: img[y0:y1, x0:x1, -1][None], out, "alpha", prog)
-        return out
-
-    def _pass(self, plan: TilePlan, window, out: np.ndarray, target, progress) -> None:
-        """One model pass: ``window`` gives raw pixels (c, h, w); ``target`` says where outputs go:
-        a channel map (colour), "gray" (luma into a 2-D output) or "alpha" (mean into channel 3)."""
-        pixels = PixelMap(self.session.info, out.dtype)
-        convert = pixels.from_model
-
-        def source(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-            x = pixels.to_model(window(y0, y1, x0, x1))
-            if x.shape[0] == 1:
-                x = np.broadcast_to(x, (3,) + x.shape[1:])
-            return x
-
-        def emit(y: int, band: np.ndarray) -> None:
-            # Convert in chunks of rows so the float temporaries stay a few MB even for a
-            # 16000-pixel-wide band.
-            step = max(1, (1 << 20) // max(1, band.shape[2]))
-            for r in range(0, band.shape[1], step):
-                emit_rows(y + r, band[:, r:r + step])
-
-        def emit_rows(y: int, rows: np.ndarray) -> None:
+            colour = run(lambda y0, y1, x0, x1: img[y0:y1, x0:x1][:, :, rgb].transpose(2, 0, 1), 0)
+        alpha = run(lambda y0, y1, x0, x1: img[y0:y1, x0:x1, -1][None], 1) if model_alpha else None
+        for y, rows in colour:
             n = rows.shape[1]
-            if target == "gray":
-                lum = rows[0] * np.float32(_LUMA[0]) + rows[1] * np.float32(_LUMA[1]) + rows[2] * np.float32(_LUMA[2])
-                out[y:y + n] = convert(lum)
-            elif target == "alpha":
-                out[y:y + n, :, -1] = convert((rows[0] + rows[1] + rows[2]) * np.float32(1 / 3))
+            band = np.empty((n, w * s) if channels == 1 else (n, w * s, channels), img.dtype)
+            if channels in (1, 2):
+                _convert(rows, band if channels == 1 else band[:, :, 0], "gray", pixels)
             else:
-                for k, c in enumerate(target):
-                    out[y:y + n, :, c] = convert(rows[k])
+                _convert(rows, band, rgb, pixels)
+            if has_alpha:
+                if alpha_const is not None:
+                    band[:, :, -1] = alpha_const
+                elif alpha is None:  # "resize"
+                    band[:, :, -1] = _resize_rows(img[:, :, -1], y, n, s)
+                else:
+                    ya, arows = next(alpha)
+                    if ya != y:  # both passes follow one plan, so their bands line up
+                        raise RuntimeError(f"Upscaler: alpha band at row {ya} but colour band at {y}")
+                    _convert(arows, band, "alpha", pixels)
+                    del arows
+            del rows  # free the float band before the generator runs the next tiles
+            yield band
+            del band
 
-        run_tiles(self.session, plan, source, emit, progress=progress)
+
+def _size(n: int) -> str:
+    from .budget import format_size
+
+    return format_size(n)
+
+
+def _convert(rows: np.ndarray, band: np.ndarray, target, pixels: PixelMap) -> None:
+    """Model output rows (3, n, W) -> ``band`` (n, W[, C]); ``target``: a channel map (colour),
+    "gray" (BT.601 luma into a 2-D band) or "alpha" (channel mean into channel 3)."""
+    # In chunks of rows, so the float temporaries stay a few MB even for a 16000-pixel-wide band.
+    step = max(1, (1 << 20) // max(1, rows.shape[2]))
+    for r in range(0, rows.shape[1], step):
+        v = rows[:, r:r + step]
+        if target == "gray":
+            band[r:r + step] = pixels.from_model(v[0] * np.float32(_LUMA[0]) + v[1] * np.float32(_LUMA[1])
+                                                 + v[2] * np.float32(_LUMA[2]))
+        elif target == "alpha":
+            band[r:r + step, :, -1] = pixels.from_model((v[0] + v[1] + v[2]) * np.float32(1 / 3))
+        else:
+            for k, c in enumerate(target):
+                band[r:r + step, :, c] = pixels.from_model(v[k])
+
+
+def _resize_rows(alpha: np.ndarray, y: int, n: int, s: int) -> np.ndarray:
+    """Rows [y, y + n) of ``cv2.resize(alpha, scale s, INTER_CUBIC)``, from a strip of ``alpha``.
+
+    Bicubic reads 2 source rows each side; 3 rows of margin keep the strip's own border
+    handling away from the rows returned, so they equal the whole-image resize's.
+    """
+    import cv2
+
+    m = 3
+    a0 = max(0, y // s - m)
+    a1 = min(alpha.shape[0], -(-(y + n) // s) + m)
+    strip = cv2.resize(alpha[a0:a1], (alpha.shape[1] * s, (a1 - a0) * s), interpolation=cv2.INTER_CUBIC)
+    return strip[y - a0 * s:y - a0 * s + n]
 
 
 # ----------------------------------------------------------------------------- files and folders
@@ -298,7 +441,8 @@ class FilesReport:
 
 def upscale_files(upscaler: Upscaler, mapping: dict[Path, Path], *, overwrite: bool = False,
                   quality: int | None = None, progress: bool = True,
-                  log: Callable[[str], None] | None = None) -> FilesReport:
+                  log: Callable[[str], None] | None = None,
+                  announce: Callable[[Upscaler], None] | None = None) -> FilesReport:
     """Upscale each input file to its output path; a bad file is reported and the others go on.
 
     Args:
@@ -308,6 +452,9 @@ def upscale_files(upscaler: Upscaler, mapping: dict[Path, Path], *, overwrite: b
         quality: JPEG/WebP quality.
         progress: tqdm bars on stderr (files, and tiles of large images).
         log: where per-file errors and notes go (default: tqdm.write to stderr).
+        announce: called once with the upscaler when the first image is planned (before its tiles
+            run), so the CLI's first line can show the tile ``tile="auto"`` chose and its
+            predicted peak; later images whose choice differs get a note through ``log``.
 
     Returns:
         A FilesReport; outputs are written atomically, never over an input.
@@ -316,12 +463,14 @@ def upscale_files(upscaler: Upscaler, mapping: dict[Path, Path], *, overwrite: b
 
     from tqdm import tqdm
 
-    from .media.images import check_writable, read_image, write_image
+    from .media.images import check_writable, read_image
+    from .media.writers import held_output_bytes, streams, write_bands
 
     def say(msg: str) -> None:
         (log or (lambda m: tqdm.write(m, file=sys.stderr)))(msg)
 
     report = FilesReport()
+    last = None
     planned: set[Path] = set()
     files = list(mapping)
     bar = tqdm(files, unit="img", disable=not progress or len(files) < 2, file=sys.stderr)
@@ -341,7 +490,19 @@ def upscale_files(upscaler: Upscaler, mapping: dict[Path, Path], *, overwrite: b
                 raise FileExistsError(f"{dst}: already exists; pass --overwrite to replace it")
             img, meta = read_image(src, order="BGR")
             check_writable(dst, dtype=img.dtype, channels=meta.channels)
-            plan = upscaler.plan(img.shape[0], img.shape[1])
+            h, w, sc = img.shape[0], img.shape[1], upscaler.scale
+            streamed = streams(dst)
+            held = held_output_bytes(dst, height=h * sc, width=w * sc, channels=meta.channels, dtype=img.dtype)
+            plan = upscaler.plan(h, w, channels=meta.channels, itemsize=img.dtype.itemsize, streamed=streamed)
+            if announce is not None:
+                announce(upscaler)
+                announce = None
+            elif upscaler.tile == "auto" and upscaler.describe() != last:
+                say(f"srdeploy upscale: note: {src}: {upscaler.describe()}")
+            last = upscaler.describe()
+            if held >= LARGE_OUTPUT_BYTES:
+                say(f"srdeploy upscale: note: {dst}: {dst.suffix} cannot be written band by band, so the whole "
+                    f"{w * sc}x{h * sc} output is held in memory ({_size(held)}); .png or .tiff stream it")
             tiles = tqdm(total=plan.num_tiles, unit="tile", leave=False, file=sys.stderr,
                          disable=not progress or plan.num_tiles < 4)
             try:
@@ -349,12 +510,12 @@ def upscale_files(upscaler: Upscaler, mapping: dict[Path, Path], *, overwrite: b
                     tiles.total = total
                     tiles.update(done - tiles.n)
 
-                result = upscaler.upscale(img, order="BGR", progress=prog)
+                bands = upscaler.bands(img, order="BGR", progress=prog, streamed=streamed)
+                write_bands(dst, bands, height=h * sc, width=w * sc, channels=meta.channels, dtype=img.dtype,
+                            order="BGR", overwrite=overwrite, quality=quality)
             finally:
                 tiles.close()
             del img
-            write_image(dst, result, order="BGR", overwrite=overwrite, quality=quality)
-            del result
             report.written.append(dst)
             for note in plan.notes:
                 say(f"srdeploy upscale: note: {src}: {note}")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Peak memory of `srdeploy upscale` on a large image (goal: 4000x3000 at 4x within ~2 GB RSS).
+"""Peak memory of `srdeploy upscale` against its own prediction, at several input sizes.
 
 Runs the real command (read PNG -> tiled ONNX Runtime inference on CPU -> PNG write) in a child
 process and reports its peak resident set size (``wait4`` rusage, the kernel's own high-water
@@ -16,14 +16,20 @@ memory depends on the model through ONNX Runtime's activation buffers, which sca
 tile window, not the image; ``--strip H`` runs a full-width H-row strip to measure a slow
 (real, 16-block) model's peak at those sizes in reasonable time.
 
+With ``--tile auto`` (the default, as in the CLI) the command's first line gives the chosen tile
+and the predicted peak (runtime.budget); each size's measured peak is printed next to it, with
+the ratio, and the run fails (exit 1) when one is off by more than ``--tolerance`` (20%). The
+compute overhead of the chosen tiling (window area / image area, exact) is printed too.
+
 Usage:
-  python scripts/bench_memory.py [--size 4000x3000] [--tile 256] [--tile-pad N] [--model M]
-      [--strip H] [--threads N] [--baseline] [--ext png]
+  python scripts/bench_memory.py [--sizes 2000x1500,4000x3000] [--tile auto|N] [--max-memory 1G]
+      [--tile-pad N] [--model M] [--strip H] [--threads N] [--baseline] [--ext png]
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import tempfile
@@ -112,21 +118,46 @@ _hwm()
 """
 
 
+def measure(args, model: Path, tmp: Path, width: int, height: int) -> dict | None:
+    src = tmp / "input.png"
+    make_image(src, width, height)
+    out = tmp / f"output.{args.ext}"
+    cmd = ["upscale", "-q", "-i", str(src), "-o", str(out), "--model", str(model),
+           "--tile", str(args.tile), "--batch", str(args.batch)]
+    for flag, value in (("--tile-pad", args.tile_pad), ("--threads", args.threads), ("--max-memory", args.max_memory)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    rc, peak, wall, err = run(UPSCALE, cmd)
+    if rc != 0:
+        print(err, file=sys.stderr)
+        return None
+    first = err.strip().splitlines()[0] if err.strip() else ""
+    m = re.search(r"tile auto -> (whole image|\d+x\d+|\d+) \(predicted peak ([0-9.]+) (MiB|GiB)", first)
+    row = {"size": f"{width}x{height}", "peak": peak, "wall": wall, "first_line": first,
+           "out_mb": out.stat().st_size / 1e6}
+    if m:
+        t = m.group(1)
+        row["tile"] = 0 if t == "whole image" else tuple(int(v) for v in t.split("x"))[::-1] if "x" in t else int(t)
+        row["predicted"] = float(m.group(2)) * (1024 if m.group(3) == "GiB" else 1)
+    out.unlink()
+    src.unlink()
+    return row
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", default="4000x3000", help="WIDTHxHEIGHT of the input")
+    ap.add_argument("--sizes", default="2000x1500,4000x3000", help="WIDTHxHEIGHT of the inputs, comma-separated")
     ap.add_argument("--strip", type=int, default=None, help="only this many rows (full width)")
     ap.add_argument("--model", type=Path, default=None, help="ONNX model or checkpoint (default: small random)")
-    ap.add_argument("--tile", type=int, default=256)
+    ap.add_argument("--tile", default="auto")
+    ap.add_argument("--max-memory", default=None)
     ap.add_argument("--tile-pad", type=int, default=None)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--ext", default="png")
+    ap.add_argument("--tolerance", type=float, default=0.2, help="allowed |measured / predicted - 1|")
     ap.add_argument("--baseline", action="store_true", help="also run the float32-stitching baseline")
     args = ap.parse_args()
-    width, height = (int(v) for v in args.size.lower().split("x"))
-    if args.strip:
-        height = args.strip
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_memory_"))
     if args.model is None or args.model.suffix == ".pt":
@@ -134,39 +165,51 @@ def main() -> int:
         desc = make_model(model, args.model)
     else:
         model, desc = args.model, str(args.model)
-    src = tmp / "input.png"
-    make_image(src, width, height)
-    out = tmp / f"output.{args.ext}"
-    cmd = ["upscale", "-q", "-i", str(src), "-o", str(out), "--model", str(model),
-           "--tile", str(args.tile), "--batch", str(args.batch)]
-    if args.tile_pad is not None:
-        cmd += ["--tile-pad", str(args.tile_pad)]
-    if args.threads is not None:
-        cmd += ["--threads", str(args.threads)]
     print(f"model: {desc}")
-    print(f"input {width}x{height} RGB uint8 ({width * height * 3 / 1e6:.0f} MB in memory, "
-          f"{src.stat().st_size / 1e6:.1f} MB PNG); output {4 * width}x{4 * height} "
-          f"({16 * width * height * 3 / 1e6:.0f} MB in memory)", flush=True)
-    rc, peak, wall, err = run(UPSCALE, cmd)
-    if rc != 0:
-        print(err, file=sys.stderr)
-        return rc
-    print(f"srdeploy upscale --tile {args.tile}: peak RSS {peak:.0f} MB, {wall:.0f} s, output file "
-          f"{out.stat().st_size / 1e6:.0f} MB")
-    print(err.strip().splitlines()[0] if err.strip() else "")
-    out.unlink()
-    if args.baseline:
-        rc, bpeak, bwall, berr = run(BASELINE, [str(src), str(model), str(out),
-                                      str(args.tile), str(args.threads)])
-        if rc != 0:
-            print(f"baseline failed (rc {rc}): {berr}", file=sys.stderr)
-        else:
-            print(f"baseline (float32 output stitched, converted at the end): peak RSS {bpeak:.0f} MB, "
-                  f"{bwall:.0f} s; ours / baseline = {peak / bpeak:.2f}")
-        if out.exists():
-            out.unlink()
-    src.unlink()
-    return 0
+    failed = False
+    rows = []
+    for size in args.sizes.split(","):
+        width, height = (int(v) for v in size.lower().split("x"))
+        if args.strip:
+            height = args.strip
+        row = measure(args, model, tmp, width, height)
+        if row is None:
+            return 1
+        rows.append(row)
+        line = (f"{width}x{height} -> {4 * width}x{4 * height} {args.ext}: peak RSS {row['peak']:.0f} MiB, "
+                f"{row['wall']:.0f} s, output {row['out_mb']:.0f} MB")
+        if "predicted" in row:
+            ratio = row["peak"] / row["predicted"]
+            ok = abs(ratio - 1) <= args.tolerance
+            failed |= not ok
+            from srdeploy.runtime.budget import tile_overhead
+            from srdeploy.runtime.open import open_session
+            from srdeploy.runtime.upscale import Upscaler
+
+            with open_session(str(model)) as s:
+                pad = Upscaler(s, tile_pad=args.tile_pad).tile_pad
+            shown = "whole" if not row["tile"] else "x".join(map(str, row["tile"][::-1])) if isinstance(
+                row["tile"], tuple) else row["tile"]
+            line += (f"; tile {shown} (WxH), predicted {row['predicted']:.0f} MiB, measured/predicted "
+                     f"{ratio:.2f} ({'ok' if ok else 'OFF BY MORE THAN ' + format(args.tolerance, '.0%')}); "
+                     f"compute overhead {tile_overhead(height, width, row['tile'], pad):.2f}x")
+        print(line, flush=True)
+        print(f"  {row['first_line']}")
+        if args.baseline:
+            src, out = tmp / "input.png", tmp / f"output.{args.ext}"
+            make_image(src, width, height)
+            rc, bpeak, bwall, berr = run(BASELINE, [str(src), str(model), str(out), "256", str(args.threads)])
+            if rc != 0:
+                print(f"baseline failed (rc {rc}): {berr}", file=sys.stderr)
+            else:
+                print(f"  baseline (tile 256, float32 output stitched, cv2.imwrite): peak RSS {bpeak:.0f} MiB, "
+                      f"{bwall:.0f} s; ours / baseline = {row['peak'] / bpeak:.2f}")
+            out.unlink(missing_ok=True)
+            src.unlink(missing_ok=True)
+    if len(rows) > 1:
+        print("peak / peak at the first size: " + ", ".join(f"{r['size']} {r['peak'] / rows[0]['peak']:.2f}"
+                                                             for r in rows))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

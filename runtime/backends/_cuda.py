@@ -63,3 +63,9 @@ class Cuda:
         except RuntimeError:
             driver = None
         return name, f"{prop.major}.{prop.minor}", driver
+
+    def free_memory(self, device: int) -> int:
+        """Free memory of ``device`` in bytes (cudaMemGetInfo), the budget ``--tile auto`` fits on CUDA."""
+        self.select(device)
+        free, _total = self("cudaMemGetInfo", self.rt.cudaMemGetInfo())
+        return int(free)

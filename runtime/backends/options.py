@@ -49,6 +49,8 @@ class OrtOptions:
             profile when no explicit one is given: windows up to tile + 2 * tile_pad pixels,
             1..batch tiles per call (tile_pad None = the model's default margin; tile 0 = whole
             images, which needs an explicit profile).
+        mem_pattern: ORT's memory-pattern planner (``enable_mem_pattern``); off by default: it
+            took 1.5x the activation memory for no speed gain (measured, see backends/ort.py).
     """
 
     inter_op_threads: int | None = None
@@ -59,6 +61,7 @@ class OrtOptions:
     trt_profile_opt: tuple[int, int, int, int] | None = None
     trt_profile_max: tuple[int, int, int, int] | None = None
     trt_tile_plan: tuple[int, int | None, int] = DEFAULT_TRT_TILE_PLAN
+    mem_pattern: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.provider_options, dict):

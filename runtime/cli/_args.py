@@ -82,12 +82,38 @@ def add_session_args(p: argparse.ArgumentParser, *, threads: bool = True) -> Non
                        help="CPU threads (ONNX Runtime intra-op / torch); default: the backend's (all cores)")
 
 
-def add_tile_args(p: argparse.ArgumentParser, *, tile_default: int | None = None, tile_help: str | None = None,
+def parse_tile(text: str) -> int | str:
+    """--tile: "auto" or a size in pixels >= 0."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--tile {text!r}: expected auto or a size in pixels >= 0 (0 = whole image)")
+    return value
+
+
+def parse_memory(text: str) -> int:
+    """--max-memory: "1G", "512M", ... (binary units) in bytes."""
+    from ..budget import parse_size as parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--max-memory: {exc}") from None
+
+
+def add_tile_args(p: argparse.ArgumentParser, *, tile_default: int | str = "auto", tile_help: str | None = None,
                   batch_help: str = "tiles per inference call (default 1)") -> None:
-    """--tile --tile-pad --batch: what ``Upscaler`` takes."""
-    p.add_argument("--tile", type=int, default=tile_default, metavar="N",
-                   help=tile_help or "tile size in input pixels (default 256, chosen by measurement); "
-                                     "0 = whole image in one pass")
+    """--tile --max-memory --tile-pad --batch: what ``Upscaler`` takes."""
+    p.add_argument("--tile", type=parse_tile, default=tile_default, metavar="N|auto",
+                   help=tile_help or "tile size in input pixels; auto (default) = per image, the largest tile whose "
+                                     "predicted peak memory fits --max-memory; 0 = whole image in one pass")
+    p.add_argument("--max-memory", type=parse_memory, default=None, metavar="SIZE",
+                   help="memory budget for --tile auto, e.g. 1G or 512M (binary units; default: 1G or half the "
+                        "available RAM, whichever is smaller; on CUDA: the GPU's free memory)")
     p.add_argument("--tile-pad", type=int, default=None, metavar="N",
                    help="overlap margin in input pixels (default: 0.3 x the model's receptive radius, at least 12, "
                         "chosen by measurement: deviation < 0.2/255 on the x4 SRResNet; the radius itself "
@@ -98,9 +124,8 @@ def add_tile_args(p: argparse.ArgumentParser, *, tile_default: int | None = None
 def check_tile_args(args: argparse.Namespace) -> None:
     """One message for out-of-range tile flags."""
     feather = getattr(args, "feather", 0) or 0
-    if args.batch < 1 or (args.tile is not None and args.tile < 0) or \
-            (args.tile_pad is not None and args.tile_pad < 0) or feather < 0:
-        raise ValueError("--tile, --tile-pad and --feather must be >= 0 and --batch >= 1")
+    if args.batch < 1 or (args.tile_pad is not None and args.tile_pad < 0) or feather < 0:
+        raise ValueError("--tile-pad and --feather must be >= 0 and --batch >= 1")
 
 
 def model_path(args: argparse.Namespace) -> str:
@@ -136,9 +161,5 @@ def describe_session(session, model, upscaler=None) -> str:
     line = (f"model {model} (x{info.scale}, receptive radius {info.receptive_radius}) on {session.backend} "
             f"{used} {session.device} {session.precision}")
     if upscaler is not None:
-        if upscaler.tile:
-            line += f"; tile {upscaler.tile}, tile-pad {upscaler.tile_pad}"
-        else:
-            line += "; tile whole image"
-        line += f", batch {upscaler.batch}" + (f", feather {upscaler.feather}" if upscaler.feather else "")
+        line += f"; {upscaler.describe()}, batch {upscaler.batch}" + (f", feather {upscaler.feather}" if upscaler.feather else "")
     return line

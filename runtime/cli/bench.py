@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._args import add_session_args, model_path, parse_size
+from ._args import add_session_args, add_tile_args, model_path, parse_size
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,16 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "C++ benchmark). With --plot OUT.png FILE.json..., plot earlier results instead.")
     b.add_argument("jsons", nargs="*", metavar="FILE.json", help="with --plot: result files to plot")
     add_session_args(b)
-    b.add_argument("--tile-pad", type=int, default=None, metavar="N",
-                   help="tile margin in LR pixels (default: 0.3 x the model's receptive radius, at least 12, "
-                        "as srdeploy upscale; the radius itself is exact)")
     b.add_argument("--size", default="128x128", metavar="WxH", help="LR input size (default 128x128)")
-    b.add_argument("--batch", type=int, default=1, metavar="N", help="images per inference call (default 1)")
     b.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed calls first (default 3)")
     b.add_argument("--iters", type=int, default=20, metavar="N", help="timed calls (default 20)")
-    b.add_argument("--tile", type=int, default=0, metavar="N",
-                   help="tile size in LR pixels for the full path (and model-only when the input exceeds "
-                        "it); default 0 = whole image")
+    add_tile_args(b, tile_help="tile size in LR pixels for the full path (and model-only when the input exceeds "
+                               "it); auto (default) = the largest tile whose predicted peak memory fits --max-memory "
+                               "(the whole image when it fits); 0 = whole image",
+                  batch_help="images per inference call (default 1)")
     b.add_argument("--inter-op-threads", type=int, default=None, metavar="N", help="ONNX Runtime inter-op threads")
     b.add_argument("--graph-opt", choices=("disable", "basic", "extended", "all"), default=None,
                    help="ONNX Runtime graph optimisation level (default all)")
@@ -78,7 +75,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         options["graph_optimization"] = args.graph_opt
     cfg = BenchConfig(model=model_path(args), width=w, height=h, batch=args.batch, backend=args.backend,
                       device=args.device, precision=args.precision, threads=args.threads, warmup=args.warmup,
-                      iters=args.iters, tile=args.tile, tile_pad=args.tile_pad, full_path=not args.no_full_path,
+                      iters=args.iters, tile=args.tile, tile_pad=args.tile_pad, max_memory=args.max_memory,
+                      full_path=not args.no_full_path,
                       video=args.video, video_frames=args.video_frames, compare_torch=args.compare_torch,
                       options=options)
     cfg.validate()

@@ -68,10 +68,17 @@ def run_upscale(args: argparse.Namespace) -> int:
     recipe = session_recipe(args)
     with open_session(recipe) as session:
         up = Upscaler(session, tile=DEFAULT_TILE if args.tile is None else args.tile, tile_pad=args.tile_pad,
-                      batch=args.batch, feather=args.feather, alpha=args.alpha)
-        print(describe_session(session, recipe.model, up), file=sys.stderr)
+                      batch=args.batch, feather=args.feather, alpha=args.alpha, max_memory=args.max_memory)
+        announced = []
+
+        def announce(upscaler) -> None:  # the first line, once the first image's tile is chosen
+            print(describe_session(session, recipe.model, upscaler), file=sys.stderr)
+            announced.append(True)
+
         report = upscale_files(up, mapping, overwrite=args.overwrite, quality=args.quality,
-                               progress=not args.quiet)
+                               progress=not args.quiet, announce=announce)
+        if not announced:
+            print(describe_session(session, recipe.model, up), file=sys.stderr)
     failures += report.failures
     dt = time.perf_counter() - t0
     print(f"srdeploy upscale: {len(report.written)} of {len(files)} image(s) written to {args.output} in {dt:.1f} s",

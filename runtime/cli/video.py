@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="output video; the container follows the extension (.mp4, .mov, .mkv, .webm; "
                         ".avi with --encoder opencv)")
     add_session_args(v)
-    add_tile_args(v, tile_help="tile size in LR pixels; 0 = whole frame in one pass (default: the runtime's, 256)",
+    add_tile_args(v, tile_help="tile size in LR pixels; auto (default) = the largest tile whose predicted peak memory "
+                                 "fits --max-memory (the whole frame when it fits); 0 = whole frame in one pass",
                   batch_help="frames per inference call when a frame fits in one tile, else tiles per call "
                              "(default 1)")
     v.add_argument("--encoder", choices=ENCODERS, default="ffmpeg",
@@ -76,7 +77,15 @@ def run_video(args: argparse.Namespace) -> int:
     kwargs = {} if args.tile is None else {"tile": args.tile}
     recipe = session_recipe(args)
     with open_session(recipe) as session:
-        upscaler = Upscaler(session, tile_pad=args.tile_pad, batch=args.batch, **kwargs)
+        upscaler = Upscaler(session, tile_pad=args.tile_pad, batch=args.batch, max_memory=args.max_memory, **kwargs)
+        if upscaler.tile == "auto":  # choose for the frame size, so the first line shows it
+            import cv2
+
+            cap = cv2.VideoCapture(args.input)
+            w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+            cap.release()
+            if w > 0 and h > 0:
+                upscaler.plan(h, w, streamed=False)
         print(describe_session(session, recipe.model, upscaler), file=sys.stderr)
         if args.encoder == "opencv":
             return _opencv(args, upscaler)

@@ -232,7 +232,7 @@ def _stack_size(upscaler, h: int, w: int, batch: int | None = None) -> int:
         batch: frames wanted per call (default: ``upscaler.batch``); capped by the session's
             batch range (a TensorRT profile).
     """
-    plan = upscaler.plan(h, w)
+    plan = upscaler.plan(h, w, streamed=False)  # a whole output frame is held (and queued)
     if plan.num_tiles != 1 or plan.notes or plan.window != (h, w) or plan.feather:
         return 0
     lo, hi = upscaler.session.input_spec.batch

@@ -1,0 +1,115 @@
+"""runtime.budget: size parsing, the ONNX graph profile, the peak predictor and the tile chooser."""
+
+from __future__ import annotations
+
+import pytest
+
+from srdeploy.runtime.budget import (HEADROOM, GraphProfile, ProfileError, choose_tile, format_size, parse_size,
+                                     predict_peak, profile_graph, profile_onnx, tile_overhead)
+from srdeploy.runtime.open import default_model_path
+
+
+@pytest.mark.parametrize("text,expected", [("1G", 1 << 30), ("512M", 512 << 20), ("1.5GB", 3 << 29),
+                                           ("800MiB", 800 << 20), ("4096", 4096), (" 2 g ", 2 << 30),
+                                           ("64k", 64 << 10)])
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "G", "1X", "-1G", "1 GB extra", "0"])
+def test_parse_size_rejects(text):
+    with pytest.raises(ValueError, match="memory size"):
+        parse_size(text)
+
+
+def test_format_size():
+    assert format_size(612 << 20) == "612 MiB"
+    assert format_size(5 << 29) == "2.50 GiB"
+
+
+def test_profile_of_bundled_model_matches_its_architecture():
+    # 16-block SRResNet x4, 64 channels: the peak is at the second pixel shuffle, where the
+    # 256-channel 2x tensor (256 * 4 floats per LR pixel) and its 64-channel 4x result
+    # (64 * 16) are both alive: 2048 floats = 8192 bytes per LR pixel.
+    p = profile_onnx(default_model_path())
+    assert p.peak_bytes_per_pixel == 8192
+    assert "DepthToSpace" in p.peak_op
+
+
+def test_profile_reader_agrees_with_onnx_package(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    # conv(3->8) -> relu -> conv(8->32, stride 1) -> DepthToSpace(2) -> concat with an upsampled copy
+    w1 = helper.make_tensor("w1", TensorProto.FLOAT, [8, 3, 3, 3], [0.0] * 216)
+    w2 = helper.make_tensor("w2", TensorProto.FLOAT, [32, 8, 3, 3], [0.0] * 2304)
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Conv", ["b", "w2"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("DepthToSpace", ["c"], ["d"], blocksize=2),
+             helper.make_node("DepthToSpace", ["c"], ["e"], blocksize=2),
+             helper.make_node("Concat", ["d", "e"], ["output"], axis=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)], [w1, w2])
+    model = helper.make_model(graph)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    sizes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info}
+    # per 4x4 input: c = 32*16 elems, d = e = 8*64; peak at the Concat: c freed after e, so d + e + output
+    assert sizes["c"] == [1, 32, 4, 4] and sizes["d"] == [1, 8, 8, 8]
+    p = profile_graph(model.SerializeToString())
+    expected = (8 * 64 + 8 * 64 + 16 * 64) * 4 / 16  # bytes per LR pixel
+    assert p.peak_bytes_per_pixel == pytest.approx(expected)
+
+
+def test_profile_unknown_operator_says_so(tmp_path):
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Resize", ["input", "", "scales"], ["output"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
+                              [helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2])])
+    with pytest.raises(ProfileError, match="Resize.*--tile N"):
+        profile_graph(helper.make_model(graph).SerializeToString(), source="m.onnx")
+
+
+_PROFILE = GraphProfile(peak_bytes_per_pixel=8192, peak_op="test")
+_IMAGE = dict(height=3000, width=4000, channels=3, itemsize=1, scale=4)
+
+
+def test_chooser_is_monotonic_in_budget():
+    costs = []
+    for mb in range(300, 4000, 100):
+        p = choose_tile(_PROFILE, mb << 20, tile_pad=12, **_IMAGE)
+        assert p.total <= HEADROOM * (mb << 20)
+        costs.append(tile_overhead(3000, 4000, p.tile, 12))
+    assert costs == sorted(costs, reverse=True) and costs[0] > costs[-1]
+
+
+def test_chooser_fills_the_budget_with_the_cheapest_tiling():
+    budget = 1 << 30
+    p = choose_tile(_PROFILE, budget, tile_pad=12, **_IMAGE)
+    th, tw = p.tile
+    assert p.total <= HEADROOM * budget and tile_overhead(3000, 4000, p.tile, 12) < 1.3
+    # every tiling the tiler can make with less overhead is predicted over the budget
+    for kh in range(1, 40):
+        for kw in range(1, 40):
+            t = (-(-3000 // kh), -(-4000 // kw))
+            if tile_overhead(3000, 4000, t, 12) < tile_overhead(3000, 4000, p.tile, 12) - 1e-9:
+                assert predict_peak(_PROFILE, tile=t, tile_pad=12, **_IMAGE).total > HEADROOM * budget
+
+
+def test_predictor_parts():
+    streamed = predict_peak(_PROFILE, tile=256, tile_pad=12, **_IMAGE)
+    held = predict_peak(_PROFILE, tile=256, tile_pad=12, streamed=False, **_IMAGE)
+    assert streamed.image_out == 0 and held.image_out == 16000 * 12000 * 3
+    assert streamed.image_in == 4000 * 3000 * 3
+    # window 256 + 2 * 12 = 280 (cores near-equal: 4000 / 16 = 250 -> window 274)
+    assert streamed.activations == pytest.approx(1.45 * 8192 * 274 * 274, rel=0.01)
+    whole = predict_peak(_PROFILE, tile=0, tile_pad=12, height=100, width=50, channels=1, itemsize=2, scale=4)
+    assert whole.activations == pytest.approx(1.45 * 8192 * 100 * 50, rel=1e-6)
+
+
+def test_whole_image_when_it_fits():
+    p = choose_tile(_PROFILE, 1 << 30, tile_pad=12, height=48, width=64, channels=3, itemsize=1, scale=4)
+    assert p.tile == 0
