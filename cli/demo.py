@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from srdeploy.runtime.cli._args import add_session_args
+
 DEFAULT_IMAGE = ("benchmark", "Set14", "comic.png")
 
 
@@ -23,9 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-i", "--image", help="ground-truth image (default: Set14/comic.png under the data folder, "
                                          "$SRDEPLOY_DATA or ../shared/data)")
     p.add_argument("-o", "--output", default="demo.png", help="comparison PNG to write (default demo.png)")
-    p.add_argument("--model", help="model file (default: the bundled models/*.onnx)")
-    p.add_argument("--backend", default="auto", help="auto, onnxruntime, tensorrt, torch")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N")
+    add_session_args(p, threads=False)
     p.add_argument("--crop", type=int, default=160, help="size of the crop shown, in HR pixels (default 160)")
     p.add_argument("--zoom", type=int, default=2, help="enlarge the crops by this factor, nearest neighbour")
     p.add_argument("--save-sr", metavar="FILE", help="also write the whole model output image")
@@ -59,7 +59,7 @@ def _label(panel, text: str):
 def run_demo(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from srdeploy.runtime.images import read_image, write_image
+    from srdeploy.runtime.media.images import read_image, write_image
     from srdeploy.runtime.open import default_model_path, open_session
     from srdeploy.runtime.upscale import Upscaler
     from srdeploy.train.data import data_root, imresize, mod_crop
@@ -77,7 +77,7 @@ def run_demo(args: argparse.Namespace) -> int:
         hr = np.repeat(hr[:, :, None], 3, axis=2)
     hr = np.ascontiguousarray(hr[:, :, :3])
 
-    with open_session(model, backend=args.backend, device=args.device) as session:
+    with open_session(model, backend=args.backend, device=args.device, precision=args.precision) as session:
         scale = session.info.scale
         hr = mod_crop(hr, scale)
         lr = imresize(hr, 1.0 / scale)

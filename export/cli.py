@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
+
+from srdeploy.runtime.backends import help_text as backend_help
+from srdeploy.runtime.cli._args import backend_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fp16-threshold", type=float, default=None, metavar="ABS",
                    help="keep a layer FP32 when its largest |activation| exceeds this (default 16384 = 2**14)")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights even when EMA weights exist")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("-q", "--quiet", action="store_true", help="no step-by-step progress lines")
     p.set_defaults(func=_run_export)
 
     v = sub.add_parser(
@@ -47,11 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="random-input sizes (default 1x33x47,2x40x64,1x96x71; kept inside an engine's profile)")
     v.add_argument("--atol", type=float, default=None, help="max abs tolerance (default by precision)")
     v.add_argument("--min-psnr", type=float, default=None, help="PSNR floor in dB (default 45 for FP16)")
-    v.add_argument("--backend", default="auto", help="runtime backend (default: from the file type)")
+    v.add_argument("--backend", default="auto", type=backend_arg, metavar="BACKEND", help=backend_help())
     v.add_argument("--device", default=None, help="runtime device (default: cpu for ONNX, cuda:0 for engines)")
     v.add_argument("--ref-device", default="cpu", help="torch device of the reference model (cpu, cuda)")
     v.add_argument("--seed", type=int, default=0, help="random-input seed")
     v.add_argument("--json", metavar="FILE", help="also write the report as JSON ('-' for stdout)")
+    v.add_argument("-q", "--quiet", action="store_true", help="print the table at the end, not row by row")
     v.set_defaults(func=_run_verify)
 
     b = sub.add_parser(
@@ -76,16 +81,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--opt-level", type=int, default=3, help="builder optimisation level 0-5 (default 3)")
     b.add_argument("--device", type=int, default=0, help="CUDA device index")
     b.add_argument("--force", action="store_true", help="rebuild even when the engine is up to date")
+    b.add_argument("--version-compatible", action="store_true",
+                   help="engine that also loads on later TensorRT releases of the same major version (embeds its "
+                        "lean runtime; may be slower)")
+    b.add_argument("--hardware-compatible", nargs="?", const="ampere_plus", default="none",
+                   choices=("none", "ampere_plus", "same_compute_capability"), metavar="LEVEL",
+                   help="engine that runs on other GPUs: ampere_plus (the default LEVEL: any GPU of compute "
+                        "capability >= 8.0) or same_compute_capability; may be slower")
     b.set_defaults(func=_run_build_engine)
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    # Checked before the (seconds-long) torch/onnx imports and the work: refuse, as upscale does.
+    out = Path(args.output)
+    outputs = [out] + ([out.with_name(out.stem + "_fp16" + out.suffix)] if args.fp16 else [])
+    for path in outputs:
+        if path.exists() and not args.overwrite:
+            raise FileExistsError(f"{path}: already exists; pass --overwrite to replace it")
+    if not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"{args.checkpoint}: checkpoint file does not exist")
+    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    log(f"export: loading {args.checkpoint} (PyTorch, ONNX)")
+
     from .onnx_export import OPSET
     from .pipeline import export_checkpoint
 
     r = export_checkpoint(args.checkpoint, args.output, opset=args.opset or OPSET, simplify=args.simplify,
                           fp16=args.fp16, calib=args.calib, fp16_threshold=args.fp16_threshold,
-                          use_ema=not args.no_ema)
+                          use_ema=not args.no_ema, log=log)
     i = r.info
     print(f"wrote {r.onnx_path} ({i.arch} x{i.scale}, receptive radius {i.receptive_radius} LR px, "
           f"opset {args.opset or OPSET}, input 'lr' [batch,3,height,width] -> output 'sr')")
@@ -96,19 +119,33 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from .verify import parse_size, verify
+    from srdeploy.runtime.atomic import atomic_target
+    from srdeploy.runtime.cli._args import parse_batch_hw
 
-    sizes = [parse_size(s) for s in args.sizes.split(",")] if args.sizes else None
+    from .verify import verify
+
+    sizes = [parse_batch_hw(s, what="--sizes") for s in args.sizes.split(",")] if args.sizes else None
+    live = args.json != "-" and not args.quiet  # rows as each case finishes, not all at the end
+
+    def on_case(report, case) -> None:
+        if live:
+            if len(report.cases) == 1:
+                print(report.format_header())
+            print(report.format_row(case), flush=True)
+
+    if live:
+        print(f"verify: loading {args.checkpoint} (PyTorch reference) and {args.model}", file=sys.stderr, flush=True)
     report = verify(args.checkpoint, args.model, images=args.images, use_images=not args.no_images, sizes=sizes,
                     atol=args.atol, min_psnr=args.min_psnr, backend=args.backend, device=args.device,
-                    ref_device=args.ref_device, seed=args.seed, image_limit=args.max_images)
+                    ref_device=args.ref_device, seed=args.seed, image_limit=args.max_images, on_case=on_case)
     text = json.dumps(report.as_dict(), indent=2)
     if args.json == "-":
         print(text)
     else:
-        print(report.format_table())
+        print(report.format_footer() if live and report.cases else report.format_table())
         if args.json:
-            Path(args.json).write_text(text + "\n")
+            with atomic_target(args.json) as tmp:
+                tmp.write_text(text + "\n")
     if not report.ok:
         print(f"srdeploy verify: FAILED cases: {', '.join(c.name for c in report.failed)}", file=sys.stderr)
         return 1
@@ -122,7 +159,8 @@ def _run_build_engine(args: argparse.Namespace) -> int:
     r = build_engine(args.onnx, args.output, profiles=profiles, fp16=args.fp16,
                      workspace_gb=args.workspace or DEFAULT_WORKSPACE_GB, timing_cache=args.timing_cache,
                      calib=args.calib, checkpoint=args.checkpoint, fp16_threshold=args.fp16_threshold,
-                     opt_level=args.opt_level, device=args.device, force=args.force)
+                     opt_level=args.opt_level, device=args.device, force=args.force,
+                     version_compatible=args.version_compatible, hardware_compatibility=args.hardware_compatible)
     side = r.sidecar
     pinned = side.get("fp32_layers") or []
     print(f"{'reused' if r.reused else 'built'} {r.engine}: {side['precision']}, TensorRT {side['tensorrt_version']}, "

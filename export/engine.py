@@ -4,8 +4,10 @@ The engine is a plain serialized plan (``trtexec --loadEngine`` loads it). Besid
 ``<engine>.json`` (the sidecar, keys in ``SIDECAR_KEYS``) records what the runtime must check
 before loading (TensorRT version, GPU name and compute capability: engines only run where they
 were built) and what was built (precision, FP32-pinned layers, profiles, workspace, ONNX sha256,
-build time, the model's srdeploy metadata). ``srdeploy.runtime.trt_backend.check_sidecar``
-reads it; the runtime never imports this module.
+build time, the model's srdeploy metadata). The format (``SIDECAR_KEYS``, ``sidecar_path``,
+``read_sidecar``/``write_sidecar``) is defined once in ``srdeploy.runtime.backends.trt``, whose
+``check_sidecar`` validates it before loading; the runtime never imports this module. The GPU
+identity recorded here is read by ``srdeploy.runtime.backends._cuda``, as the runtime reads it.
 
 Precision: networks are built *strongly typed*: every layer runs in the type its ONNX tensors
 have. An FP16 engine is built from the mixed-precision ONNX of ``fp16.to_fp16_onnx`` (FP16
@@ -28,33 +30,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from srdeploy.runtime.atomic import atomic_target
+from srdeploy.runtime.backends._cuda import Cuda, import_cudart
+from srdeploy.runtime.backends.trt import (HARDWARE_LEVELS, SIDECAR_FORMAT, SIDECAR_KEYS, read_sidecar,
+                                           sidecar_path, write_sidecar)
+from srdeploy.runtime.cli._args import parse_shape
 from srdeploy.runtime.metadata import INPUT_NAME, ModelInfo
 
-SIDECAR_FORMAT = "srdeploy.trt-engine/1"
 DEFAULT_WORKSPACE_GB = 4.0
 DEFAULT_OPT_LEVEL = 3
-# Every key the sidecar carries (tests check the writer emits exactly these).
-SIDECAR_KEYS = (
-    "format", "engine_file", "engine_sha256", "tensorrt_version", "gpu_name", "compute_capability",
-    "cuda_driver_version", "precision", "fp32_layers", "strongly_typed", "tf32", "profiles", "workspace_bytes",
-    "builder_optimization_level", "onnx_file", "onnx_sha256", "built_onnx_sha256", "metadata", "fp16_analysis",
-    "timing_cache", "build_seconds", "built_at", "srdeploy_version", "cache_key",
-)
 
 
 # ----------------------------------------------------------------------------- shapes
-
-def parse_shape(text: str) -> tuple[int, int, int, int]:
-    """'1x3x32x32' -> (1, 3, 32, 32): batch x channels x height x width, positive integers."""
-    parts = str(text).lower().replace("*", "x").split("x")
-    try:
-        dims = tuple(int(p) for p in parts)
-    except ValueError:
-        dims = ()
-    if len(dims) != 4 or min(dims) < 1:
-        raise ValueError(f"shape {text!r} is not NxCxHxW with positive integers (e.g. 1x3x256x256)")
-    return dims  # type: ignore[return-value]
-
 
 def _shape_str(shape) -> str:
     return "x".join(str(v) for v in shape)
@@ -123,6 +109,8 @@ class EngineKey:
     builder_optimization_level: int
     tf32: bool
     strongly_typed: bool = True
+    version_compatible: bool = False
+    hardware_compatibility: str = "none"
     format: str = SIDECAR_FORMAT
 
     def digest(self) -> str:
@@ -134,12 +122,6 @@ class EngineKey:
 
 
 # ----------------------------------------------------------------------------- sidecar
-
-def sidecar_path(engine: str | os.PathLike) -> Path:
-    """Where ``build-engine`` writes the sidecar: ``<engine>.json`` (model.engine -> model.engine.json)."""
-    engine = Path(engine)
-    return engine.with_name(engine.name + ".json")
-
 
 def make_sidecar(*, key: EngineKey, engine_file: Path, engine_sha256: str, onnx_file: Path, info: ModelInfo,
                  extra_props: dict | None, fp16_analysis: dict | None, timing_cache: str | None,
@@ -163,6 +145,8 @@ def make_sidecar(*, key: EngineKey, engine_file: Path, engine_sha256: str, onnx_
         "profiles": [p.as_dict() for p in key.profiles],
         "workspace_bytes": key.workspace_bytes,
         "builder_optimization_level": key.builder_optimization_level,
+        "version_compatible": key.version_compatible,
+        "hardware_compatibility": key.hardware_compatibility,
         "onnx_file": str(onnx_file),
         "onnx_sha256": key.onnx_sha256,
         "built_onnx_sha256": key.built_onnx_sha256,
@@ -183,25 +167,9 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def write_sidecar(path: str | os.PathLike, sidecar: dict) -> None:
-    """Write the sidecar JSON atomically."""
-    _atomic_write_bytes(Path(path), (json.dumps(sidecar, indent=2) + "\n").encode())
-
-
-def read_sidecar(path: str | os.PathLike) -> dict:
-    """Read and shape-check a sidecar written by ``write_sidecar`` (ValueError when malformed)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: unreadable engine sidecar ({exc})") from exc
-    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
-        raise ValueError(f"{path}: not an srdeploy engine sidecar (format {SIDECAR_FORMAT!r})")
-    missing = [k for k in SIDECAR_KEYS if k not in data]
-    if missing:
-        raise ValueError(f"{path}: engine sidecar lacks {', '.join(missing)}; rebuild the engine")
+def read_checked_sidecar(path: str | os.PathLike) -> dict:
+    """``read_sidecar`` plus a check that every recorded profile is valid."""
+    data = read_sidecar(path)
     for p in data["profiles"]:
         ShapeProfile.from_dict(p)
     return data
@@ -221,36 +189,9 @@ def import_tensorrt():
 
 
 def gpu_identity(device: int = 0) -> tuple[str, str, int | None]:
-    """(GPU name, "major.minor" compute capability, CUDA driver version) of CUDA device ``device``.
-
-    Read with cuda-python's ``cudaGetDeviceProperties``, the same call the runtime uses, so the
-    sidecar's values compare equal on the same machine.
-    """
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        try:
-            from cuda import cudart  # older cuda-python
-        except ImportError as exc:
-            raise ModuleNotFoundError("build-engine needs cuda-python: pip install 'srdeploy[gpu]'",
-                                      name="cuda") from exc
-
-    def check(what, result):
-        err, *rest = result if isinstance(result, tuple) else (result,)
-        if err != cudart.cudaError_t.cudaSuccess:
-            raise RuntimeError(f"CUDA {what} failed ({getattr(err, 'name', err)}); is an NVIDIA GPU and driver present?")
-        return rest[0] if rest else None
-
-    count = check("cudaGetDeviceCount", cudart.cudaGetDeviceCount())
-    if device >= count:
-        raise RuntimeError(f"CUDA device {device} requested but {count} device(s) exist")
-    prop = check("cudaGetDeviceProperties", cudart.cudaGetDeviceProperties(device))
-    name = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
-    try:
-        driver = int(check("cudaDriverGetVersion", cudart.cudaDriverGetVersion()))
-    except RuntimeError:
-        driver = None
-    return name, f"{prop.major}.{prop.minor}", driver
+    """(GPU name, "major.minor" compute capability, CUDA driver version) of CUDA device ``device``,
+    read exactly as the runtime reads it (``srdeploy.runtime.backends._cuda``)."""
+    return Cuda(import_cudart("build-engine")).identity(device)
 
 
 @dataclass
@@ -273,7 +214,7 @@ def prepare_fp16_onnx(onnx_path: Path, checkpoint: str | os.PathLike | None, out
     """
     import onnx
 
-    from .fp16 import DEFAULT_THRESHOLD, analyse_activations, calibration_inputs, nodes_to_pin, to_fp16_onnx
+    from .fp16 import fp16_from_fp32
     from .fuse import fuse_bn
     from .onnx_export import _atomic_save_onnx, read_props, sha256_file
     from .pipeline import KEY_FP16_ANALYSIS, KEY_WEIGHTS, load_generator
@@ -297,14 +238,9 @@ def prepare_fp16_onnx(onnx_path: Path, checkpoint: str | os.PathLike | None, out
                          "metadata); pass the right --checkpoint")
     model, _, _ = load_generator(checkpoint, use_ema=props.get(KEY_WEIGHTS, "ema") != "state_dict")
     fused = fuse_bn(model)
-    inputs, names = calibration_inputs(calib, scale=info.scale)
-    report = analyse_activations(fused, inputs, threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
-                                 names=names)
-    report.check_finite()
-    src = onnx.load(str(onnx_path))
-    pins = nodes_to_pin(report, fused, src)
-    fp16_model, fp32_nodes = to_fp16_onnx(src, keep_fp32=pins)
-    report.fp32_nodes = fp32_nodes
+    fp16_model, report = fp16_from_fp32(fused, onnx.load(str(onnx_path)), calib=calib, scale=info.scale,
+                                        threshold=threshold)
+    fp32_nodes = report.fp32_nodes
     meta = {p.key: p.value for p in fp16_model.metadata_props}
     meta[KEY_FP16_ANALYSIS] = json.dumps(report.summary(), sort_keys=True)
     meta["srdeploy.precision"] = "fp16"
@@ -313,7 +249,7 @@ def prepare_fp16_onnx(onnx_path: Path, checkpoint: str | os.PathLike | None, out
         e = fp16_model.metadata_props.add()
         e.key, e.value = k, v
     _atomic_save_onnx(fp16_model, out_path)
-    log(f"FP16 analysis on {len(inputs)} calibration inputs: largest |activation| {report.overall_max:.4g} "
+    log(f"FP16 analysis on {len(report.images)} calibration inputs: largest |activation| {report.overall_max:.4g} "
         f"(threshold {report.threshold:g}); kept in FP32: {', '.join(fp32_nodes) if fp32_nodes else 'none'}")
     return report.summary(), fp32_nodes
 
@@ -323,6 +259,7 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, *, pro
                  timing_cache: str | os.PathLike | None = None, calib: str | os.PathLike | None = None,
                  checkpoint: str | os.PathLike | None = None, fp16_threshold: float | None = None,
                  opt_level: int = DEFAULT_OPT_LEVEL, device: int = 0, force: bool = False,
+                 version_compatible: bool = False, hardware_compatibility: str = "none",
                  log=print) -> BuildResult:
     """Build a TensorRT engine and its sidecar from an srdeploy ONNX model.
 
@@ -337,30 +274,33 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, *, pro
         checkpoint: checkpoint of an FP32 ONNX, needed for ``fp16`` (analysis).
         fp16_threshold: |activation| above which layers stay FP32 (default 2**14).
         opt_level: ``builder_optimization_level`` (0-5; TensorRT's default is 3).
-        device: CUDA device index to build on.
+        device: CUDA device index to build on (selected before TensorRT's builder is created, so
+            the engine is built on, and the sidecar describes, that GPU).
+        version_compatible: build with ``BuilderFlag.VERSION_COMPATIBLE`` (the plan embeds its lean
+            runtime and loads on later TensorRT releases of the same major version; slower).
+        hardware_compatibility: "none", "ampere_plus" (runs on any GPU of compute capability >= 8.0)
+            or "same_compute_capability" (any GPU of the building GPU's compute capability).
         force: rebuild even when an up-to-date engine (same cache key) exists.
         log: progress printer.
     """
     from .onnx_export import read_props, sha256_file
 
     onnx_path, output = Path(onnx_path), Path(output)
-    if not onnx_path.is_file():
-        raise FileNotFoundError(f"{onnx_path}: ONNX file does not exist")
-    if not profiles:
-        raise ValueError("build-engine: at least one optimisation profile (--min/--opt/--max) is needed")
-    for p in profiles:
-        p.validate()
-    if not 0 <= opt_level <= 5:
-        raise ValueError(f"--opt-level must be 0..5, got {opt_level}")
-    if workspace_gb <= 0:
-        raise ValueError(f"--workspace must be > 0 GiB, got {workspace_gb}")
+    _check_build_request(onnx_path, profiles, opt_level, workspace_gb)
+    if hardware_compatibility not in HARDWARE_LEVELS:
+        raise ValueError(f"--hardware-compatible must be one of {', '.join(HARDWARE_LEVELS)}, got "
+                         f"{hardware_compatibility!r}")
     props = read_props(onnx_path)
     info = ModelInfo.from_props(props, source=str(onnx_path))
     if info.precision == "fp16" and not fp16:
         raise ValueError(f"{onnx_path} is the FP16 model; pass --fp16 to build an FP16 engine, or build FP32 from "
                          "the FP32 ONNX")
     trt = import_tensorrt()  # fail fast, before any analysis work
-    gpu_name, cc, driver = gpu_identity(device)
+    cuda = Cuda(import_cudart("build-engine"))
+    gpu_name, cc, driver = cuda.identity(device)
+    if hardware_compatibility == "ampere_plus" and int(cc.split(".")[0]) < 8:
+        raise ValueError(f"--hardware-compatible ampere_plus needs an Ampere or newer GPU to build on; cuda:{device} "
+                         f"is {gpu_name} (compute capability {cc})")
     workspace_bytes = int(workspace_gb * (1 << 30))
     onnx_sha = sha256_file(onnx_path)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -375,56 +315,25 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, *, pro
                         tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=cc,
                         precision="fp16" if fp16 else "fp32", fp32_layers=tuple(fp32_layers),
                         profiles=tuple(profiles), workspace_bytes=workspace_bytes,
-                        builder_optimization_level=opt_level, tf32=False)
+                        builder_optimization_level=opt_level, tf32=False,
+                        version_compatible=version_compatible, hardware_compatibility=hardware_compatibility)
         side_path = sidecar_path(output)
-        if not force and output.is_file() and side_path.is_file():
-            try:
-                old = read_sidecar(side_path)
-            except ValueError:
-                old = None
-            if old and old["cache_key"] == key.digest() and old["engine_sha256"] == sha256_file(output):
-                log(f"{output} is up to date (same ONNX, TensorRT {key.tensorrt_version}, GPU, precision, profiles); "
-                    "pass --force to rebuild")
-                return BuildResult(output, old, reused=True)
-
-        logger = trt.Logger(trt.Logger.WARNING)
-        builder = trt.Builder(logger)
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(built_onnx)):
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise RuntimeError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors}")
-        if network.num_inputs != 1 or network.get_input(0).name != INPUT_NAME:
-            raise ValueError(f"{onnx_path}: expected one input {INPUT_NAME!r}")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-        config.builder_optimization_level = opt_level
-        if hasattr(trt.BuilderFlag, "TF32"):  # on by default: FP32 convs would round inputs to 10 bits
-            config.clear_flag(trt.BuilderFlag.TF32)
-        for p in profiles:
-            prof = builder.create_optimization_profile()
-            prof.set_shape(INPUT_NAME, p.min, p.opt, p.max)
-            if config.add_optimization_profile(prof) < 0:
-                raise RuntimeError(f"TensorRT rejected profile {p.as_dict()}")
+        old = None if force else _reusable(output, side_path, key)
+        if old is not None:
+            log(f"{output} is up to date (same ONNX, TensorRT {key.tensorrt_version}, GPU, precision, profiles); "
+                "pass --force to rebuild")
+            return BuildResult(output, old, reused=True)
         cache_path = Path(timing_cache) if timing_cache else None
-        if cache_path is not None:
-            cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-            if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-                raise RuntimeError(f"{cache_path}: timing cache does not match this TensorRT version / GPU; delete it "
-                                   "or pass another --timing-cache path")
         log(f"building {'FP16' if fp16 else 'FP32'} engine with TensorRT {trt.__version__} on {gpu_name} (sm {cc}), "
             f"{len(profiles)} profile(s), workspace {workspace_gb:g} GiB ...")
-        t0 = time.perf_counter()
-        plan = builder.build_serialized_network(network, config)
-        seconds = time.perf_counter() - t0
-        if plan is None:
-            raise RuntimeError("TensorRT failed to build the engine (see its log above): often too small a "
-                               "--workspace or a profile too large for GPU memory")
-        data = bytes(memoryview(plan))
+        data, cache_bytes, seconds = _build_plan(trt, onnx_path, built_onnx, profiles=profiles,
+                                                 workspace_bytes=workspace_bytes, opt_level=opt_level,
+                                                 cache_path=cache_path, cuda=cuda, device=device,
+                                                 version_compatible=version_compatible,
+                                                 hardware_compatibility=hardware_compatibility)
         _atomic_write_bytes(output, data)
         if cache_path is not None:
-            _atomic_write_bytes(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
+            _atomic_write_bytes(cache_path, cache_bytes)
         side = make_sidecar(key=key, engine_file=output, engine_sha256=hashlib.sha256(data).hexdigest(),
                             onnx_file=onnx_path, info=info,
                             extra_props={k: v for k, v in props.items() if k.startswith("srdeploy.")},
@@ -433,3 +342,82 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, *, pro
         write_sidecar(side_path, side)
     log(f"wrote {output} ({len(data) / 1e6:.1f} MB) and {side_path.name} in {seconds:.1f} s")
     return BuildResult(output, side)
+
+
+def _check_build_request(onnx_path: Path, profiles: list[ShapeProfile], opt_level: int, workspace_gb: float) -> None:
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"{onnx_path}: ONNX file does not exist")
+    if not profiles:
+        raise ValueError("build-engine: at least one optimisation profile (--min/--opt/--max) is needed")
+    for p in profiles:
+        p.validate()
+    if not 0 <= opt_level <= 5:
+        raise ValueError(f"--opt-level must be 0..5, got {opt_level}")
+    if workspace_gb <= 0:
+        raise ValueError(f"--workspace must be > 0 GiB, got {workspace_gb}")
+
+
+def _reusable(output: Path, side_path: Path, key: EngineKey) -> dict | None:
+    """The existing sidecar when ``output`` was built from exactly ``key`` (and is intact), else None."""
+    from .onnx_export import sha256_file
+
+    if not (output.is_file() and side_path.is_file()):
+        return None
+    try:
+        old = read_checked_sidecar(side_path)
+    except ValueError:
+        return None
+    if old["cache_key"] == key.digest() and old["engine_sha256"] == sha256_file(output):
+        return old
+    return None
+
+
+def _build_plan(trt, onnx_path: Path, built_onnx: Path, *, profiles: list[ShapeProfile], workspace_bytes: int,
+                opt_level: int, cache_path: Path | None, cuda: Cuda, device: int, version_compatible: bool = False,
+                hardware_compatibility: str = "none") -> tuple[bytes, bytes | None, float]:
+    """Parse -> configure -> build on CUDA device ``device``; returns (plan bytes, timing cache
+    bytes or None, build seconds)."""
+    # TensorRT builds on the thread's current device: make it ``device`` first (as trtexec does),
+    # or the plan is built for device 0 while the sidecar describes ``device``.
+    cuda.select(device)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(built_onnx)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors}")
+    if network.num_inputs != 1 or network.get_input(0).name != INPUT_NAME:
+        raise ValueError(f"{onnx_path}: expected one input {INPUT_NAME!r}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    config.builder_optimization_level = opt_level
+    if hasattr(trt.BuilderFlag, "TF32"):  # on by default: FP32 convs would round inputs to 10 bits
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if hardware_compatibility != "none":
+        level = getattr(trt.HardwareCompatibilityLevel, hardware_compatibility.upper(), None)
+        if level is None:
+            raise RuntimeError(f"TensorRT {trt.__version__} has no hardware compatibility level "
+                               f"{hardware_compatibility.upper()}")
+        config.hardware_compatibility_level = level
+    for p in profiles:
+        prof = builder.create_optimization_profile()
+        prof.set_shape(INPUT_NAME, p.min, p.opt, p.max)
+        if config.add_optimization_profile(prof) < 0:
+            raise RuntimeError(f"TensorRT rejected profile {p.as_dict()}")
+    if cache_path is not None:
+        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            raise RuntimeError(f"{cache_path}: timing cache does not match this TensorRT version / GPU; delete it "
+                               "or pass another --timing-cache path")
+    t0 = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - t0
+    if plan is None:
+        raise RuntimeError("TensorRT failed to build the engine (see its log above): often too small a "
+                           "--workspace or a profile too large for GPU memory")
+    cache_bytes = bytes(memoryview(config.get_timing_cache().serialize())) if cache_path is not None else None
+    return bytes(memoryview(plan)), cache_bytes, seconds

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -153,46 +152,6 @@ def analyse_activations(model, inputs, *, threshold: float = DEFAULT_THRESHOLD, 
     return report
 
 
-def calibration_inputs(folder: str | Path | None, *, scale: int, max_side: int = 256,
-                       limit: int = 16) -> tuple[list[np.ndarray], list[str]]:
-    """Calibration inputs (float32 1x3xHxW in [0, 1]) and their names.
-
-    With ``folder=None`` the default is Set5 under ``data_root()``, whose files are HR images, so
-    each is made into its LR by ``mod_crop`` + ``degrade`` (the evaluation protocol). Images in a
-    user folder are taken as they are: they stand for what the deployed model will be fed.
-    Images larger than ``max_side`` are cut into non-overlapping tiles of at most that size so
-    every pixel is seen while CPU time stays bounded.
-
-    Args:
-        folder: a folder of images, or None for Set5 LR.
-        scale: the model's scale (for the Set5 default).
-        max_side: largest tile side fed to the model.
-        limit: at most this many images (sorted by name).
-    """
-    from srdeploy.train.data import data_root, degrade, list_images, load_rgb, mod_crop, to_chw_float
-
-    if folder is None:
-        folder = data_root() / "benchmark" / "Set5"
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: default FP16 calibration images (Set5) not found; pass a folder "
-                                    "of typical input images with --calib DIR (or set SRDEPLOY_DATA)")
-        make_lr = True
-    else:
-        make_lr = False
-    inputs, names = [], []
-    for path in list_images(folder)[:limit]:
-        img = load_rgb(path)
-        if make_lr:
-            img = degrade(mod_crop(img, scale), scale)
-        arr = to_chw_float(img)
-        h, w = arr.shape[1:]
-        for y in range(0, h, max_side):
-            for x in range(0, w, max_side):
-                inputs.append(arr[None, :, y:y + max_side, x:x + max_side].copy())
-                names.append(f"{path.name}@{y},{x}" if (h > max_side or w > max_side) else path.name)
-    return inputs, names
-
-
 # ----------------------------------------------------------------------------- module -> ONNX nodes
 
 def _unqualified(qualified: str) -> str:
@@ -307,6 +266,34 @@ def _float_initializer_fits(init) -> bool:
     return bool(np.all(np.abs(arr[np.isfinite(arr)]) <= FP16_MAX)) if arr.size else True
 
 
+def fp16_from_fp32(fused, onnx_model, *, calib=None, scale: int, threshold: float | None = None):
+    """The FP16 step shared by ``export --fp16`` and ``build-engine --fp16``: analyse -> pin -> convert.
+
+    Runs the fused PyTorch model on the calibration inputs, refuses a model that is already
+    non-finite in FP32, keeps every node whose activations exceed ``threshold`` in FP32, and
+    converts the rest to FP16.
+
+    Args:
+        fused: the BN-folded PyTorch generator ``onnx_model`` was exported from.
+        onnx_model: its unsimplified FP32 ``onnx.ModelProto`` (node names map to modules).
+        calib: calibration image folder (None = Set5 LR, see ``calib.calibration_inputs``).
+        scale: the model's scale.
+        threshold: |activation| above which nodes stay FP32 (default ``DEFAULT_THRESHOLD``).
+
+    Returns:
+        (FP16 ``onnx.ModelProto``, ``ActivationReport`` with ``fp32_nodes`` filled in).
+    """
+    from .calib import calibration_inputs
+
+    inputs, names = calibration_inputs(calib, scale=scale)
+    report = analyse_activations(fused, inputs, threshold=DEFAULT_THRESHOLD if threshold is None else float(threshold),
+                                 names=names)
+    report.check_finite()
+    pins = nodes_to_pin(report, fused, onnx_model)
+    fp16_model, report.fp32_nodes = to_fp16_onnx(onnx_model, keep_fp32=pins)
+    return fp16_model, report
+
+
 def to_fp16_onnx(onnx_model, keep_fp32=()):
     """Mixed-precision copy of an FP32 ONNX model: FP16 weights/compute, float32 graph I/O.
 
@@ -320,12 +307,34 @@ def to_fp16_onnx(onnx_model, keep_fp32=()):
         keep_fp32: ONNX node names to keep in FP32 (from ``nodes_to_pin``).
     """
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
     model = onnx.ModelProto()
     model.CopyFrom(onnx_model)
     graph = model.graph
     keep = set(keep_fp32)
+    _check_fp32_graph(graph, keep)
+    inits, nodes = _lift_constants(graph)
+    domain = _choose_domains(nodes, inits, keep)
+    new_nodes, fp16_inits = _retype_nodes(graph, nodes, inits, domain)
+    _cast_outputs_to_fp32(graph, new_nodes, domain)
+    # Keep only initializers still read; keep lifted constants as initializers.
+    used = {i for nd in new_nodes for i in nd.input}
+    all_inits = list(inits.values()) + list(fp16_inits.values())
+    del graph.initializer[:]
+    graph.initializer.extend(i for i in all_inits if i.name in used)
+    del graph.node[:]
+    graph.node.extend(_toposort(new_nodes, {i.name for i in graph.input} | used))
+    del graph.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    onnx.checker.check_model(model, full_check=True)
+    from onnx import TensorProto
+
+    return model, [nd.name for nd in nodes if domain[nd.name] == TensorProto.FLOAT]
+
+
+def _check_fp32_graph(graph, keep: set[str]) -> None:
+    from onnx import TensorProto
+
     unknown = keep - {nd.name for nd in graph.node}
     if unknown:
         raise ValueError(f"to_fp16_onnx: nodes to keep in FP32 not in the graph: {sorted(unknown)}")
@@ -333,7 +342,11 @@ def to_fp16_onnx(onnx_model, keep_fp32=()):
         if vi.type.tensor_type.elem_type != TensorProto.FLOAT:
             raise ValueError(f"to_fp16_onnx: graph I/O {vi.name!r} is not float32; expected an FP32 model")
 
-    # Lift float Constant nodes into initializers so all constants are handled one way.
+
+def _lift_constants(graph) -> tuple[dict, list]:
+    """Float Constant nodes become initializers, so all constants are handled one way."""
+    import onnx
+
     inits = {i.name: i for i in graph.initializer}
     nodes = []
     for nd in graph.node:
@@ -344,6 +357,12 @@ def to_fp16_onnx(onnx_model, keep_fp32=()):
             inits[t.name] = t
             continue
         nodes.append(nd)
+    return inits, nodes
+
+
+def _choose_domains(nodes, inits: dict, keep: set[str]) -> dict:
+    """Node name -> the element type it computes in (FLOAT16 unless it must stay FLOAT)."""
+    from onnx import TensorProto
 
     def fp16_ok(nd) -> bool:
         if nd.name in keep or nd.op_type not in FP16_OPS:
@@ -351,15 +370,17 @@ def to_fp16_onnx(onnx_model, keep_fp32=()):
         return all(_float_initializer_fits(inits[i]) for i in nd.input
                    if i in inits and inits[i].data_type == TensorProto.FLOAT)
 
-    domain = {nd.name: (TensorProto.FLOAT16 if fp16_ok(nd) else TensorProto.FLOAT) for nd in nodes}
-    fp32_nodes = [nd.name for nd in nodes if domain[nd.name] == TensorProto.FLOAT]
+    return {nd.name: (TensorProto.FLOAT16 if fp16_ok(nd) else TensorProto.FLOAT) for nd in nodes}
 
-    # Element type of each activation tensor as it will be produced.
-    ttype = {vi.name: TensorProto.FLOAT for vi in graph.input}
+
+def _retype_nodes(graph, nodes, inits: dict, domain: dict) -> tuple[list, dict]:
+    """FP16 copies of the weights FP16 nodes read, and Casts where FP16 and FP32 tensors meet."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    ttype = {vi.name: TensorProto.FLOAT for vi in graph.input}  # element type of each activation
     for nd in nodes:
         for o in nd.output:
             ttype[o] = domain[nd.name]
-
     new_nodes, casts, fp16_inits = [], {}, {}
 
     def cast(tensor: str, to: int) -> str:
@@ -387,12 +408,19 @@ def to_fp16_onnx(onnx_model, keep_fp32=()):
             elif name in ttype and ttype[name] != want:
                 nd.input[k] = cast(name, want)
         new_nodes.append(nd)
+    return new_nodes, fp16_inits
 
-    # Graph outputs stay float32: rename an FP16 producer's output and cast it back.
+
+def _cast_outputs_to_fp32(graph, new_nodes: list, domain: dict) -> None:
+    """Graph outputs stay float32: rename an FP16 producer's output and cast it back."""
+    from onnx import TensorProto, helper
+
     out_names = {o.name for o in graph.output}
     for nd in list(new_nodes):
+        if nd.op_type == "Cast" and nd.name.startswith(_CAST_PREFIX):
+            continue
         for k, o in enumerate(nd.output):
-            if o in out_names and ttype.get(o) == TensorProto.FLOAT16:
+            if o in out_names and domain.get(nd.name) == TensorProto.FLOAT16:
                 nd.output[k] = f"{o}__fp16"
                 for other in new_nodes:  # other readers of the FP16 value follow the rename
                     for j, i in enumerate(other.input):
@@ -400,18 +428,6 @@ def to_fp16_onnx(onnx_model, keep_fp32=()):
                             other.input[j] = nd.output[k]
                 new_nodes.append(helper.make_node("Cast", [nd.output[k]], [o], to=TensorProto.FLOAT,
                                                   name=f"{_CAST_PREFIX}/{o}/fp32"))
-
-    # Keep only initializers still read; keep lifted constants as initializers.
-    used = {i for nd in new_nodes for i in nd.input}
-    all_inits = list(inits.values()) + list(fp16_inits.values())
-    del graph.initializer[:]
-    graph.initializer.extend(i for i in all_inits if i.name in used)
-    del graph.node[:]
-    graph.node.extend(_toposort(new_nodes, {i.name for i in graph.input} | used))
-    del graph.value_info[:]
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    onnx.checker.check_model(model, full_check=True)
-    return model, fp32_nodes
 
 
 def _toposort(nodes, available: set[str]):

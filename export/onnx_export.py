@@ -124,6 +124,16 @@ def check_onnx(path: str | os.PathLike, *, save_shapes: bool = False) -> None:
         _atomic_save_onnx(model, Path(path))
 
 
+def require_onnxslim():
+    """The onnxslim module, or a clear error saying how to install it."""
+    try:
+        import onnxslim
+    except ImportError as exc:
+        raise RuntimeError("--simplify needs onnxslim, which is not installed: pip install 'srdeploy[simplify]' "
+                           "(or drop --simplify)") from exc
+    return onnxslim
+
+
 def simplify_onnx(path: str | os.PathLike) -> dict:
     """Simplify the graph in place with onnxslim (constant folding, dead-node removal).
 
@@ -132,11 +142,7 @@ def simplify_onnx(path: str | os.PathLike) -> dict:
     """
     import onnx
 
-    try:
-        import onnxslim
-    except ImportError as exc:
-        raise RuntimeError("--simplify needs onnxslim, which is not installed: pip install 'srdeploy[simplify]' "
-                           "(or drop --simplify)") from exc
+    onnxslim = require_onnxslim()
     path = Path(path)
     before = onnx.load(str(path))
     slim = onnxslim.slim(before)

@@ -19,7 +19,8 @@ import numpy as np
 
 from srdeploy.runtime.metadata import INPUT_NAME, ModelInfo
 
-from .onnx_export import OPSET, add_metadata, check_onnx, export_onnx, sha256_file, simplify_onnx
+from .onnx_export import (OPSET, add_metadata, check_onnx, export_onnx, require_onnxslim, sha256_file,
+                          simplify_onnx)
 
 # Extra metadata keys this exporter writes beside the runtime contract (runtime/metadata.py).
 KEY_WEIGHTS = "srdeploy.weights"              # "ema" | "state_dict": which weights were exported
@@ -131,77 +132,99 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
         use_ema: export the EMA weights when the checkpoint has them.
         log: progress printer (``print`` by default; pass ``lambda *a: None`` for quiet).
     """
-    from .fp16 import DEFAULT_THRESHOLD, analyse_activations, calibration_inputs, nodes_to_pin, to_fp16_onnx
-    from .fuse import fuse_bn
-
     t0 = time.perf_counter()
     output = Path(output)
     if output.suffix.lower() != ".onnx":
         raise ValueError(f"{output}: the output must be an .onnx file")
+    if simplify:
+        require_onnxslim()  # before any work, not after the folding
     model, ckpt, weights = load_generator(checkpoint, use_ema=use_ema)
+    fused, fold_err = _fold_checked(model, log)
+    info = model_info_for(model, ckpt, checkpoint)
+    extra = {KEY_WEIGHTS: weights, KEY_OPSET: str(opset)}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # A fixed odd, non-square probe for both self-checks.
+    x = np.random.default_rng(1).random((1, 3, 17, 23), dtype=np.float32)
+    ref = _torch_run(fused, x)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmpdir:
+        tmp, raw, simp, ort_err = _write_fp32(fused, Path(tmpdir), output.name, info, extra, opset=opset,
+                                              simplify=simplify, probe=(x, ref), log=log)
+        result = ExportResult(onnx_path=output, info=info, seconds=0.0, fold_max_abs=fold_err, ort_max_abs=ort_err,
+                              simplify=simp)
+        if fp16:
+            tmp16 = Path(tmpdir) / fp16_path_for(output).name
+            result.fp16_report, result.fp16_ort_max_abs = _write_fp16(
+                fused, raw, tmp16, model_info_for(model, ckpt, checkpoint, precision="fp16"), extra, calib=calib,
+                threshold=fp16_threshold, simplify=simplify, probe=(x, ref), log=log)
+            result.fp16_path = fp16_path_for(output)
+            os.replace(tmp16, result.fp16_path)
+        os.replace(tmp, output)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _fold_checked(model, log):
+    """Fold BatchNorm and prove the folded model equal to the original (else refuse)."""
+    from .fuse import fuse_bn
+
     fused = fuse_bn(model)
     fold_err = check_fold(model, fused)
     if fold_err > FOLD_TOLERANCE:
         raise RuntimeError(f"BatchNorm folding changed the output by {fold_err:.3g} (> {FOLD_TOLERANCE}); "
                            "not exporting. Report this with the checkpoint.")
     log(f"folded BatchNorm: max |fused - unfused| = {fold_err:.3g}")
-    info = model_info_for(model, ckpt, checkpoint)
-    extra = {KEY_WEIGHTS: weights, KEY_OPSET: str(opset)}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    result = None
-    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmpdir:
-        tmp = Path(tmpdir) / output.name
-        export_onnx(fused, tmp, opset=opset)
-        check_onnx(tmp)
-        raw = Path(tmpdir) / "raw.onnx"
-        shutil.copyfile(tmp, raw)  # unsimplified: its node names map to modules (FP16 analysis)
-        simp = None
-        if simplify:
-            simp = simplify_onnx(tmp)
-            check_onnx(tmp)
-            log(f"simplified: {simp['nodes_before']} -> {simp['nodes_after']} nodes")
-        check_onnx(tmp, save_shapes=True)
-        add_metadata(tmp, info, extra)
-        rng = np.random.default_rng(1)
-        x = rng.random((1, 3, 17, 23), dtype=np.float32)
-        ref = _torch_run(fused, x)
-        ort_err = float(np.abs(_ort_run(tmp, x) - ref).max())
-        if not ort_err <= FP32_TOLERANCE:
-            raise RuntimeError(f"ONNX Runtime output differs from PyTorch by {ort_err:.3g} (> {FP32_TOLERANCE}) "
-                               "at 1x3x17x23; the export is wrong. Not written.")
-        log(f"ONNX Runtime vs PyTorch at 1x3x17x23: max abs {ort_err:.3g}")
-        result = ExportResult(onnx_path=output, info=info, seconds=0.0, fold_max_abs=fold_err, ort_max_abs=ort_err,
-                              simplify=simp)
-        if fp16:
-            import onnx
+    return fused, fold_err
 
-            threshold = DEFAULT_THRESHOLD if fp16_threshold is None else float(fp16_threshold)
-            inputs, names = calibration_inputs(calib, scale=info.scale)
-            report = analyse_activations(fused, inputs, threshold=threshold, names=names)
-            report.check_finite()
-            raw_model = onnx.load(str(raw))
-            pins = nodes_to_pin(report, fused, raw_model)
-            fp16_model, fp32_nodes = to_fp16_onnx(raw_model, keep_fp32=pins)
-            report.fp32_nodes = fp32_nodes
-            tmp16 = Path(tmpdir) / fp16_path_for(output).name
-            onnx.save(fp16_model, str(tmp16))
-            if simplify:
-                simplify_onnx(tmp16)
-            check_onnx(tmp16, save_shapes=True)
-            info16 = model_info_for(model, ckpt, checkpoint, precision="fp16")
-            add_metadata(tmp16, info16, {**extra, KEY_FP16_ANALYSIS: json.dumps(report.summary(), sort_keys=True)})
-            err16 = float(np.abs(_ort_run(tmp16, x) - ref).max())
-            if not err16 <= FP16_TOLERANCE:
-                raise RuntimeError(f"FP16 ONNX differs from PyTorch by {err16:.3g} (> 2/255) at 1x3x17x23; "
-                                   f"largest activation {report.overall_max:.3g}. Not written.")
-            log(f"FP16 analysis on {len(inputs)} calibration inputs: largest |activation| "
-                f"{report.overall_max:.4g} (threshold {threshold:g}); kept in FP32: "
-                f"{', '.join(fp32_nodes) if fp32_nodes else 'none'}")
-            log(f"FP16 ONNX Runtime vs PyTorch at 1x3x17x23: max abs {err16:.3g}")
-            result.fp16_path = fp16_path_for(output)
-            result.fp16_ort_max_abs = err16
-            result.fp16_report = report
-            os.replace(tmp16, result.fp16_path)
-        os.replace(tmp, output)
-    result.seconds = time.perf_counter() - t0
-    return result
+
+def _write_fp32(fused, tmpdir: Path, name: str, info: ModelInfo, extra: dict, *, opset: int, simplify: bool,
+                probe, log):
+    """ONNX -> checker -> (onnxslim) -> metadata -> ONNX Runtime vs PyTorch; returns
+    (checked file, unsimplified copy, simplify stats, max abs error)."""
+    tmp = tmpdir / name
+    log(f"exporting to ONNX (opset {opset}), then onnx.checker, shape inference and an ONNX Runtime check")
+    export_onnx(fused, tmp, opset=opset)
+    check_onnx(tmp)
+    raw = tmpdir / "raw.onnx"
+    shutil.copyfile(tmp, raw)  # unsimplified: its node names map to modules (FP16 analysis)
+    simp = None
+    if simplify:
+        simp = simplify_onnx(tmp)
+        check_onnx(tmp)
+        log(f"simplified: {simp['nodes_before']} -> {simp['nodes_after']} nodes")
+    check_onnx(tmp, save_shapes=True)
+    add_metadata(tmp, info, extra)
+    x, ref = probe
+    ort_err = float(np.abs(_ort_run(tmp, x) - ref).max())
+    if not ort_err <= FP32_TOLERANCE:
+        raise RuntimeError(f"ONNX Runtime output differs from PyTorch by {ort_err:.3g} (> {FP32_TOLERANCE}) "
+                           "at 1x3x17x23; the export is wrong. Not written.")
+    log(f"ONNX Runtime vs PyTorch at 1x3x17x23: max abs {ort_err:.3g}")
+    return tmp, raw, simp, ort_err
+
+
+def _write_fp16(fused, raw: Path, tmp16: Path, info16: ModelInfo, extra: dict, *, calib, threshold, simplify: bool,
+                probe, log):
+    """The FP16 variant (shared analyse -> pin -> convert step), checked at FP16 tolerance;
+    returns (ActivationReport, max abs error)."""
+    import onnx
+
+    from .fp16 import DEFAULT_THRESHOLD, fp16_from_fp32
+
+    threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+    fp16_model, report = fp16_from_fp32(fused, onnx.load(str(raw)), calib=calib, scale=info16.scale,
+                                        threshold=threshold)
+    onnx.save(fp16_model, str(tmp16))
+    if simplify:
+        simplify_onnx(tmp16)
+    check_onnx(tmp16, save_shapes=True)
+    add_metadata(tmp16, info16, {**extra, KEY_FP16_ANALYSIS: json.dumps(report.summary(), sort_keys=True)})
+    x, ref = probe
+    err16 = float(np.abs(_ort_run(tmp16, x) - ref).max())
+    if not err16 <= FP16_TOLERANCE:
+        raise RuntimeError(f"FP16 ONNX differs from PyTorch by {err16:.3g} (> 2/255) at 1x3x17x23; "
+                           f"largest activation {report.overall_max:.3g}. Not written.")
+    log(f"FP16 analysis on {len(report.images)} calibration inputs: largest |activation| "
+        f"{report.overall_max:.4g} (threshold {threshold:g}); kept in FP32: "
+        f"{', '.join(report.fp32_nodes) if report.fp32_nodes else 'none'}")
+    log(f"FP16 ONNX Runtime vs PyTorch at 1x3x17x23: max abs {err16:.3g}")
+    return report, err16

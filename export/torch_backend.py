@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from srdeploy.runtime.backends import parse_device
+from srdeploy.runtime.backends.options import TorchOptions
 from srdeploy.runtime.metadata import ModelInfo
 from srdeploy.runtime.session import InputSpec, Session
 
@@ -28,21 +30,22 @@ class TorchSession(Session):
         precision: "fp32" or "fp16" (CUDA only: CPU half-precision convolutions are slow or
             unsupported, so asking for them is an error rather than a silent fp32 run).
         threads: ``torch.set_num_threads`` for CPU inference (None = leave as is).
-        use_ema: use the checkpoint's EMA weights when present.
-        channels_last: run CUDA convolutions in channels-last memory format (faster with
-            tensor cores); default True on CUDA.
-        fold_bn: fold BatchNorm into the convolutions (default). False runs the training
-            model as it is (eager, BN unfused): the baseline ``srdeploy bench --compare-torch``
-            measures deployment against.
+        options: ``TorchOptions``: ``use_ema`` (the checkpoint's EMA weights when present),
+            ``fold_bn`` (fold BatchNorm into the convolutions, default; False runs the training
+            model as it is, eager and BN unfused: the baseline ``srdeploy bench --compare-torch``
+            measures deployment against), ``channels_last`` (channels-last convolutions, faster
+            with tensor cores; None = on CUDA only).
     """
 
     backend = "torch"
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", precision: str = "fp32",
-                 threads: int | None = None, use_ema: bool = True, channels_last: bool | None = None,
-                 fold_bn: bool = True) -> None:
+                 threads: int | None = None, options: TorchOptions | None = None) -> None:
         super().__init__()
         import torch
+
+        options = options or TorchOptions()
+        use_ema, channels_last, fold_bn = options.use_ema, options.channels_last, options.fold_bn
 
         from srdeploy.export.fuse import fuse_bn
         from srdeploy.runtime.metadata import sha256_file
@@ -52,14 +55,12 @@ class TorchSession(Session):
         path = Path(path)
         if precision not in ("fp32", "fp16"):
             raise ValueError(f"torch backend: precision must be 'fp32' or 'fp16', got {precision!r}")
-        kind, _, index = device.partition(":")
-        if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
-            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        kind, index = parse_device(device, backend="torch")
         if kind == "cuda":
             if not torch.cuda.is_available():
                 raise RuntimeError(f"torch backend: device {device!r} requested but this PyTorch "
                                    f"{torch.__version__} sees no CUDA GPU; use --device cpu")
-            if int(index or 0) >= torch.cuda.device_count():
+            if index >= torch.cuda.device_count():
                 raise RuntimeError(f"torch backend: {device!r} requested but only {torch.cuda.device_count()} "
                                    "CUDA device(s) exist")
         if precision == "fp16" and kind != "cuda":
@@ -97,7 +98,7 @@ class TorchSession(Session):
             precision=precision,
         )
         self.input_spec = InputSpec()
-        self.device = "cpu" if kind == "cpu" else f"cuda:{int(index or 0)}"
+        self.device = "cpu" if kind == "cpu" else f"cuda:{index}"
         self.precision = precision
         self.path = path
         self.details = {
@@ -128,6 +129,6 @@ class TorchSession(Session):
 
 
 def open_torch_session(path: str | os.PathLike, *, device: str = "cpu", precision: str = "fp32",
-                       **kwargs) -> TorchSession:
+                       threads: int | None = None, options: TorchOptions | None = None) -> TorchSession:
     """Entry point ``srdeploy.backends:torch``: open a checkpoint as a Session (see TorchSession)."""
-    return TorchSession(path, device=device, precision=precision, **kwargs)
+    return TorchSession(path, device=device, precision=precision, threads=threads, options=options)

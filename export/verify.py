@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from typing import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -98,18 +99,30 @@ class VerifyReport:
                 "ok": self.ok, "failed": [c.name for c in self.failed],
                 "cases": [c.as_dict() for c in self.cases], "notes": list(self.notes)}
 
-    def format_table(self) -> str:
+    def format_header(self) -> str:
+        """The title and column header lines of the table."""
         tol = f"max abs <= {self.tolerance.atol:.3g}"
         if self.tolerance.min_psnr is not None:
             tol += f", PSNR >= {self.tolerance.min_psnr:g} dB"
-        lines = [f"verify {self.model} ({self.backend}, {self.device}, {self.precision}) against "
-                 f"{self.checkpoint} ({self.reference}); tolerance: {tol}",
-                 f"{'case':<28} {'shape':<16} {'max abs':>10} {'mean abs':>10} {'PSNR dB':>8}  result"]
-        for c in self.cases:
-            shape = "x".join(str(v) for v in c.shape)
-            psnr = "inf" if math.isinf(c.psnr) else f"{c.psnr:.2f}"
-            res = "ok" if c.passed else f"FAIL ({c.reason})"
-            lines.append(f"{c.name:<28} {shape:<16} {c.max_abs:>10.3g} {c.mean_abs:>10.3g} {psnr:>8}  {res}")
+        return "\n".join([f"verify {self.model} ({self.backend}, {self.device}, {self.precision}) against "
+                          f"{self.checkpoint} ({self.reference}); tolerance: {tol}",
+                          f"{'case':<28} {'shape':<16} {'max abs':>10} {'mean abs':>10} {'PSNR dB':>8}  result"])
+
+    @staticmethod
+    def format_row(c: Case) -> str:
+        """One case's table row."""
+        shape = "x".join(str(v) for v in c.shape)
+        psnr = "inf" if math.isinf(c.psnr) else f"{c.psnr:.2f}"
+        res = "ok" if c.passed else f"FAIL ({c.reason})"
+        return f"{c.name:<28} {shape:<16} {c.max_abs:>10.3g} {c.mean_abs:>10.3g} {psnr:>8}  {res}"
+
+    def format_footer(self) -> str:
+        """Notes and the verdict."""
+        return "\n".join(self.format_table().splitlines()[2 + len(self.cases):])
+
+    def format_table(self) -> str:
+        lines = self.format_header().splitlines()
+        lines += [self.format_row(c) for c in self.cases]
         for n in self.notes:
             lines.append(f"note: {n}")
         lines.append("PASS: all cases within tolerance" if self.ok else
@@ -140,19 +153,6 @@ def judge(max_abs: float, psnr: float, tol: Tolerance) -> tuple[bool, str]:
     if tol.min_psnr is not None and psnr < tol.min_psnr:
         reasons.append(f"PSNR {psnr:.2f} < {tol.min_psnr:g} dB")
     return not reasons, "; ".join(reasons)
-
-
-def parse_size(text: str) -> tuple[int, int, int]:
-    """'2x33x47' (batch x H x W) or '33x47' (batch 1) -> (batch, H, W)."""
-    try:
-        parts = [int(v) for v in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 2:
-        parts = [1, *parts]
-    if len(parts) != 3 or min(parts) < 1:
-        raise ValueError(f"verify: size {text!r} is not BxHxW or HxW with positive integers (e.g. 2x33x47)")
-    return parts[0], parts[1], parts[2]
 
 
 def fit_sizes(sizes, spec) -> tuple[list[tuple[int, int, int]], list[str]]:
@@ -200,9 +200,9 @@ def _model_props(path: Path) -> dict:
 
         return read_props(path)
     try:
-        from srdeploy.runtime.trt_backend import sidecar_path
+        from srdeploy.runtime.backends.trt import find_sidecar
 
-        side = sidecar_path(path)
+        side = find_sidecar(path)
         return dict(json.loads(side.read_text()).get("metadata") or {})
     except (OSError, ValueError):
         return {}
@@ -221,7 +221,8 @@ def real_image_cases(folder: Path, scale: int, limit: int | None = None):
 def verify(checkpoint: str | os.PathLike, model_path: str | os.PathLike, *, images: str | os.PathLike | None = None,
            use_images: bool = True, sizes=None, atol: float | None = None, min_psnr: float | None = None,
            backend: str = "auto", device: str | None = None, ref_device: str = "cpu", seed: int = 0,
-           use_ema: bool | None = None, image_limit: int | None = None) -> VerifyReport:
+           use_ema: bool | None = None, image_limit: int | None = None,
+           on_case: Callable[[VerifyReport, Case], None] | None = None) -> VerifyReport:
     """Compare an exported model with the checkpoint's PyTorch model; see the module docstring.
 
     Args:
@@ -235,6 +236,7 @@ def verify(checkpoint: str | os.PathLike, model_path: str | os.PathLike, *, imag
         device: ``open_session`` device (None = its default for the backend).
         ref_device: torch device of the reference ("cpu" or "cuda").
         seed: random-input seed.
+        on_case: called with (report, case) as each case finishes (the CLI prints rows as they come).
         use_ema: reference weights; None = what the model's metadata says it was exported from.
         image_limit: at most this many images.
     """
@@ -284,6 +286,8 @@ def verify(checkpoint: str | os.PathLike, model_path: str | os.PathLike, *, imag
             mx, mean, psnr = compare(out, ref)
             passed, reason = judge(mx, psnr, tol)
             report.cases.append(Case(name, kind, tuple(x.shape), mx, mean, psnr, passed, reason))
+            if on_case is not None:
+                on_case(report, report.cases[-1])
 
         rng = np.random.default_rng(seed)
         for b, h, w in fitted:

@@ -10,18 +10,36 @@ from typing import Iterator
 
 
 @contextmanager
-def atomic_target(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it over ``path``.
+def atomic_target(path: str | os.PathLike, *, fsync: bool = True, keep_suffix: bool = False,
+                  overwrite: bool = True, create: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success move it to ``path``.
 
     The temporary file lives in the destination folder (so the rename is atomic on one
-    filesystem) and gets the permissions a plain ``open()`` would give (mkstemp makes 0600).
-    On any error, KeyboardInterrupt included, it is removed and ``path`` is left as it was.
+    filesystem), is hidden (``.NAME.XXXX.tmp``) and gets the permissions a plain ``open()`` would
+    give (mkstemp makes 0600). On any error, KeyboardInterrupt and SIGTERM (which the CLI turns
+    into KeyboardInterrupt) included, it is removed and ``path`` is left as it was.
+
+    Args:
+        path: the destination.
+        fsync: flush the file to disk before the rename.
+        keep_suffix: end the temporary name with ``path``'s extension (``.NAME.XXXX.tmp.png``), for
+            writers that choose the format from it (OpenCV, ffmpeg, matplotlib).
+        overwrite: replace an existing ``path``; False raises FileExistsError instead, also when
+            ``path`` appeared while the file was being written (a hard link, not a rename, makes
+            the final step fail rather than clobber).
+        create: create the (empty) temporary file; False only reserves a fresh name, for writers
+            that refuse to open an existing file.
     """
     path = Path(path)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path}: already exists; pass --overwrite to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    suffix = ".tmp" + (path.suffix if keep_suffix else "")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(name)
+    if not create:
+        tmp.unlink()
     try:
         yield tmp
         if fsync:
@@ -30,7 +48,21 @@ def atomic_target(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Pa
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _link_no_clobber(tmp, path)
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
+
+
+def _link_no_clobber(tmp: Path, path: Path) -> None:
+    """Give ``tmp`` the name ``path`` unless ``path`` exists (atomic where hard links work)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path}: already exists; pass --overwrite to replace it") from None
+    except OSError:  # filesystems without hard links
+        if path.exists():
+            raise FileExistsError(f"{path}: already exists; pass --overwrite to replace it") from None
+        os.replace(tmp, path)

@@ -21,7 +21,7 @@ shared with the C++ tool (cpp_bench): both use the same deterministic input,
 can be checked against each other.
 
 This module imports neither torch nor anything of ours outside ``srdeploy.runtime``; the torch
-reference is passed in as a plain callable (see ``srdeploy.runtime.cli_bench``).
+reference is passed in as a plain callable (see ``torch_reference`` below).
 """
 
 from __future__ import annotations
@@ -77,15 +77,31 @@ def deterministic_images(batch: int, height: int, width: int) -> list[np.ndarray
 
 
 # --------------------------------------------------------------------------- timing
-def time_calls(fn: Callable[[], object], *, warmup: int, iters: int) -> list[float]:
-    """Call ``fn`` ``warmup`` times untimed, then ``iters`` times; returns seconds per call."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
+def time_calls(fn: Callable[[], object], *, warmup: int, iters: int, desc: str | None = None) -> list[float]:
+    """Call ``fn`` ``warmup`` times untimed, then ``iters`` times; returns seconds per call.
+
+    ``desc``: show a progress bar (stderr) with this label; it is updated outside the timed region.
+    """
+    bar = None
+    if desc is not None:
+        from tqdm import tqdm
+
+        bar = tqdm(total=warmup + iters, desc=desc, unit="call", leave=False, file=sys.stderr)
+    try:
+        for _ in range(warmup):
+            fn()
+            if bar is not None:
+                bar.update(1)
+        out = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
     return out
 
 
@@ -195,18 +211,6 @@ def library_versions(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- configuration
-def parse_size(text: str) -> tuple[int, int]:
-    """``"WxH"`` -> (width, height); a clear ValueError otherwise."""
-    parts = text.lower().replace("*", "x").split("x")
-    try:
-        w, h = (int(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 128x128") from None
-    if w < 1 or h < 1:
-        raise ValueError(f"--size {text!r}: width and height must be >= 1")
-    return w, h
-
-
 @dataclass
 class BenchConfig:
     """What ``run_bench`` measures (argparse only fills it).
@@ -262,7 +266,7 @@ TorchRunner = Callable[[np.ndarray], np.ndarray]
 
 
 def run_bench(cfg: BenchConfig, *, session=None, torch_runner: tuple[TorchRunner, dict] | None = None,
-              log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> dict:
+              log: Callable[[str], None] = lambda s: print(s, file=sys.stderr), progress: bool = False) -> dict:
     """Measure and return one result object (schema ``srdeploy.bench/1``).
 
     Args:
@@ -271,6 +275,7 @@ def run_bench(cfg: BenchConfig, *, session=None, torch_runner: tuple[TorchRunner
         torch_runner: (callable float32 NCHW -> float32 NCHW, info dict) for ``compare_torch``;
             the caller builds it so this module never imports torch.
         log: where progress lines go (stderr by default).
+        progress: progress bars over the timed calls (stderr).
     """
     from .open import open_session
 
@@ -280,7 +285,7 @@ def run_bench(cfg: BenchConfig, *, session=None, torch_runner: tuple[TorchRunner
         session = open_session(cfg.model, backend=cfg.backend, device=cfg.device, precision=cfg.precision,
                                threads=cfg.threads, **cfg.options)
     try:
-        return _run(cfg, session, torch_runner, log)
+        return _run(cfg, session, torch_runner, log, progress)
     finally:
         if own:
             session.close()
@@ -290,10 +295,10 @@ def _tiling_applies(tile: int | None, height: int, width: int) -> bool:
     return bool(tile) and (height > tile or width > tile)
 
 
-def _run(cfg: BenchConfig, session, torch_runner, log) -> dict:
+def _run(cfg: BenchConfig, session, torch_runner, log, progress: bool = False) -> dict:
     from .tiling import tiled_infer
     from .upscale import Upscaler
-    from .video import upscale_frames
+    from .media.video import upscale_frames
 
     n, h, w = cfg.batch, cfg.height, cfg.width
     scale = session.info.scale
@@ -315,13 +320,15 @@ def _run(cfg: BenchConfig, session, torch_runner, log) -> dict:
     checksum = output_checksum(y)
     log(f"bench: {session.backend} {session.precision} on {session.device}, input {n}x3x{h}x{w}, "
         f"tile {tile or 'off'}; output checksum {checksum:.6f}")
-    lat = time_calls(model_only, warmup=max(0, cfg.warmup - 1), iters=cfg.iters)
+    lat = time_calls(model_only, warmup=max(0, cfg.warmup - 1), iters=cfg.iters,
+                     desc="model only" if progress else None)
     results: dict = {"model_only": summarize(lat, frames=n, out_pixels_per_frame=out_px)}
     log(_line("model only", results["model_only"]))
 
     if cfg.full_path:
         images = deterministic_images(n, h, w)
-        lat = time_calls(lambda: upscale_frames(upscaler, images), warmup=cfg.warmup, iters=cfg.iters)
+        lat = time_calls(lambda: upscale_frames(upscaler, images), warmup=cfg.warmup, iters=cfg.iters,
+                         desc="full path" if progress else None)
         results["full_path"] = summarize(lat, frames=n, out_pixels_per_frame=out_px)
         log(_line("full path", results["full_path"]))
 
@@ -377,6 +384,7 @@ def _compare_torch(cfg, x, y_ours, model_only, torch_runner, out_px, log) -> dic
     if diff is None or diff > 1e-3:
         log(f"bench: warning: the PyTorch checkpoint's output differs from the model's "
             f"(max abs {diff if diff is not None else 'shape ' + str(y_torch.shape)}): are they the same model?")
+    log(f"bench: timing ours and PyTorch eager in alternating blocks ({cfg.iters} calls each)")
     times = time_alternating({"ours": model_only, "torch": lambda: fn(x)}, warmup=cfg.warmup, iters=cfg.iters)
     ours = summarize(times["ours"], frames=cfg.batch, out_pixels_per_frame=out_px)
     ref = summarize(times["torch"], frames=cfg.batch, out_pixels_per_frame=out_px)
@@ -391,14 +399,17 @@ def _compare_torch(cfg, x, y_ours, model_only, torch_runner, out_px, log) -> dic
 def _video_mode(cfg, upscaler, model_only: dict, log) -> dict:
     import tempfile
 
-    from .video import upscale_video, write_test_video
+    from .media import ffmpeg as ff
+    from .media.segments import upscale_video_ffmpeg
+    from .media.video import write_test_video
 
+    log(f"bench: video mode ({cfg.video or f'synthetic, {cfg.video_frames} frames'})")
     with tempfile.TemporaryDirectory(prefix="srdeploy-bench-") as tmp:
         src = cfg.video
         if not src:
             src = str(Path(tmp) / "synthetic.mp4")
             write_test_video(src, width=cfg.width, height=cfg.height, frames=cfg.video_frames, fps=25.0)
-        dst = str(Path(tmp) / ("out" + (Path(src).suffix if Path(src).suffix in (".mp4", ".avi", ".mkv", ".mov")
+        dst = str(Path(tmp) / ("out" + (Path(src).suffix if Path(src).suffix in (".mp4", ".mkv", ".mov")
                                         else ".mp4")))
         # Time the session calls inside the run too: frames / (time in session.infer) is the
         # model-only fps of this very run, so busy = e2e / that is immune to background load
@@ -416,9 +427,15 @@ def _video_mode(cfg, upscaler, model_only: dict, log) -> dict:
 
         session.infer = timed_infer  # instance attribute shadows the method for this run only
         try:
-            stats = upscale_video(upscaler, src, dst, batch=cfg.batch, progress=False, audio=False)
+            # The default `srdeploy video` path: ffmpeg decode -> model -> ffmpeg H.264 (CRF 18, medium)
+            stats = upscale_video_ffmpeg(upscaler, src, dst, batch=cfg.batch, progress=False, audio=False,
+                                         log=lambda s: None)
         finally:
             del session.infer
+        # ffmpeg's encoder alone at the output size, same settings: on a fast GPU this, not the
+        # model, can bound the end-to-end fps.
+        settings = ff.encoder_settings(dst)
+        encode_fps = ff.encode_fps(stats.width, stats.height, settings, frames=max(30, stats.frames), work=Path(tmp))
     ratio = stats.fps / model_only["fps"] if model_only["fps"] > 0 else 0.0
     in_run = stats.frames / busy[0] if busy[0] > 0 else 0.0
     busy_fraction = stats.fps / in_run if in_run > 0 else 0.0
@@ -427,12 +444,17 @@ def _video_mode(cfg, upscaler, model_only: dict, log) -> dict:
         f"{stats.seconds:.2f} s: {stats.fps:.2f} fps end to end = {100 * ratio:.1f}% of model-only fps"
         + ("" if size == (cfg.width, cfg.height) else
            f" (warning: model-only was timed at {cfg.width}x{cfg.height}; pass --size {size[0]}x{size[1]})"))
+    log(f"               whole job incl. probe and final join/mux: {stats.total_seconds:.2f} s = "
+        f"{stats.frames / stats.total_seconds:.2f} fps")
+    log(f"               ffmpeg encode alone ({settings.describe()}) at {stats.width}x{stats.height}: "
+        f"{encode_fps:.1f} fps = {encode_fps / stats.fps if stats.fps else 0:.1f}x the end-to-end fps")
     log(f"               same run: session.infer busy {busy[0]:.2f} s of {stats.seconds:.2f} s = "
         f"{100 * busy_fraction:.1f}% (end-to-end fps / model-only fps measured inside the video run)")
     return {"source": cfg.video or "synthetic", "frames": stats.frames, "width": size[0], "height": size[1],
             "out_width": stats.width, "out_height": stats.height, "batch": cfg.batch,
-            "seconds": stats.seconds, "fps": stats.fps,
+            "seconds": stats.seconds, "fps": stats.fps, "total_seconds": stats.total_seconds,
             "model_only_fps": model_only["fps"], "ratio_to_model_only": ratio, "codec": stats.codec,
+            "encoder": "ffmpeg", "encode_only_fps": encode_fps,
             "infer_seconds": busy[0], "model_only_fps_in_run": in_run, "ratio_in_run": busy_fraction}
 
 
@@ -457,3 +479,25 @@ def validate_result(result: dict) -> None:
     if errors:
         raise ValueError("benchmark result does not follow bench_schema.json: " +
                          "; ".join(f"{'/'.join(map(str, e.path)) or '<root>'}: {e.message}" for e in errors))
+
+
+def torch_reference(checkpoint: str, threads: int | None):
+    """The PyTorch baseline for ``bench --compare-torch``: eager, FP32, BatchNorm NOT folded, CPU.
+
+    Opened through the torch backend entry point with ``fold_bn=False`` (the training model as it
+    is), so the runtime imports neither torch nor srdeploy.train itself.
+
+    Args:
+        checkpoint: srdeploy training checkpoint (.pt), loaded with weights_only=True.
+        threads: torch intra-op threads (None = torch's default, like ONNX Runtime's: all cores).
+
+    Returns:
+        (callable float32 NCHW numpy -> float32 NCHW numpy, info dict for the JSON).
+    """
+    from .open import open_session
+
+    session = open_session(checkpoint, backend="torch", device="cpu", precision="fp32", threads=threads,
+                           fold_bn=False, use_ema=True)
+    info = {"torch_version": str(session.details.get("torch_version")), "torch_threads": session.details.get("threads"),
+            "mode": "eager", "precision": "fp32", "batchnorm_layers_unfolded": session.details["batchnorm_layers"]}
+    return session.infer, info

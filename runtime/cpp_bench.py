@@ -115,12 +115,10 @@ def build_cpp_bench(*, force: bool = False, cmake_args: list[str] | tuple[str, .
 
 def _parse_size(size) -> tuple[int, int]:
     if isinstance(size, str):
-        parts = size.lower().split("x")
-        if len(parts) != 2:
-            raise ValueError(f"size must be 'WxH' (e.g. 128x128), got {size!r}")
-        w, h = (int(p) for p in parts)
-    else:
-        w, h = (int(v) for v in size)
+        from .cli._args import parse_size
+
+        return parse_size(size, what="size")
+    w, h = (int(v) for v in size)
     if w < 1 or h < 1:
         raise ValueError(f"size must be positive, got {w}x{h}")
     return w, h

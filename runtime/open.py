@@ -1,108 +1,120 @@
-"""``open_session``: pick the backend adapter from the model file and the request.
+"""``open_session``: open a model on the backend the request and the file call for.
 
-=================  ==========================  =====================================
-file               backend="auto" opens with   other backends allowed
-=================  ==========================  =====================================
-``.onnx``          onnxruntime                 ``onnxruntime-tensorrt`` (ORT's TensorRT provider)
-``.engine/.plan``  tensorrt (native)           -
-``.pt/.pth``       torch (entry point)         -
-=================  ==========================  =====================================
-
-A requested backend, device or precision that cannot be honoured is an error, never a silent
-fallback. The PyTorch adapter lives outside the runtime (it needs srdeploy.train and torch) and
-is found through the ``srdeploy.backends`` entry-point group, so the runtime never imports torch.
+Opening is split in two, as Polygraphy separates loaders from runners: a ``SessionRecipe``
+(model path, backend, device, precision, threads, backend options) is a small frozen, picklable
+value that can be sent to another process (a Ray actor); ``open_session(recipe)`` opens it there.
+Which backend opens which file, and where its adapter lives, is the one table in
+``srdeploy.runtime.backends``. The PyTorch adapter lives outside the runtime (it needs
+srdeploy.train and torch) and is found through the ``srdeploy.backends`` entry-point group, so the
+runtime never imports torch. A requested backend, device or precision that cannot be honoured is
+an error, never a silent fallback.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+from dataclasses import dataclass, replace
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
+from .backends import BY_NAME, ENTRY_POINT_GROUP, backend_for, parse_device
+from .backends.options import make_options
 from .session import Session
 
-BACKENDS = ("auto", "onnxruntime", "onnxruntime-tensorrt", "tensorrt", "torch")
-_ALIASES = {"ort": "onnxruntime", "ort-trt": "onnxruntime-tensorrt", "trt": "tensorrt", "pytorch": "torch"}
-_BY_SUFFIX = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt",
-              ".pt": "torch", ".pth": "torch"}
-_ALLOWED = {"onnxruntime": {"onnxruntime", "onnxruntime-tensorrt"}, "tensorrt": {"tensorrt"}, "torch": {"torch"}}
-ENTRY_POINT_GROUP = "srdeploy.backends"
+PRECISIONS = ("fp32", "fp16")
 
 
-def backend_for(path: str | os.PathLike, backend: str = "auto") -> str:
-    """The backend that opens ``path`` for the request ``backend`` (raises when they disagree)."""
-    backend = _ALIASES.get(backend, backend)
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    suffix = Path(path).suffix.lower()
-    natural = _BY_SUFFIX.get(suffix)
-    if natural is None:
-        raise ValueError(f"{path}: unknown model file type {suffix!r}; expected .onnx (ONNX Runtime), "
-                         ".engine/.plan (TensorRT) or .pt (PyTorch checkpoint)")
-    if backend == "auto":
-        return natural
-    if backend not in _ALLOWED[natural]:
-        hint = {"tensorrt": "build an engine with `srdeploy build-engine MODEL.onnx -o MODEL.engine`",
-                "onnxruntime": "export an ONNX model with `srdeploy export CHECKPOINT -o MODEL.onnx`",
-                "onnxruntime-tensorrt": "export an ONNX model with `srdeploy export CHECKPOINT -o MODEL.onnx`",
-                "torch": "pass the training checkpoint (.pt)"}[backend]
-        raise ValueError(f"{path}: backend {backend!r} cannot open a {suffix} file; {hint}")
-    return backend
+@dataclass(frozen=True)
+class SessionRecipe:
+    """Everything needed to open a session, and nothing that is open.
+
+    Attributes:
+        model: model file (``.onnx``, ``.engine``/``.plan``, ``.pt``).
+        backend: backend name or alias; "auto" = from the file type.
+        device: "cpu", "cuda" or "cuda:N"; None = the backend's default (see the table).
+        precision: "fp32" or "fp16"; None = what the model file computes.
+        threads: CPU threads (ONNX Runtime intra-op, torch); None = the backend's default.
+        options: the backend's options dataclass (``srdeploy.runtime.backends.options``) or None.
+    """
+
+    model: str
+    backend: str = "auto"
+    device: str | None = None
+    precision: str | None = None
+    threads: int | None = None
+    options: Any = None
+
+    def resolved(self) -> "SessionRecipe":
+        """The same recipe with the backend, device and options made explicit (and checked)."""
+        backend = backend_for(self.model, self.backend)
+        device = self.device or BY_NAME[backend].default_device
+        parse_device(device, backend=backend)
+        if self.precision not in (None, *PRECISIONS):
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        return replace(self, model=str(self.model), backend=backend, device=device,
+                       options=make_options(backend, self.options))
 
 
-def open_session(path: str | os.PathLike, *, backend: str = "auto", device: str | None = None,
-                 precision: str | None = None, threads: int | None = None, **options) -> Session:
+def _adapter(backend: str):
+    """The Session class (or opener) of a backend, imported only now."""
+    where = BY_NAME[backend].adapter
+    if where.startswith("entry-point:"):
+        name = where.split(":", 1)[1]
+        found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+        if not found:
+            raise RuntimeError(f"no {backend} backend is installed (entry point {ENTRY_POINT_GROUP}:{name}); install "
+                               "it with pip install 'srdeploy[train]', or export the checkpoint to ONNX with "
+                               "`srdeploy export`")
+        return found[0].load()
+    module, attr = where.split(":")
+    return getattr(importlib.import_module(f"{__package__}.backends.{module}"), attr)
+
+
+def open_session(model: "str | os.PathLike | SessionRecipe", *, backend: str = "auto", device: str | None = None,
+                 precision: str | None = None, threads: int | None = None, options: Any = None,
+                 **option_kwargs) -> Session:
     """Open an SR model for inference.
 
     Args:
-        path: ``.onnx`` (ONNX Runtime), ``.engine``/``.plan`` (TensorRT) or ``.pt`` (PyTorch
+        model: a ``SessionRecipe``, or the model path (then the other arguments make the recipe):
+            ``.onnx`` (ONNX Runtime), ``.engine``/``.plan`` (TensorRT) or ``.pt`` (PyTorch
             checkpoint; needs ``srdeploy[train]``).
-        backend: "auto" (from the file), "onnxruntime", "onnxruntime-tensorrt", "tensorrt" or
-            "torch" (aliases: ort, ort-trt, trt, pytorch).
-        device: "cpu", "cuda" or "cuda:N"; None = "cpu" for ONNX Runtime and PyTorch, "cuda:0"
-            for TensorRT (ONNX Runtime's TensorRT provider included).
+        backend: "auto" (from the file) or a name/alias from ``srdeploy.runtime.backends``.
+        device: "cpu", "cuda" or "cuda:N"; None = the backend's default ("cpu" for ONNX Runtime
+            and PyTorch, "cuda:0" for TensorRT and ONNX Runtime's TensorRT provider).
         precision: "fp32" or "fp16"; None = what the model file computes (an engine's built
-            precision, an ONNX file's metadata, fp32 for a checkpoint). An unavailable
-            precision is an error.
+            precision, an ONNX file's metadata, fp32 for a checkpoint). Unavailable = error.
         threads: CPU threads (ONNX Runtime intra-op threads, torch.set_num_threads).
-        **options: backend-specific options: onnxruntime: ``inter_op_threads``,
-            ``graph_optimization`` ("disable"|"basic"|"extended"|"all"), ``provider_options``,
-            ``trt_cache_dir``; tensorrt: ``profile`` (optimisation profile index); torch:
-            whatever the adapter documents.
+        options: the backend's options dataclass (``OrtOptions``, ``TrtOptions``, ``TorchOptions``)
+            or a mapping of its fields; ``**option_kwargs`` are the same fields as keywords.
+            Unknown fields are an error.
 
     Returns:
         An open ``Session``; use it as a context manager or call ``close()``.
     """
-    path = Path(path)
-    chosen = backend_for(path, backend)
+    if isinstance(model, SessionRecipe):
+        if option_kwargs or options is not None or backend != "auto" or device or precision or threads:
+            raise TypeError("open_session(recipe) takes no other arguments: put them in the recipe")
+        recipe = model
+    else:
+        recipe = SessionRecipe(str(model), backend, device, precision, threads,
+                               make_options(backend_for(model, backend), options, **option_kwargs))
+    recipe = recipe.resolved()
+    path = Path(recipe.model)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file does not exist")
-    if precision not in (None, "fp32", "fp16"):
-        raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
-    if chosen in ("onnxruntime", "onnxruntime-tensorrt"):
-        from .ort_backend import OrtSession
-
-        if chosen == "onnxruntime-tensorrt":
-            return OrtSession(path, device=device or "cuda:0", provider="tensorrt", precision=precision,
-                              threads=threads, **options)
-        return OrtSession(path, device=device or "cpu", precision=precision, threads=threads, **options)
-    if chosen == "tensorrt":
-        from .trt_backend import TrtSession
-
-        if threads is not None:
-            raise ValueError("threads does not apply to the TensorRT backend")
-        return TrtSession(path, device=device or "cuda:0", precision=precision, **options)
-    # torch: an optional adapter registered by srdeploy.export (needs torch + srdeploy.train)
-    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == "torch"]
-    if not found:
-        raise RuntimeError(f"{path}: no PyTorch backend is installed (entry point {ENTRY_POINT_GROUP}:torch); "
-                           "install it with pip install 'srdeploy[train]', or export the checkpoint to ONNX "
-                           "with `srdeploy export`")
-    opener = found[0].load()
-    kwargs = dict(options)
-    if threads is not None:
-        kwargs["threads"] = threads
-    return opener(path, device=device or "cpu", precision=precision or "fp32", **kwargs)
+    opener = _adapter(recipe.backend)
+    if recipe.backend == "tensorrt" and recipe.threads is not None:
+        raise ValueError("threads does not apply to the TensorRT backend")
+    if recipe.backend == "torch":
+        return opener(path, device=recipe.device, precision=recipe.precision or "fp32", threads=recipe.threads,
+                      options=recipe.options)
+    return opener(path, backend=recipe.backend, device=recipe.device, precision=recipe.precision,
+                  threads=recipe.threads, options=recipe.options)
 
 
 def default_model_path() -> Path:

@@ -15,6 +15,8 @@ import json
 import os
 from pathlib import Path
 
+from .atomic import atomic_target
+
 
 def load_results(paths: list[str | os.PathLike]) -> list[dict]:
     """Read result files; a file that is not a benchmark result gives a ValueError naming it."""
@@ -122,12 +124,9 @@ def plot_results(paths: list[str | os.PathLike], out: str | os.PathLike) -> Path
     fig.suptitle("srdeploy benchmark: " + "; ".join(machines), fontsize=9)
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.partial{out.suffix or '.png'}")
     try:
-        fig.savefig(tmp, dpi=120, format="png")
-        os.replace(tmp, out)
+        with atomic_target(out) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return out

@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from srdeploy.runtime.bench import BenchConfig, parse_size, run_bench, write_json
-    from srdeploy.runtime.cli_bench import torch_reference
+    from srdeploy.runtime.bench import BenchConfig, run_bench, torch_reference, write_json
+    from srdeploy.runtime.cli._args import parse_size
 
     torch_default_threads = torch.get_num_threads()
     rows = []

@@ -10,10 +10,11 @@ evaluation protocol's bicubic downscale):
 The whole-image pass is the baseline, measured in the same run.
 
 Usage:
-  python scripts/bench_tiling.py [--model CKPT.pt|MODEL.onnx] [--tile 32] [--margins 0,2,4,...]
+  python scripts/bench_tiling.py [--model CKPT.pt|MODEL.onnx | --run RUN_DIR] [--tile 32] [--margins 0,2,4,...]
       [--time-tiles 64,128,256] [--time-size 256] [--threads N] [--json FILE]
 
-Default model: /work/runs/srresnet_x4/best.pt, else last.pt there (read only; exported to a
+Default model: RUN_DIR/best.pt (--run, default runs/srresnet_x4 in the repository, where
+`srdeploy train ... --out runs/srresnet_x4` writes), else last.pt there (read only; exported to a
 temporary ONNX), else a randomly initialised SRResNet (said so in the output: random weights
 depend on far context much more than trained ones, so the margins it needs are pessimistic).
 """
@@ -29,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-RUN_DIR = Path("/work/runs/srresnet_x4")
+ROOT = Path(__file__).resolve().parent.parent
+RUN_DIR = ROOT / "runs" / "srresnet_x4"
 
 
 def export_checkpoint(ckpt: Path, out: Path) -> str:
@@ -118,7 +120,9 @@ def timing(s, args, radius: int, results: dict) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--model", type=Path, default=None, help="checkpoint or ONNX model (default: from --run)")
+    ap.add_argument("--run", type=Path, default=RUN_DIR,
+                    help="training run folder whose best.pt/last.pt is the default model (default: runs/srresnet_x4)")
     ap.add_argument("--tile", type=int, default=32, help="tile core for the deviation test (small: many seams)")
     ap.add_argument("--margins", default="0,1,2,3,4,6,8,10,12,16,20,24,32,40")
     ap.add_argument("--images", type=int, default=19, help="how many Set5+Set14 images")
@@ -137,7 +141,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench_tiling_"))
     model = args.model
     if model is None:
-        model = next((p for p in (RUN_DIR / "best.pt", RUN_DIR / "last.pt") if p.is_file()), None)
+        model = next((p for p in (args.run / "best.pt", args.run / "last.pt") if p.is_file()), None)
     if model is None or model.suffix == ".pt":
         onnx_path = tmp / "model.onnx"
         desc = export_checkpoint(model, onnx_path)

@@ -10,8 +10,11 @@ Steps (each one a public srdeploy command or function, so the bundle proves the 
   5. models/model_card.json (machine-readable figures the tests check) and models/MODEL_CARD.md
 
 Usage:
-  python scripts/bundle_model.py --run /work/runs/srresnet_x4 --name srresnet_x4 \
+  python scripts/bundle_model.py --run runs/srresnet_x4 --name srresnet_x4 \
       [--hardware "2-core CPU ..."] [--command "srdeploy train srresnet ..."]
+  python scripts/bundle_model.py --card-only   # step 5 alone, from the existing model_card.json
+
+The card records the run folder by its name (settings "out"), never a path of the training machine.
 """
 
 from __future__ import annotations
@@ -43,7 +46,11 @@ def srdeploy(*args: str) -> subprocess.CompletedProcess:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", required=True, help="training run folder (best.pt, metrics.csv, settings.json)")
+    ap.add_argument("--run", help="training run folder (best.pt, metrics.csv, settings.json)")
+    ap.add_argument("--card-only", action="store_true",
+                    help="only step 5: rewrite model_card.json and MODEL_CARD.md from the existing model_card.json "
+                         "(figures kept; notes kept from MODEL_CARD.md unless --notes); nothing is retrained, "
+                         "re-evaluated or re-exported")
     ap.add_argument("--name", default="srresnet_x4")
     ap.add_argument("--out", default=str(ROOT / "models"))
     ap.add_argument("--hardware", default=f"{platform.processor() or platform.machine()} CPU")
@@ -51,6 +58,10 @@ def main() -> int:
     ap.add_argument("--train-time", default="", help="wall-clock training time, for the card")
     ap.add_argument("--notes", default="", help="extra text for the card (Markdown)")
     args = ap.parse_args()
+    if args.card_only:
+        return rewrite_card(Path(args.out), args.notes)
+    if not args.run:
+        ap.error("--run is required (or --card-only)")
 
     from srdeploy.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
     from srdeploy.train.data import data_root
@@ -98,7 +109,7 @@ def main() -> int:
         "parameters": sum(p.numel() for p in model.parameters()),
         "checkpoint": slim.name, "onnx": onnx_path.name,
         "step": ckpt.get("step"), "iters_planned": settings.get("iters"),
-        "settings": settings, "command": args.command, "train_time": args.train_time,
+        "settings": card_settings(settings), "command": args.command, "train_time": args.train_time,
         "hardware": args.hardware, "eval_protocol": "PSNR/SSIM on Y (BT.601), border crop = scale, "
         "LR = MATLAB-style bicubic (antialiased, a=-0.5, uint8)",
         "figures": figures,
@@ -106,9 +117,35 @@ def main() -> int:
                              for r in rows if r.get("Set5_psnr")],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    write_card(out, card, args.notes)
+    return 0
+
+
+def card_settings(settings: dict) -> dict:
+    """The run's settings for the card: the run folder by name only (``runs/x`` or
+    ``/home/me/runs/x`` -> ``x``), so no path of the training machine lands in the repository."""
+    settings = dict(settings)
+    if settings.get("out"):
+        settings["out"] = Path(str(settings["out"])).name
+    return settings
+
+
+def write_card(out: Path, card: dict, notes: str) -> None:
+    """Step 5: models/model_card.json and models/MODEL_CARD.md."""
     (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
-    write_markdown(out / "MODEL_CARD.md", card, args.notes)
+    write_markdown(out / "MODEL_CARD.md", card, notes)
     print(f"wrote {out / 'model_card.json'} and {out / 'MODEL_CARD.md'}")
+
+
+def rewrite_card(out: Path, notes: str = "") -> int:
+    """Re-run step 5 on an existing bundle (card format changes): same figures, same notes."""
+    card = json.loads((out / "model_card.json").read_text())
+    card["settings"] = card_settings(card.get("settings", {}))
+    if not notes:
+        md = (out / "MODEL_CARD.md").read_text() if (out / "MODEL_CARD.md").is_file() else ""
+        if "\n## Notes\n\n" in md:
+            notes = md.split("\n## Notes\n\n", 1)[1].split("\n\nReproduce the figures:", 1)[0]
+    write_card(out, card, notes)
     return 0
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPU check of the export path: on a CUDA machine with TensorRT (pip install '.[gpu]'), export a
 # tiny model, build FP32 and FP16 TensorRT engines with the Python API, and `srdeploy verify`
-# each against the PyTorch checkpoint. Exits non-zero at the first failure.
+# each against the PyTorch checkpoint; then ONNX Runtime's TensorRT provider, --device 1 (2-GPU
+# machines), a second optimisation profile, a mismatching timing cache, a version/hardware-
+# compatible engine and the C++ TensorRT backend. Exits non-zero at the first failure.
 #
 #   bash scripts/gpu_check.sh [CHECKPOINT] [WORKDIR]
 #
@@ -125,14 +127,52 @@ run_upscale trt_fp16 --model "$WORK/model_fp16.engine" --batch 2
 if python -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())"; then
     run_upscale ort_cuda --model "$WORK/model.onnx" --device cuda
 fi
+# ONNX Runtime's TensorRT provider (issue 17): profile from the tile flags, FP16 only as model_fp16.onnx.
+if python -c "import onnxruntime as o, sys; sys.exit('TensorrtExecutionProvider' not in o.get_available_providers())"; then
+    run_upscale ort_trt --model "$WORK/model.onnx" --backend ort-trt --tile 96 --batch 2
+    run_upscale ort_trt_fp16 --model "$WORK/model_fp16.onnx" --backend ort-trt --tile 96 --batch 2
+    echo "   --precision fp16 on the FP32 ONNX through the provider must be refused:"
+    if srdeploy upscale -q -i "$UP/in" -o "$UP/refused" --model "$WORK/model.onnx" --backend ort-trt \
+            --precision fp16 2> "$UP/refused.txt"; then
+        echo "   FAIL: accepted"; exit 1
+    fi
+    grep -q "export CHECKPOINT --fp16" "$UP/refused.txt" || { echo "   FAIL: unexpected message"; cat "$UP/refused.txt"; exit 1; }
+    echo "   refused: $(head -c 160 "$UP/refused.txt")"
+else
+    echo "   (no TensorrtExecutionProvider in this onnxruntime: ORT TensorRT provider skipped; see README GPU packages)"
+fi
+# --device above 0 (issue 17, items 1-2): build on GPU 1, run there, and alternate sessions on GPUs 0 and 1
+# in one process (every session entry point must select its own device).
+NGPU=$(python -c "from cuda.bindings import runtime as r; print(r.cudaGetDeviceCount()[1])" 2>/dev/null || echo 0)
+if [[ "$NGPU" -ge 2 ]]; then
+    srdeploy build-engine "$WORK/model.onnx" -o "$WORK/model_dev1.engine" "${PROFILE[@]}" --device 1
+    python -c "import json,sys; s=json.load(open('$WORK/model_dev1.engine.json')); print('   built on', s['gpu_name'])"
+    run_upscale trt_dev1 --model "$WORK/model_dev1.engine" --device cuda:1 --batch 2
+    python - "$WORK" <<'PY'
+import sys
+import numpy as np
+from srdeploy.runtime.open import open_session
+w = sys.argv[1]
+x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
+with open_session(f"{w}/model_fp32.engine", device="cuda:0") as a, \
+        open_session(f"{w}/model_dev1.engine", device="cuda:1") as b:
+    outs = [s.infer(x) for s in (a, b, a, b)]
+diff = max(float(np.abs(o - outs[0]).max()) for o in outs)
+print(f"   sessions on cuda:0 and cuda:1 alternated: max |diff| {diff:.2e}")
+sys.exit(0 if diff <= 1e-3 else "sessions on two GPUs disagree")
+PY
+else
+    echo "   (--device above 0 skipped: this machine has $NGPU CUDA device(s); needs 2)"
+fi
 python - "$UP" <<'PY'
 import sys
 from pathlib import Path
 import numpy as np
-from srdeploy.runtime.images import read_image
+from srdeploy.runtime.media.images import read_image
 
 up = Path(sys.argv[1])
-limits = {"trt_fp32": (1, None), "trt_fp16": (3, 45.0), "ort_cuda": (1, None)}
+limits = {"trt_fp32": (1, None), "trt_fp16": (3, 45.0), "ort_cuda": (1, None), "ort_trt": (1, None),
+          "ort_trt_fp16": (3, 45.0), "trt_dev1": (1, None)}
 failed = []
 for run, (max_levels, min_psnr) in limits.items():
     if not (up / run).is_dir():
@@ -154,5 +194,52 @@ if failed:
 PY
 echo "== runtime GPU tests (pytest -m gpu)"
 python -m pytest tests/test_runtime_trt.py -m gpu -q -rs
+
+# ---------------------------------------------------------------------------------------------
+# Issue 17: a second optimisation profile, the timing-cache mismatch path, compatible engines,
+# and the C++ TensorRT backend.
+# ---------------------------------------------------------------------------------------------
+echo "== two optimisation profiles: run with profile 1"
+srdeploy build-engine "$WORK/model.onnx" -o "$WORK/model_2prof.engine" \
+    --min 1x3x16x16 --opt 1x3x64x64 --max 1x3x64x64 --min 1x3x64x64 --opt 2x3x128x128 --max 2x3x160x160
+python - "$WORK" <<'PY'
+import sys
+import numpy as np
+from srdeploy.runtime.open import open_session
+from srdeploy.runtime.tiling import tiled_infer
+w = sys.argv[1]
+x = np.random.default_rng(1).random((3, 150, 230), dtype=np.float32)
+with open_session(f"{w}/model.onnx") as ref_s, open_session(f"{w}/model_2prof.engine", profile=1) as s:
+    assert s.details["profile"] == 1 and s.input_spec.height == (64, 160), s.input_spec
+    ref = tiled_infer(ref_s, x, tile=0)
+    got = tiled_infer(s, x, tile=120, batch=2)
+d = float(np.abs(got - ref).max())
+print(f"   profile 1 (64..160 px, batch 2) vs ORT CPU: max |diff| {d:.2e}")
+sys.exit(0 if d <= 1e-3 else "profile 1 output differs")
+PY
+echo "== timing cache that does not match must be refused"
+head -c 4096 /dev/urandom > "$WORK/bad_timing.cache"
+if srdeploy build-engine "$WORK/model.onnx" -o "$WORK/model_badcache.engine" "${PROFILE[@]}" \
+        --timing-cache "$WORK/bad_timing.cache" 2> "$WORK/badcache.txt"; then
+    echo "   FAIL: a corrupt timing cache was accepted"; exit 1
+fi
+grep -qi "timing cache" "$WORK/badcache.txt" || { echo "   FAIL: unexpected message"; cat "$WORK/badcache.txt"; exit 1; }
+echo "   refused: $(grep -i 'timing cache' "$WORK/badcache.txt" | head -1)"
+echo "== version- and hardware-compatible engine"
+srdeploy build-engine "$WORK/model.onnx" -o "$WORK/model_compat.engine" "${PROFILE[@]}" \
+    --version-compatible --hardware-compatible
+python -c "import json; s=json.load(open('$WORK/model_compat.engine.json')); assert s['version_compatible'] and s['hardware_compatibility'] == 'ampere_plus', s"
+srdeploy verify "$CKPT" "$WORK/model_compat.engine" --ref-device "$REF" --json "$WORK/verify_compat.json"
+
+echo "== C++ TensorRT backend (cpp_bench, tests/test_cpp_bench.py::test_tensorrt_engine)"
+if [[ ! -x cpp_bench/build/srbench ]]; then
+    bash cpp_bench/build.sh
+fi
+if cpp_bench/build/srbench --version | grep -q "tensorrt: enabled"; then
+    SRDEPLOY_TEST_ENGINE="$WORK/model_fp32.engine" python -m pytest -q -rs \
+        "tests/test_cpp_bench.py::test_tensorrt_engine"
+else
+    echo "   (srbench was built without TensorRT: headers/libraries not found; see cpp_bench/build.sh output)"
+fi
 
 echo "== GPU check passed ($WORK)"

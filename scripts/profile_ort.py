@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
 
     from bench_ort_vs_torch import build_default_model
-    from srdeploy.runtime.bench import deterministic_input, parse_size
+    from srdeploy.runtime.bench import deterministic_input
+    from srdeploy.runtime.cli._args import parse_size
 
     w, h = parse_size(args.size)
     x = deterministic_input((1, 3, h, w))

@@ -13,6 +13,7 @@ import pytest
 from srdeploy.cli import main
 from srdeploy.runtime import bench
 from srdeploy.runtime.bench import BenchConfig, deterministic_input, output_checksum, run_bench
+from srdeploy.runtime.cli._args import parse_size
 
 jsonschema = pytest.importorskip("jsonschema")
 
@@ -69,10 +70,10 @@ def test_summarize_and_parse_size():
     assert t["latency_ms"]["p90"] == pytest.approx(760.0)
     assert t["fps"] == pytest.approx(2 / 0.3)
     assert t["megapixels_per_s"] == pytest.approx(2 / 0.3)
-    assert bench.parse_size("64x48") == (64, 48)
+    assert parse_size("64x48") == (64, 48)
     for bad in ("64", "axb", "0x4", "64x48x2"):
         with pytest.raises(ValueError, match="--size"):
-            bench.parse_size(bad)
+            parse_size(bad)
 
 
 def test_time_alternating_interleaves():
@@ -157,7 +158,7 @@ def test_bench_is_torch_free(tiny, tmp_path):
     code = f"""
 import sys
 sys.modules["torch"] = None  # any `import torch` now raises ImportError
-import srdeploy.runtime.bench as b, srdeploy.runtime.video, srdeploy.runtime.plot, srdeploy.runtime.cli_bench
+import srdeploy.runtime.bench as b, srdeploy.runtime.media.video, srdeploy.runtime.plot, srdeploy.runtime.cli.bench
 r = b.run_bench(b.BenchConfig(model={str(onnx_path)!r}, width=8, height=8, warmup=0, iters=1, video="",
                               video_frames=2), log=lambda s: None)
 assert "torch" not in sys.modules or sys.modules["torch"] is None
@@ -206,5 +207,5 @@ def test_plot_without_matplotlib_says_which_extra(tmp_path, monkeypatch, capsys)
     f = tmp_path / "r.json"
     f.write_text(json.dumps(_result("srdeploy bench", "onnxruntime", 64, 1.0)))
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    assert main(["bench", "--plot", str(tmp_path / "p.png"), str(f)]) == 3
+    assert main(["bench", "--plot", str(tmp_path / "p.png"), str(f)]) == 1  # exit policy: a missing optional package is an environment error
     assert "srdeploy[plot]" in capsys.readouterr().err

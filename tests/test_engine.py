@@ -17,13 +17,15 @@ import pytest
 import torch
 
 from srdeploy.cli import main
-from srdeploy.export.engine import (SIDECAR_KEYS, EngineKey, ShapeProfile, build_engine, make_sidecar, parse_shape,
-                                    prepare_fp16_onnx, profiles_from_args, read_sidecar, sidecar_path, write_sidecar)
+from srdeploy.export.engine import (EngineKey, ShapeProfile, build_engine, make_sidecar, prepare_fp16_onnx,
+                                    profiles_from_args)
 from srdeploy.export.fp16 import (DEFAULT_THRESHOLD, FP16_MAX, analyse_activations, check_node_mapping,
                                   module_scope, nodes_to_pin, to_fp16_onnx)
 from srdeploy.export.fuse import fuse_bn, randomize_bn
 from srdeploy.export.onnx_export import export_onnx, read_metadata
 from srdeploy.export.pipeline import export_checkpoint
+from srdeploy.runtime.backends.trt import SIDECAR_KEYS, read_sidecar, sidecar_path, write_sidecar
+from srdeploy.runtime.cli._args import parse_shape
 from srdeploy.runtime.metadata import INPUT_NAME, ModelInfo
 from srdeploy.train.archs import SRResNet
 from srdeploy.train.checkpoint import save_checkpoint
@@ -81,7 +83,7 @@ def test_cache_key_covers_every_field():
              "fp32_layers": ("/tail/Conv",), "profiles": (ShapeProfile.parse("1x3x32x32", "1x3x256x256",
                                                                              "4x3x512x640"),),
              "workspace_bytes": 2 << 30, "builder_optimization_level": 5, "tf32": True, "strongly_typed": False,
-             "format": "srdeploy.trt-engine/2"}
+             "version_compatible": True, "hardware_compatibility": "ampere_plus", "format": "srdeploy.trt-engine/2"}
     fields = {f.name for f in dataclasses.fields(EngineKey)}
     assert fields == set(other), "a new EngineKey field needs a case here"
     digests = {base.digest()}
@@ -112,7 +114,7 @@ def _sidecar(tmp_path, key=None):
 
 
 def test_sidecar_round_trip_and_runtime_check(tmp_path):
-    from srdeploy.runtime.trt_backend import check_sidecar, sidecar_path as runtime_sidecar_path
+    from srdeploy.runtime.backends.trt import check_sidecar, find_sidecar
 
     side = _sidecar(tmp_path)
     assert tuple(side) == SIDECAR_KEYS
@@ -127,7 +129,7 @@ def test_sidecar_round_trip_and_runtime_check(tmp_path):
     # The runtime finds the sidecar where build-engine writes it and accepts it on the same machine ...
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"plan")
-    assert runtime_sidecar_path(engine) == path
+    assert find_sidecar(engine) == path
     info = check_sidecar(back, engine, trt_version="10.9.0.34", gpu_name="NVIDIA H200", compute_capability="9.0")
     assert info.scale == 2 and info.receptive_radius == 12 and info.precision == "fp16"
     # ... and refuses another TensorRT version or another GPU, saying to rebuild.
@@ -290,7 +292,7 @@ def test_build_engine_without_tensorrt_says_how_to_install(tmp_path, fp32_onnx, 
         build_engine(onnx_path, tmp_path / "m.engine", profiles=profiles)
     rc = main(["build-engine", str(onnx_path), "-o", str(tmp_path / "m.engine"), "--min", "1x3x32x32",
                "--opt", "1x3x64x64", "--max", "2x3x128x128"])
-    assert rc == 3 and "srdeploy[gpu]" in capsys.readouterr().err
+    assert rc == 1 and "srdeploy[gpu]" in capsys.readouterr().err
     assert not (tmp_path / "m.engine").exists()
     # Bad profiles are reported before TensorRT is even needed.
     rc = main(["build-engine", str(onnx_path), "-o", str(tmp_path / "m.engine"), "--min", "1x3x64x64",

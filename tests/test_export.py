@@ -135,7 +135,7 @@ def test_corrupt_or_foreign_checkpoint_is_a_clear_error(tmp_path, capsys):
     save_checkpoint(disc, Discriminator(base_channels=8), arch="Discriminator", kwargs={"base_channels": 8})
     for bad, needle in ((corrupt, "not a valid srdeploy checkpoint"), (bare, "not an srdeploy checkpoint"),
                         (disc, "not an SR generator"), (tmp_path / "missing.pt", "does not exist")):
-        assert main(["export", str(bad), "-o", str(out)]) == 1
+        assert main(["export", str(bad), "-o", str(out), "--overwrite"]) == 1
         err = capsys.readouterr().err
         assert needle in err and str(bad) in err, err
         assert "Traceback" not in err

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from srdeploy.runtime.images import read_image, write_image
+from srdeploy.runtime.media.images import read_image, write_image
 
 
 def _exif(orientation: int) -> bytes:
@@ -88,8 +88,9 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def test_gray_alpha_png_becomes_rgba(tmp_path):
-    """A gray+alpha PNG (colour type 4; OpenCV cannot write one, so it is built by hand)."""
+def test_gray_alpha_png_stays_gray_alpha(tmp_path):
+    """A gray+alpha PNG (colour type 4; OpenCV cannot write one, so it is built by hand) reads as
+    H x W x 2 (issue 11, item 9) and is written back as RGBA with R = G = B, alpha kept."""
     h, w = 3, 4
     rows = b"".join(b"\x00" + bytes([100, 200]) * w for _ in range(h))
     png = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 4, 0, 0, 0))
@@ -97,8 +98,11 @@ def test_gray_alpha_png_becomes_rgba(tmp_path):
     path = tmp_path / "ga.png"
     path.write_bytes(png)
     img, meta = read_image(path)
-    assert meta.channels == 4 and img.shape == (h, w, 4)
-    assert (img[..., :3] == 100).all() and (img[..., 3] == 200).all()
+    assert meta.channels == 2 and img.shape == (h, w, 2)
+    assert (img[..., 0] == 100).all() and (img[..., 1] == 200).all()
+    write_image(tmp_path / "out.png", img)
+    back = cv2.imread(str(tmp_path / "out.png"), cv2.IMREAD_UNCHANGED)
+    assert back.shape == (h, w, 4) and (back[..., :3] == 100).all() and (back[..., 3] == 200).all()
 
 
 def test_bad_files_name_the_file(tmp_path):

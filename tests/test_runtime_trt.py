@@ -10,7 +10,7 @@ import pytest
 
 from srdeploy.runtime.metadata import MetadataError, ModelInfo
 from srdeploy.runtime.open import open_session
-from srdeploy.runtime.trt_backend import check_sidecar, sidecar_path
+from srdeploy.runtime.backends.trt import check_sidecar, find_sidecar, sidecar_path
 
 GPU = dict(trt_version="10.9.0.34", gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0")
 
@@ -63,8 +63,10 @@ def test_sidecar_precision_and_metadata(tmp_path):
 
 def test_sidecar_location(tmp_path):
     assert sidecar_path(tmp_path / "m.engine") == tmp_path / "m.engine.json"
+    assert find_sidecar(tmp_path / "m.engine") == tmp_path / "m.engine.json"
     (tmp_path / "n.json").write_text("{}")
-    assert sidecar_path(tmp_path / "n.plan") == tmp_path / "n.json"
+    assert find_sidecar(tmp_path / "n.plan") == tmp_path / "n.json"  # engines renamed by hand
+    assert sidecar_path(tmp_path / "n.plan") == tmp_path / "n.plan.json"  # where build-engine writes
 
 
 def test_engine_without_sidecar_or_tensorrt_is_a_clear_error(tmp_path):
@@ -93,7 +95,7 @@ def test_cli_engine_without_tensorrt(tmp_path, capsys):
 
     cv2.imwrite(str(img), np.zeros((8, 8, 3), np.uint8))
     rc = main(["upscale", "-q", "-i", str(img), "-o", str(tmp_path / "o"), "--model", str(engine)])
-    assert rc == 3 and "srdeploy[gpu]" in capsys.readouterr().err
+    assert rc == 1 and "srdeploy[gpu]" in capsys.readouterr().err
 
 
 def _cuda_and_tensorrt() -> str | None:

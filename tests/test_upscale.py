@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from srdeploy.cli import main
-from srdeploy.runtime.images import read_image
+from srdeploy.runtime.media.images import read_image
 from srdeploy.runtime.open import open_session
 from srdeploy.runtime.upscale import Upscaler
 
@@ -237,8 +237,15 @@ else:
     raise SystemExit("torch import was not blocked")
 
 import srdeploy.runtime as rt
-for mod in pkgutil.iter_modules(rt.__path__):
-    importlib.import_module("srdeploy.runtime." + mod.name)
+# walk_packages (not iter_modules): modules in sub-packages (backends, media, cli) are checked too
+seen = set()
+for mod in pkgutil.walk_packages(rt.__path__, prefix="srdeploy.runtime."):
+    importlib.import_module(mod.name)
+    seen.add(mod.name)
+expected = {"srdeploy.runtime.backends.ort", "srdeploy.runtime.backends.trt", "srdeploy.runtime.backends._cuda",
+            "srdeploy.runtime.media.images", "srdeploy.runtime.media.video", "srdeploy.runtime.cli.upscale",
+            "srdeploy.runtime.cli._args", "srdeploy.runtime.open", "srdeploy.runtime.tiling"}
+assert expected <= seen, f"modules not walked: {sorted(expected - seen)}"
 from srdeploy.cli import main
 rc = main(sys.argv[1:])
 assert not any(m.split(".")[0] == "torch" for m in sys.modules), "torch got imported"
@@ -260,4 +267,6 @@ def test_runtime_runs_without_torch(model, folder, tmp_path):
     proc = subprocess.run([sys.executable, "-c", NO_TORCH, "upscale", "-q", "-i", str(folder / "rgb.png"),
                            "-o", str(tmp_path / "o2"), "--model", str(ckpt)],
                           capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 3 and "pip install 'srdeploy[train]'" in proc.stderr, proc.stderr
+    # exit policy (README, "Exit status"): a missing optional package is an environment error, 1
+    assert proc.returncode == 1 and "pip install 'srdeploy[train]'" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -12,8 +12,9 @@ import torch
 from srdeploy.cli import main
 from srdeploy.export.fuse import randomize_bn
 from srdeploy.export.pipeline import export_checkpoint
-from srdeploy.export.verify import (FP16_ATOL, FP32_ATOL, Tolerance, compare, fit_sizes, judge, parse_size,
+from srdeploy.export.verify import (FP16_ATOL, FP32_ATOL, Tolerance, compare, fit_sizes, judge,
                                     verify)
+from srdeploy.runtime.cli._args import parse_batch_hw
 from srdeploy.runtime.session import InputSpec
 from srdeploy.train.archs import SRResNet
 from srdeploy.train.checkpoint import save_checkpoint
@@ -113,6 +114,6 @@ def test_compare_and_judge():
 
 
 def test_parse_size():
-    assert parse_size("2x33x47") == (2, 33, 47) and parse_size("33x47") == (1, 33, 47)
+    assert parse_batch_hw("2x33x47") == (2, 33, 47) and parse_batch_hw("33x47") == (1, 33, 47)
     with pytest.raises(ValueError, match="BxHxW"):
-        parse_size("0x3")
+        parse_batch_hw("0x3")

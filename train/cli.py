@@ -13,13 +13,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Evaluate a checkpoint, or the bicubic baseline, on folders of HR images "
                     "(LR made by MATLAB-style bicubic downscaling). Prints a table per folder.")
     p.add_argument("paths", nargs="+", metavar="CHECKPOINT|FOLDER",
-                   help="a checkpoint (.pt) followed by folders of HR images (e.g. benchmark/Set5); "
-                        "with --bicubic, folders only")
+                   help="a checkpoint (.pt) followed by folders of HR images (e.g. benchmark/Set5, or just "
+                        "Set5: looked up under $SRDEPLOY_DATA and $SRDEPLOY_DATA/benchmark); with --bicubic, "
+                        "folders only")
     p.add_argument("--bicubic", action="store_true", help="evaluate bicubic upscaling instead of a checkpoint")
     p.add_argument("--scale", type=int, default=None, help="scale (default: the checkpoint's; 4 for --bicubic)")
     p.add_argument("--device", default="auto", help="torch device for a checkpoint (auto, cpu, cuda)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even when EMA weights exist")
     p.add_argument("--json", metavar="FILE", help="also write the results per set as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_eval)
 
     from .train_cli import register_train  # argparse only, no torch
@@ -42,6 +44,7 @@ def _run_eval(args: argparse.Namespace) -> int:
             raise ValueError("eval: give a checkpoint then at least one folder "
                              "(srdeploy eval CHECKPOINT FOLDER...), or --bicubic FOLDER...")
         args.checkpoint, folders = args.paths[0], list(args.paths[1:])
+    folders = [_resolve_folder(f) for f in folders]  # before loading a model: a typo fails at once
     if args.bicubic:
         scale = args.scale or 4
         title = f"bicubic x{scale}"
@@ -59,9 +62,29 @@ def _run_eval(args: argparse.Namespace) -> int:
         model = model_from_checkpoint(ckpt, use_ema=not args.no_ema).to(device)
         title = f"{args.checkpoint} ({ckpt['arch']} x{scale}, step {ckpt.get('step', '?')})"
         upscale = lambda lr: model_upscale(model, lr, device)  # noqa: E731
-    results = evaluate(upscale, folders, scale=scale, progress=sys.stderr.isatty())
+    results = evaluate(upscale, folders, scale=scale, progress=not args.quiet)
     print(format_table(results, title))
     if args.json:
         Path(args.json).write_text(json.dumps({"title": title, "scale": scale,
                                                "sets": [r.as_dict() for r in results]}, indent=2) + "\n")
     return 0
+
+
+def _resolve_folder(name: str) -> str:
+    """A folder as given, else under the data root (``Set5`` -> ``$SRDEPLOY_DATA/benchmark/Set5``);
+    an error listing every path tried."""
+    import os
+    from pathlib import Path
+
+    from .data import DATA_ENV, data_root
+
+    given = Path(name)
+    if given.is_dir():
+        return name
+    root = data_root()
+    tried = [given] if given.is_absolute() else [given, root / given, root / "benchmark" / given]
+    for path in tried[1:]:
+        if path.is_dir():
+            return str(path)
+    raise FileNotFoundError(f"eval: {name}: not a folder of images; tried {', '.join(str(p) for p in tried)} "
+                            f"({DATA_ENV} is {os.environ.get(DATA_ENV) or 'unset'})")

@@ -233,5 +233,11 @@ class EvalSet:
 
     def __iter__(self):
         for path in self.files:
-            hr = mod_crop(load_rgb(path), self.scale)
+            hr = load_rgb(path)
+            # The metrics crop `scale` pixels per border and SSIM needs an 11x11 window after that.
+            need = -(-(11 + 2 * self.scale) // self.scale) * self.scale
+            if min(hr.shape[:2]) < need:
+                raise ValueError(f"{path}: image {hr.shape[1]}x{hr.shape[0]} is too small to evaluate at x{self.scale} "
+                                 f"(needs at least {need} pixels per side); remove it from the folder")
+            hr = mod_crop(hr, self.scale)
             yield path.stem, degrade(hr, self.scale), hr

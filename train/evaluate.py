@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, asdict
 
 import numpy as np
@@ -55,25 +56,29 @@ def evaluate(upscale, folders, *, scale: int = 4, progress: bool = False) -> lis
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=sum(len(s) for s in sets), desc="eval", unit="img", leave=False)
-    for eval_set in sets:
-        per_image = {}
-        for name, lr, hr in eval_set:
-            sr = upscale(lr)
-            if sr.shape != hr.shape:
-                raise ValueError(f"evaluate: {eval_set.folder}/{name}: output {sr.shape} != ground truth {hr.shape}")
-            per_image[name] = {"psnr": psnr(sr, hr, crop=scale), "ssim": ssim(sr, hr, crop=scale)}
+        bar = tqdm(total=sum(len(s) for s in sets), desc="eval", unit="img", leave=False, file=sys.stderr)
+    try:  # close the bar before an error message is printed under it
+        for eval_set in sets:
             if bar is not None:
-                bar.update(1)
-        results.append(SetResult(
-            name=eval_set.name,
-            psnr=float(np.mean([v["psnr"] for v in per_image.values()])),
-            ssim=float(np.mean([v["ssim"] for v in per_image.values()])),
-            images=len(per_image),
-            per_image=per_image,
-        ))
-    if bar is not None:
-        bar.close()
+                bar.set_description(f"eval {eval_set.name}")
+            per_image = {}
+            for name, lr, hr in eval_set:
+                sr = upscale(lr)
+                if sr.shape != hr.shape:
+                    raise ValueError(f"evaluate: {eval_set.folder}/{name}: output {sr.shape} != ground truth {hr.shape}")
+                per_image[name] = {"psnr": psnr(sr, hr, crop=scale), "ssim": ssim(sr, hr, crop=scale)}
+                if bar is not None:
+                    bar.update(1)
+            results.append(SetResult(
+                name=eval_set.name,
+                psnr=float(np.mean([v["psnr"] for v in per_image.values()])),
+                ssim=float(np.mean([v["ssim"] for v in per_image.values()])),
+                images=len(per_image),
+                per_image=per_image,
+            ))
+    finally:
+        if bar is not None:
+            bar.close()
     return results
 
 

@@ -1,4 +1,8 @@
-"""Video super-resolution on OpenCV: decode | infer | encode, pipelined.
+"""Video super-resolution: the decode | infer | encode pipeline, and the OpenCV encoder.
+
+``srdeploy video`` encodes with ffmpeg by default (``media.ffmpeg`` and ``media.segments``:
+H.264/HEVC/AV1/FFV1, every stream kept, resumable segments); ``--encoder opencv`` runs
+``upscale_video`` below, OpenCV's decoder and ``VideoWriter``. Both feed ``run_pipeline``.
 
 ``upscale_video`` runs three stages concurrently, joined by bounded queues (so memory stays
 flat however long the video is):
@@ -32,10 +36,10 @@ matrix nor the range of its conversions; where exact colour handling matters, de
 with ffmpeg (pipe raw RGB frames) and keep the colour tags there. Rotation metadata is applied
 by OpenCV while decoding (frames come out upright), so the output carries no rotation tag.
 
-Audio and other streams: OpenCV writes video only. Where an ``ffmpeg`` executable is found, the
-source's audio streams are copied into the result (re-encoded with the container's default
+Audio and other streams (OpenCV encoder): OpenCV writes video only, so the source's audio streams
+are copied in afterwards with the bundled ffmpeg (re-encoded with the container's default
 encoder if the codec does not fit the container); subtitles, data streams and metadata are not
-carried. Without ffmpeg, audio is dropped and a warning says so.
+carried (the ffmpeg encoder carries them).
 """
 
 from __future__ import annotations
@@ -51,9 +55,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
+
+from ..atomic import atomic_target
+from ..upscale import PixelMap
 
 # Default FourCC by container. The PyPI OpenCV builds ship FFmpeg without x264/x265 (licensing),
 # so H.264 ("avc1") is usually unavailable: MPEG-4 Part 2 is the widely playable choice for
@@ -234,26 +241,17 @@ def _stack_size(upscaler, h: int, w: int, batch: int | None = None) -> int:
     return n if n >= lo else 0
 
 
-# Same arithmetic as Upscaler._pass for uint8 (value / 255 mapped into the input range; output
-# range mapped back to 0..255, rounded, clipped), so stacked results equal per-frame ones.
 def _preprocess(info, frames: list[np.ndarray], order: str) -> np.ndarray:
-    """uint8 HWC frames -> float32 (N, 3, H, W) in the model's input range, RGB."""
+    """uint8 HWC frames -> float32 (N, 3, H, W) in the model's input range, RGB (``PixelMap``,
+    the Upscaler's own conversion, so stacked results equal per-frame ones)."""
     rgb = [2, 1, 0] if order == "BGR" else [0, 1, 2]  # model channel k <- frame channel rgb[k]
-    in_lo, in_hi = info.input_range
-    x = np.stack(frames)[..., rgb].transpose(0, 3, 1, 2).astype(np.float32) * np.float32((in_hi - in_lo) / 255.0)
-    if in_lo:
-        x += np.float32(in_lo)
-    return x
+    return PixelMap(info, np.uint8).to_model(np.stack(frames)[..., rgb].transpose(0, 3, 1, 2))
 
 
 def _postprocess(info, y: np.ndarray, order: str) -> list[np.ndarray]:
     """float32 (N, 3, H, W) model output -> uint8 HWC frames in ``order``."""
     rgb = [2, 1, 0] if order == "BGR" else [0, 1, 2]
-    out_lo, out_hi = info.output_range
-    a_out = 255.0 / (out_hi - out_lo)
-    if out_lo or a_out != 1.0:
-        y = (y - np.float32(out_lo)) * np.float32(a_out)
-    y = np.clip(np.rint(y), 0, 255).astype(np.uint8)
+    y = PixelMap(info, np.uint8).from_model(y)
     y = y.transpose(0, 2, 3, 1)[..., rgb]  # rgb is its own inverse (identity or a swap)
     return [np.ascontiguousarray(f) for f in y]
 
@@ -291,18 +289,6 @@ def _get(q: queue.Queue, stop: threading.Event):
                 return _END
 
 
-def _temp_path(dst: Path) -> Path:
-    """A fresh name beside ``dst`` for the partial output.
-
-    Same folder (the final rename stays atomic, on one filesystem) and same extension (OpenCV and
-    ffmpeg choose the container from it); hidden and marked ``.partial`` so a leftover of a killed
-    run is recognisable. Not created here: the writer creates it with the usual permissions.
-    """
-    import secrets
-
-    return dst.with_name(f".{dst.stem}.{os.getpid()}-{secrets.token_hex(4)}.partial{dst.suffix}")
-
-
 def upscale_video(upscaler, src: str | os.PathLike, dst: str | os.PathLike, *, codec: str | None = None,
                   batch: int = 1, overwrite: bool = False, progress: bool = True, audio: bool = True,
                   ffmpeg: str | None = None, queue_frames: int | None = None,
@@ -330,8 +316,46 @@ def upscale_video(upscaler, src: str | os.PathLike, dst: str | os.PathLike, *, c
         ValueError: empty/corrupt/undecodable source, bad codec.  RuntimeError: encoder unavailable.
         KeyboardInterrupt: re-raised after cleaning up (no file left under ``dst``).
     """
-    cv2 = _cv2()
     src, dst = Path(src), Path(dst)
+    codec = _check_request(src, dst, codec, batch, overwrite)
+    warnings: list[str] = []
+
+    def warn(msg: str) -> None:
+        warnings.append(msg)
+        log(f"warning: {msg}")
+
+    cap, info, first = _open_source(src)
+    try:
+        h, w = first.shape[:2]
+        s = upscaler.session.info.scale
+        out_w, out_h = w * s, h * s
+        if out_w % 2 or out_h % 2:
+            raise ValueError(f"{src}: output size {out_w}x{out_h} is odd; OpenCV's FFmpeg encoder would cut a "
+                             "row/column (it needs even sizes)")
+        fps = info.fps
+        if fps <= 0 or fps > 1000:
+            warn(f"{src}: frame rate unknown ({info.fps}); writing at 25 fps")
+            fps = 25.0
+        # The partial output is hidden beside dst with dst's extension (OpenCV and ffmpeg choose the
+        # container from it); an interrupted run (Ctrl-C, SIGTERM, error) removes it.
+        with atomic_target(dst, keep_suffix=True, create=False, overwrite=overwrite) as tmp:
+            writer = _open_writer(tmp, codec, fps, (out_w, out_h), dst)
+            try:
+                written, seconds = _run_pipeline(upscaler, cap, first, info, writer, src, batch=batch,
+                                                 out_size=(out_w, out_h), progress=progress,
+                                                 queue_frames=queue_frames)
+            finally:
+                writer.release()
+            audio_state = _finish(src, dst, tmp, info, written, (out_w, out_h), codec, audio, ffmpeg, warn)
+    finally:
+        cap.release()
+    return VideoStats(frames=written, width=out_w, height=out_h, source_width=w, source_height=h,
+                      fps=written / seconds if seconds > 0 else 0.0, seconds=seconds, source_fps=fps, codec=codec,
+                      audio=audio_state, warnings=warnings)
+
+
+def _check_request(src: Path, dst: Path, codec: str | None, batch: int, overwrite: bool) -> str:
+    """Validate paths and options before any work; returns the FourCC to use."""
     if batch < 1:
         raise ValueError(f"--batch must be >= 1, got {batch}")
     if not src.is_file():
@@ -345,120 +369,156 @@ def upscale_video(upscaler, src: str | os.PathLike, dst: str | os.PathLike, *, c
     codec = codec or default_codec(dst)
     _fourcc(codec)  # validate the FourCC text before any work
     dst.parent.mkdir(parents=True, exist_ok=True)
+    return codec
 
+
+def _open_source(src: Path):
+    """(capture, VideoInfo, first frame as BGR); the capture is released on failure."""
+    cv2 = _cv2()
     cap = _open_capture(src)
-    info = _info(cap, src)
-    warnings: list[str] = []
-
-    def warn(msg: str) -> None:
-        warnings.append(msg)
-        log(f"warning: {msg}")
-
     try:
-        ok, first = cap.read()
-    except cv2.error as exc:
+        info = _info(cap, src)
+        try:
+            ok, first = cap.read()
+        except cv2.error as exc:
+            raise ValueError(f"{src}: cannot decode the first frame ({exc})") from exc
+        if not ok or first is None:
+            raise ValueError(f"{src}: contains no decodable video frames (empty or corrupt video)")
+        return cap, info, _to_bgr(first, src, 0)
+    except BaseException:
         cap.release()
-        raise ValueError(f"{src}: cannot decode the first frame ({exc})") from exc
-    if not ok or first is None:
-        cap.release()
-        raise ValueError(f"{src}: contains no decodable video frames (empty or corrupt video)")
-    first = _to_bgr(first, src, 0)
-    h, w = first.shape[:2]
-    s = upscaler.session.info.scale
-    out_w, out_h = w * s, h * s
-    if out_w % 2 or out_h % 2:
-        cap.release()
-        raise ValueError(f"{src}: output size {out_w}x{out_h} is odd; OpenCV's FFmpeg encoder would cut a "
-                         "row/column (it needs even sizes)")
-    fps = info.fps
-    if fps <= 0 or fps > 1000:
-        warn(f"{src}: frame rate unknown ({info.fps}); writing at 25 fps")
-        fps = 25.0
+        raise
 
-    # Work split: frames that fit in one tile are grouped ``batch`` at a time and converted to
-    # the model's float32 NCHW input by the decoder thread, the calling thread only runs the
-    # session, and the encoder thread converts the output back to uint8 and writes it; so the
-    # thread that holds the model does nothing else. Frames that need tiling go one by one
-    # through Upscaler.upscale (its tile batch applies) on the calling thread.
+
+def _run_pipeline(upscaler, cap, first: np.ndarray, info: VideoInfo, writer, src: Path, *, batch: int,
+                  out_size: tuple[int, int], progress: bool, queue_frames: int | None) -> tuple[int, float]:
+    """OpenCV capture -> ``run_pipeline`` -> OpenCV writer; returns (frames written, seconds)."""
+    cv2 = _cv2()
+    h, w = first.shape[:2]
+    out_w, out_h = out_size
+
+    def frames():
+        yield first
+        index = 1
+        while True:
+            try:
+                ok, frame = cap.read()
+            except cv2.error as exc:
+                raise ValueError(f"{src}: decoding failed at frame {index} ({exc}); the file is damaged") from exc
+            if not ok or frame is None:
+                return
+            frame = _to_bgr(frame, src, index)
+            if frame.shape[:2] != (h, w):
+                raise ValueError(f"{src}: frame {index} is {frame.shape[1]}x{frame.shape[0]} but the video "
+                                 f"started at {w}x{h}; resolution changes inside a video are not supported")
+            yield frame
+            index += 1
+
+    def write(frame: np.ndarray) -> None:
+        if frame.shape != (out_h, out_w, 3) or frame.dtype != np.uint8:
+            raise RuntimeError(f"upscaler returned {frame.shape} {frame.dtype}, expected ({out_h}, {out_w}, 3) uint8")
+        writer.write(frame)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=info.frame_count, unit="frame", desc=src.name, dynamic_ncols=True, file=sys.stderr,
+                   smoothing=0.1)
+    t0 = time.perf_counter()
+    try:
+        written = run_pipeline(upscaler, frames(), write, batch=batch, on_frame=bar.update if bar else None,
+                               queue_groups=queue_frames)
+    finally:
+        if bar is not None:
+            bar.close()
+    return written, time.perf_counter() - t0
+
+
+def run_pipeline(upscaler, frames: Iterable[np.ndarray], write: Callable[[np.ndarray], None], *, batch: int = 1,
+                 on_frame: Callable[[int], None] | None = None, order: str = "BGR",
+                 queue_groups: int | None = None) -> int:
+    """Upscale ``frames`` into ``write`` with decoding, inference and encoding overlapped.
+
+    Used by both encoders (OpenCV writer here, ffmpeg segments in ``media.segments``). Work
+    split: a reader thread pulls frames and converts groups of ``batch`` whole frames to the
+    model's float32 NCHW input; the calling thread only runs the session (so Ctrl-C lands there
+    and the thread that holds the model does nothing else); a writer thread converts outputs
+    back to uint8 and calls ``write``. Frames larger than a tile go one by one through
+    ``Upscaler.upscale`` (tiled; its tile batch applies) on the calling thread. Queues are
+    bounded, so memory stays flat however long the video. On any error or interrupt both
+    threads stop before this returns.
+
+    Args:
+        upscaler: ``Upscaler`` on an open session.
+        frames: uint8 (H, W, 3) frames of one size, in ``order``; iterated on the reader thread.
+        write: receives each upscaled uint8 frame, in order, on the writer thread.
+        batch: frames per inference call.  on_frame: called with 1 after each ``write``.
+        order: "BGR" or "RGB" (channel order of frames and results).
+        queue_groups: groups buffered between stages (default ``max(2, 8 // batch)``).
+
+    Returns:
+        Frames written.
+    """
+    it = iter(frames)
+    try:
+        first = next(it)
+    except StopIteration:
+        return 0
+    h, w = first.shape[:2]
     chunk = _stack_size(upscaler, h, w, batch)
     stacked = chunk >= 1
     group = chunk if stacked else 1
     model_info = upscaler.session.info
-
-    tmp = _temp_path(dst)
-    writer = None
     stop = threading.Event()
-    qsize = queue_frames or max(2, 8 // group)  # in groups of frames
+    qsize = queue_groups or max(2, 8 // group)
     q_in: queue.Queue = queue.Queue(maxsize=qsize)
     q_out: queue.Queue = queue.Queue(maxsize=qsize)
     errors: list[BaseException] = []
-    state = {"written": 0}
-    bar = None
-    threads: list[threading.Thread] = []
+    written = [0]
 
-    def emit_group(frames: list[np.ndarray]) -> bool:
-        item = ("x", _preprocess(model_info, frames, "BGR")) if stacked else ("frames", frames)
+    def emit(group_frames: list[np.ndarray]) -> bool:
+        item = ("x", _preprocess(model_info, group_frames, order)) if stacked else ("frames", group_frames)
         return _put(q_in, item, stop)
 
-    def decoder() -> None:
+    def reader() -> None:
         try:
-            frames = [first]
-            index = 1
-            while not stop.is_set():
-                if len(frames) == group:
-                    if not emit_group(frames):
+            pending = [first]
+            for frame in it:
+                if stop.is_set():
+                    return
+                if len(pending) == group:
+                    if not emit(pending):
                         return
-                    frames = []
-                try:
-                    ok, frame = cap.read()
-                except cv2.error as exc:
-                    raise ValueError(f"{src}: decoding failed at frame {index} ({exc}); the file is damaged") from exc
-                if not ok or frame is None:
-                    break
-                frame = _to_bgr(frame, src, index)
-                if frame.shape[:2] != (h, w):
-                    raise ValueError(f"{src}: frame {index} is {frame.shape[1]}x{frame.shape[0]} but the video "
-                                     f"started at {w}x{h}; resolution changes inside a video are not supported")
-                frames.append(frame)
-                index += 1
-            if frames and not stop.is_set() and not emit_group(frames):
+                    pending = []
+                pending.append(frame)
+            if pending and not stop.is_set() and not emit(pending):
                 return
             _put(q_in, _END, stop)
-        except BaseException as exc:  # handed to the main thread
+        except BaseException as exc:  # handed to the calling thread
             _put(q_in, _Failed(exc), stop)
 
-    def encoder() -> None:
+    def writer() -> None:
         try:
             while True:
                 item = _get(q_out, stop)
                 if item is _END:
                     return
                 kind, data = item
-                frames = _postprocess(model_info, data, "BGR") if kind == "y" else data
-                for frame in frames:
-                    if frame.shape != (out_h, out_w, 3) or frame.dtype != np.uint8:
-                        raise RuntimeError(f"upscaler returned {frame.shape} {frame.dtype}, expected "
-                                           f"({out_h}, {out_w}, 3) uint8")
-                    writer.write(frame)
-                    state["written"] += 1
-                    if bar is not None:
-                        bar.update(1)
+                for frame in (_postprocess(model_info, data, order) if kind == "y" else data):
+                    write(frame)
+                    written[0] += 1
+                    if on_frame is not None:
+                        on_frame(1)
         except BaseException as exc:
             errors.append(exc)
             stop.set()
 
-    t0 = time.perf_counter()
+    threads = [threading.Thread(target=reader, name="srdeploy-decode", daemon=True),
+               threading.Thread(target=writer, name="srdeploy-encode", daemon=True)]
+    for t in threads:
+        t.start()
     try:
-        writer = _open_writer(tmp, codec, fps, (out_w, out_h), dst)
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=info.frame_count, unit="frame", desc=src.name, dynamic_ncols=True, file=sys.stderr,
-                       smoothing=0.1)
-        threads = [threading.Thread(target=decoder, name="srdeploy-decode", daemon=True),
-                   threading.Thread(target=encoder, name="srdeploy-encode", daemon=True)]
-        for t in threads:
-            t.start()
         while True:
             try:
                 item = q_in.get(timeout=0.1)
@@ -473,60 +533,43 @@ def upscale_video(upscaler, src: str | os.PathLike, dst: str | os.PathLike, *, c
             if errors:
                 raise errors[0]
             kind, data = item
-            if kind == "x":
-                out = ("y", upscaler.session.infer(data))
-            else:
-                out = ("frames", [upscaler.upscale(f, order="BGR") for f in data])
+            out = ("y", upscaler.session.infer(data)) if kind == "x" else \
+                ("frames", [upscaler.upscale(f, order=order) for f in data])
             if not _put(q_out, out, stop):
                 break
         _put(q_out, _END, stop)
         threads[1].join()
         if errors:
             raise errors[0]
-        seconds = time.perf_counter() - t0
     except BaseException:
         stop.set()
         _drain(q_in)
         _drain(q_out)
+        raise
+    finally:
         for t in threads:
             t.join()
-        if writer is not None:
-            writer.release()
-        cap.release()
-        if bar is not None:
-            bar.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    for t in threads:
-        t.join()
-    writer.release()
-    cap.release()
-    if bar is not None:
-        bar.close()
-    written = state["written"]
+    return written[0]
+
+
+def _finish(src: Path, dst: Path, tmp: Path, info: VideoInfo, written: int, out_size: tuple[int, int], codec: str,
+            audio: bool, ffmpeg: str | None, warn: Callable[[str], None]) -> str:
+    """Check the encoded file and add the audio; returns the audio outcome (see VideoStats)."""
+    out_w, out_h = out_size
+    if info.frame_count is not None and written != info.frame_count:
+        warn(f"{src}: decoded {written} frames but the container declares {info.frame_count}: the file "
+             "may be truncated or have undecodable frames (output holds the decoded ones)")
+    # OpenCV's writer reports no errors (a full disk included): read the result back.
     try:
-        if info.frame_count is not None and written != info.frame_count:
-            warn(f"{src}: decoded {written} frames but the container declares {info.frame_count}: the file "
-                 "may be truncated or have undecodable frames (output holds the decoded ones)")
-        # OpenCV's writer reports no errors (a full disk included): read the result back.
-        try:
-            check = probe_video(tmp) if tmp.is_file() and tmp.stat().st_size > 0 else None
-        except ValueError:
-            check = None
-        if check is None or (check.width, check.height) != (out_w, out_h):
-            raise RuntimeError(f"{dst}: the encoder produced no readable video (disk full? codec {codec!r} "
-                               f"unusable in {dst.suffix}?); nothing was written")
-        if check.frame_count is not None and check.frame_count != written:
-            warn(f"{dst}: {written} frames were written but the file reports {check.frame_count}")
-        audio_state = "disabled"
-        if audio:
-            audio_state = _remux_audio(src, tmp, ffmpeg, warn)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return VideoStats(frames=written, width=out_w, height=out_h, source_width=w, source_height=h, fps=written / seconds if seconds > 0 else 0.0,
-                      seconds=seconds, source_fps=fps, codec=codec, audio=audio_state, warnings=warnings)
+        check = probe_video(tmp) if tmp.is_file() and tmp.stat().st_size > 0 else None
+    except ValueError:
+        check = None
+    if check is None or (check.width, check.height) != (out_w, out_h):
+        raise RuntimeError(f"{dst}: the encoder produced no readable video (disk full? codec {codec!r} "
+                           f"unusable in {dst.suffix}?); nothing was written")
+    if check.frame_count is not None and check.frame_count != written:
+        warn(f"{dst}: {written} frames were written but the file reports {check.frame_count}")
+    return _remux_audio(src, tmp, ffmpeg, warn) if audio else "disabled"
 
 
 def _drain(q: queue.Queue) -> None:
@@ -551,9 +594,13 @@ def _to_bgr(frame: np.ndarray, src: Path, index: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- audio
 def find_ffmpeg(ffmpeg: str | None = None) -> str | None:
-    """The ffmpeg executable: ``ffmpeg`` if given, else $SRDEPLOY_FFMPEG, else ``ffmpeg`` on PATH."""
-    cand = ffmpeg or os.environ.get("SRDEPLOY_FFMPEG") or "ffmpeg"
-    return shutil.which(cand)
+    """The ffmpeg executable: ``ffmpeg`` if given (a path or a name on PATH), else the bundled one
+    (``srdeploy.runtime.media.ffmpeg.ffmpeg_exe``: $SRDEPLOY_FFMPEG or imageio-ffmpeg's)."""
+    if ffmpeg:
+        return shutil.which(ffmpeg)
+    from .ffmpeg import ffmpeg_exe
+
+    return ffmpeg_exe()
 
 
 _AUDIO_LINE = re.compile(r"^\s*Stream #\d+:\d+.*?: Audio:", re.MULTILINE)
@@ -571,12 +618,10 @@ def _remux_audio(src: Path, video: Path, ffmpeg: str | None, warn: Callable[[str
     if exe is None:
         if ffmpeg:
             raise FileNotFoundError(f"--ffmpeg {ffmpeg}: no such executable")
-        warn(f"{src}: no ffmpeg executable found, so any audio in the source was dropped (OpenCV writes video "
-             "only); install ffmpeg or pass --ffmpeg PATH to keep it, or --no-audio to silence this")
-        return "dropped"
+        return "dropped"  # not reached: the bundled ffmpeg is a dependency
     if not has_audio(src, exe):
         return "none"
-    out = video.with_name(video.name.replace(".partial", ".audio"))
+    out = video.with_name(video.stem + ".audio" + video.suffix)
     base = [exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(video), "-i", str(src),
             "-map", "0:v:0", "-map", "1:a", "-c:v", "copy"]
     attempts = (("copied", ["-c:a", "copy"]), ("re-encoded", []))  # [] = the container's default encoder

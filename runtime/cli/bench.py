@@ -1,4 +1,4 @@
-"""``srdeploy video`` and ``srdeploy bench``: argparse parsers only.
+"""``srdeploy bench``: argparse parser only.
 
 Nothing heavy at import time: OpenCV, onnxruntime (and torch, for ``--compare-torch`` only) load
 when a command runs.
@@ -9,51 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-_BACKEND_HELP = ("auto (from the file), onnxruntime, onnxruntime-tensorrt, tensorrt or torch "
-                 "(aliases ort, ort-trt, trt, pytorch); default auto")
-
-
-def _add_session_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", metavar="FILE",
-                   help="model: .onnx (ONNX Runtime), .engine (TensorRT) or .pt checkpoint (PyTorch); "
-                        "default: the bundled model ($SRDEPLOY_MODEL or models/*.onnx)")
-    p.add_argument("--backend", default="auto", help=_BACKEND_HELP)
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu; cuda:0 for TensorRT)")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default=None,
-                   help="fp32 or fp16 (default: what the model file computes); unavailable = error")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads (ONNX Runtime intra-op / torch); default: the backend's (all cores)")
-    p.add_argument("--tile-pad", type=int, default=None, metavar="N",
-                   help="tile margin in LR pixels (default: 0.3 x the model's receptive radius, at least 12, "
-                        "as srdeploy upscale; the radius itself is exact)")
+from ._args import add_session_args, model_path, parse_size
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    v = sub.add_parser(
-        "video", help="upscale a video (OpenCV decode | inference | encode, pipelined)",
-        description="Upscale every frame of a video at the source frame rate. Decoding, inference and "
-                    "encoding run concurrently. Audio is copied with ffmpeg where an ffmpeg executable "
-                    "exists, else dropped (with a warning). Output goes to a temporary file renamed at "
-                    "the end, so an interrupted run leaves nothing under the output name. Colour: OpenCV "
-                    "decodes to 8-bit BGR with BT.601 assumptions and writes no colour tags (see "
-                    "srdeploy.runtime.video).")
-    v.add_argument("-i", "--input", required=True, metavar="IN", help="input video")
-    v.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output video; the container follows the extension (.mp4, .mkv, .avi, .mov)")
-    _add_session_args(v)
-    v.add_argument("--tile", type=int, default=None, metavar="N",
-                   help="tile size in LR pixels; 0 = whole frame in one pass (default: the runtime's, 256)")
-    v.add_argument("--batch", type=int, default=1, metavar="N",
-                   help="frames per inference call when a frame fits in one tile, else tiles per call (default 1)")
-    v.add_argument("--codec", default=None, metavar="FOURCC",
-                   help="output FourCC (default by extension: .mp4/.mov mp4v, .mkv FFV1 lossless, .avi MJPG)")
-    v.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    v.add_argument("--no-audio", action="store_true", help="do not try to copy the audio")
-    v.add_argument("--ffmpeg", default=None, metavar="PATH",
-                   help="ffmpeg executable for the audio (default: ffmpeg on PATH or $SRDEPLOY_FFMPEG)")
-    v.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    v.set_defaults(func=_run_video)
-
     b = sub.add_parser(
         "bench", help="FPS benchmark: model-only vs full path, optional PyTorch and video comparison",
         description="Time model-only inference (session.infer on a prepared batch) and the full path "
@@ -62,7 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "precision, threads and library versions (JSON schema srdeploy.bench/1, shared with the "
                     "C++ benchmark). With --plot OUT.png FILE.json..., plot earlier results instead.")
     b.add_argument("jsons", nargs="*", metavar="FILE.json", help="with --plot: result files to plot")
-    _add_session_args(b)
+    add_session_args(b)
+    b.add_argument("--tile-pad", type=int, default=None, metavar="N",
+                   help="tile margin in LR pixels (default: 0.3 x the model's receptive radius, at least 12, "
+                        "as srdeploy upscale; the radius itself is exact)")
     b.add_argument("--size", default="128x128", metavar="WxH", help="LR input size (default 128x128)")
     b.add_argument("--batch", type=int, default=1, metavar="N", help="images per inference call (default 1)")
     b.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed calls first (default 3)")
@@ -90,39 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--plot", metavar="OUT.png",
                    help="plot fps by size, backend and tool from the FILE.json arguments into OUT.png "
                         "(needs matplotlib: pip install 'srdeploy[plot]')")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bars (result lines are still printed)")
     b.set_defaults(func=_run_bench)
-
-
-def _model_path(args: argparse.Namespace) -> str:
-    if args.model:
-        return args.model
-    from .open import default_model_path
-
-    return str(default_model_path())
-
-
-def _run_video(args: argparse.Namespace) -> int:
-    from .open import open_session
-    from .upscale import Upscaler
-    from .video import upscale_video
-
-    kwargs = {} if args.tile is None else {"tile": args.tile}
-    with open_session(_model_path(args), backend=args.backend, device=args.device, precision=args.precision,
-                      threads=args.threads) as session:
-        upscaler = Upscaler(session, tile_pad=args.tile_pad, batch=args.batch, **kwargs)
-        stats = upscale_video(upscaler, args.input, args.output, codec=args.codec, batch=args.batch,
-                              overwrite=args.overwrite, progress=not args.quiet, audio=not args.no_audio,
-                              ffmpeg=args.ffmpeg)
-    audio = {"copied": "audio copied", "re-encoded": "audio re-encoded", "none": "no audio in source",
-             "dropped": "audio dropped", "disabled": "audio not copied (--no-audio)"}[stats.audio]
-    print(f"{args.output}: {stats.frames} frames {stats.width}x{stats.height} at {stats.source_fps:g} fps "
-          f"({stats.codec}, {audio}); {stats.fps:.2f} fps end to end in {stats.seconds:.1f} s", file=sys.stderr)
-    return 0
 
 
 def _run_bench(args: argparse.Namespace) -> int:
     if args.plot:
-        from .plot import plot_results
+        from ..plot import plot_results
 
         if not args.jsons:
             raise ValueError("bench --plot OUT.png needs at least one result FILE.json")
@@ -132,7 +68,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     if args.jsons:
         raise ValueError(f"bench: unexpected arguments {args.jsons} (result files are only read with --plot)")
 
-    from .bench import BenchConfig, parse_size, run_bench, write_json
+    from ..bench import BenchConfig, run_bench, torch_reference, write_json
 
     w, h = parse_size(args.size)
     options = {}
@@ -140,14 +76,16 @@ def _run_bench(args: argparse.Namespace) -> int:
         options["inter_op_threads"] = args.inter_op_threads
     if args.graph_opt is not None:
         options["graph_optimization"] = args.graph_opt
-    cfg = BenchConfig(model=_model_path(args), width=w, height=h, batch=args.batch, backend=args.backend,
+    cfg = BenchConfig(model=model_path(args), width=w, height=h, batch=args.batch, backend=args.backend,
                       device=args.device, precision=args.precision, threads=args.threads, warmup=args.warmup,
                       iters=args.iters, tile=args.tile, tile_pad=args.tile_pad, full_path=not args.no_full_path,
                       video=args.video, video_frames=args.video_frames, compare_torch=args.compare_torch,
                       options=options)
     cfg.validate()
     torch_runner = torch_reference(args.compare_torch, args.threads) if args.compare_torch else None
-    result = run_bench(cfg, torch_runner=torch_runner)
+    if not args.quiet:
+        print(f"bench: opening {cfg.model} and running the first call", file=sys.stderr, flush=True)
+    result = run_bench(cfg, torch_runner=torch_runner, progress=not args.quiet)
     if args.json:
         write_json(result, args.json)
         print(f"wrote {args.json}", file=sys.stderr)
@@ -160,7 +98,7 @@ def _run_cpp(args: argparse.Namespace, cfg, result: dict) -> None:
     """Run srbench on the same model and settings; print the Python/C++ ratio and compare checksums."""
     from pathlib import Path
 
-    from .cpp_bench import run_cpp_bench
+    from ..cpp_bench import run_cpp_bench
 
     backend = {"onnxruntime": "ort", "tensorrt": "trt"}.get(result["backend"])
     if backend is None:
@@ -176,25 +114,3 @@ def _run_cpp(args: argparse.Namespace, cfg, result: dict) -> None:
     if abs(result["output_checksum"] - cpp["output_checksum"]) > 1e-7 * n_out:
         raise RuntimeError(f"bench --cpp: output checksums differ (Python {result['output_checksum']!r}, "
                            f"C++ {cpp['output_checksum']!r}): the two tools did not run the same computation")
-
-
-def torch_reference(checkpoint: str, threads: int | None):
-    """The PyTorch baseline for ``bench --compare-torch``: eager, FP32, BatchNorm NOT folded, CPU.
-
-    Opened through the torch backend entry point with ``fold_bn=False`` (the training model as it
-    is), so the runtime imports neither torch nor srdeploy.train itself.
-
-    Args:
-        checkpoint: srdeploy training checkpoint (.pt), loaded with weights_only=True.
-        threads: torch intra-op threads (None = torch's default, like ONNX Runtime's: all cores).
-
-    Returns:
-        (callable float32 NCHW numpy -> float32 NCHW numpy, info dict for the JSON).
-    """
-    from .open import open_session
-
-    session = open_session(checkpoint, backend="torch", device="cpu", precision="fp32", threads=threads,
-                           fold_bn=False, use_ema=True)
-    info = {"torch_version": str(session.details.get("torch_version")), "torch_threads": session.details.get("threads"),
-            "mode": "eager", "precision": "fp32", "batchnorm_layers_unfolded": session.details["batchnorm_layers"]}
-    return session.infer, info

@@ -6,6 +6,10 @@
 * EXIF orientation is applied (``cv2.IMREAD_UNCHANGED``, needed to keep alpha and 16-bit,
   ignores it): the orientation tag is parsed here from JPEG APP1, PNG eXIf, WebP EXIF chunks and
   TIFF IFD0, and the image rotated/flipped accordingly.
+* Gray + alpha (PNG colour type 4, or a 2-channel decode) is returned as H x W x 2 and written
+  back as RGBA with equal R, G, B (OpenCV cannot encode gray + alpha), so gray stays gray.
+* Multi-frame files (animated GIF, multi-page TIFF) are refused with a pointer to ``srdeploy
+  video``: reading only their first frame would silently drop the rest.
 * Bad files fail with a ``ValueError`` naming the file: zero-byte, not an image, truncated
   (JPEG without its end marker after the scan data, PNG without IEND), corrupt (the decoder
   refuses), or an absurd declared size (checked from the header *before* decoding, so a
@@ -18,14 +22,45 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_target
+
 # 200 megapixels: well above any camera, far below what would exhaust memory in decoding.
-MAX_PIXELS = int(os.environ.get("SRDEPLOY_MAX_IMAGE_PIXELS", 200_000_000))
+MAX_PIXELS = 200_000_000
+MAX_PIXELS_ENV = "SRDEPLOY_MAX_IMAGE_PIXELS"
+QUALITY_RANGE = {".jpg": (0, 100), ".jpeg": (0, 100), ".webp": (1, 100)}  # what the encoders accept
+
+
+def pixel_limit() -> int:
+    """The decoding limit: ``$SRDEPLOY_MAX_IMAGE_PIXELS`` if set, else ``MAX_PIXELS``.
+
+    Read when an image is read (not at import), so a bad value is one error naming the variable.
+    """
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return MAX_PIXELS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{MAX_PIXELS_ENV}={text!r}: not a positive whole number of pixels "
+                         f"(e.g. {MAX_PIXELS_ENV}=400000000); unset it for the default {MAX_PIXELS}")
+    return value
+
+
+def check_quality(quality: int | None, path: str | os.PathLike) -> None:
+    """Refuse a JPEG/WebP quality the encoder would only clamp (JPEG 0-100, WebP 1-100)."""
+    ext = Path(path).suffix.lower()
+    if quality is None or ext not in QUALITY_RANGE:
+        return
+    lo, hi = QUALITY_RANGE[ext]
+    if not lo <= quality <= hi:
+        raise ValueError(f"--quality {quality}: out of range for {ext} ({lo}-{hi})")
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
 _EXT_16BIT = {".png", ".tif", ".tiff", ".ppm", ".pgm", ".pnm"}
@@ -41,7 +76,7 @@ class ImageMeta:
         path: the file.
         format: detected container ("png", "jpeg", "tiff", "webp", "bmp", "pnm", "gif" or "other").
         width, height: size after EXIF orientation.
-        channels: 1 (gray), 3 (RGB) or 4 (RGBA).
+        channels: 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA).
         dtype: numpy dtype name of the pixels.
         orientation: EXIF orientation tag found (1 = none; 2..8 were applied).
     """
@@ -223,6 +258,18 @@ def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     return img
 
 
+def _frame_count(path: Path, fmt: str) -> int:
+    """Frames/pages in a GIF or TIFF (1 for everything else, or when OpenCV cannot count)."""
+    if fmt not in ("gif", "tiff"):
+        return 1
+    import cv2
+
+    try:
+        return int(cv2.imcount(str(path)))
+    except (cv2.error, AttributeError):
+        return 1
+
+
 def _truncated(data: bytes, fmt: str) -> bool:
     if fmt == "jpeg":
         sos = None
@@ -245,18 +292,18 @@ def read_image(path: str | os.PathLike, *, order: str = "RGB",
         path: the file.
         order: "RGB" (returns gray H x W, RGB or RGBA H x W x C) or "BGR" (OpenCV order).
         max_pixels: refuse images whose declared width*height exceeds this (default
-            ``MAX_PIXELS``).
+            ``pixel_limit()``: ``$SRDEPLOY_MAX_IMAGE_PIXELS`` or ``MAX_PIXELS``).
 
     Returns:
         (pixels, ImageMeta). Pixels are uint8, uint16 or float32 as stored, EXIF orientation
-        applied, C-contiguous.
+        applied, C-contiguous; gray + alpha is H x W x 2 (gray, alpha) in either order.
     """
     import cv2
 
     if order not in ("RGB", "BGR"):
         raise ValueError(f"order must be 'RGB' or 'BGR', got {order!r}")
     path = Path(path)
-    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    limit = pixel_limit() if max_pixels is None else max_pixels
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     if path.is_dir():
@@ -274,6 +321,12 @@ def read_image(path: str | os.PathLike, *, order: str = "RGB",
         raise ValueError(f"{path}: declared image size {size[0]}x{size[1]} is empty; the file is corrupt")
     if _truncated(data, fmt):
         raise ValueError(f"{path}: truncated {fmt.upper()} file (no end-of-image marker); the file is incomplete")
+    frames = _frame_count(path, fmt)
+    if frames > 1:
+        what = "animated GIF" if fmt == "gif" else f"multi-page {fmt.upper()}"
+        raise ValueError(f"{path}: {what} with {frames} frames; srdeploy upscale writes still images and would keep "
+                         f"only the first: upscale the animation with `srdeploy video -i {path} -o OUT.mkv`, or "
+                         "split it into frames first")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         what = "not a readable image" if fmt == "other" else f"corrupt {fmt.upper()} file"
@@ -285,13 +338,16 @@ def read_image(path: str | os.PathLike, *, order: str = "RGB",
         raise ValueError(f"{path}: unsupported pixel type {img.dtype}; convert it to 8/16-bit")
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
-    if img.ndim == 3 and img.shape[2] == 2:  # gray + alpha
-        img = np.dstack([img[:, :, 0]] * 3 + [img[:, :, 1]])
-    if img.ndim == 3 and img.shape[2] not in (3, 4):
-        raise ValueError(f"{path}: {img.shape[2]}-channel images are not supported (gray, RGB or RGBA only)")
+    if img.ndim == 3 and img.shape[2] == 4 and (fmt == "png" and data[25:26] == b"\x04"):
+        img = np.ascontiguousarray(img[:, :, [0, 3]])  # PNG gray + alpha (decoded as BGRA): keep it gray
+    if img.ndim == 3 and img.shape[2] == 4 and fmt == "gif" and img[:, :, 3].min() == img[:, :, 3].max() == 255:
+        img = img[:, :, :3]  # a GIF decodes as BGRA; without transparent pixels it is plain colour
+    if img.ndim == 3 and img.shape[2] not in (2, 3, 4):
+        raise ValueError(f"{path}: {img.shape[2]}-channel images are not supported (gray, gray + alpha, RGB or "
+                         "RGBA only)")
     orientation = _exif_orientation(data, fmt)
     img = _apply_orientation(img, orientation)
-    if order == "RGB" and img.ndim == 3:
+    if order == "RGB" and img.ndim == 3 and img.shape[2] in (3, 4):
         img = img[:, :, [2, 1, 0, 3][: img.shape[2]]]
     img = np.ascontiguousarray(img)
     meta = ImageMeta(path=str(path), format=fmt, width=img.shape[1], height=img.shape[0],
@@ -314,24 +370,20 @@ def check_writable(path: str | os.PathLike, *, dtype, channels: int) -> None:
         raise ValueError(f"{path}: {ext} cannot store 16-bit pixels; write .png or .tiff (or convert to 8-bit first)")
     if dtype == np.float32 and ext not in _EXT_FLOAT:
         raise ValueError(f"{path}: {ext} cannot store float pixels; write .tiff")
-    if channels == 4 and ext not in _EXT_ALPHA:
+    if channels in (2, 4) and ext not in _EXT_ALPHA:
         raise ValueError(f"{path}: {ext} has no alpha channel; write .png, .webp or .tiff to keep the transparency")
 
 
 def _write_params(ext: str, quality: int | None) -> list[int]:
     import cv2
 
+    if ext in QUALITY_RANGE:
+        check_quality(quality, f"x{ext}")
     if ext in (".jpg", ".jpeg"):
         return [cv2.IMWRITE_JPEG_QUALITY, 95 if quality is None else quality]
     if ext == ".webp":
         return [cv2.IMWRITE_WEBP_QUALITY, 95 if quality is None else quality]
     return []
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def write_image(path: str | os.PathLike, img: np.ndarray, *, order: str = "RGB", overwrite: bool = False,
@@ -340,7 +392,8 @@ def write_image(path: str | os.PathLike, img: np.ndarray, *, order: str = "RGB",
 
     Args:
         path: destination; the format comes from its extension.
-        img: gray (H x W), RGB(A) or BGR(A) (H x W x 3|4), uint8/uint16 (float32 for TIFF).
+        img: gray (H x W), gray + alpha (H x W x 2; written as RGBA with R = G = B), RGB(A) or BGR(A)
+            (H x W x 3|4), uint8/uint16 (float32 for TIFF).
         order: channel order of ``img``: "RGB" or "BGR".
         overwrite: replace an existing file; otherwise an existing file raises FileExistsError.
         quality: JPEG/WebP quality (default 95).
@@ -359,27 +412,11 @@ def write_image(path: str | os.PathLike, img: np.ndarray, *, order: str = "RGB",
         raise FileExistsError(f"{path}: already exists; pass --overwrite (overwrite=True) to replace it")
     if order == "RGB" and channels in (3, 4):
         img = img[:, :, [2, 1, 0, 3][:channels]]
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if channels == 2:  # OpenCV encodes 1, 3 or 4 channels: gray + alpha goes out as RGBA, R = G = B
+        img = img[:, :, [0, 0, 0, 1]]
+    params = _write_params(path.suffix.lower(), quality)
     # Keep the real extension last: OpenCV picks the encoder from it.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        if not cv2.imwrite(tmp, img, _write_params(path.suffix.lower(), quality)):
+    with atomic_target(path, keep_suffix=True, overwrite=overwrite) as tmp:
+        if not cv2.imwrite(str(tmp), img, params):
             raise OSError(f"{path}: OpenCV failed to write the image (disk full or unsupported format?)")
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            # Hard link: atomic and fails when the target appeared meanwhile (no clobbering).
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise FileExistsError(f"{path}: already exists; pass --overwrite to replace it") from None
-            except OSError:  # filesystems without hard links
-                if path.exists():
-                    raise FileExistsError(f"{path}: already exists; pass --overwrite to replace it") from None
-                os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

@@ -19,23 +19,72 @@ import ctypes
 import hashlib
 import json
 import os
+import weakref
 from pathlib import Path
 
 import numpy as np
 
-from .metadata import INPUT_NAME, OUTPUT_NAME, MetadataError, ModelInfo
-from .session import InputSpec, Session
+from ..atomic import atomic_target
+from ..metadata import INPUT_NAME, OUTPUT_NAME, MetadataError, ModelInfo
+from ..session import InputSpec, Session
+from . import parse_device
+from ._cuda import Cuda, import_cudart
+from .options import TrtOptions
 
-SIDECAR_FORMAT = "srdeploy.trt-engine/1"  # written by srdeploy.export.engine
+# ----------------------------------------------------------------------------- the sidecar format
+# Written by srdeploy.export.engine (build-engine), read here; defined once, here, because the
+# runtime must not import the exporter.
+SIDECAR_FORMAT = "srdeploy.trt-engine/1"
+# Every key the sidecar carries (tests check the writer emits exactly these).
+SIDECAR_KEYS = (
+    "format", "engine_file", "engine_sha256", "tensorrt_version", "gpu_name", "compute_capability",
+    "cuda_driver_version", "precision", "fp32_layers", "strongly_typed", "tf32", "profiles", "workspace_bytes",
+    "builder_optimization_level", "version_compatible", "hardware_compatibility", "onnx_file", "onnx_sha256", "built_onnx_sha256", "metadata", "fp16_analysis",
+    "timing_cache", "build_seconds", "built_at", "srdeploy_version", "cache_key",
+)
+# Keys added after the format's first release: a sidecar without them gets these values.
+SIDECAR_DEFAULTS = {"version_compatible": False, "hardware_compatibility": "none"}
+#: ``build-engine --hardware-compatible`` levels (TensorRT's HardwareCompatibilityLevel, lower case).
+HARDWARE_LEVELS = ("none", "ampere_plus", "same_compute_capability")
 REBUILD = "rebuild the engine on this machine with `srdeploy build-engine MODEL.onnx -o {engine}`"
 
 
 def sidecar_path(engine: str | os.PathLike) -> Path:
-    """The JSON beside an engine: ``<engine>.json`` (preferred) or ``<engine stem>.json``."""
+    """Where an engine's sidecar is written: ``<engine>.json`` (model.engine -> model.engine.json)."""
     engine = Path(engine)
-    first = engine.with_name(engine.name + ".json")
-    second = engine.with_suffix(".json")
+    return engine.with_name(engine.name + ".json")
+
+
+def find_sidecar(engine: str | os.PathLike) -> Path:
+    """The sidecar to read for an engine: ``<engine>.json``, else ``<engine stem>.json`` when only
+    that exists (engines renamed by hand); ``sidecar_path`` where neither exists."""
+    first = sidecar_path(engine)
+    second = Path(engine).with_suffix(".json")
     return first if first.is_file() or not second.is_file() else second
+
+
+def write_sidecar(path: str | os.PathLike, sidecar: dict) -> None:
+    """Write a sidecar JSON atomically."""
+    with atomic_target(path) as tmp:
+        tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
+
+
+def read_sidecar(path: str | os.PathLike) -> dict:
+    """Read and shape-check a sidecar written by build-engine (ValueError when malformed)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable engine sidecar ({exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+        raise ValueError(f"{path}: not an srdeploy engine sidecar (format {SIDECAR_FORMAT!r})")
+    data = {**SIDECAR_DEFAULTS, **data}
+    missing = [k for k in SIDECAR_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"{path}: engine sidecar lacks {', '.join(missing)}; rebuild the engine")
+    return data
 
 
 def _get(meta: dict, *keys: str):
@@ -77,23 +126,37 @@ def check_sidecar(meta: dict, engine: str | os.PathLike, *, trt_version: str, gp
     built_trt = _get(meta, "tensorrt_version", "trt_version")
     if not built_trt:
         raise ValueError(f"{engine}: engine sidecar lacks 'tensorrt_version'; {rebuild}")
+    version_compatible = bool(meta.get("version_compatible", False))
     if str(built_trt) != str(trt_version):
-        same_major = str(built_trt).split(".")[0] == str(trt_version).split(".")[0]
-        if not (meta.get("version_compatible") and same_major):
+        if not (version_compatible and _version_runs(str(built_trt), str(trt_version))):
+            why = ("version-compatible engines load on the same major version, at or after the one that built them"
+                   if version_compatible else "engines only load on the TensorRT version that built them "
+                   "(unless built with --version-compatible)")
             raise RuntimeError(f"{engine}: built with TensorRT {built_trt}, this is TensorRT {trt_version}; "
-                               f"engines only load on the TensorRT version that built them: {rebuild}")
+                               f"{why}: {rebuild}")
     built_cc = _get(meta, "compute_capability", "gpu_compute_capability")
     built_name = _get(meta, "gpu_name", "name")
     if isinstance(meta.get("gpu"), str):
         built_name = meta["gpu"]
     if built_cc is None or built_name is None:
         raise ValueError(f"{engine}: engine sidecar lacks the GPU name / compute capability; {rebuild}")
-    hw_compat = str(meta.get("hardware_compatibility", "none")).lower() not in ("none", "false", "0", "")
-    if not hw_compat:
-        if _cc_str(built_cc) != _cc_str(compute_capability) or str(built_name) != str(gpu_name):
-            raise RuntimeError(f"{engine}: built for {built_name} (compute capability {_cc_str(built_cc)}), "
-                               f"this GPU is {gpu_name} ({_cc_str(compute_capability)}); engines are specific "
-                               f"to the GPU that built them: {rebuild}")
+    level = str(meta.get("hardware_compatibility", "none")).lower()
+    if level not in HARDWARE_LEVELS:
+        raise ValueError(f"{engine}: unknown hardware_compatibility {level!r} in its sidecar (expected one of "
+                         f"{', '.join(HARDWARE_LEVELS)}); {rebuild}")
+    here, built = _cc_str(compute_capability), _cc_str(built_cc)
+    if level == "ampere_plus":
+        if int(here.split(".")[0]) < 8:
+            raise RuntimeError(f"{engine}: built hardware-compatible for Ampere and newer GPUs (compute capability "
+                               f">= 8.0), this GPU is {gpu_name} ({here}): {rebuild}")
+    elif level == "same_compute_capability":
+        if here != built:
+            raise RuntimeError(f"{engine}: built for GPUs of compute capability {built}, this GPU is {gpu_name} "
+                               f"({here}): {rebuild}")
+    elif built != here or str(built_name) != str(gpu_name):
+        raise RuntimeError(f"{engine}: built for {built_name} (compute capability {built}), "
+                           f"this GPU is {gpu_name} ({here}); engines are specific "
+                           f"to the GPU that built them (unless built with --hardware-compatible): {rebuild}")
     built_prec = _get(meta, "precision")
     if isinstance(built_prec, (list, tuple)):  # e.g. ["fp16", "fp32"] when layers were pinned to fp32
         built_prec = "fp16" if "fp16" in built_prec else (built_prec[0] if built_prec else None)
@@ -110,42 +173,27 @@ def check_sidecar(meta: dict, engine: str | os.PathLike, *, trt_version: str, gp
     return info
 
 
+def _version_runs(built: str, running: str) -> bool:
+    """A version-compatible plan from TensorRT ``built`` loads on ``running``: same major, not older."""
+    def parts(v: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in v.split(".") if x.isdigit())
+    b, r = parts(built), parts(running)
+    return bool(b and r) and b[0] == r[0] and r >= b
+
+
 def _import():
     try:
         import tensorrt as trt
     except ImportError as exc:
         raise ModuleNotFoundError("TensorRT is not installed: pip install 'srdeploy[gpu]' (tensorrt>=10) on a "
                                   "machine with an NVIDIA GPU", name="tensorrt") from exc
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        try:
-            from cuda import cudart  # older cuda-python
-        except ImportError as exc:
-            raise ModuleNotFoundError("cuda-python is not installed: pip install 'srdeploy[gpu]'",
-                                      name="cuda") from exc
-    return trt, cudart
-
-
-class _Cuda:
-    """cuda-python runtime calls with every error code checked."""
-
-    def __init__(self, cudart) -> None:
-        self.rt = cudart
-
-    def __call__(self, what: str, result):
-        err, rest = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
-        if err != self.rt.cudaError_t.cudaSuccess:
-            _, msg = self.rt.cudaGetErrorString(err)
-            text = msg.decode() if isinstance(msg, bytes) else str(msg)
-            raise RuntimeError(f"CUDA {what} failed: {getattr(err, 'name', err)}: {text}")
-        return rest[0] if len(rest) == 1 else (rest or None)
+    return trt, import_cudart()
 
 
 class _Buffer:
     """A device buffer plus a pinned host buffer of the same size, grown on demand."""
 
-    def __init__(self, cuda: _Cuda) -> None:
+    def __init__(self, cuda: Cuda) -> None:
         self.cuda, self.nbytes, self.device, self.host = cuda, 0, None, None
 
     def ensure(self, nbytes: int) -> None:
@@ -162,13 +210,46 @@ class _Buffer:
         return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
     def free(self) -> None:
-        if self.device is not None:
-            self.cuda("cudaFree", self.cuda.rt.cudaFree(self.device))
-            self.device = None
-        if self.host is not None:
-            self.cuda("cudaFreeHost", self.cuda.rt.cudaFreeHost(self.host))
-            self.host = None
+        device, host = self.device, self.host
+        self.device = self.host = None
         self.nbytes = 0
+        if device is not None:
+            self.cuda("cudaFree", self.cuda.rt.cudaFree(device))
+        if host is not None:
+            self.cuda("cudaFreeHost", self.cuda.rt.cudaFreeHost(host))
+
+
+class _GpuState:
+    """Everything a session holds on its GPU, released once: by ``close()``, by a failed
+    ``__init__``, or by the session's finalizer when it is dropped unclosed (so pinned host and
+    device memory do not live until exit). Holds no reference to the session, as a
+    ``weakref.finalize`` callback must not."""
+
+    def __init__(self, cuda: Cuda, device: int) -> None:
+        self.cuda, self.device = cuda, device
+        self.runtime = self.engine = self.context = self.stream = None
+        self.bufs: list[_Buffer] = []
+
+    def release(self) -> None:
+        cuda = self.cuda
+        errors: list[BaseException] = []
+
+        def attempt(fn) -> None:
+            try:
+                fn()
+            except Exception as exc:  # free everything else even when one call fails
+                errors.append(exc)
+
+        attempt(lambda: cuda.use(self.device))  # free on the GPU the memory lives on
+        # TensorRT objects first (the context's activation memory lives on the device), then ours.
+        self.context = self.engine = self.runtime = None
+        for buf in self.bufs:
+            attempt(buf.free)
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            attempt(lambda: cuda("cudaStreamDestroy", cuda.rt.cudaStreamDestroy(stream)))
+        if errors:
+            raise errors[0]
 
 
 class TrtSession(Session):
@@ -176,26 +257,28 @@ class TrtSession(Session):
 
     Args:
         path: the engine (``.engine``/``.plan``).
-        device: "cuda" or "cuda:N".
+        device: "cuda" or "cuda:N"; selected again on every call into the session (inference,
+            close), so sessions on several GPUs and calls from several threads stay on theirs.
         precision: None = as built; otherwise must equal the engine's built precision.
-        profile: optimisation profile index to run with.
-        check_gpu: verify the sidecar's TensorRT version and GPU against this machine (keep True;
-            False only for engines deliberately built version/hardware compatible).
+        options: ``TrtOptions``: ``profile`` (optimisation profile index to run with) and
+            ``check_gpu`` (verify the sidecar's TensorRT version and GPU against this machine;
+            keep True: engines built with ``--version-compatible`` / ``--hardware-compatible``
+            are accepted where their sidecar says they run).
     """
 
     backend = "tensorrt"
 
-    def __init__(self, path: str | os.PathLike, *, device: str = "cuda:0", precision: str | None = None,
-                 profile: int = 0, check_gpu: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike, *, backend: str = "tensorrt", device: str = "cuda:0",
+                 precision: str | None = None, threads: int | None = None, options: TrtOptions | None = None) -> None:
         super().__init__()
+        options = options or TrtOptions()
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: engine file does not exist")
-        kind, _, index = device.partition(":")
-        if kind != "cuda" or (index and not index.isdigit()):
-            raise ValueError(f"tensorrt backend runs on 'cuda' or 'cuda:N', not {device!r}")
-        dev = int(index or 0)
-        side = sidecar_path(path)
+        if threads is not None:
+            raise ValueError("threads does not apply to the TensorRT backend")
+        _, dev = parse_device(device, backend="tensorrt")
+        side = find_sidecar(path)
         if not side.is_file():
             raise FileNotFoundError(f"{path}: its JSON sidecar ({path.name}.json) is missing; it records the "
                                     "TensorRT version, GPU and model metadata the runtime needs: "
@@ -204,24 +287,37 @@ class TrtSession(Session):
             meta = json.loads(side.read_text())
         except (OSError, ValueError) as exc:
             raise ValueError(f"{side}: unreadable engine sidecar ({exc}); " + REBUILD.format(engine=path)) from exc
+        if isinstance(meta, dict):
+            meta = {**SIDECAR_DEFAULTS, **meta}
 
         trt, cudart = _import()
         self._trt = trt
-        cuda = self._cuda = _Cuda(cudart)
-        self._stream = None
-        self._context = None
-        self._bufs: list[_Buffer] = []
-        count = cuda("cudaGetDeviceCount", cudart.cudaGetDeviceCount())
-        if dev >= count:
-            raise RuntimeError(f"{path}: device cuda:{dev} requested but {count} CUDA device(s) exist")
-        cuda("cudaSetDevice", cudart.cudaSetDevice(dev))
-        prop = cuda("cudaGetDeviceProperties", cudart.cudaGetDeviceProperties(dev))
-        gpu_name = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
-        cc = f"{prop.major}.{prop.minor}"
-        if not check_gpu:  # caller vouches for a version/hardware-compatible engine
-            meta = {**meta, "hardware_compatibility": "ampere+", "version_compatible": True}
-        self.info = check_sidecar(meta, path, trt_version=trt.__version__, gpu_name=gpu_name,
-                                  compute_capability=cc, precision=precision)
+        self._cuda = Cuda(cudart)
+        self._dev = dev
+        self._gpu = _GpuState(self._cuda, dev)
+        self._finalizer = weakref.finalize(self, self._gpu.release)
+        try:
+            self._open(path, side, meta, trt, precision, options)
+        except BaseException:
+            self._finalizer.detach()
+            try:
+                self._gpu.release()
+            except Exception:  # the original error is the one to report
+                pass
+            raise
+
+    def _open(self, path: Path, side: Path, meta: dict, trt, precision: str | None, options: TrtOptions) -> None:
+        cuda, dev, gpu, profile = self._cuda, self._dev, self._gpu, options.profile
+        cuda.select(dev)
+        gpu_name, cc, _ = cuda.identity(dev)
+        if options.check_gpu:
+            self.info = check_sidecar(meta, path, trt_version=trt.__version__, gpu_name=gpu_name,
+                                      compute_capability=cc, precision=precision)
+        else:  # the caller vouches for the engine: check precision and metadata against its own record
+            self.info = check_sidecar(meta, path, trt_version=str(_get(meta, "tensorrt_version", "trt_version")),
+                                      gpu_name=str(_get(meta, "gpu_name", "name")),
+                                      compute_capability=_cc_str(_get(meta, "compute_capability")),
+                                      precision=precision)
         plan = path.read_bytes()
         if "engine_sha256" in meta:
             digest = hashlib.sha256(plan).hexdigest()
@@ -233,13 +329,17 @@ class TrtSession(Session):
         runtime = trt.Runtime(self._logger)
         if runtime is None:
             raise RuntimeError("TensorRT: could not create a runtime (see the TensorRT log above)")
-        self._runtime = runtime
+        gpu.runtime = runtime
+        if meta.get("version_compatible"):
+            # A version-compatible plan embeds the lean runtime that runs it (host code): TensorRT
+            # refuses to deserialize it unless the runtime allows that.
+            runtime.engine_host_code_allowed = True
         engine = runtime.deserialize_cuda_engine(plan)
         del plan
         if engine is None:
             raise RuntimeError(f"{path}: TensorRT could not deserialize the engine (see its log above); "
                                + REBUILD.format(engine=path))
-        self._engine = engine
+        gpu.engine = engine
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         if sorted(names) != sorted([INPUT_NAME, OUTPUT_NAME]) or \
                 engine.get_tensor_mode(INPUT_NAME) != trt.TensorIOMode.INPUT:
@@ -255,34 +355,44 @@ class TrtSession(Session):
         context = engine.create_execution_context()
         if context is None:
             raise RuntimeError(f"{path}: TensorRT could not create an execution context (GPU out of memory?)")
-        self._context = context
-        self._stream = cuda("cudaStreamCreate", cudart.cudaStreamCreate())
-        if profile != 0 and not context.set_optimization_profile_async(profile, int(self._stream)):
-            raise RuntimeError(f"{path}: TensorRT refused optimisation profile {profile}")
-        self._bufs = [_Buffer(cuda), _Buffer(cuda)]
+        gpu.context = context
+        gpu.stream = cuda("cudaStreamCreate", cuda.rt.cudaStreamCreate())
+        if profile != 0:
+            # The Python binding raises RuntimeError on failure (the C++ API returns false).
+            try:
+                ok = context.set_optimization_profile_async(profile, int(gpu.stream))
+            except RuntimeError as exc:
+                raise RuntimeError(f"{path}: TensorRT refused optimisation profile {profile}: {exc}") from exc
+            if ok is False:
+                raise RuntimeError(f"{path}: TensorRT refused optimisation profile {profile}")
+        gpu.bufs = [_Buffer(cuda), _Buffer(cuda)]
         self.device = f"cuda:{dev}"
         self.precision = self.info.precision
         self.path = path
         self.details = {"tensorrt_version": trt.__version__, "gpu": gpu_name, "compute_capability": cc,
                         "profile": profile, "profiles": nprof, "profile_shapes": {"min": mn, "opt": opt, "max": mx},
                         "io_dtypes": [self._in_dtype.name, self._out_dtype.name], "sidecar": str(side),
-                        "model": str(path)}
+                        "version_compatible": bool(meta.get("version_compatible")),
+                        "hardware_compatibility": str(meta.get("hardware_compatibility", "none")),
+                        "gpu_checked": bool(options.check_gpu), "model": str(path)}
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
-        trt, cuda, rt, ctx = self._trt, self._cuda, self._cuda.rt, self._context
+        cuda, rt, gpu = self._cuda, self._cuda.rt, self._gpu
+        ctx = gpu.context
+        cuda.use(self._dev)  # buffers and work go to this session's GPU, whatever is current now
         if not ctx.set_input_shape(INPUT_NAME, tuple(x.shape)):
             raise RuntimeError(f"TensorRT refused input shape {x.shape} (profile {self.input_spec})")
         out_shape = tuple(int(v) for v in ctx.get_tensor_shape(OUTPUT_NAME))
         if any(v < 0 for v in out_shape):
             raise RuntimeError(f"TensorRT could not infer the output shape for input {x.shape}")
-        bin_, bout = self._bufs
+        bin_, bout = gpu.bufs
         in_bytes = x.size * self._in_dtype.itemsize
         out_bytes = int(np.prod(out_shape)) * self._out_dtype.itemsize
         bin_.ensure(in_bytes)
         bout.ensure(out_bytes)
         host_in = bin_.host_array(x.shape, self._in_dtype)
         np.copyto(host_in, x, casting="same_kind" if self._in_dtype == x.dtype else "unsafe")
-        stream = self._stream
+        stream = gpu.stream
         cuda("cudaMemcpyAsync(H2D)", rt.cudaMemcpyAsync(bin_.device, bin_.host, in_bytes,
                                                          rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream))
         if not ctx.set_tensor_address(INPUT_NAME, int(bin_.device)):
@@ -300,12 +410,6 @@ class TrtSession(Session):
         if self._closed:
             return
         try:
-            for b in self._bufs:
-                b.free()
-            if self._stream is not None:
-                self._cuda("cudaStreamDestroy", self._cuda.rt.cudaStreamDestroy(self._stream))
-                self._stream = None
+            self._finalizer()  # runs _GpuState.release once (device selected first); later calls do nothing
         finally:
-            self._context = None
-            self._engine = None
             super().close()

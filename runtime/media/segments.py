@@ -1,0 +1,438 @@
+"""Segmented, resumable video upscaling on ffmpeg: plan -> process segment k -> join and mux.
+
+A job is cut into segments of ``segment_frames`` frames (default about 10 s). Each segment is an
+independent, idempotent task described by a small picklable ``SegmentTask`` (source path, k,
+frame range, seek time, sizes, encoder settings, work folder): ``process_segment(task,
+upscaler)`` decodes exactly those frames (ffmpeg, BGR24 through a pipe), upscales them and pipes
+them into an ffmpeg encoder writing a temporary file in the work folder, checks its frame count
+and renames it to ``seg-0000k.mov``. A finished segment is never rewritten: running the task
+again returns at once, so retry and resume are the same code, and segments can run in any order,
+in parallel, on other machines that see the same folder (the Ray batch does that).
+``join_segments(job)`` then joins them without re-encoding (ffmpeg concat demuxer) and muxes
+every other stream of the source into a temporary file beside the output, renamed at the end.
+
+The work folder is hidden beside the output: ``.OUT_NAME.srdeploy-video/``. It holds
+``job.json`` (what the segments were made from: source size and mtime, encoder settings,
+segment length, model), the finished segments and one ffmpeg log per process. It is removed
+after a successful join and kept after a failure, so ``--resume`` continues from the first
+unfinished segment; a job.json that does not match the new command is refused, never mixed.
+
+Timing. A constant-frame-rate source keeps its exact rate (snapped from the timestamps, e.g.
+24000/1001, see ``ffmpeg.analyse_timing``). A variable-frame-rate source is written at its mean
+rate N / duration: frame count and duration stay equal and the first frame keeps its offset from
+the container start, so audio starts and ends in sync; in between a frame may be shown up to the
+printed drift away from its source time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import ffmpeg as ff
+from .video import run_pipeline
+
+DEFAULT_SEGMENT_SECONDS = 10
+WORK_SUFFIX = ".srdeploy-video"
+JOB_FILE = "job.json"
+
+
+# --------------------------------------------------------------------------- tasks
+@dataclass(frozen=True)
+class SegmentTask:
+    """Segment ``index`` of a job: frames ``start .. start+count-1`` of ``source``.
+
+    Picklable and small, so a scheduler can ship it to another process or machine. The output
+    file and log are derived from ``work`` and ``index``.
+
+    Attributes:
+        source: source video path.  video_stream: index of the stream to upscale.
+        index: segment number k.  start: first frame.  count: frames in this segment.
+        seek: seconds from the container start, between frame start-1 and start (None for k = 0).
+        width, height: decoded frame size.  scale: model scale.
+        rate: output frame rate (exact).  sar: sample aspect ratio.
+        settings: encoder settings.  work: the job's work folder.
+    """
+
+    source: str
+    video_stream: int
+    index: int
+    start: int
+    count: int
+    seek: float | None
+    width: int
+    height: int
+    scale: int
+    rate: Fraction
+    sar: Fraction
+    settings: ff.EncoderSettings
+    work: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.work) / f"seg-{self.index:05d}.{self.settings.segment_format}"
+
+    @property
+    def log(self) -> Path:
+        return Path(self.work) / f"seg-{self.index:05d}.log"
+
+    @property
+    def duration(self) -> Fraction:
+        return Fraction(self.count) / self.rate
+
+
+def segment_done(task: SegmentTask) -> bool:
+    """Whether the segment file exists and holds exactly ``task.count`` frames."""
+    return task.path.is_file() and ff.count_packets(task.path, task.log) == task.count
+
+
+def process_segment(task: SegmentTask, upscaler, *, batch: int = 1,
+                    on_frame: Callable[[int], None] | None = None) -> Path:
+    """Decode, upscale and encode one segment into ``task.path`` (atomically); reuse a finished one.
+
+    Args:
+        task: the segment.  upscaler: a ``srdeploy.runtime.upscale.Upscaler`` on an open session.
+        batch: frames per inference call (when a frame fits in one tile).
+        on_frame: called with 1 after each encoded frame (progress).
+
+    Returns:
+        The segment file.
+
+    Raises:
+        FFmpegError: decoding or encoding failed (one line: cause and log file).
+        ValueError: the source gave fewer frames than planned (damaged file).
+    """
+    if segment_done(task):
+        return task.path
+    info = ff.MediaInfo(path=Path(task.source), format="", start=0.0, duration=None, streams=(),
+                        video=task.video_stream)
+    tmp = task.path.with_name(f".{task.path.stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp{task.path.suffix}")
+    decoder = ff.FrameDecoder(info, task.width, task.height, task.seek, task.count, task.log)
+    encoder = None
+    try:
+        encoder = ff.FrameEncoder(tmp, task.width * task.scale, task.height * task.scale, task.rate, task.settings,
+                                  task.log, sar=task.sar)
+        run_pipeline(upscaler, decoder, encoder.write, batch=batch, on_frame=on_frame)
+        if encoder.frames != task.count:
+            decoder.close()
+            raise ValueError(f"{task.source}: segment {task.index} decoded {encoder.frames} of {task.count} frames "
+                             f"(from frame {task.start}); the file is damaged there (ffmpeg log: {task.log})")
+        decoder.close()
+        encoder.close()
+        written = ff.count_packets(tmp, task.log)
+        if written != task.count:
+            raise ff.FFmpegError(f"{tmp}: holds {written} frames, expected {task.count} (ffmpeg log: {task.log})")
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, task.path)
+    except BaseException:
+        if encoder is not None:
+            encoder.abort()
+        decoder.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return task.path
+
+
+# --------------------------------------------------------------------------- job
+@dataclass
+class VideoJob:
+    """A planned job: the probed source, timing, encoder settings and the segment tasks."""
+
+    source: ff.MediaInfo
+    dst: Path
+    work: Path
+    container: str
+    settings: ff.EncoderSettings
+    times: ff.FrameTimes
+    timing: ff.Timing
+    tasks: list[SegmentTask]
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def frames(self) -> int:
+        return self.times.count
+
+
+def work_folder(dst: str | os.PathLike) -> Path:
+    """The hidden work folder of an output: ``.NAME.srdeploy-video`` beside it."""
+    dst = Path(dst)
+    return dst.with_name(f".{dst.name}{WORK_SUFFIX}")
+
+
+def plan_job(source: ff.MediaInfo, dst: Path, scale: int, settings: ff.EncoderSettings, *,
+             segment_frames: int | None = None, work: Path | None = None) -> VideoJob:
+    """Time the source's frames and cut the job into segments (nothing is written but a log).
+
+    Args:
+        source: probed source.  dst: output file.  scale: model scale.
+        settings: encoder settings.  segment_frames: frames per segment (default about 10 s).
+        work: work folder (default ``work_folder(dst)``; must exist, for the probe log).
+    """
+    work = work or work_folder(dst)
+    times = ff.frame_times(source, work / "probe.log")
+    timing = ff.analyse_timing(times, source.start)
+    out_w, out_h = times.width * scale, times.height * scale
+    if settings.pix_fmt.startswith(("yuv420", "yuv422", "nv12", "p010")) and (out_w % 2 or out_h % 2):
+        raise ValueError(f"{source.path}: output size {out_w}x{out_h} is odd, which {settings.pix_fmt} cannot hold; "
+                         "use --pix-fmt yuv444p")
+    n = segment_frames or max(1, round(DEFAULT_SEGMENT_SECONDS * float(timing.rate)))
+    if n < 1:
+        raise ValueError(f"--segment-frames must be >= 1, got {n}")
+    tasks = []
+    for k, start in enumerate(range(0, times.count, n)):
+        count = min(n, times.count - start)
+        seek = None
+        if start > 0:
+            mid = Fraction(times.pts[start - 1] + times.pts[start], 2) * times.tb
+            seek = float(mid) - source.start
+        tasks.append(SegmentTask(source=str(source.path), video_stream=source.video, index=k, start=start,
+                                 count=count, seek=seek, width=times.width, height=times.height, scale=scale,
+                                 rate=timing.rate, sar=times.sar, settings=settings, work=str(work)))
+    notices = []
+    if not timing.cfr:
+        notices.append(f"{source.path}: variable frame rate; written at the mean rate "
+                       f"{float(timing.rate):.4g} fps (same {times.count} frames and duration; frames shown up to "
+                       f"{1000 * ff.vfr_drift(times, timing.rate):.0f} ms from their source time)")
+    return VideoJob(source=source, dst=dst, work=work, container=ff.container_for(dst), settings=settings,
+                    times=times, timing=timing, tasks=tasks, notices=notices)
+
+
+def job_record(job: VideoJob, fingerprint: dict) -> dict:
+    """What job.json stores: everything that decides the segment files' content."""
+    st = job.source.path.stat()
+    record = {"source": str(job.source.path.resolve()), "source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns,
+            "settings": asdict(job.settings), "segments": [[t.start, t.count] for t in job.tasks],
+            "rate": str(job.timing.rate), "size": [job.times.width, job.times.height], **fingerprint}
+    return json.loads(json.dumps(record))  # as it reads back from job.json (tuples become lists)
+
+
+def join_segments(job: VideoJob, tmp: Path, *, audio: bool = True) -> ff.MuxPlan:
+    """Join the job's finished segments and mux the source's other streams into ``tmp``; check the frame count."""
+    paths = [t.path for t in job.tasks]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise RuntimeError(f"{job.dst}: segments not finished: {', '.join(missing[:5])}")
+    plan = ff.join_and_mux(paths, [t.duration for t in job.tasks], job.source, tmp, job.container,
+                           job.timing.offset, job.work, hevc_tag=job.settings.encoder == "libx265", audio=audio)
+    got = ff.count_packets(tmp, job.work / "join.log")
+    if got != job.frames:
+        raise ff.FFmpegError(f"{job.dst}: the joined video holds {got} frames, expected {job.frames} "
+                             f"(ffmpeg log: {job.work / 'join.log'})")
+    return plan
+
+
+@dataclass
+class FFmpegVideoStats:
+    """What ``upscale_video_ffmpeg`` did (fields shared with the OpenCV path's VideoStats).
+
+    ``fps`` and ``seconds`` cover the segments processed in this run (decode, inference, encode);
+    ``total_seconds`` the whole call (probe, segments, join and mux).
+    """
+
+    frames: int
+    width: int
+    height: int
+    source_width: int
+    source_height: int
+    fps: float
+    seconds: float
+    source_fps: float
+    codec: str
+    audio: str
+    segments: int = 0
+    reused: int = 0
+    total_seconds: float = 0.0
+    notices: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def upscale_video_ffmpeg(upscaler, src: str | os.PathLike, dst: str | os.PathLike, *, codec: str | None = None,
+                         crf: int | None = None, preset: str | None = None, pix_fmt: str | None = None,
+                         segment_frames: int | None = None, resume: bool = False, overwrite: bool = False,
+                         batch: int = 1, progress: bool = True, audio: bool = True, fingerprint: dict | None = None,
+                         log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> FFmpegVideoStats:
+    """Upscale ``src`` into ``dst`` through ffmpeg, in resumable segments, keeping every stream.
+
+    Args:
+        upscaler: ``Upscaler`` on an open session.  src, dst: files (container from dst's extension).
+        codec, crf, preset, pix_fmt: encoder choice (``ffmpeg.encoder_settings``).
+        segment_frames: frames per segment (default about 10 s).
+        resume: continue the unfinished job in the work folder (finished segments reused).
+        overwrite: replace an existing ``dst``.  batch: frames per inference call.
+        progress: progress bar on stderr (probe, frames, join).  audio: False leaves audio tracks out.
+        fingerprint: extra identity of the job (model, tile settings) stored in job.json.
+        log: where notices go.
+
+    Raises:
+        FileNotFoundError, IsADirectoryError, ValueError: bad input (one line).
+        FileExistsError: dst exists without overwrite, or an unfinished job without ``resume``.
+        PermissionError: the output folder is not writable.
+        FFmpegError: a write failed (cause and log named; finished segments kept for --resume).
+    """
+    src, dst = Path(src), Path(dst)
+    if batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {batch}")
+    if segment_frames is not None and segment_frames < 1:
+        raise ValueError(f"--segment-frames must be >= 1, got {segment_frames}")
+    check_source(src)
+    if dst.is_dir():
+        raise IsADirectoryError(f"{dst}: output is a folder; give a video file name (e.g. out.mp4)")
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise ValueError(f"{dst}: the output would overwrite the input video; choose another output name")
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst}: output exists; pass --overwrite to replace it")
+    ff.container_for(dst)
+    source = ff.probe(src)
+    if source.is_still_image:
+        raise ValueError(f"{src}: is a still image, not a video; use srdeploy upscale for images")
+    if source.video is None:
+        raise ValueError(f"{src}: has no video stream")
+    settings = ff.encoder_settings(dst, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, source=source)
+    work = _open_work(dst, resume)
+    try:
+        return _run_job(upscaler, source, dst, work, settings, segment_frames, resume, batch, progress,
+                        fingerprint or {}, log, audio)
+    except BaseException as exc:
+        _tidy_failed(work, keep_logs=isinstance(exc, ff.FFmpegError))
+        raise
+
+
+def check_source(src: Path) -> None:
+    """Refuse a missing source, a folder and a still image by name (before any work)."""
+    if src.is_dir():
+        raise IsADirectoryError(f"{src}: is a folder, not a video file (to upscale a folder of images use "
+                                "srdeploy upscale)")
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: video file does not exist")
+    if src.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"):
+        raise ValueError(f"{src}: is a still image, not a video; use srdeploy upscale for images")
+
+
+def _open_work(dst: Path, resume: bool) -> Path:
+    work = work_folder(dst)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if work.is_dir() and not resume:
+            if _finished(work):
+                raise FileExistsError(f"{dst}: an unfinished run left {len(_finished(work))} finished segment(s) "
+                                      f"in {work}; pass --resume to continue it, or delete that folder to start again")
+            shutil.rmtree(work)  # only logs of a failed run: nothing to resume
+        work.mkdir(exist_ok=True)
+        for stale in work.glob(".seg-*.tmp.*"):  # a killed run's partial segment
+            stale.unlink(missing_ok=True)
+        probe = work / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except PermissionError:
+        raise PermissionError(f"{dst}: permission denied: cannot write in {dst.parent}") from None
+    return work
+
+
+def _finished(work: Path) -> list[Path]:
+    return [p for p in work.glob("seg-*") if p.suffix in (".mov", ".mp4")]
+
+
+def _tidy_failed(work: Path, *, keep_logs: bool) -> None:
+    """After a failure keep finished segments (and the logs an error message names); else remove the folder."""
+    try:
+        if work.is_dir() and not _finished(work) and not keep_logs:
+            shutil.rmtree(work, ignore_errors=True)
+    except OSError:
+        pass
+
+
+def _run_job(upscaler, source, dst, work, settings, segment_frames, resume, batch, progress, fingerprint,
+             log, audio) -> FFmpegVideoStats:
+    scale = upscaler.session.info.scale
+    t_start = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=None, unit="frame", desc=f"{source.path.name}: probing", dynamic_ncols=True,
+                   file=sys.stderr, smoothing=0.1)
+    try:
+        job = plan_job(source, dst, scale, settings, segment_frames=segment_frames, work=work)
+        record = job_record(job, fingerprint)
+        job_file = work / JOB_FILE
+        if resume and job_file.is_file():
+            old = json.loads(job_file.read_text(encoding="utf-8"))
+            changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
+            if changed:
+                raise ValueError(f"{dst}: --resume: the unfinished run in {work} was made with different "
+                                 f"{', '.join(changed)}; rerun it with the same settings, or delete that folder")
+        else:
+            _write_json(job_file, record)
+        for note in job.notices:
+            log(f"note: {note}")
+        if bar is not None:
+            bar.reset(total=job.frames)
+            bar.set_description(source.path.name)
+        reused = 0
+        t0 = time.perf_counter()
+        done_frames = 0
+        for task in job.tasks:
+            if segment_done(task):
+                reused += 1
+                if bar is not None:
+                    bar.update(task.count)
+                continue
+            try:
+                process_segment(task, upscaler, batch=batch, on_frame=bar.update if bar is not None else None)
+            except ff.FFmpegError as exc:
+                finished = sum(1 for t in job.tasks if t.path.is_file())
+                raise ff.FFmpegError(f"{dst}: segment {task.index} failed: {exc.cause} (ffmpeg log: {exc.log}); "
+                                     f"{finished} finished segment(s) kept in {work} for --resume",
+                                     exc.cause, exc.log) from None
+            done_frames += task.count
+        seconds = time.perf_counter() - t0
+        if bar is not None:
+            bar.set_description(f"{source.path.name}: joining")
+            bar.refresh()
+        tmp = dst.with_name(f".{dst.stem}.{os.getpid()}-{secrets.token_hex(4)}.partial{dst.suffix}")
+        try:
+            mux = join_segments(job, tmp, audio=audio)
+            os.replace(tmp, dst)
+        except ff.FFmpegError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ff.FFmpegError(f"{dst}: joining the segments failed: {exc.cause} (ffmpeg log: {exc.log}); the "
+                                 f"{len(job.tasks)} finished segments are kept in {work} for --resume",
+                                 exc.cause, exc.log) from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    finally:
+        if bar is not None:
+            bar.close()
+    shutil.rmtree(work, ignore_errors=True)
+    for note in mux.notices:
+        log(f"note: {note}")
+    audio = "none" if not source.audio else "disabled" if not audio else (
+        "copied" if all(s.index not in mux.encode and s.index not in mux.dropped for s in source.audio) else "changed")
+    return FFmpegVideoStats(frames=job.frames, width=job.times.width * scale, height=job.times.height * scale,
+                            source_width=job.times.width, source_height=job.times.height,
+                            fps=done_frames / seconds if seconds > 0 else 0.0, seconds=seconds,
+                            source_fps=float(job.timing.rate), codec=settings.describe(), audio=audio,
+                            segments=len(job.tasks), reused=reused, notices=job.notices + mux.notices,
+                            total_seconds=time.perf_counter() - t_start)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
