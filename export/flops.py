@@ -17,7 +17,7 @@ INT8 model counts the same arithmetic as its FP32 source (int8 ops per second, c
 
 from __future__ import annotations
 
-KEY_FLOPS = "srdeploy.flops_per_pixel"  # FLOPs per LR input pixel (batch 1), decimal string
+from srdeploy.runtime.metadata import KEY_FLOPS  # noqa: F401  (the key lives with the contract)
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "PRelu", "Relu", "LeakyRelu", "Clip", "Max", "Min", "Sigmoid", "Tanh"}
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,8 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+
+from .calib import calibration_crops
 
 METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_PERCENTILE = 99.999
@@ -69,6 +72,7 @@ class QuantizeConfig:
         probe_images: calibration crops also used to rank layer sensitivity.
         threads: CPU threads for calibration and measurement (None = ONNX Runtime's default).
         seed: crop sampling seed.
+        speed_size: side of the input for the closing speed check (0 = skip it).
     """
 
     calib: tuple[str, ...] = ()
@@ -82,6 +86,7 @@ class QuantizeConfig:
     probe_images: int = 8
     threads: int | None = None
     seed: int = 0
+    speed_size: int = 128
 
 
 @dataclass
@@ -99,6 +104,7 @@ class QuantizeReport:
     max_loss: float
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
     trials: list[dict] = field(default_factory=list)
+    speed: dict = field(default_factory=dict)
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -158,37 +164,6 @@ def default_val_folders() -> list[Path]:
     if missing:
         raise QuantizeError(f"{', '.join(missing)}: validation folders not found; pass --val DIR or set SRDEPLOY_DATA")
     return folders
-
-
-def calibration_crops(folders, *, scale: int, count: int, crop: int, seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
-    """``count`` LR crops (float32 1x3xCxC in [0, 1]) of training-style HR images, and their names.
-
-    The HR crop (``crop * scale``) is taken first and then downscaled, exactly as
-    ``SRTrainDataset`` makes training pairs, so calibration sees the distribution the model
-    was trained on. Images smaller than the HR crop are skipped; no image at all is an error.
-    """
-    from srdeploy.train.data import IMAGE_EXTENSIONS, SRTrainDataset
-
-    folders = [Path(f) for f in folders]
-    for f in folders:
-        if not f.is_dir():
-            raise QuantizeError(f"{f}: calibration folder does not exist")
-        if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in f.iterdir()):
-            raise QuantizeError(f"{f}: calibration folder holds no images "
-                                f"({', '.join(IMAGE_EXTENSIONS)}); pass a folder of training-style images")
-    if count < 1 or crop < 8:
-        raise QuantizeError(f"calibration needs at least 1 image and a crop of at least 8 px (got {count}, {crop})")
-    try:
-        data = SRTrainDataset([str(f) for f in folders], crop=crop * scale, scale=scale, augment=False, seed=seed)
-    except ValueError as exc:
-        raise QuantizeError(f"{', '.join(map(str, folders))}: {exc}; lower --crop or add larger images") from exc
-    crops, names = [], []
-    for i in range(count):
-        lr, _ = data[i]
-        k, top, left, _ = data.crop_params(i)
-        crops.append(lr[None])
-        names.append(f"{k}@{top},{left}")
-    return crops, names
 
 
 # ----------------------------------------------------------------------------- quantize one graph
@@ -305,6 +280,34 @@ def conv_sensitivity(src, quantize, *, probe: list[np.ndarray], candidates, excl
     return scores
 
 
+def measure_speed(fp32: str | os.PathLike, int8: str | os.PathLike, *, threads: int | None, size: int = 128,
+                  iters: int = 4) -> dict:
+    """INT8 vs ONNX Runtime FP32, same run: ORT FP32, ORT INT8 and (when installed) OpenVINO INT8,
+    timed in alternating blocks on one size x size input. A first impression; ``srdeploy bench
+    --compare`` is the measurement."""
+    from srdeploy.runtime.bench import deterministic_input, time_alternating
+    from srdeploy.runtime.open import open_session
+
+    x = deterministic_input((1, 3, size, size))
+    sessions = {"onnxruntime fp32": open_session(fp32, backend="onnxruntime", threads=threads),
+                "onnxruntime int8": open_session(int8, backend="onnxruntime", threads=threads)}
+    try:
+        import openvino  # noqa: F401
+
+        sessions["openvino int8"] = open_session(int8, backend="openvino", threads=threads)
+    except ImportError:
+        pass
+    try:
+        times = time_alternating({k: (lambda s=s: s.infer(x)) for k, s in sessions.items()}, warmup=1, iters=iters)
+    finally:
+        for s in sessions.values():
+            s.close()
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    base = med["onnxruntime fp32"]
+    return {"input": f"1x3x{size}x{size}", "threads": threads, "median_s": med,
+            "speedup_vs_ort_fp32": {k: base / v for k, v in med.items() if k != "onnxruntime fp32"}}
+
+
 # ----------------------------------------------------------------------------- the whole recipe
 
 def _psnr_by_set(path, folders, threads) -> dict[str, float]:
@@ -353,8 +356,11 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, cfg: Quantize
         raise QuantizeError(f"{src}: --exclude names nodes not in the graph: {unknown}")
     calib_folders = [Path(f) for f in cfg.calib] or default_calib_folders()
     val_folders = [Path(f) for f in cfg.val] or default_val_folders()
-    crops, names = calibration_crops(calib_folders, scale=info.scale, count=cfg.calib_images, crop=cfg.crop,
-                                     seed=cfg.seed)
+    try:
+        crops, names = calibration_crops(calib_folders, scale=info.scale, count=cfg.calib_images, crop=cfg.crop,
+                                         seed=cfg.seed)
+    except ValueError as exc:
+        raise QuantizeError(str(exc)) from exc
     convs = [n.name for n in model.graph.node if n.op_type == "Conv" and n.name not in cfg.exclude]
 
     with tempfile.TemporaryDirectory(prefix="srdeploy-int8-") as tmp:
@@ -418,6 +424,11 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, cfg: Quantize
         del q.metadata_props[:]
         for k, v in props.items():
             q.metadata_props.add(key=k, value=v)
+        final = Path(tmp) / "final.onnx"
+        onnx.save(q, str(final))
+        if cfg.speed_size:  # on the final file, before it is published
+            report.speed = measure_speed(src, final, threads=cfg.threads, size=cfg.speed_size)
+        report.seconds = time.perf_counter() - t0
         with atomic_target(dst) as tmp_dst:
-            onnx.save(q, str(tmp_dst))
+            shutil.copyfile(final, tmp_dst)
     return report

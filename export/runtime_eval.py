@@ -26,6 +26,7 @@ class RuntimeEvalConfig:
         threads: CPU threads (None = the backend's default).
         tile: tile core size in LR pixels (0 = whole image), as ``srdeploy upscale --tile``.
         tile_pad: tile margin (None = the upscale default for the model's receptive radius).
+        batch: tiles per inference call.
     """
 
     backend: str = "auto"
@@ -34,13 +35,14 @@ class RuntimeEvalConfig:
     threads: int | None = None
     tile: int = 256
     tile_pad: int | None = None
+    batch: int = 1
 
 
-def session_upscale(session, *, tile: int = 256, tile_pad: int | None = None):
+def session_upscale(session, *, tile: int = 256, tile_pad: int | None = None, batch: int = 1):
     """``uint8 RGB LR -> uint8 RGB SR`` through ``Upscaler`` (the ``evaluate`` callback)."""
     from srdeploy.runtime.upscale import Upscaler
 
-    up = Upscaler(session, tile=tile, tile_pad=tile_pad)
+    up = Upscaler(session, tile=tile, tile_pad=tile_pad, batch=batch)
     return lambda lr: up.upscale(lr, order="RGB")
 
 
@@ -64,11 +66,11 @@ def evaluate_model_file(path: str | os.PathLike, folders, cfg: RuntimeEvalConfig
     path = Path(path)
     with open_session(path, backend=cfg.backend, device=cfg.device, precision=cfg.precision,
                       threads=cfg.threads) as sess:
-        upscale = session_upscale(sess, tile=cfg.tile, tile_pad=cfg.tile_pad)
+        upscale = session_upscale(sess, tile=cfg.tile, tile_pad=cfg.tile_pad, batch=cfg.batch)
         results = evaluate(upscale, folders, scale=sess.info.scale, progress=progress)
         record = {"model": str(path), "backend": sess.backend, "device": sess.device,
                   "precision": sess.precision, "scale": sess.info.scale, "tile": cfg.tile,
-                  "tile_pad": up_pad(sess, cfg), "threads": cfg.threads}
+                  "tile_pad": up_pad(sess, cfg), "batch": cfg.batch, "threads": cfg.threads}
     return results, record
 
 

@@ -8,7 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from srdeploy.export.quantize import QuantizeConfig, QuantizeError, calibration_crops, quantize_model
+from srdeploy.export.calib import calibration_crops
+from srdeploy.export.quantize import QuantizeConfig, QuantizeError, quantize_model
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +89,7 @@ def test_quantize_writes_int8_qdq_close_to_fp32(tiny):
     assert inits["lr_scale"] == pytest.approx(1 / 255) and int(inits["lr_zero_point"]) == 0
 
 
+@pytest.mark.slow
 def test_accuracy_aware_keeps_sensitive_convs_float(tiny):
     all_q = quantize_model(tiny["onnx"], tiny["dir"] / "a.onnx", _cfg(tiny, max_loss=10.0), log=lambda m: None)
     loss0 = max(all_q.loss_db.values())
@@ -146,3 +148,18 @@ def test_flops_per_pixel_counts_the_graph(tiny):
     q = tiny["dir"] / "tiny_int8.onnx"
     if q.exists():  # QDQ nodes add no arithmetic: the INT8 model counts the same
         assert flops_per_pixel(onnx.load(str(q))) == pytest.approx(expect)
+
+
+def test_int8_verify_tolerance_and_engine_precision(tiny, tmp_path):
+    """verify's INT8 rule (measured, documented) and build-engine's refusal to add FP16 to a QDQ model."""
+    from srdeploy.export.engine import build_engine, profiles_from_args
+    from srdeploy.export.verify import INT8_ATOL, INT8_MIN_PSNR, Tolerance
+
+    assert Tolerance.for_precision("int8") == Tolerance(INT8_ATOL, INT8_MIN_PSNR) == Tolerance(0.3, 28.0)
+    q = tiny["dir"] / "tiny_int8.onnx"
+    if not q.exists():
+        quantize_model(tiny["onnx"], q, _cfg(tiny, max_loss=10.0), log=lambda m: None)
+    profiles = profiles_from_args(["1x3x16x16"], ["1x3x32x32"], ["1x3x64x64"])
+    with pytest.raises(ValueError, match="INT8 QDQ model.*without --fp16"):
+        build_engine(q, tmp_path / "m.engine", profiles=profiles, fp16=True)
+    assert not list(tmp_path.iterdir())

@@ -22,41 +22,19 @@ FP16           None / "fp16"   ``f16`` hint; an error where the device lacks FP1
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from ..metadata import INPUT_NAME, OUTPUT_NAME, MetadataError, ModelInfo
 from ..session import InputSpec, Session
+from .options import OpenVinoOptions
 
 SUFFIXES = (".onnx", ".xml")
-PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
 _RT_KEY = "framework"  # where OpenVINO's ONNX frontend puts metadata_props
 _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 _CAPS = {"bf16": "BF16", "fp16": "FP16", "fp32": "FP32"}
-
-
-@dataclass(frozen=True)
-class OpenVinoOptions:
-    """OpenVINO-specific session options.
-
-    Attributes:
-        performance_hint: "LATENCY" (one request at a time, the runtime's use) or "THROUGHPUT".
-        num_streams: parallel inference streams (None = what the hint chooses).
-        cache_dir: OpenVINO model cache folder (compiled blobs; None = no cache).
-    """
-
-    performance_hint: str = "LATENCY"
-    num_streams: int | None = None
-    cache_dir: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.performance_hint not in PERFORMANCE_HINTS:
-            raise ValueError(f"openvino performance_hint must be one of {PERFORMANCE_HINTS}, "
-                             f"got {self.performance_hint!r}")
-        if self.num_streams is not None and self.num_streams < 1:
-            raise ValueError(f"openvino num_streams must be >= 1, got {self.num_streams}")
 
 
 def _import_openvino():
@@ -100,17 +78,21 @@ class OpenVinoSession(Session):
         precision: None = what the file computes; "fp32", "bf16" (FP32 file, devices with BF16),
             "fp16" (FP16 file) or "int8" (INT8 QDQ file). See the module table.
         threads: CPU inference threads (``INFERENCE_NUM_THREADS``); CPU only.
-        options: ``OpenVinoOptions``.
+        backend: "openvino" (``open_session`` passes the table's name).
+        options: ``OpenVinoOptions`` (``srdeploy.runtime.backends.options``).
     """
 
     backend = "openvino"
 
-    def __init__(self, path: str | os.PathLike, *, device: str = "cpu", precision: str | None = None,
-                 threads: int | None = None, options: OpenVinoOptions | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, *, backend: str = "openvino", device: str = "cpu",
+                 precision: str | None = None, threads: int | None = None,
+                 options: OpenVinoOptions | None = None) -> None:
         super().__init__()
         ov = _import_openvino()
         path = Path(path)
         options = options or OpenVinoOptions()
+        if backend != "openvino":
+            raise ValueError(f"OpenVinoSession opens the openvino backend, not {backend!r}")
         if not path.is_file():
             raise FileNotFoundError(f"{path}: model file does not exist")
         if path.suffix.lower() not in SUFFIXES:
