@@ -317,6 +317,17 @@ def _psnr_by_set(path, folders, threads) -> dict[str, float]:
     return {r.name: r.psnr for r in results}
 
 
+def _portable(folder: Path) -> str:
+    """A folder for the record: relative to the data root as ``$SRDEPLOY_DATA/...`` when under it, so
+    no path of the machine that quantized lands in a shipped model's metadata."""
+    from srdeploy.train.data import DATA_ENV, data_root
+
+    try:
+        return f"${DATA_ENV}/{Path(folder).resolve().relative_to(data_root().resolve()).as_posix()}"
+    except ValueError:
+        return str(folder)
+
+
 def _steps(n: int):
     """Numbers of float layers to try: 0, 1, 2, 3, 4, 6, 8, 12, ... up to n."""
     k, out = 0, []
@@ -404,7 +415,7 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, cfg: Quantize
         # Re-write the chosen model (the last trial may be a different one) with its metadata.
         float_nodes = best["float_nodes"]
         quantize(trial, exclude=float_nodes)
-        calibration = {"folders": [str(f) for f in calib_folders], "images": len(crops), "crop": cfg.crop,
+        calibration = {"folders": [_portable(f) for f in calib_folders], "images": len(crops), "crop": cfg.crop,
                        "scale": info.scale, "seed": cfg.seed, "method": cfg.method,
                        **({"percentile": cfg.percentile} if cfg.method == "percentile" else {})}
         report = QuantizeReport(
