@@ -1,7 +1,9 @@
 """Calibration inputs, one source for every precision step that needs them.
 
 The FP16 safety analysis (``fp16``, used by ``export --fp16`` and ``build-engine --fp16``) and
-INT8 calibration read their images here, so all of them see the same pixels the same way.
+INT8 calibration (``quantize``) read their images here, so all of them see the same pixels the
+same way: ``calibration_inputs`` (whole images, for activation maxima) and ``calibration_crops``
+(fixed-size LR crops of training images, for INT8 ranges).
 """
 
 from __future__ import annotations
@@ -49,3 +51,34 @@ def calibration_inputs(folder: str | Path | None, *, scale: int, max_side: int =
                 inputs.append(arr[None, :, y:y + max_side, x:x + max_side].copy())
                 names.append(f"{path.name}@{y},{x}" if (h > max_side or w > max_side) else path.name)
     return inputs, names
+
+
+def calibration_crops(folders, *, scale: int, count: int, crop: int, seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
+    """``count`` LR crops (float32 1x3xCxC in [0, 1]) of training-style HR images, and their names.
+
+    The HR crop (``crop * scale``) is taken first and then downscaled, exactly as
+    ``SRTrainDataset`` makes training pairs, so calibration sees the distribution the model
+    was trained on. Images smaller than the HR crop are skipped; no image at all is an error.
+    """
+    from srdeploy.train.data import IMAGE_EXTENSIONS, SRTrainDataset
+
+    folders = [Path(f) for f in folders]
+    for f in folders:
+        if not f.is_dir():
+            raise ValueError(f"{f}: calibration folder does not exist")
+        if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in f.iterdir()):
+            raise ValueError(f"{f}: calibration folder holds no images "
+                             f"({', '.join(IMAGE_EXTENSIONS)}); pass a folder of training-style images")
+    if count < 1 or crop < 8:
+        raise ValueError(f"calibration needs at least 1 image and a crop of at least 8 px (got {count}, {crop})")
+    try:
+        data = SRTrainDataset([str(f) for f in folders], crop=crop * scale, scale=scale, augment=False, seed=seed)
+    except ValueError as exc:
+        raise ValueError(f"{', '.join(map(str, folders))}: {exc}; lower --crop or add larger images") from exc
+    crops, names = [], []
+    for i in range(count):
+        lr, _ = data[i]
+        k, top, left, _ = data.crop_params(i)
+        crops.append(lr[None])
+        names.append(f"{k}@{top},{left}")
+    return crops, names

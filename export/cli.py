@@ -1,4 +1,4 @@
-"""``srdeploy export``, ``verify``, ``build-engine``: argparse parsers only (no torch/onnx at import)."""
+"""``srdeploy export``, ``verify``, ``build-engine``, ``quantize``, ``eval``: argparse parsers only (no torch/onnx at import)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 from srdeploy.runtime.backends import help_text as backend_help
-from srdeploy.runtime.cli._args import backend_arg
+from srdeploy.runtime.cli._args import PRECISIONS, add_tile_args, backend_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_eval(sub)
     p = sub.add_parser(
         "export", help="fold BatchNorm and export a checkpoint to ONNX (dynamic batch/height/width, metadata)",
         description="Fold BatchNorm into the convolutions, export to ONNX with dynamic batch/height/width "
@@ -90,6 +91,129 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="engine that runs on other GPUs: ampere_plus (the default LEVEL: any GPU of compute "
                         "capability >= 8.0) or same_compute_capability; may be slower")
     b.set_defaults(func=_run_build_engine)
+
+    q = sub.add_parser(
+        "quantize", help="static INT8 (QDQ) quantization of an FP32 ONNX model, accuracy-aware",
+        description="Quantize an srdeploy FP32 ONNX model to INT8 QDQ with ONNX Runtime's quantization tools: "
+                    "int8 per-channel weights and uint8 activations on convolution inputs (the model input "
+                    "exactly, as 8-bit pixels), calibrated on LR crops of training images. The Y-PSNR loss "
+                    "against the FP32 model is measured on validation folders (eval's protocol, through the "
+                    "runtime); while it exceeds --max-loss, the most sensitive convolutions stay float. One "
+                    "file serves ONNX Runtime, OpenVINO and TensorRT's explicit quantization.")
+    q.add_argument("model", metavar="MODEL.onnx", help="srdeploy FP32 ONNX model (srdeploy export)")
+    q.add_argument("-o", "--output", required=True, metavar="MODEL_int8.onnx", help="output INT8 ONNX file")
+    q.add_argument("--calib", nargs="+", metavar="DIR", default=None,
+                   help="folders of HR training-style images; LR crops are made as training makes them "
+                        "(default: the training folders under the data root)")
+    q.add_argument("--calib-images", type=int, default=64, metavar="N", help="calibration crops (default 64)")
+    q.add_argument("--crop", type=int, default=64, metavar="PX", help="LR crop side (default 64)")
+    q.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="percentile",
+                   help="calibration method (default percentile, 99.999th: measured best of the three)")
+    q.add_argument("--exclude", nargs="+", metavar="NODE", default=(), help="ONNX node names to keep float")
+    q.add_argument("--max-loss", type=float, default=0.05, metavar="DB",
+                   help="largest Y-PSNR loss vs FP32 on any validation folder (default 0.05 dB)")
+    q.add_argument("--val", nargs="+", metavar="DIR", default=None,
+                   help="validation folders of HR images (default Set5 and Set14 under the data root)")
+    q.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for calibration and checks")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    q.add_argument("--json", metavar="FILE", help="also write the report (losses, float layers, ranking) as JSON")
+    q.add_argument("-q", "--quiet", action="store_true", help="only the result lines")
+    q.set_defaults(func=_run_quantize)
+
+
+def _register_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="PSNR/SSIM (Y, crop=scale) of a model file, a checkpoint or bicubic on image folders",
+        description="Evaluate on folders of HR images (LR made by MATLAB-style bicubic downscaling; PSNR/SSIM on "
+                    "Y with border crop = scale). A checkpoint (.pt) runs the training code's model on whole "
+                    "images (the reference figures); any model file the runtime opens (.onnx on any backend, "
+                    ".engine, OpenVINO .xml; --backend torch for a checkpoint) runs through the runtime with "
+                    "upscale's tiling, so FP32, FP16 and INT8 deployments are measured on the same protocol. "
+                    "The JSON records the model file, backend, device and precision.")
+    p.add_argument("paths", nargs="+", metavar="MODEL|FOLDER",
+                   help="a model file or checkpoint followed by folders of HR images (e.g. benchmark/Set5, or just "
+                        "Set5: looked up under $SRDEPLOY_DATA and $SRDEPLOY_DATA/benchmark); with --bicubic, "
+                        "folders only")
+    p.add_argument("--bicubic", action="store_true", help="evaluate bicubic upscaling instead of a model")
+    p.add_argument("--scale", type=int, default=None, help="scale (default: the model's; 4 for --bicubic)")
+    p.add_argument("--backend", default="auto", type=backend_arg, metavar="NAME",
+                   help=backend_help() + ". A checkpoint with auto: the training code (reference figures)")
+    p.add_argument("--device", default=None,
+                   help="runtime device (cpu, cuda:N, OpenVINO gpu/npu); checkpoint: torch device (auto, cpu, cuda)")
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="runtime compute precision (default: what the file computes); unavailable = error")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="runtime CPU threads")
+    add_tile_args(p, tile_default=None)
+    p.add_argument("--no-ema", action="store_true", help="checkpoint: the raw weights even when EMA weights exist")
+    p.add_argument("--json", metavar="FILE", help="also write the results per set as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    first = Path(args.paths[0])
+    checkpoint = first.suffix.lower() in (".pt", ".pth") and args.backend == "auto"
+    if args.bicubic or checkpoint:
+        if args.precision not in (None, "fp32") or args.threads is not None or args.tile is not None:
+            raise ValueError("eval: --precision, --threads and --tile apply to model files run through the runtime; "
+                             "a checkpoint is evaluated by the training code (or pass --backend torch)")
+        from srdeploy.train.cli import run_checkpoint_eval
+
+        return run_checkpoint_eval(args)
+    if len(args.paths) < 2 or first.is_dir():
+        raise ValueError("eval: give a checkpoint or model file then at least one folder (srdeploy eval MODEL FOLDER...), "
+                         "or --bicubic FOLDER...")
+    from srdeploy.runtime.atomic import atomic_target
+    from srdeploy.runtime.cli._args import check_tile_args
+    from srdeploy.train.cli import _resolve_folder
+    from srdeploy.train.evaluate import format_table
+
+    from .runtime_eval import RuntimeEvalConfig, evaluate_model_file
+
+    check_tile_args(args)
+    folders = [_resolve_folder(f) for f in args.paths[1:]]  # before opening the model: a typo fails at once
+    from srdeploy.runtime.upscale import DEFAULT_TILE
+
+    cfg = RuntimeEvalConfig(backend=args.backend, device=args.device, precision=args.precision, threads=args.threads,
+                            tile=DEFAULT_TILE if args.tile is None else args.tile, tile_pad=args.tile_pad,
+                            batch=args.batch)
+    results, record = evaluate_model_file(first, folders, cfg, progress=not args.quiet)
+    if args.scale and args.scale != record["scale"]:
+        raise ValueError(f"eval: --scale {args.scale} does not match the model's scale {record['scale']}")
+    title = f"{first} ({record['backend']} {record['device']} {record['precision']}, x{record['scale']})"
+    print(format_table(results, title))
+    if args.json:
+        with atomic_target(args.json) as tmp:
+            tmp.write_text(json.dumps({"title": title, **record, "sets": [r.as_dict() for r in results]},
+                                      indent=2) + "\n")
+    return 0
+
+
+def _run_quantize(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .quantize import QuantizeConfig, quantize_model
+
+    cfg = QuantizeConfig(calib=tuple(args.calib or ()), calib_images=args.calib_images, crop=args.crop,
+                         method=args.method, exclude=tuple(args.exclude), max_loss=args.max_loss,
+                         val=tuple(args.val or ()), threads=args.threads)
+    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    rep = quantize_model(args.model, args.output, cfg, overwrite=args.overwrite, log=log)
+    print(f"wrote {rep.output} (INT8 QDQ, {rep.calibration['images']} calibration crops, {rep.method})")
+    print("kept float: " + (", ".join(rep.float_nodes) if rep.float_nodes else "none"))
+    print("Y-PSNR loss vs FP32: " + ", ".join(f"{k} {rep.fp32_psnr[k]:.3f} -> {rep.int8_psnr[k]:.3f} dB "
+                                              f"({-rep.loss_db[k]:+.3f})" for k in rep.loss_db))
+    if rep.speed:
+        print("speed (same run, " + rep.speed["input"] + f", {rep.speed['threads'] or 'default'} threads): " +
+              ", ".join(f"{k} {v:.2f}x" for k, v in rep.speed["speedup_vs_ort_fp32"].items()))
+    if args.json:
+        from srdeploy.runtime.atomic import atomic_target
+
+        with atomic_target(args.json) as tmp:
+            tmp.write_text(json.dumps(asdict(rep), indent=2) + "\n")
+    return 0
 
 
 def _run_export(args: argparse.Namespace) -> int:

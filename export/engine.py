@@ -295,6 +295,11 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, *, pro
     if info.precision == "fp16" and not fp16:
         raise ValueError(f"{onnx_path} is the FP16 model; pass --fp16 to build an FP16 engine, or build FP32 from "
                          "the FP32 ONNX")
+    if info.precision == "int8" and fp16:
+        raise ValueError(f"{onnx_path} is an INT8 QDQ model (srdeploy quantize); build it without --fp16: its Q/DQ "
+                         "nodes set the precision (explicit quantization)")
+    # An INT8 QDQ model builds as is: the strongly typed network computes what its Q/DQ nodes say.
+    built_precision = "int8" if info.precision == "int8" else ("fp16" if fp16 else "fp32")
     trt = import_tensorrt()  # fail fast, before any analysis work
     cuda = Cuda(import_cudart("build-engine"))
     gpu_name, cc, driver = cuda.identity(device)
@@ -313,7 +318,7 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, *, pro
                                                       threshold=fp16_threshold, log=log)
         key = EngineKey(onnx_sha256=onnx_sha, built_onnx_sha256=sha256_file(built_onnx),
                         tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=cc,
-                        precision="fp16" if fp16 else "fp32", fp32_layers=tuple(fp32_layers),
+                        precision=built_precision, fp32_layers=tuple(fp32_layers),
                         profiles=tuple(profiles), workspace_bytes=workspace_bytes,
                         builder_optimization_level=opt_level, tf32=False,
                         version_compatible=version_compatible, hardware_compatibility=hardware_compatibility)
@@ -324,7 +329,7 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, *, pro
                 "pass --force to rebuild")
             return BuildResult(output, old, reused=True)
         cache_path = Path(timing_cache) if timing_cache else None
-        log(f"building {'FP16' if fp16 else 'FP32'} engine with TensorRT {trt.__version__} on {gpu_name} (sm {cc}), "
+        log(f"building {built_precision.upper()} engine with TensorRT {trt.__version__} on {gpu_name} (sm {cc}), "
             f"{len(profiles)} profile(s), workspace {workspace_gb:g} GiB ...")
         data, cache_bytes, seconds = _build_plan(trt, onnx_path, built_onnx, profiles=profiles,
                                                  workspace_bytes=workspace_bytes, opt_level=opt_level,

@@ -7,6 +7,8 @@ unchecked model where a good one was.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import shutil
@@ -140,14 +142,14 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     x = np.random.default_rng(1).random((1, 3, 17, 23), dtype=np.float32)
     ref = _torch_run(fused, x)
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmpdir:
-        tmp, raw, simp, ort_err = _write_fp32(fused, Path(tmpdir), output.name, info, extra, opset=opset,
+        tmp, raw, simp, ort_err, info = _write_fp32(fused, Path(tmpdir), output.name, info, extra, opset=opset,
                                               simplify=simplify, probe=(x, ref), log=log)
         result = ExportResult(onnx_path=output, info=info, seconds=0.0, fold_max_abs=fold_err, ort_max_abs=ort_err,
                               simplify=simp)
         if fp16:
             tmp16 = Path(tmpdir) / fp16_path_for(output).name
             result.fp16_report, result.fp16_ort_max_abs = _write_fp16(
-                fused, raw, tmp16, model_info_for(model, ckpt, checkpoint, precision="fp16"), extra, calib=calib,
+                fused, raw, tmp16, dataclasses.replace(info, precision="fp16"), extra, calib=calib,
                 threshold=fp16_threshold, simplify=simplify, probe=(x, ref), log=log)
             result.fp16_path = fp16_path_for(output)
             os.replace(tmp16, result.fp16_path)
@@ -172,7 +174,7 @@ def _fold_checked(model, log):
 def _write_fp32(fused, tmpdir: Path, name: str, info: ModelInfo, extra: dict, *, opset: int, simplify: bool,
                 probe, log):
     """ONNX -> checker -> (onnxslim) -> metadata -> ONNX Runtime vs PyTorch; returns
-    (checked file, unsimplified copy, simplify stats, max abs error)."""
+    (checked file, unsimplified copy, simplify stats, max abs error, info with the FLOP count)."""
     tmp = tmpdir / name
     log(f"exporting to ONNX (opset {opset}), then onnx.checker, shape inference and an ONNX Runtime check")
     export_onnx(fused, tmp, opset=opset)
@@ -185,6 +187,14 @@ def _write_fp32(fused, tmpdir: Path, name: str, info: ModelInfo, extra: dict, *,
         check_onnx(tmp)
         log(f"simplified: {simp['nodes_before']} -> {simp['nodes_after']} nodes")
     check_onnx(tmp, save_shapes=True)
+    import dataclasses
+
+    import onnx
+
+    from .flops import flops_per_pixel
+
+    # Counted from the graph being shipped (bench turns fps into GFLOP/s with it).
+    info = dataclasses.replace(info, flops_per_pixel=flops_per_pixel(onnx.load(str(tmp))))
     add_metadata(tmp, info, extra)
     x, ref = probe
     ort_err = float(np.abs(_ort_run(tmp, x) - ref).max())
@@ -192,7 +202,7 @@ def _write_fp32(fused, tmpdir: Path, name: str, info: ModelInfo, extra: dict, *,
         raise RuntimeError(f"ONNX Runtime output differs from PyTorch by {ort_err:.3g} (> {FP32_TOLERANCE}) "
                            "at 1x3x17x23; the export is wrong. Not written.")
     log(f"ONNX Runtime vs PyTorch at 1x3x17x23: max abs {ort_err:.3g}")
-    return tmp, raw, simp, ort_err
+    return tmp, raw, simp, ort_err, info
 
 
 def _write_fp16(fused, raw: Path, tmp16: Path, info16: ModelInfo, extra: dict, *, calib, threshold, simplify: bool,

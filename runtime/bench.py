@@ -230,6 +230,10 @@ class BenchConfig:
         video: None = no video mode; "" = a synthetic video; else a video file to upscale.
         video_frames: frames of the synthetic video.
         compare_torch: checkpoint of the same model to time in PyTorch eager (unfused, FP32).
+        compare: other models to time against the main one, ``MODEL`` or ``MODEL@BACKEND``
+            (alternating blocks, same input, same threads).
+        peak: also measure the machine's FP32 FMA peak (``srbench --peak``, same threads) and
+            report the fraction of it each model reaches.
     """
 
     model: str
@@ -250,6 +254,8 @@ class BenchConfig:
     video_frames: int = 30
     compare_torch: str | None = None
     options: dict = field(default_factory=dict)
+    compare: tuple[str, ...] = ()
+    peak: bool = False
 
     def validate(self) -> None:
         if self.batch < 1:
@@ -262,6 +268,24 @@ class BenchConfig:
             raise ValueError(f"--threads must be >= 1, got {self.threads}")
         if self.video_frames < 1:
             raise ValueError(f"--video-frames must be >= 1, got {self.video_frames}")
+        for spec in self.compare:
+            parse_compare(spec)
+
+
+def parse_compare(spec: str) -> tuple[str, str]:
+    """``MODEL[@BACKEND]`` -> (model, backend); backend "auto" when none is given.
+
+    The part after the last "@" is taken as a backend only when it is a backend name or alias,
+    so a file name containing "@" still works. The backend must be able to open the file.
+    """
+    from .backends import ALIASES, NAMES, backend_for
+
+    model, sep, backend = spec.rpartition("@")
+    if not sep or (backend not in NAMES and backend not in ALIASES):
+        model, backend = spec, "auto"
+    if not Path(model).is_file():
+        raise FileNotFoundError(f"--compare {spec}: model file {model} does not exist")
+    return model, backend_for(model, backend)
 
 
 # --------------------------------------------------------------------------- the benchmark
@@ -342,6 +366,9 @@ def _run(cfg: BenchConfig, session, torch_runner, log, progress: bool = False) -
     if torch_runner is not None:
         results["compare_torch"] = _compare_torch(cfg, x, y, model_only, torch_runner, out_px, log)
 
+    compare = _compare_models(cfg, session, x, model_only, out_px, log, tile, tile_pad) if cfg.compare else None
+    gflops = _gflops(cfg, session, results["model_only"], compare, log)
+
     if cfg.video is not None:
         results["video"] = _video_mode(cfg, upscaler, results["model_only"], log)
 
@@ -374,6 +401,8 @@ def _run(cfg: BenchConfig, session, torch_runner, log, progress: bool = False) -
         "iters": cfg.iters,
         "results": results,
         "output_checksum": checksum,
+        **({"compare": compare} if compare is not None else {}),
+        **({"gflops": gflops} if gflops is not None else {}),
         "machine": machine_info(session.device),
         "versions": library_versions({k: v for k, v in (details.get("versions") or {}).items()}),
     }
@@ -384,6 +413,87 @@ def _line(name: str, timing: dict) -> str:
     lat = timing["latency_ms"]
     return (f"  {name:<12} median {lat['median']:9.2f} ms  p90 {lat['p90']:9.2f} ms  "
             f"{timing['fps']:8.2f} fps  {timing['megapixels_per_s']:8.3f} MP/s (output)")
+
+
+def _compare_models(cfg, session, x, model_only, out_px, log, tile, tile_pad) -> list[dict]:
+    """Time the main model and every ``--compare`` model in alternating blocks, same input and threads.
+
+    Returns the ``compare`` list of the result: the main model first (speedup 1), then each
+    comparison with its fps and speedup against the main model in this same run.
+    """
+    from .open import open_session
+    from .tiling import tiled_infer
+
+    others = []
+    try:
+        for spec in cfg.compare:
+            model, backend = parse_compare(spec)
+            others.append((model, open_session(model, backend=backend, threads=cfg.threads)))
+        fns = {"main": model_only}
+        for i, (_, s) in enumerate(others):
+            if _tiling_applies(tile, cfg.height, cfg.width):
+                fns[f"c{i}"] = lambda s=s: np.stack([tiled_infer(s, img, tile=tile, tile_pad=tile_pad,
+                                                                 batch=cfg.batch) for img in x])
+            else:
+                fns[f"c{i}"] = lambda s=s: s.infer(x)
+            fns[f"c{i}"]()  # first call (shape compilation) outside the timing
+        log(f"bench: timing the main model and {len(others)} comparison(s) in alternating blocks "
+            f"({cfg.iters} calls each)")
+        times = time_alternating(fns, warmup=max(0, cfg.warmup - 1), iters=cfg.iters)
+        main = summarize(times["main"], frames=cfg.batch, out_pixels_per_frame=out_px)
+        entries = [{"model": str(cfg.model), "backend": session.backend, "device": session.device,
+                    "precision": session.precision, "role": "main", "fps": main["fps"], "speedup": 1.0,
+                    "latency_ms": main["latency_ms"], "flops_per_pixel": session.info.flops_per_pixel or None}]
+        log(f"  {'main':<8} {session.backend:<12} {session.precision:<5} {main['fps']:8.3f} fps  1.00x  {cfg.model}")
+        for i, (model, s) in enumerate(others):
+            t = summarize(times[f"c{i}"], frames=cfg.batch, out_pixels_per_frame=out_px)
+            speedup = t["fps"] / main["fps"] if main["fps"] > 0 else float("inf")
+            entries.append({"model": str(model), "backend": s.backend, "device": s.device, "precision": s.precision,
+                            "role": "compare", "fps": t["fps"], "speedup": speedup, "latency_ms": t["latency_ms"],
+                            "flops_per_pixel": s.info.flops_per_pixel or None})
+            log(f"  {'compare':<8} {s.backend:<12} {s.precision:<5} {t['fps']:8.3f} fps  {speedup:.2f}x  {model}")
+    finally:
+        for _, s in others:
+            s.close()
+    return entries
+
+
+def _gflops(cfg, session, model_only: dict, compare: list[dict] | None, log) -> dict | None:
+    """Achieved GFLOP/s (FLOPs per LR pixel from the model's metadata) and, with ``peak``, the
+    fraction of the machine's measured FP32 FMA peak. None when the model lacks the count."""
+    fpp = session.info.flops_per_pixel
+    lr_px = cfg.height * cfg.width
+    out: dict = {}
+    if fpp:
+        out = {"flops_per_pixel": fpp, "model_only": fpp * lr_px * model_only["fps"] / 1e9}
+    else:
+        log("bench: GFLOP/s not reported: the model's metadata has no srdeploy.flops_per_pixel (re-export it)")
+    if cfg.peak:
+        from .cpp_bench import measure_peak
+
+        peak = measure_peak(cfg.threads)
+        out["peak"] = peak
+        if fpp:
+            out["fraction_of_peak"] = out["model_only"] / peak["gflops"]
+    for e in compare or []:
+        if e.get("flops_per_pixel"):
+            e["gflops"] = e["flops_per_pixel"] * lr_px * e["fps"] / 1e9
+            if cfg.peak:
+                e["fraction_of_peak"] = e["gflops"] / out["peak"]["gflops"]
+    if not out:
+        return None
+    line = f"bench: {out['model_only']:.1f} GFLOP/s ({fpp / 1e6:.3f} MFLOP per LR pixel)" if fpp else "bench:"
+    if cfg.peak:
+        p = out["peak"]
+        line += (f"; FP32 FMA peak {p['gflops']:.1f} GFLOP/s ({p['isa']}, {p['threads']} threads, srbench --peak)")
+        if fpp:
+            line += f": {100 * out['fraction_of_peak']:.0f}% of peak"
+    log(line)
+    for e in compare or []:
+        if "gflops" in e:
+            log(f"  {e['backend']} {e['precision']} {e['model']}: {e['gflops']:.1f} GFLOP/s"
+                + (f", {100 * e['fraction_of_peak']:.0f}% of peak" if "fraction_of_peak" in e else ""))
+    return out
 
 
 def _compare_torch(cfg, x, y_ours, model_only, torch_runner, out_px, log) -> dict:

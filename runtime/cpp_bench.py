@@ -190,3 +190,33 @@ def run_cpp_bench(model, size, batch: int = 1, warmup: int = 5, iters: int = 30,
         if tmpdir is not None:
             tmpdir.cleanup()
     return result
+
+
+def measure_peak(threads: int | None = None, *, seconds: float = 1.5, exe=None, build: bool = True,
+                 timeout: float = 120) -> dict:
+    """This machine's FP32 FMA peak, measured by ``srbench --peak`` (``bench --peak``).
+
+    srbench runs independent FMA chains on vector registers with the widest ISA the CPU has
+    (AVX-512, else AVX2+FMA) on ``threads`` threads and reports the best of three rounds.
+
+    Returns:
+        ``{"gflops": float, "isa": str, "threads": int, "seconds": float}``.
+    """
+    if exe is None:
+        exe = build_cpp_bench() if build else srbench_path()
+    cmd = [str(exe), "--peak", "--seconds", str(float(seconds))]
+    if threads is not None:
+        cmd += ["--threads", str(int(threads))]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"srbench --peak did not finish within {timeout} s: {' '.join(cmd)}") from exc
+    if proc.returncode != 0:
+        raise RuntimeError(f"{proc.stderr.strip() or proc.stdout.strip()}\n(command: {' '.join(cmd)})")
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("peak_gflops:")), None)
+    if line is None:
+        raise RuntimeError(f"srbench --peak printed no 'peak_gflops:' line: {proc.stdout.strip()[:200]}")
+    parts = line.split()
+    fields = dict(zip(parts[0::2], parts[1::2]))  # "peak_gflops: V isa: X threads: N"
+    return {"gflops": float(fields["peak_gflops:"]), "isa": fields["isa:"], "threads": int(fields["threads:"]),
+            "seconds": float(seconds)}

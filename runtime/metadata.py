@@ -23,7 +23,8 @@ KEY_ARCH = "srdeploy.arch"                # "SRResNet"
 KEY_ARCH_KWARGS = "srdeploy.arch_kwargs"  # JSON object
 KEY_CHECKPOINT_SHA256 = "srdeploy.checkpoint_sha256"
 KEY_VERSION = "srdeploy.version"
-KEY_PRECISION = "srdeploy.precision"      # "fp32" | "fp16" (weights/compute; I/O stays float32)
+KEY_PRECISION = "srdeploy.precision"      # "fp32" | "fp16" | "int8" (weights/compute; I/O stays float32)
+KEY_FLOPS = "srdeploy.flops_per_pixel"    # FLOPs per LR input pixel, counted from the graph at export
 FORMAT = "srdeploy.sr-model/1"
 
 INPUT_NAME = "lr"   # float32 (N, 3, H, W), RGB in [0, 1]
@@ -61,6 +62,7 @@ class ModelInfo:
     checkpoint_sha256: str = ""
     version: str = ""
     precision: str = "fp32"
+    flops_per_pixel: float = 0.0  # 0 = not recorded (models exported before the key existed)
 
     def to_props(self) -> dict[str, str]:
         """As ONNX ``metadata_props`` (string values)."""
@@ -77,6 +79,7 @@ class ModelInfo:
             KEY_CHECKPOINT_SHA256: self.checkpoint_sha256,
             KEY_VERSION: self.version,
             KEY_PRECISION: self.precision,
+            **({KEY_FLOPS: f"{self.flops_per_pixel:.8g}"} if self.flops_per_pixel else {}),
         }
 
     @classmethod
@@ -107,6 +110,7 @@ class ModelInfo:
                 checkpoint_sha256=props.get(KEY_CHECKPOINT_SHA256, ""),
                 version=props.get(KEY_VERSION, ""),
                 precision=props.get(KEY_PRECISION, "fp32"),
+                flops_per_pixel=float(props.get(KEY_FLOPS) or 0.0),
             )
         except (ValueError, TypeError) as exc:
             raise MetadataError(f"{source}: malformed srdeploy metadata ({exc}); re-export the model") from exc

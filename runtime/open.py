@@ -23,7 +23,7 @@ from .backends import BY_NAME, ENTRY_POINT_GROUP, backend_for, parse_device
 from .backends.options import make_options
 from .session import Session
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,8 @@ class SessionRecipe:
         model: model file (``.onnx``, ``.engine``/``.plan``, ``.pt``).
         backend: backend name or alias; "auto" = from the file type.
         device: "cpu", "cuda" or "cuda:N"; None = the backend's default (see the table).
-        precision: "fp32" or "fp16"; None = what the model file computes.
+        precision: "fp32", "fp16", "bf16" (OpenVINO, CPUs with it) or "int8" (a quantized
+            file); None = what the model file computes.
         threads: CPU threads (ONNX Runtime intra-op, torch); None = the backend's default.
         options: the backend's options dataclass (``srdeploy.runtime.backends.options``) or None.
     """
@@ -86,10 +87,12 @@ def open_session(model: "str | os.PathLike | SessionRecipe", *, backend: str = "
         backend: "auto" (from the file) or a name/alias from ``srdeploy.runtime.backends``.
         device: "cpu", "cuda" or "cuda:N"; None = the backend's default ("cpu" for ONNX Runtime
             and PyTorch, "cuda:0" for TensorRT and ONNX Runtime's TensorRT provider).
-        precision: "fp32" or "fp16"; None = what the model file computes (an engine's built
-            precision, an ONNX file's metadata, fp32 for a checkpoint). Unavailable = error.
+        precision: "fp32", "fp16", "bf16" or "int8"; None = what the model file computes (an
+            engine's built precision, an ONNX file's metadata, fp32 for a checkpoint). Unavailable
+            = error (bf16 only on OpenVINO where the device has it).
         threads: CPU threads (ONNX Runtime intra-op threads, torch.set_num_threads).
-        options: the backend's options dataclass (``OrtOptions``, ``TrtOptions``, ``TorchOptions``)
+        options: the backend's options dataclass (``OrtOptions``, ``TrtOptions``, ``TorchOptions``,
+            ``OpenVinoOptions``)
             or a mapping of its fields; ``**option_kwargs`` are the same fields as keywords.
             Unknown fields are an error.
 
@@ -125,8 +128,8 @@ def default_model_path() -> Path:
       2. ``*.onnx`` in the ``srdeploy.models`` package: the repository's ``models/`` folder,
          installed as package data (``site-packages/srdeploy/models/``) or, in an editable
          install / checkout, ``models/`` at the repository root.
-    Within the folder, FP32 models are preferred over files whose name contains "fp16", then
-    alphabetical order.
+    Within the folder, FP32 models are preferred over files whose name contains "fp16" or "int8"
+    (the bundled INT8 model is an alternative, not the default), then alphabetical order.
     """
     import importlib.util
 
@@ -149,7 +152,7 @@ def default_model_path() -> Path:
         if folder.resolve() in seen:
             continue
         seen.append(folder.resolve())
-        found = sorted(folder.glob("*.onnx"), key=lambda p: ("fp16" in p.name.lower(), p.name))
+        found = sorted(folder.glob("*.onnx"), key=lambda p: ("fp16" in p.name.lower() or "int8" in p.name.lower(), p.name))
         if found:
             return found[0]
     raise FileNotFoundError(

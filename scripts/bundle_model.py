@@ -8,11 +8,16 @@ Steps (each one a public srdeploy command or function, so the bundle proves the 
   3. srdeploy export -> models/<name>.onnx (BN folded, dynamic shapes, metadata)
   4. srdeploy verify checkpoint vs ONNX on Set5 (FP32 tolerance)
   5. models/model_card.json (machine-readable figures the tests check) and models/MODEL_CARD.md
+  6. deployment variants (``--deploy``; also run after 1-5): srdeploy export (FP32 with the FLOP count,
+     and an FP16 variant kept in a temp folder), srdeploy quantize -> models/<name>_int8.onnx, srdeploy
+     eval of FP32/FP16/INT8 through the runtime (ONNX Runtime; INT8 and FP32 also on OpenVINO) and
+     srdeploy bench --compare --peak at 128x128 and 256x256; the table goes into the card.
 
 Usage:
   python scripts/bundle_model.py --run runs/srresnet_x4 --name srresnet_x4 \
       [--hardware "2-core CPU ..."] [--command "srdeploy train srresnet ..."]
   python scripts/bundle_model.py --card-only   # step 5 alone, from the existing model_card.json
+  python scripts/bundle_model.py --deploy --threads 2   # step 6 alone, from the bundled checkpoint
 
 The card records the run folder by its name (settings "out"), never a path of the training machine.
 """
@@ -57,9 +62,16 @@ def main() -> int:
     ap.add_argument("--command", default="", help="the training command line, for the card")
     ap.add_argument("--train-time", default="", help="wall-clock training time, for the card")
     ap.add_argument("--notes", default="", help="extra text for the card (Markdown)")
+    ap.add_argument("--deploy", action="store_true",
+                    help="step 6 alone: FP32/FP16/INT8 variants, their eval and benchmark, from the bundled checkpoint")
+    ap.add_argument("--no-deploy", action="store_true", help="after steps 1-5, skip step 6")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads for step 6's quantize checks and benchmarks")
+    ap.add_argument("--bench-iters", type=int, default=8, help="timed calls per model in step 6's benchmarks")
     args = ap.parse_args()
     if args.card_only:
         return rewrite_card(Path(args.out), args.notes)
+    if args.deploy:
+        return deploy(Path(args.out), args.name, threads=args.threads, iters=args.bench_iters)
     if not args.run:
         ap.error("--run is required (or --card-only)")
 
@@ -118,7 +130,76 @@ def main() -> int:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_card(out, card, args.notes)
+    if not args.no_deploy:
+        return deploy(out, args.name, threads=args.threads, iters=args.bench_iters)
     return 0
+
+
+def deploy(out: Path, name: str, *, threads: int, iters: int) -> int:
+    """Step 6: the deployable variants of the bundled checkpoint, measured through the runtime."""
+    from srdeploy.train.data import data_root
+
+    bench = data_root() / "benchmark"
+    sets = [str(bench / "Set5"), str(bench / "Set14")]
+    slim, fp32, int8 = out / f"{name}.pt", out / f"{name}.onnx", out / f"{name}_int8.onnx"
+    card = json.loads((out / "model_card.json").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        # FP32 re-exported (deterministic; adds srdeploy.flops_per_pixel), FP16 beside it in tmp.
+        srdeploy("export", str(slim), "-o", str(fp32), "--overwrite")
+        srdeploy("export", str(slim), "-o", str(tmp / f"{name}.onnx"), "--fp16")
+        fp16 = tmp / f"{name}_fp16.onnx"
+        srdeploy("quantize", str(fp32), "-o", str(int8), "--threads", str(threads), "--overwrite",
+                 "--json", str(tmp / "quantize.json"))
+        quant = json.loads((tmp / "quantize.json").read_text())
+        evals = {}
+        for label, model, backend in (("FP32", fp32, "onnxruntime"), ("FP16", fp16, "onnxruntime"),
+                                      ("INT8", int8, "onnxruntime"), ("FP32", fp32, "openvino"),
+                                      ("INT8", int8, "openvino")):
+            j = tmp / f"eval_{label}_{backend}.json"
+            srdeploy("eval", str(model), *sets, "--backend", backend, "--threads", str(threads), "-q",
+                     "--json", str(j))
+            evals[f"{label} {backend}"] = {s["name"]: {"psnr": round(s["psnr"], 4), "ssim": round(s["ssim"], 4)}
+                                           for s in json.loads(j.read_text())["sets"]}
+        speed = {}
+        for size in ("128x128", "256x256"):
+            j = tmp / f"bench_{size}.json"
+            srdeploy("bench", "--model", str(fp32), "--backend", "onnxruntime", "--threads", str(threads),
+                     "--size", size, "--iters", str(iters), "--warmup", "2", "--no-full-path", "-q", "--peak",
+                     "--compare", f"{fp32}@openvino", "--compare", f"{int8}@onnxruntime",
+                     "--compare", f"{int8}@openvino", "--json", str(j))
+            r = json.loads(j.read_text())
+            speed[size] = {"peak_gflops": r["gflops"]["peak"]["gflops"], "peak_isa": r["gflops"]["peak"]["isa"],
+                           "rows": [{k: e.get(k) for k in ("backend", "precision", "fps", "speedup", "gflops",
+                                                           "fraction_of_peak")} | {"model": Path(e["model"]).name}
+                                    for e in r["compare"]]}
+    card["onnx_int8"] = int8.name
+    card["deployment"] = {
+        "threads": threads, "cpu": cpu_description(), "evals": evals, "speed": speed,
+        "int8": {k: quant[k] for k in ("float_nodes", "loss_db", "fp32_psnr", "int8_psnr", "calibration")},
+        "checkpoint_vs_onnx_ort_db": {s: round(evals["FP32 onnxruntime"][s]["psnr"] - card["figures"][s]["model_psnr"], 4)
+                                      for s in ("Set5", "Set14")},
+        "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    md = (out / "MODEL_CARD.md").read_text() if (out / "MODEL_CARD.md").is_file() else ""
+    notes = md.split("\n## Notes\n\n", 1)[1].split("\n\n## Deployment", 1)[0].split("\n\nReproduce the figures:", 1)[0] \
+        if "\n## Notes\n\n" in md else ""
+    write_card(out, card, notes)
+    return 0
+
+
+def cpu_description() -> str:
+    """CPU model and the SIMD flags that matter for these figures (from /proc/cpuinfo)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+    have = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8") if f in flags]
+    import os
+
+    return f"{model}, {os.cpu_count()} logical cores, flags {' '.join(have) or 'none of AVX2/AVX-512/VNNI'}"
 
 
 def card_settings(settings: dict) -> dict:
@@ -144,7 +225,8 @@ def rewrite_card(out: Path, notes: str = "") -> int:
     if not notes:
         md = (out / "MODEL_CARD.md").read_text() if (out / "MODEL_CARD.md").is_file() else ""
         if "\n## Notes\n\n" in md:
-            notes = md.split("\n## Notes\n\n", 1)[1].split("\n\nReproduce the figures:", 1)[0]
+            notes = md.split("\n## Notes\n\n", 1)[1].split("\n\n## Deployment", 1)[0].split(
+                "\n\nReproduce the figures:", 1)[0]
     write_card(out, card, notes)
     return 0
 
@@ -165,6 +247,8 @@ def write_markdown(path: Path, card: dict, notes: str) -> None:
         "|---|---|",
         f"| `{card['checkpoint']}` | srdeploy checkpoint (arch + kwargs + weights; `torch.load(weights_only=True)`) |",
         f"| `{card['onnx']}` | FP32 ONNX, BatchNorm folded, dynamic batch/height/width, srdeploy metadata |",
+        *([f"| `{card['onnx_int8']}` | INT8 QDQ (`srdeploy quantize`): conv inputs int8, per-channel weights; "
+           "ONNX Runtime, OpenVINO, TensorRT |"] if card.get("onnx_int8") else []),
         "| `model_card.json` | the figures below, machine-readable (tests check the Set5 gain) |",
         "",
         "## Results (Y channel, border crop 4, LR by MATLAB-style bicubic)",
@@ -196,12 +280,53 @@ def write_markdown(path: Path, card: dict, notes: str) -> None:
         lines += ["", f"Set5 PSNR during training (step: dB): {curve}."]
     if notes:
         lines += ["", "## Notes", "", notes]
+    if card.get("deployment"):
+        lines += deployment_markdown(card)
     lines += ["", "Reproduce the figures:", "", "```bash",
               f"srdeploy eval models/{card['checkpoint']} ../shared/data/benchmark/Set5 ../shared/data/benchmark/Set14",
               "srdeploy eval --bicubic ../shared/data/benchmark/Set5 ../shared/data/benchmark/Set14",
               f"srdeploy verify models/{card['checkpoint']} models/{card['onnx']}",
+              *(["python scripts/bundle_model.py --deploy --threads 2   # the deployment tables"]
+                if card.get("deployment") else []),
               "```", ""]
     path.write_text("\n".join(lines))
+
+
+def deployment_markdown(card: dict) -> list[str]:
+    """The card's deployment section: quality per precision/backend, speed per backend."""
+    d = card["deployment"]
+    q = d["int8"]
+    lines = ["", "## Deployment: quality and speed per precision and backend", "",
+             "Through the runtime (`srdeploy eval MODEL --backend B`, tile 256, same protocol as above). FP16 is "
+             "`srdeploy export --fp16` on ONNX Runtime's CPU provider; INT8 is the bundled "
+             f"`{card.get('onnx_int8')}` (calibrated on {q['calibration']['images']} LR crops "
+             f"{q['calibration']['crop']}x{q['calibration']['crop']} of the training images, {q['calibration']['method']}; "
+             f"layers kept float: {', '.join(q['float_nodes']) or 'none'}).", "",
+             "| model | backend | Set5 PSNR / SSIM | Set14 PSNR / SSIM | Set5 / Set14 change vs FP32 (dB) |",
+             "|---|---|---|---|---|"]
+    ref = d["evals"]["FP32 onnxruntime"]
+    for key, r in d["evals"].items():
+        label, backend = key.split(" ", 1)
+        lines.append(f"| {label} | {backend} | {r['Set5']['psnr']:.3f} / {r['Set5']['ssim']:.4f} | "
+                     f"{r['Set14']['psnr']:.3f} / {r['Set14']['ssim']:.4f} | "
+                     f"{r['Set5']['psnr'] - ref['Set5']['psnr']:+.3f} / {r['Set14']['psnr'] - ref['Set14']['psnr']:+.3f} |")
+    c = d["checkpoint_vs_onnx_ort_db"]
+    lines += ["", f"FP32 ONNX through ONNX Runtime vs the checkpoint's figures: Set5 {c['Set5']:+.4f} dB, "
+                  f"Set14 {c['Set14']:+.4f} dB.", "",
+              f"Speed: `srdeploy bench --threads {d['threads']} --compare ... --peak`, model only, one run per size, "
+              f"models timed in alternating blocks (same input, same threads). CPU: {d['cpu']}. The machine was "
+              "shared with other jobs: compare ratios within a row group, not absolute figures across runs.", "",
+              "| input | model | backend | fps | vs ORT FP32 | GFLOP/s | of FP32 FMA peak |", "|---|---|---|---|---|---|---|"]
+    for size, sp in d["speed"].items():
+        for r in sp["rows"]:
+            frac = f"{100 * r['fraction_of_peak']:.0f}%" if r.get("fraction_of_peak") is not None else "-"
+            gf = f"{r['gflops']:.1f}" if r.get("gflops") is not None else "-"
+            lines.append(f"| {size} | {r['precision'].upper()} | {r['backend']} | {r['fps']:.3f} | {r['speedup']:.2f}x | "
+                         f"{gf} | {frac} |")
+        lines.append(f"| {size} | FP32 FMA peak (srbench --peak, {sp['peak_isa']}) | | | | {sp['peak_gflops']:.1f} | 100% |")
+    lines += ["", "INT8 GFLOP/s count the same arithmetic as FP32 (int8 operations per second), so their fraction of "
+                  "the FP32 peak can exceed what FP32 can reach."]
+    return lines
 
 
 if __name__ == "__main__":

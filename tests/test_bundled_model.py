@@ -14,7 +14,8 @@ MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
 def _bundle():
-    onnx_files = sorted(MODELS.glob("*.onnx"))
+    # The INT8 model (``*_int8.onnx``) is an alternative beside the default FP32 model.
+    onnx_files = sorted(p for p in MODELS.glob("*.onnx") if not p.stem.endswith("_int8"))
     ckpts = sorted(MODELS.glob("*.pt"))
     card = MODELS / "model_card.json"
     if not onnx_files or not ckpts or not card.is_file():
@@ -36,6 +37,26 @@ def test_bundle_has_one_fp32_onnx_and_one_checkpoint_with_metadata():
     assert info.checkpoint_sha256 == sha256_file(ckpts[0])  # exported from exactly this checkpoint
     for path in (*onnx_files, *ckpts):
         assert path.stat().st_size < 8e6, f"{path} should stay small (about 6 MB)"
+
+
+def test_bundled_int8_model_comes_from_the_fp32_one_within_the_loss_target():
+    """Issue 12 item 5: models/*_int8.onnx made by bundle_model.py from the bundled FP32 model; card figures."""
+    from srdeploy.export.onnx_export import read_metadata, read_props, sha256_file
+    from srdeploy.export.quantize import KEY_INT8
+
+    onnx_files, _, card = _bundle()
+    int8 = sorted(MODELS.glob("*_int8.onnx"))
+    assert [p.name for p in int8] == [card["onnx_int8"]]
+    assert read_metadata(int8[0]).precision == "int8"
+    meta = json.loads(read_props(int8[0])[KEY_INT8])
+    assert meta["fp32_sha256"] == sha256_file(onnx_files[0])  # quantized from exactly the bundled FP32 model
+    assert all(v["loss_db"] <= 0.05 for v in meta["validation"].values())
+    dep = card["deployment"]
+    for backend in ("onnxruntime", "openvino"):
+        for s in ("Set5", "Set14"):
+            assert dep["evals"]["FP32 onnxruntime"][s]["psnr"] - dep["evals"][f"INT8 {backend}"][s]["psnr"] <= 0.05
+    assert all(abs(v) <= 0.01 for v in dep["checkpoint_vs_onnx_ort_db"].values())
+    assert int8[0].stat().st_size < 3e6
 
 
 def test_runtime_default_model_is_the_bundled_onnx():

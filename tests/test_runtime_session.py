@@ -87,7 +87,7 @@ def test_unavailable_requests_are_errors(models):
     with pytest.raises(ValueError, match="cannot open a .onnx"):
         open_session(models["onnx"], backend="tensorrt")
     with pytest.raises(ValueError, match="unknown backend"):
-        open_session(models["onnx"], backend="openvino")
+        open_session(models["onnx"], backend="directml")
     with pytest.raises(ValueError, match="graph_optimization"):
         open_session(models["onnx"], graph_optimization="max")
 

@@ -138,7 +138,7 @@ def test_compare_and_judge():
     mx, _, psnr = compare(out, ref)
     assert judge(mx, psnr, Tolerance(1.0)) == (False, "non-finite output")
     with pytest.raises(ValueError, match="unknown model precision"):
-        Tolerance.for_precision("int8")
+        Tolerance.for_precision("int4")
 
 
 def test_parse_size():

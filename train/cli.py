@@ -1,4 +1,4 @@
-"""``srdeploy eval`` and ``srdeploy train``: argparse parsers only; implementations load on use."""
+"""``srdeploy train`` (parser) and the checkpoint side of ``srdeploy eval``; implementations load on use."""
 
 from __future__ import annotations
 
@@ -7,28 +7,15 @@ import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "eval", help="PSNR/SSIM (Y, crop=scale) of a checkpoint or bicubic on image folders",
-        description="Evaluate a checkpoint, or the bicubic baseline, on folders of HR images "
-                    "(LR made by MATLAB-style bicubic downscaling). Prints a table per folder.")
-    p.add_argument("paths", nargs="+", metavar="CHECKPOINT|FOLDER",
-                   help="a checkpoint (.pt) followed by folders of HR images (e.g. benchmark/Set5, or just "
-                        "Set5: looked up under $SRDEPLOY_DATA and $SRDEPLOY_DATA/benchmark); with --bicubic, "
-                        "folders only")
-    p.add_argument("--bicubic", action="store_true", help="evaluate bicubic upscaling instead of a checkpoint")
-    p.add_argument("--scale", type=int, default=None, help="scale (default: the checkpoint's; 4 for --bicubic)")
-    p.add_argument("--device", default="auto", help="torch device for a checkpoint (auto, cpu, cuda)")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights even when EMA weights exist")
-    p.add_argument("--json", metavar="FILE", help="also write the results per set as JSON")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run_eval)
-
+    # ``srdeploy eval`` is registered by srdeploy.export.cli: it also evaluates deployed model files
+    # through the runtime, which train may not import. The checkpoint path below stays here.
     from .train_cli import register_train  # argparse only, no torch
 
     register_train(sub)
 
 
-def _run_eval(args: argparse.Namespace) -> int:
+def run_checkpoint_eval(args: argparse.Namespace) -> int:
+    """``srdeploy eval CHECKPOINT FOLDER...`` and ``--bicubic``: the training code's PyTorch model, whole images."""
     from .evaluate import bicubic_upscale, evaluate, format_table
 
     # One positional list: "CHECKPOINT FOLDER..." or, with --bicubic, "FOLDER...".
@@ -57,14 +44,17 @@ def _run_eval(args: argparse.Namespace) -> int:
         scale = int(ckpt["kwargs"].get("scale", 4))
         if args.scale and args.scale != scale:
             raise ValueError(f"eval: --scale {args.scale} does not match the checkpoint's scale {scale}")
-        device = resolve_device(args.device)
+        device = resolve_device(args.device or "auto")
         model = model.to(device)
         title = f"{args.checkpoint} ({ckpt['arch']} x{scale}, step {ckpt.get('step', '?')})"
         upscale = lambda lr: model_upscale(model, lr, device)  # noqa: E731
     results = evaluate(upscale, folders, scale=scale, progress=not args.quiet)
     print(format_table(results, title))
     if args.json:
-        Path(args.json).write_text(json.dumps({"title": title, "scale": scale,
+        record = {"model": None if args.bicubic else str(args.checkpoint),
+                  "backend": "bicubic" if args.bicubic else "torch (training code, whole image)",
+                  "device": None if args.bicubic else str(device), "precision": None if args.bicubic else "fp32"}
+        Path(args.json).write_text(json.dumps({"title": title, "scale": scale, **record,
                                                "sets": [r.as_dict() for r in results]}, indent=2) + "\n")
     return 0
 

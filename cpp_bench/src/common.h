@@ -40,6 +40,8 @@ struct Options {
   std::string precision;  // declared precision (TensorRT engines); empty: from metadata
   std::string meta_path;  // TensorRT: where the srdeploy metadata is (sidecar .json or the .onnx)
   bool quiet = false;
+  bool peak = false;          // --peak: measure the FP32 FMA peak instead of a model
+  double peak_seconds = 1.5;  // --seconds
 };
 
 // The srdeploy contract read from a model's metadata (runtime/metadata.py is the reference).

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common.h"
+#include "peak.h"
 #include "sha256.h"
 
 namespace srbench {
@@ -23,6 +24,7 @@ const char* kUsage =
     "usage: srbench --model FILE --size WxH [--batch N] [--warmup N] [--iters N] [--json FILE]\n"
     "               [--threads N] [--backend ort|trt] [--device cpu|cuda|cuda:N]\n"
     "               [--meta FILE] [--precision fp32|fp16|bf16] [--quiet]\n"
+    "       srbench --peak [--threads N] [--seconds S]\n"
     "       srbench --version\n"
     "\n"
     "  --model FILE      srdeploy ONNX model (--backend ort) or TensorRT engine (--backend trt)\n"
@@ -38,6 +40,9 @@ const char* kUsage =
     "                    (default: ENGINE.json, ENGINE-stem.json, ENGINE-stem.onnx)\n"
     "  --precision P     TensorRT: what the engine was built to compute in, when the sidecar lacks it\n"
     "  --quiet           print only the checksum line\n"
+    "  --peak            measure this machine's FP32 FMA peak instead (FMA chains on vector\n"
+    "                    registers, widest ISA the CPU has; --threads N, default physical cores;\n"
+    "                    --seconds S, default 1.5); prints 'peak_gflops: V'\n"
     "\n"
     "Input is deterministic: x.flat[i] = ((i*37 + 11) % 256) / 255 over (N,3,H,W) float32.\n"
     "Prints 'output_checksum: V' (sum of all outputs of one inference, accumulated in double).\n";
@@ -77,6 +82,16 @@ Options parse_args(int argc, char** argv, bool& show_version) {
       std::exit(0);
     } else if (arg == "--version") {
       show_version = true;
+    } else if (arg == "--peak") {
+      o.peak = true;
+    } else if (arg == "--seconds") {
+      const std::string v = next();
+      try {
+        o.peak_seconds = std::stod(v);
+      } catch (const std::exception&) {
+        throw UsageError("--seconds expects a number, got '" + v + "'");
+      }
+      if (!(o.peak_seconds > 0 && o.peak_seconds <= 600)) throw UsageError("--seconds must be in (0, 600]");
     } else if (arg == "--quiet") {
       o.quiet = true;
     } else if (arg == "--model") {
@@ -126,6 +141,10 @@ Options parse_args(int argc, char** argv, bool& show_version) {
     }
   }
   if (show_version) return o;
+  if (o.peak) {
+    if (!o.model.empty() || have_size) throw UsageError("--peak measures the machine; drop --model and --size");
+    return o;
+  }
   if (o.model.empty()) throw UsageError("--model is required");
   if (!have_size) throw UsageError("--size WxH is required");
   return o;
@@ -293,6 +312,15 @@ int main(int argc, char** argv) {
     const Options opt = parse_args(argc, argv, show_version);
     if (show_version) {
       print_version();
+      return 0;
+    }
+    if (opt.peak) {
+      const PeakResult r = measure_fma_peak(opt.threads > 0 ? opt.threads : physical_cores(), opt.peak_seconds);
+      std::cout << "srbench: FP32 FMA peak, " << r.isa << ", " << r.threads << " thread(s), best of 3 rounds over "
+                << r.seconds << " s (checksum " << r.checksum << ")\n";
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%.3f", r.gflops);
+      std::cout << "peak_gflops: " << buf << " isa: " << r.isa << " threads: " << r.threads << std::endl;
       return 0;
     }
     return run(opt);

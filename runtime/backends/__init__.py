@@ -10,6 +10,7 @@ backend                    aliases    opens                       auto for      
 ``onnxruntime-tensorrt``   ort-trt    .onnx (ORT's TensorRT EP)   -                cuda:0
 ``tensorrt``               trt        .engine .plan .trt          .engine .plan    cuda:0
 ``torch``                  pytorch    .pt .pth (checkpoints)      .pt .pth         cpu
+``openvino``               ov         .onnx .xml (OpenVINO IR)    .xml             cpu (gpu, npu)
 =========================  =========  ==========================  ===============  ===============
 
 A requested backend, device or precision that cannot be honoured is an error, never a fallback.
@@ -31,7 +32,8 @@ class Backend:
         aliases: other accepted names.
         suffixes: model file types this backend opens.
         auto_suffixes: file types for which ``--backend auto`` chooses it.
-        devices: device kinds it runs on ("cpu", "cuda"); "cuda" accepts "cuda:N".
+        devices: device kinds it runs on ("cpu", "cuda", "gpu", "npu"); "cuda" accepts "cuda:N",
+            "gpu"/"npu" (OpenVINO's names) accept "gpu.N" or "gpu:N".
         default_device: device when none is given.
         adapter: "module:attribute" of the Session class or opener (relative to this package),
             or "entry-point:NAME" for adapters that live outside the runtime (torch).
@@ -57,6 +59,9 @@ TABLE: tuple[Backend, ...] = (
             "trt:TrtSession", "build an engine with `srdeploy build-engine MODEL.onnx -o MODEL.engine`"),
     Backend("torch", ("pytorch",), (".pt", ".pth"), (".pt", ".pth"), ("cpu", "cuda"), "cpu", "entry-point:torch",
             "pass the training checkpoint (.pt; needs pip install 'srdeploy[train]')"),
+    Backend("openvino", ("ov",), (".onnx", ".xml"), (".xml",), ("cpu", "gpu", "npu"), "cpu",
+            "openvino:OpenVinoSession", "pass an .onnx model or OpenVINO IR (.xml); needs pip install "
+            "'srdeploy[openvino]'"),
 )
 
 ENTRY_POINT_GROUP = "srdeploy.backends"
@@ -105,16 +110,22 @@ def backend_for(path: str | os.PathLike, backend: str = "auto") -> str:
 def parse_device(device: str, *, backend: str | None = None) -> tuple[str, int]:
     """``"cpu"`` -> ("cpu", 0); ``"cuda"``/``"cuda:N"`` -> ("cuda", N). The one device parser.
 
+    OpenVINO's device kinds ``gpu`` and ``npu`` take an index as ``gpu.N`` (OpenVINO's form) or
+    ``gpu:N``; the index is 0 when none is given.
+
     Args:
         device: the device string.
         backend: when given, the device kind must be one this backend runs on.
     """
-    kind, sep, index = str(device).partition(":")
-    if kind not in ("cpu", "cuda") or (sep and not index.isdigit()) or (kind == "cpu" and sep):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    text = str(device)
+    if text.lower().startswith(("gpu.", "npu.")):
+        text = text[:3] + ":" + text[4:]
+    kind, sep, index = text.lower().partition(":")
+    if kind not in ("cpu", "cuda", "gpu", "npu") or (sep and not index.isdigit()) or (kind == "cpu" and sep):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N' (OpenVINO: 'gpu', 'gpu.N', 'npu'), got {device!r}")
     if backend is not None:
         row = BY_NAME[canonical(backend)]
         if kind not in row.devices:
             where = " or ".join(f"'{k}' or '{k}:N'" if k == "cuda" else f"'{k}'" for k in row.devices)
-            raise ValueError(f"{row.name} backend runs on {where}, not {device!r}")
+            raise ValueError(f"{row.name} backend runs on {where}, not {device!r} (device must be one of these)")
     return kind, int(index or 0)

@@ -117,8 +117,33 @@ class TorchOptions:
     channels_last: bool | None = None
 
 
+OPENVINO_HINTS = ("LATENCY", "THROUGHPUT")
+
+
+@dataclass(frozen=True)
+class OpenVinoOptions:
+    """OpenVINO.
+
+    Attributes:
+        performance_hint: "LATENCY" (one request at a time, the runtime's use) or "THROUGHPUT".
+        num_streams: parallel inference streams (None = what the hint chooses).
+        cache_dir: OpenVINO model cache folder (compiled blobs; None = no cache).
+    """
+
+    performance_hint: str = "LATENCY"
+    num_streams: int | None = None
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.performance_hint not in OPENVINO_HINTS:
+            raise ValueError(f"openvino performance_hint must be one of {OPENVINO_HINTS}, "
+                             f"got {self.performance_hint!r}")
+        if self.num_streams is not None and self.num_streams < 1:
+            raise ValueError(f"openvino num_streams must be >= 1, got {self.num_streams}")
+
+
 OPTIONS: dict[str, type] = {"onnxruntime": OrtOptions, "onnxruntime-tensorrt": OrtOptions,
-                            "tensorrt": TrtOptions, "torch": TorchOptions}
+                            "tensorrt": TrtOptions, "torch": TorchOptions, "openvino": OpenVinoOptions}
 
 
 def make_options(backend: str, options: Any = None, **kwargs) -> Any:

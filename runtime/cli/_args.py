@@ -11,7 +11,7 @@ import re
 
 from ..backends import NAMES, canonical, help_text, model_help
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 # ----------------------------------------------------------------------------- sizes
@@ -73,10 +73,11 @@ def add_session_args(p: argparse.ArgumentParser, *, threads: bool = True) -> Non
     p.add_argument("--backend", default="auto", type=backend_arg, metavar="{" + ",".join(NAMES) + "}",
                    help=help_text())
     p.add_argument("--device", default=None, metavar="DEV",
-                   help="cpu, cuda or cuda:N (default: the backend's: cpu, or cuda:0 for TensorRT)")
+                   help="cpu, cuda or cuda:N; OpenVINO also gpu, gpu.N, npu where it reports them (default: the "
+                        "backend's: cpu, or cuda:0 for TensorRT)")
     p.add_argument("--precision", default=None, choices=PRECISIONS,
-                   help="compute precision (default: what the model file was built/exported for); "
-                        "unavailable = error")
+                   help="compute precision (default: what the model file was built/exported/quantized for; bf16: "
+                        "OpenVINO on CPUs with AVX-512 BF16/AMX); unavailable = error")
     if threads:
         p.add_argument("--threads", type=int, default=None, metavar="N",
                        help="CPU threads (ONNX Runtime intra-op / torch); default: the backend's (all cores)")

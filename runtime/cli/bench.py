@@ -41,6 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--compare-torch", metavar="CHECKPOINT",
                    help="also time this checkpoint in PyTorch eager (FP32, BatchNorm not folded, same threads) "
                         "on the same input, alternating with the model, and print the speed ratio")
+    b.add_argument("--compare", action="append", default=[], metavar="MODEL[@BACKEND]",
+                   help="also time this model (e.g. models/srresnet_x4_int8.onnx@openvino) against the main one, "
+                        "alternating blocks, same input and threads; prints fps and speedup (repeatable)")
+    b.add_argument("--peak", action="store_true",
+                   help="measure the FP32 FMA peak with srbench --peak (C++ probe, same threads) and report the "
+                        "fraction of it each model reaches (needs cmake and a C++ compiler)")
     b.add_argument("--video", nargs="?", const="", default=None, metavar="FILE",
                    help="also measure end-to-end `srdeploy video` fps against model-only fps, on FILE or "
                         "(no FILE) on a synthetic video of --size")
@@ -78,7 +84,7 @@ def _run_bench(args: argparse.Namespace) -> int:
                       iters=args.iters, tile=args.tile, tile_pad=args.tile_pad, max_memory=args.max_memory,
                       full_path=not args.no_full_path,
                       video=args.video, video_frames=args.video_frames, compare_torch=args.compare_torch,
-                      options=options)
+                      options=options, compare=tuple(args.compare), peak=args.peak)
     cfg.validate()
     torch_runner = torch_reference(args.compare_torch, args.threads) if args.compare_torch else None
     if not args.quiet:

@@ -1,0 +1,81 @@
+"""Evaluation of a deployed model file through the runtime, on the paper's protocol.
+
+``srdeploy eval`` measures checkpoints with the training code (``train.evaluate``). A deployed
+model (FP32/FP16/INT8 ONNX on any backend, a TensorRT engine, OpenVINO IR) is measured here:
+the same folders, LR made by the same MATLAB-style bicubic, the same Y-PSNR/SSIM with border
+crop = scale, but the SR image comes from ``runtime.upscale.Upscaler`` on an open ``Session``:
+the code path (tiling, uint8 rounding) that ``srdeploy upscale`` runs. This module lives in
+export because it needs both the runtime and train, and train must not import anything of ours.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RuntimeEvalConfig:
+    """How a model file is opened and tiled for evaluation.
+
+    Attributes:
+        backend: runtime backend name or alias ("auto" = from the file).
+        device: runtime device (None = the backend's default).
+        precision: requested precision (None = what the file computes).
+        threads: CPU threads (None = the backend's default).
+        tile: tile core size in LR pixels (0 = whole image), as ``srdeploy upscale --tile``.
+        tile_pad: tile margin (None = the upscale default for the model's receptive radius).
+        batch: tiles per inference call.
+    """
+
+    backend: str = "auto"
+    device: str | None = None
+    precision: str | None = None
+    threads: int | None = None
+    tile: int = 256
+    tile_pad: int | None = None
+    batch: int = 1
+
+
+def session_upscale(session, *, tile: int = 256, tile_pad: int | None = None, batch: int = 1):
+    """``uint8 RGB LR -> uint8 RGB SR`` through ``Upscaler`` (the ``evaluate`` callback)."""
+    from srdeploy.runtime.upscale import Upscaler
+
+    up = Upscaler(session, tile=tile, tile_pad=tile_pad, batch=batch)
+    return lambda lr: up.upscale(lr, order="RGB")
+
+
+def evaluate_model_file(path: str | os.PathLike, folders, cfg: RuntimeEvalConfig = RuntimeEvalConfig(), *,
+                        progress: bool = False) -> tuple[list, dict]:
+    """Evaluate a model file through the runtime on HR image folders.
+
+    Args:
+        path: any model file the runtime opens (``open_session``).
+        folders: benchmark folders of HR images (LR by bicubic downscaling, as ``srdeploy eval``).
+        cfg: backend, device, precision, threads and tiling.
+        progress: show a progress bar.
+
+    Returns:
+        ``(results, record)``: a ``SetResult`` per folder and a JSON-able description of what
+        ran (model file, backend, device, precision, tiling) for the result file.
+    """
+    from srdeploy.runtime.open import open_session
+    from srdeploy.train.evaluate import evaluate
+
+    path = Path(path)
+    with open_session(path, backend=cfg.backend, device=cfg.device, precision=cfg.precision,
+                      threads=cfg.threads) as sess:
+        upscale = session_upscale(sess, tile=cfg.tile, tile_pad=cfg.tile_pad, batch=cfg.batch)
+        results = evaluate(upscale, folders, scale=sess.info.scale, progress=progress)
+        record = {"model": str(path), "backend": sess.backend, "device": sess.device,
+                  "precision": sess.precision, "scale": sess.info.scale, "tile": cfg.tile,
+                  "tile_pad": up_pad(sess, cfg), "batch": cfg.batch, "threads": cfg.threads}
+    return results, record
+
+
+def up_pad(session, cfg: RuntimeEvalConfig) -> int:
+    """The tile margin actually used (the Upscaler default when ``cfg.tile_pad`` is None)."""
+    from srdeploy.runtime.upscale import default_tile_pad
+
+    return default_tile_pad(session.info.receptive_radius) if cfg.tile_pad is None else cfg.tile_pad

@@ -1,0 +1,165 @@
+"""INT8 quantization (export/quantize.py) and FLOP counting (export/flops.py) on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from srdeploy.export.calib import calibration_crops
+from srdeploy.export.quantize import QuantizeConfig, QuantizeError, quantize_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, set5):
+    """A tiny SRResNet x2 ONNX (metadata, BN with real statistics), a bare copy, calib and val folders."""
+    import torch
+
+    from srdeploy.export.fuse import fuse_bn
+    from srdeploy.export.onnx_export import add_metadata, export_onnx
+    from srdeploy.runtime.metadata import ModelInfo
+    from srdeploy.train.archs import SRResNet, receptive_radius
+
+    torch.manual_seed(0)
+    model = SRResNet(scale=2, num_blocks=2, channels=16).eval()
+    d = tmp_path_factory.mktemp("int8")
+    export_onnx(fuse_bn(model), d / "bare.onnx")
+    (d / "tiny.onnx").write_bytes((d / "bare.onnx").read_bytes())
+    add_metadata(d / "tiny.onnx", ModelInfo(scale=2, receptive_radius=receptive_radius(model), arch="SRResNet"))
+    calib, val = d / "calib", d / "val"
+    calib.mkdir()
+    val.mkdir()
+    files = sorted(set5.iterdir())
+    for f in files[:3]:
+        shutil.copy(f, calib / f.name)
+    for f in files[3:5]:
+        shutil.copy(f, val / f.name)
+    return {"dir": d, "onnx": d / "tiny.onnx", "bare": d / "bare.onnx", "calib": calib, "val": val}
+
+
+def _cfg(tiny, **kw) -> QuantizeConfig:
+    base = dict(calib=(str(tiny["calib"]),), calib_images=6, crop=16, val=(str(tiny["val"]),), probe_images=2,
+                threads=1)
+    base.update(kw)
+    return QuantizeConfig(**base)
+
+
+def _run(path, x):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
+
+
+def test_calibration_crops_are_lr_of_training_crops(tiny):
+    from srdeploy.train.data import SRTrainDataset
+
+    crops, names = calibration_crops([tiny["calib"]], scale=2, count=4, crop=16, seed=3)
+    assert len(crops) == 4 and len(names) == 4
+    assert all(c.shape == (1, 3, 16, 16) and c.dtype == np.float32 for c in crops)
+    again, _ = calibration_crops([tiny["calib"]], scale=2, count=4, crop=16, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(crops, again))  # seeded: reproducible
+    ds = SRTrainDataset([str(tiny["calib"])], crop=32, scale=2, augment=False, seed=3)
+    assert np.array_equal(crops[2][0], ds[2][0])  # the training pipeline's LR of the HR crop
+
+
+def test_quantize_writes_int8_qdq_close_to_fp32(tiny):
+    import onnx
+
+    from srdeploy.export.quantize import KEY_INT8
+
+    out = tiny["dir"] / "tiny_int8.onnx"
+    rep = quantize_model(tiny["onnx"], out, _cfg(tiny, max_loss=10.0), log=lambda m: None)
+    model = onnx.load(str(out))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("DequantizeLinear") > ops.count("Conv") > 0  # weights and inputs of every conv
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["srdeploy.precision"] == "int8" and props["srdeploy.scale"] == "2"
+    meta = json.loads(props[KEY_INT8])
+    assert meta["calibration"]["images"] == 6 and meta["calibration"]["method"] == "percentile"
+    assert meta["float_nodes"] == [] and set(meta["validation"]) == {"val"}
+    assert rep.float_nodes == [] and rep.loss_db["val"] == pytest.approx(meta["validation"]["val"]["loss_db"], abs=1e-3)
+    x = np.random.default_rng(0).random((1, 3, 24, 20), dtype=np.float32)
+    ref, q = _run(tiny["onnx"], x), _run(out, x)
+    rel = np.abs(q - ref).max() / np.abs(ref).max()
+    assert 0 < rel < 0.05  # quantized (not identical), yet close
+    # The model input is quantized exactly (8-bit pixels): scale 1/255, zero point 0.
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert inits["lr_scale"] == pytest.approx(1 / 255) and int(inits["lr_zero_point"]) == 0
+
+
+@pytest.mark.slow
+def test_accuracy_aware_keeps_sensitive_convs_float(tiny):
+    all_q = quantize_model(tiny["onnx"], tiny["dir"] / "a.onnx", _cfg(tiny, max_loss=10.0), log=lambda m: None)
+    loss0 = max(all_q.loss_db.values())
+    assert loss0 > 0.001  # the fully quantized tiny model does lose something
+    target = loss0 / 3
+    try:
+        rep = quantize_model(tiny["onnx"], tiny["dir"] / "b.onnx", _cfg(tiny, max_loss=target), log=lambda m: None)
+    except QuantizeError as exc:  # allowed only with every conv tried
+        assert "even with" in str(exc) and not (tiny["dir"] / "b.onnx").exists()
+        return
+    assert rep.float_nodes and max(rep.loss_db.values()) <= target
+    ranked = [n for n, _ in rep.sensitivity]
+    assert rep.float_nodes == ranked[:len(rep.float_nodes)]  # most sensitive first
+
+
+def test_bad_inputs_one_error_nothing_written(tiny, tmp_path):
+    out = tmp_path / "x_int8.onnx"
+    q = tiny["dir"] / "tiny_int8.onnx"
+    if not q.exists():
+        quantize_model(tiny["onnx"], q, _cfg(tiny, max_loss=10.0), log=lambda m: None)
+    with pytest.raises(QuantizeError, match="already quantized"):
+        quantize_model(q, out, _cfg(tiny))
+    with pytest.raises(QuantizeError, match="not an srdeploy model"):
+        quantize_model(tiny["bare"], out, _cfg(tiny))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    with pytest.raises(QuantizeError, match="holds no images"):
+        quantize_model(tiny["onnx"], out, _cfg(tiny, calib=(str(empty),)))
+    with pytest.raises(QuantizeError, match="--method"):
+        quantize_model(tiny["onnx"], out, _cfg(tiny, method="kl"))
+    with pytest.raises(QuantizeError, match="not in the graph"):
+        quantize_model(tiny["onnx"], out, _cfg(tiny, exclude=("/no/such/Conv",)))
+    existing = tmp_path / "exists.onnx"
+    existing.write_bytes(b"keep")
+    with pytest.raises(QuantizeError, match="--overwrite"):
+        quantize_model(tiny["onnx"], existing, _cfg(tiny))
+    assert existing.read_bytes() == b"keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "exists.onnx"]
+
+
+def test_flops_per_pixel_counts_the_graph(tiny):
+    import onnx
+
+    from srdeploy.export.flops import flops_per_pixel
+
+    # SRResNet x2, 16 channels, 2 blocks, 9x9 head/tail, one sub-pixel stage; per LR pixel:
+    c = 16
+    conv = lambda cin, cout, k, area=1: 2 * cin * k * k * cout * area + cout * area  # noqa: E731
+    expect = (conv(3, c, 9) + c                                  # head + PReLU
+              + 2 * (conv(c, c, 3) + c + conv(c, c, 3) + c)       # 2 blocks: conv, PReLU, conv, add
+              + conv(c, c, 3) + c                                 # body conv + global add
+              + conv(c, 4 * c, 3) + 4 * c                         # upsample conv + PReLU (after shuffle)
+              + conv(c, 3, 9, area=4) + 3 * 4)                    # tail at 2x + clip
+    assert flops_per_pixel(onnx.load(str(tiny["onnx"]))) == pytest.approx(expect)
+    q = tiny["dir"] / "tiny_int8.onnx"
+    if q.exists():  # QDQ nodes add no arithmetic: the INT8 model counts the same
+        assert flops_per_pixel(onnx.load(str(q))) == pytest.approx(expect)
+
+
+def test_int8_verify_tolerance_and_engine_precision(tiny, tmp_path):
+    """verify's INT8 rule (measured, documented) and build-engine's refusal to add FP16 to a QDQ model."""
+    from srdeploy.export.engine import build_engine, profiles_from_args
+    from srdeploy.export.verify import INT8_ATOL, INT8_MIN_PSNR, Tolerance
+
+    assert Tolerance.for_precision("int8") == Tolerance(INT8_ATOL, INT8_MIN_PSNR) == Tolerance(0.3, 28.0)
+    q = tiny["dir"] / "tiny_int8.onnx"
+    if not q.exists():
+        quantize_model(tiny["onnx"], q, _cfg(tiny, max_loss=10.0), log=lambda m: None)
+    profiles = profiles_from_args(["1x3x16x16"], ["1x3x32x32"], ["1x3x64x64"])
+    with pytest.raises(ValueError, match="INT8 QDQ model.*without --fp16"):
+        build_engine(q, tmp_path / "m.engine", profiles=profiles, fp16=True)
+    assert not list(tmp_path.iterdir())
