@@ -104,6 +104,9 @@ def test_default_margin_of_a_model_with_radius_over_40(deep_model, tmp_path, cap
     src = tmp_path / "in.png"
     cv2.imwrite(str(src), np.full((8, 8, 3), 100, np.uint8))
     assert main(["upscale", "-q", "-i", str(src), "-o", str(tmp_path / "out.png"), "--model", str(deep_model)]) == 0
+    assert "tile-pad 15, batch 1" in capsys.readouterr().err  # tile: auto by default (memory budget)
+    assert main(["upscale", "-q", "-i", str(src), "-o", str(tmp_path / "out256.png"), "--model", str(deep_model),
+                 "--tile", "256"]) == 0
     assert "tile 256, tile-pad 15, batch 1" in capsys.readouterr().err
 
 
@@ -111,8 +114,8 @@ def test_default_margin_of_a_model_with_radius_over_40(deep_model, tmp_path, cap
 def test_cli_defaults():
     p = build_parser()
     up = p.parse_args(["upscale", "-i", "a.png", "-o", "out"])
-    assert (up.tile, up.tile_pad, up.batch, up.feather, up.alpha, up.quality, up.backend) == \
-        (None, None, 1, 0, "model", None, "auto")  # None: 256 / the formula above / 95 (tested in the handlers)
+    assert (up.tile, up.tile_pad, up.batch, up.feather, up.alpha, up.quality, up.backend, up.max_memory) == \
+        ("auto", None, 1, 0, "model", None, "auto", None)  # None: the formula above / 95 / 1 GiB or half the RAM
     demo = p.parse_args(["demo"])
     assert (demo.output, demo.crop, demo.zoom) == ("demo.png", 160, 2)
     from srdeploy.export.engine import DEFAULT_WORKSPACE_GB

@@ -24,7 +24,8 @@ KW = {"scale": 4, "num_blocks": 1, "channels": 8}
 
 # Runs `srdeploy ARGS` after arranging for a signal to arrive at a chosen moment (a real signal,
 # sent by the process to itself, so the moment is exact): "imwrite" once OpenCV has written the
-# whole temporary image, "onnx" once the temporary ONNX file has its metadata, "none" never.
+# whole temporary image (formats written whole), "png" once the streaming PNG writer has written
+# every band to the temporary file, "onnx" once the temporary ONNX file has its metadata.
 RUNNER = r"""
 import os, signal, sys
 where, sig = sys.argv[1], getattr(signal, sys.argv[2])
@@ -39,6 +40,15 @@ if where == "imwrite":
         hit()
         return ok
     cv2.imwrite = imwrite
+elif where == "png":
+    import srdeploy.runtime.media.writers as wr
+    real = wr._write_png
+    def _write_png(f, *a, **k):
+        real(f, *a, **k)
+        f.flush()
+        assert os.path.getsize(f.name) > 0  # the bytes are on disk, under the temporary name
+        hit()
+    wr._write_png = _write_png
 elif where == "onnx":
     import srdeploy.export.pipeline as pl
     real = pl.add_metadata
@@ -104,13 +114,14 @@ def test_item2_sigterm_during_upscale_inference_cleans_up_and_exits_143(set5, tm
     assert not out.exists() or list(out.iterdir()) == []
 
 
-@pytest.mark.parametrize("sig, status", [("SIGTERM", 143), ("SIGINT", 130)])
-def test_item2_signal_during_the_image_write_leaves_no_temp_file(small_png, tmp_path, sig, status):
+@pytest.mark.parametrize("sig, status, where, ext", [("SIGTERM", 143, "png", "png"), ("SIGINT", 130, "png", "png"),
+                                                    ("SIGTERM", 143, "imwrite", "jpg")])
+def test_item2_signal_during_the_image_write_leaves_no_temp_file(small_png, tmp_path, sig, status, where, ext):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.png").write_bytes(b"other")
-    proc = _with_signal("imwrite", sig, "upscale", "-q", "-i", small_png, "-o", out, "--model", BUNDLED,
-                        "--tile", "0")
+    proc = _with_signal(where, sig, "upscale", "-q", "-i", small_png, "-o", out, "--model", BUNDLED,
+                        "--tile", "0", "--ext", ext)
     assert proc.returncode == status, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["keep.png"]  # no temp file, no partial output
     assert "Traceback" not in proc.stderr

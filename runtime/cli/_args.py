@@ -148,9 +148,12 @@ def session_recipe(args: argparse.Namespace, **options):
     backend = backend_for(model, args.backend)
     if backend == "onnxruntime-tensorrt" and hasattr(args, "tile") and "trt_tile_plan" not in options:
         # The provider's shape profile covers the windows these tile flags produce (no engine rebuilds).
+        # The profile must exist before the session opens, so --tile auto profiles the default tile;
+        # the auto chooser then stays inside it (the session's input_spec caps the window).
         from ..upscale import DEFAULT_TILE
 
-        options["trt_tile_plan"] = (DEFAULT_TILE if args.tile is None else args.tile, args.tile_pad, args.batch)
+        tile = DEFAULT_TILE if args.tile in (None, "auto") else args.tile
+        options["trt_tile_plan"] = (tile, args.tile_pad, args.batch)
     return SessionRecipe(model, args.backend, args.device, args.precision, getattr(args, "threads", None),
                          make_options(backend, options))
 
