@@ -25,3 +25,24 @@ def set5(data_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def set14(data_root: Path) -> Path:
     return data_root / "benchmark" / "Set14"
+
+
+@pytest.fixture(scope="session")
+def tiny_srresnet_x2(tmp_path_factory) -> Path:
+    """A 2-block, 16-channel SRResNet x2 (seed 0, BN folded) as an srdeploy ONNX file: exported once
+    per test session and shared by the runtime, memory and batch tests (``bare.onnx`` beside it has
+    no metadata)."""
+    import torch
+
+    from srdeploy.export.fuse import fuse_bn
+    from srdeploy.export.onnx_export import add_metadata, export_onnx
+    from srdeploy.runtime.metadata import ModelInfo
+    from srdeploy.train.archs import SRResNet, receptive_radius
+
+    torch.manual_seed(0)
+    m = SRResNet(scale=2, num_blocks=2, channels=16).eval()
+    d = tmp_path_factory.mktemp("tiny_srresnet_x2")
+    export_onnx(fuse_bn(m), d / "bare.onnx")  # beside it: the same model without srdeploy metadata
+    (d / "tiny.onnx").write_bytes((d / "bare.onnx").read_bytes())
+    add_metadata(d / "tiny.onnx", ModelInfo(scale=2, receptive_radius=receptive_radius(m), arch="SRResNet"))
+    return d / "tiny.onnx"

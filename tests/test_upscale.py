@@ -21,21 +21,8 @@ SCALE = 2
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    import torch
-
-    from srdeploy.export.fuse import fuse_bn
-    from srdeploy.export.onnx_export import add_metadata, export_onnx
-    from srdeploy.runtime.metadata import ModelInfo
-    from srdeploy.train.archs import SRResNet, receptive_radius
-
-    torch.manual_seed(0)
-    m = SRResNet(scale=SCALE, num_blocks=2, channels=16).eval()
-    d = tmp_path_factory.mktemp("upscale_model")
-    export_onnx(fuse_bn(m), d / "bare.onnx")
-    (d / "tiny.onnx").write_bytes((d / "bare.onnx").read_bytes())
-    add_metadata(d / "tiny.onnx", ModelInfo(scale=SCALE, receptive_radius=receptive_radius(m), arch="SRResNet"))
-    return d / "tiny.onnx"
+def model(tiny_srresnet_x2) -> Path:
+    return tiny_srresnet_x2
 
 
 @pytest.fixture(scope="module")

@@ -51,19 +51,12 @@ def plan_video(src: str, dst: str, upscaler, model: str, *, codec: str | None, c
     Raises:
         ValueError/OSError (bad input, one line naming the file), FFmpegError.
     """
-    from ..media import ffmpeg as ff
     from ..media import segments
     from .job import read_json, write_json
 
     src_p, dst_p = Path(src), Path(dst)
     segments.check_source(src_p)
-    ff.container_for(dst_p)
-    source = ff.probe(src_p)
-    if source.is_still_image:
-        raise ValueError(f"{src}: is a still image, not a video")
-    if source.video is None:
-        raise ValueError(f"{src}: has no video stream")
-    settings = ff.encoder_settings(dst_p, codec=codec, crf=crf, source=source)
+    source, settings = segments.probe_request(src_p, dst_p, codec=codec, crf=crf)
     work = segments.work_folder(dst_p)
     work.mkdir(parents=True, exist_ok=True)
     for stale in work.glob(".seg-*.tmp.*"):  # a killed attempt's partial segment

@@ -39,7 +39,7 @@ from typing import Callable
 
 
 from . import ffmpeg as ff
-from .video import run_pipeline
+from .video import VideoStats, run_pipeline
 
 DEFAULT_SEGMENT_SECONDS = 10
 WORK_SUFFIX = ".srdeploy-video"
@@ -232,28 +232,17 @@ def join_segments(job: VideoJob, tmp: Path, *, audio: bool = True) -> ff.MuxPlan
 
 
 @dataclass
-class FFmpegVideoStats:
-    """What ``upscale_video_ffmpeg`` did (fields shared with the OpenCV path's VideoStats).
+class FFmpegVideoStats(VideoStats):
+    """What ``upscale_video_ffmpeg`` did: the OpenCV path's VideoStats plus the segment record.
 
     ``fps`` and ``seconds`` cover the segments processed in this run (decode, inference, encode);
     ``total_seconds`` the whole call (probe, segments, join and mux).
     """
 
-    frames: int
-    width: int
-    height: int
-    source_width: int
-    source_height: int
-    fps: float
-    seconds: float
-    source_fps: float
-    codec: str
-    audio: str
     segments: int = 0
     reused: int = 0
     total_seconds: float = 0.0
     notices: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
 
 
 def upscale_video_ffmpeg(upscaler, src: str | os.PathLike, dst: str | os.PathLike, *, codec: str | None = None,
@@ -291,13 +280,7 @@ def upscale_video_ffmpeg(upscaler, src: str | os.PathLike, dst: str | os.PathLik
         raise ValueError(f"{dst}: the output would overwrite the input video; choose another output name")
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst}: output exists; pass --overwrite to replace it")
-    ff.container_for(dst)
-    source = ff.probe(src)
-    if source.is_still_image:
-        raise ValueError(f"{src}: is a still image, not a video; use srdeploy upscale for images")
-    if source.video is None:
-        raise ValueError(f"{src}: has no video stream")
-    settings = ff.encoder_settings(dst, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, source=source)
+    source, settings = probe_request(src, dst, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
     work = _open_work(dst, resume)
     try:
         return _run_job(upscaler, source, dst, work, settings, segment_frames, resume, batch, progress,
@@ -305,6 +288,19 @@ def upscale_video_ffmpeg(upscaler, src: str | os.PathLike, dst: str | os.PathLik
     except BaseException as exc:
         _tidy_failed(work, keep_logs=isinstance(exc, ff.FFmpegError))
         raise
+
+
+def probe_request(src: Path, dst: Path, *, codec: str | None = None, crf: int | None = None,
+                  preset: str | None = None, pix_fmt: str | None = None):
+    """Probe ``src`` for an upscale into ``dst``: (MediaInfo, EncoderSettings); one-line errors for
+    an output container ffmpeg cannot write, a still image or a file without video."""
+    ff.container_for(dst)
+    source = ff.probe(src)
+    if source.is_still_image:
+        raise ValueError(f"{src}: is a still image, not a video; use srdeploy upscale for images")
+    if source.video is None:
+        raise ValueError(f"{src}: has no video stream")
+    return source, ff.encoder_settings(dst, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, source=source)
 
 
 def check_source(src: Path) -> None:
