@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 import numpy as np
@@ -15,21 +16,12 @@ from srdeploy.runtime.metadata import MetadataError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tiny_srresnet_x2, tmp_path_factory):
     """A tiny SRResNet x2 exported to ONNX with metadata, a metadata-less copy and an input."""
-    import torch
-
-    from srdeploy.export.fuse import fuse_bn
-    from srdeploy.export.onnx_export import add_metadata, export_onnx
-    from srdeploy.runtime.metadata import ModelInfo
-    from srdeploy.train.archs import SRResNet, receptive_radius
-
-    torch.manual_seed(0)
-    model = SRResNet(scale=2, num_blocks=2, channels=16).eval()
+    src = tiny_srresnet_x2  # the shared tiny model (tests/conftest.py); outputs go to this module's folder
     d = tmp_path_factory.mktemp("ov")
-    export_onnx(fuse_bn(model), d / "bare.onnx")
-    (d / "tiny.onnx").write_bytes((d / "bare.onnx").read_bytes())
-    add_metadata(d / "tiny.onnx", ModelInfo(scale=2, receptive_radius=receptive_radius(model), arch="SRResNet"))
+    for name in ("tiny.onnx", "bare.onnx"):
+        shutil.copy(src.parent / name, d / name)
     x = np.random.default_rng(1).random((1, 3, 13, 17), dtype=np.float32)
     import onnxruntime as ort
 

@@ -13,21 +13,12 @@ from srdeploy.export.quantize import QuantizeConfig, QuantizeError, quantize_mod
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, set5):
+def tiny(tiny_srresnet_x2, tmp_path_factory, set5):
     """A tiny SRResNet x2 ONNX (metadata, BN with real statistics), a bare copy, calib and val folders."""
-    import torch
-
-    from srdeploy.export.fuse import fuse_bn
-    from srdeploy.export.onnx_export import add_metadata, export_onnx
-    from srdeploy.runtime.metadata import ModelInfo
-    from srdeploy.train.archs import SRResNet, receptive_radius
-
-    torch.manual_seed(0)
-    model = SRResNet(scale=2, num_blocks=2, channels=16).eval()
+    src = tiny_srresnet_x2  # the shared tiny model (tests/conftest.py); outputs go to this module's folder
     d = tmp_path_factory.mktemp("int8")
-    export_onnx(fuse_bn(model), d / "bare.onnx")
-    (d / "tiny.onnx").write_bytes((d / "bare.onnx").read_bytes())
-    add_metadata(d / "tiny.onnx", ModelInfo(scale=2, receptive_radius=receptive_radius(model), arch="SRResNet"))
+    for name in ("tiny.onnx", "bare.onnx"):
+        shutil.copy(src.parent / name, d / name)
     calib, val = d / "calib", d / "val"
     calib.mkdir()
     val.mkdir()
