@@ -38,14 +38,6 @@ class RuntimeEvalConfig:
     batch: int = 1
 
 
-def session_upscale(session, *, tile: int = 256, tile_pad: int | None = None, batch: int = 1):
-    """``uint8 RGB LR -> uint8 RGB SR`` through ``Upscaler`` (the ``evaluate`` callback)."""
-    from srdeploy.runtime.upscale import Upscaler
-
-    up = Upscaler(session, tile=tile, tile_pad=tile_pad, batch=batch)
-    return lambda lr: up.upscale(lr, order="RGB")
-
-
 def evaluate_model_file(path: str | os.PathLike, folders, cfg: RuntimeEvalConfig = RuntimeEvalConfig(), *,
                         progress: bool = False) -> tuple[list, dict]:
     """Evaluate a model file through the runtime on HR image folders.
@@ -61,21 +53,16 @@ def evaluate_model_file(path: str | os.PathLike, folders, cfg: RuntimeEvalConfig
         ran (model file, backend, device, precision, tiling) for the result file.
     """
     from srdeploy.runtime.open import open_session
+    from srdeploy.runtime.upscale import Upscaler
     from srdeploy.train.evaluate import evaluate
 
     path = Path(path)
     with open_session(path, backend=cfg.backend, device=cfg.device, precision=cfg.precision,
                       threads=cfg.threads) as sess:
-        upscale = session_upscale(sess, tile=cfg.tile, tile_pad=cfg.tile_pad, batch=cfg.batch)
-        results = evaluate(upscale, folders, scale=sess.info.scale, progress=progress)
+        up = Upscaler(sess, tile=cfg.tile, tile_pad=cfg.tile_pad, batch=cfg.batch)
+        results = evaluate(lambda lr: up.upscale(lr, order="RGB"), folders, scale=sess.info.scale,
+                           progress=progress)
         record = {"model": str(path), "backend": sess.backend, "device": sess.device,
                   "precision": sess.precision, "scale": sess.info.scale, "tile": cfg.tile,
-                  "tile_pad": up_pad(sess, cfg), "batch": cfg.batch, "threads": cfg.threads}
+                  "tile_pad": up.tile_pad, "batch": cfg.batch, "threads": cfg.threads}
     return results, record
-
-
-def up_pad(session, cfg: RuntimeEvalConfig) -> int:
-    """The tile margin actually used (the Upscaler default when ``cfg.tile_pad`` is None)."""
-    from srdeploy.runtime.upscale import default_tile_pad
-
-    return default_tile_pad(session.info.receptive_radius) if cfg.tile_pad is None else cfg.tile_pad
