@@ -230,7 +230,8 @@ class BenchConfig:
         video: None = no video mode; "" = a synthetic video; else a video file to upscale.
         video_frames: frames of the synthetic video.
         compare_torch: checkpoint of the same model to time in PyTorch eager (unfused, FP32).
-        compare: other models to time against the main one, ``MODEL`` or ``MODEL@BACKEND``
+        compare: other models to time against the main one, ``MODEL``, ``MODEL@BACKEND`` or
+            ``MODEL@BACKEND:PRECISION``
             (alternating blocks, same input, same threads).
         peak: also measure the machine's FP32 FMA peak (``srbench --peak``, same threads) and
             report the fraction of it each model reaches.
@@ -270,22 +271,36 @@ class BenchConfig:
             raise ValueError(f"--video-frames must be >= 1, got {self.video_frames}")
         for spec in self.compare:
             parse_compare(spec)
+            compare_precision(spec)
 
 
 def parse_compare(spec: str) -> tuple[str, str]:
-    """``MODEL[@BACKEND]`` -> (model, backend); backend "auto" when none is given.
+    """``MODEL[@BACKEND[:PRECISION]]`` -> (model, backend); backend "auto" when none is given.
 
     The part after the last "@" is taken as a backend only when it is a backend name or alias,
-    so a file name containing "@" still works. The backend must be able to open the file.
+    so a file name containing "@" still works. The backend must be able to open the file. The
+    precision (e.g. ``model.onnx@openvino:bf16``) is read by ``compare_precision``.
     """
     from .backends import ALIASES, NAMES, backend_for
 
     model, sep, backend = spec.rpartition("@")
+    backend = backend.partition(":")[0]
     if not sep or (backend not in NAMES and backend not in ALIASES):
         model, backend = spec, "auto"
     if not Path(model).is_file():
         raise FileNotFoundError(f"--compare {spec}: model file {model} does not exist")
     return model, backend_for(model, backend)
+
+
+def compare_precision(spec: str) -> str | None:
+    """The ``:PRECISION`` of a ``--compare MODEL@BACKEND:PRECISION`` (None = what the file computes)."""
+    from .open import AUTO, PRECISIONS
+
+    _, sep, tail = spec.rpartition("@")
+    precision = tail.partition(":")[2] if sep else ""
+    if precision and precision not in (*PRECISIONS, AUTO):
+        raise ValueError(f"--compare {spec}: precision {precision!r} is not one of {', '.join(PRECISIONS)}, {AUTO}")
+    return precision or None
 
 
 # --------------------------------------------------------------------------- the benchmark
@@ -428,7 +443,8 @@ def _compare_models(cfg, session, x, model_only, out_px, log, tile, tile_pad) ->
     try:
         for spec in cfg.compare:
             model, backend = parse_compare(spec)
-            others.append((model, open_session(model, backend=backend, threads=cfg.threads)))
+            others.append((model, open_session(model, backend=backend, precision=compare_precision(spec),
+                                               threads=cfg.threads)))
         fns = {"main": model_only}
         for i, (_, s) in enumerate(others):
             if _tiling_applies(tile, cfg.height, cfg.width):

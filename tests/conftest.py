@@ -46,3 +46,11 @@ def tiny_srresnet_x2(tmp_path_factory) -> Path:
     (d / "tiny.onnx").write_bytes((d / "bare.onnx").read_bytes())
     add_metadata(d / "tiny.onnx", ModelInfo(scale=2, receptive_radius=receptive_radius(m), arch="SRResNet"))
     return d / "tiny.onnx"
+
+
+@pytest.fixture(autouse=True)
+def _no_user_tune_profiles(tmp_path_factory, monkeypatch):
+    """``--precision auto`` (the default of upscale, video and batch) reads ``srdeploy tune`` profiles
+    from the user cache folder: every test gets an empty one, so a profile on the machine running
+    the tests never changes what they run (subprocesses inherit the variable)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))

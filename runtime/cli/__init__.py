@@ -1,4 +1,4 @@
-"""Runtime subcommands: ``upscale``, ``video``, ``bench`` and ``batch`` (one module each; shared flags in ``_args``).
+"""Runtime subcommands: ``upscale``, ``video``, ``bench``, ``batch`` and ``tune`` (one module each; shared flags in ``_args``).
 
 Parsers only: no onnxruntime, OpenCV or torch import until a command runs.
 """
@@ -9,9 +9,10 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from . import batch, bench, upscale, video
+    from . import batch, bench, tune, upscale, video
 
     upscale.register(sub)
     video.register(sub)
     bench.register(sub)
     batch.register(sub)
+    tune.register(sub)

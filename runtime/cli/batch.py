@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "line, relative to the manifest)")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR",
                    help="output folder (created); the output tree mirrors the input tree")
-    add_session_args(p, threads=False)
+    add_session_args(p, threads=False, precision="auto")
     add_tile_args(p, batch_help="tiles per inference call (default 1); for videos, frames per call when a frame "
                                 "fits in one tile")
     p.add_argument("--feather", type=int, default=0, metavar="N",
@@ -83,9 +83,11 @@ def run_batch_cli(args: argparse.Namespace) -> int:
     args.threads = args.threads_per_worker
     recipe = session_recipe(args)
     resolved = recipe.resolved()
+    if recipe.precision == "auto":  # chosen once, on the driver: every worker runs the same path, plan.json records it
+        recipe = resolved
     _check_devices(resolved.device, args.gpus_per_worker)
-    settings = Settings(model=str(model_path(args)), backend=resolved.backend, device=resolved.device,
-                        precision=args.precision, tile=args.tile, tile_pad=args.tile_pad, batch=args.batch,
+    settings = Settings(model=str(resolved.model if recipe is resolved else model_path(args)), backend=resolved.backend,
+                        device=resolved.device, precision=resolved.precision if recipe is resolved else args.precision, tile=args.tile, tile_pad=args.tile_pad, batch=args.batch,
                         feather=args.feather, alpha=args.alpha, ext=args.ext, suffix=args.suffix,
                         quality=args.quality, codec=args.codec, crf=args.crf, segment_frames=args.segment_frames)
     cfg = BatchConfig(inputs=args.input, outdir=args.output, recipe=recipe, settings=settings,

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output folder (created); or an output file when there is one input file and OUT "
                         "has an image extension")
-    add_session_args(p)
+    add_session_args(p, precision="auto")
     add_tile_args(p)
     p.add_argument("--feather", type=int, default=0, metavar="N",
                    help="blend tiles over N input pixels instead of a hard crop (<= --tile-pad; default 0)")
