@@ -187,10 +187,11 @@ def stale_reason(profile: dict) -> str:
     for name, old in profile.get("versions", {}).items():
         if versions.get(name) != old:
             return f"{name} changed ({old} -> {versions.get(name)})"
-    for c in profile.get("candidates", []):
-        if c.get("model_sha256") and c["model"] != profile["model"]["path"]:
-            if not Path(c["model"]).is_file() or sha256_file(c["model"]) != c["model_sha256"]:
-                return f"{Path(c['model']).name} changed or is gone"
+    others = {c["model"]: c.get("model_sha256") for c in profile.get("candidates", [])
+              if c["model"] != profile["model"]["path"]}  # the INT8 sibling (the model itself is the key)
+    for path, sha in others.items():
+        if not Path(path).is_file() or sha256_file(path) != sha:
+            return f"{Path(path).name} changed or is gone"
     return ""
 
 
@@ -269,9 +270,15 @@ def choose(recipe: Any) -> Any:
     if pick is None:
         return replace(exact, note=f"precision auto -> exact default ({where}): the tune profile has no usable "
                                    f"{file_backend} measurement; re-run `srdeploy tune {model}{threads}`")
+    run = str(model)
+    if pick["model"] != profile["model"]["path"]:  # the INT8 sibling: the one beside this file, as tuned
+        run = str(int8_sibling_name(model))
+        if not Path(run).is_file() or sha256_file(run) != pick.get("model_sha256"):
+            return replace(exact, note=f"precision auto -> exact default ({where}): the tuned INT8 model is not "
+                                       f"beside this file ({Path(run).name}); re-run `srdeploy tune {model}{threads}`")
     when = profile.get("created", "")[:10] or str(date.today())
     name = f"{pick['backend']} {pick['precision']}"
-    file = "" if pick["model"] == profile["model"]["path"] else f" ({Path(pick['model']).name})"
+    file = "" if run == str(model) else f" ({Path(run).name})"
     line = (f"precision auto -> {name}{file}, {pick['threads']} threads: {pick['speedup']:.2f}x "
             f"{base['backend']} {base['precision']} on this CPU (srdeploy tune, {when}), {describe_loss(pick)}")
     if pick.get("loss_source") != "exact":
@@ -279,7 +286,7 @@ def choose(recipe: Any) -> Any:
     elif pick is base:
         line += "; no faster path within --max-loss " + f"{profile['max_loss']:g} dB beat it by {MIN_GAIN:.2f}x"
     options = recipe.options if pick["backend"] == options_backend else None
-    return replace(recipe, model=pick["model"], backend=pick["backend"], precision=pick["precision"],
+    return replace(recipe, model=run, backend=pick["backend"], precision=pick["precision"],
                    threads=pick["threads"] if recipe.threads is None else recipe.threads, options=options, note=line)
 
 

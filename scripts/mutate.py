@@ -159,6 +159,16 @@ MUTANTS: tuple[Mutant, ...] = (
            "        writer.write(frame * 0)\n", ("tests/test_video.py",)),
     Mutant("video-swapped-channels", "runtime/media/video.py", "        writer.write(frame)\n",
            "        writer.write(np.ascontiguousarray(frame[..., ::-1]))\n", ("tests/test_video.py",)),
+    # --- issue 27: --precision auto, the INT8 sibling, the sub-pixel tail
+    Mutant("auto-ignores-min-gain", "runtime/profile.py",
+           'if reference is not None and pick["median_ms"] * MIN_GAIN > reference["median_ms"]:',
+           "if False:", ("tests/test_tune.py",), "a path within noise of the default replaces it"),
+    Mutant("auto-ignores-max-loss", "runtime/profile.py", "<= max_loss + 1e-9", "<= max_loss + 1e9",
+           ("tests/test_tune.py",), "a lossy path chosen beyond --max-loss"),
+    Mutant("sibling-of-any-model", "runtime/profile.py", "if source != (model_sha256 or sha256_file(model)):",
+           "if False:", ("tests/test_tune.py",), "an INT8 file quantized from another model taken as the sibling"),
+    Mutant("subpixel-slopes-tiled", "export/subpixel_tail.py", "np.repeat(slope, r * r)", "np.tile(slope, r * r)",
+           ("tests/test_subpixel_tail.py",), "PReLU slopes moved to the wrong phase channels"),
 )
 
 

@@ -11,6 +11,7 @@ For one model and LR size this measures, with the deterministic benchmark input:
    channels-last, to see how much of the gap is BN, layout or the conv kernels themselves.
 
     python scripts/profile_ort.py --size 128x128 --iters 5
+    python scripts/profile_ort.py --model models/srresnet_x4.onnx --skip-torch   # a given ONNX file
 
 Uses onnxruntime directly (a diagnostic, not the product path).
 """
@@ -45,6 +46,8 @@ def median_ms(fn, warmup: int, iters: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="srdeploy checkpoint (default: random-weight 16-block SRResNet x4)")
+    p.add_argument("--model", help="profile this ONNX file as it is (e.g. the bundled model, whose tail "
+                                   "srdeploy export rewrites) instead of a fresh trace; with --skip-torch")
     p.add_argument("--size", default="128x128")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=5)
@@ -64,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
     print(f"onnxruntime {ort.__version__}, {os.cpu_count()} logical cores, input 1x3x{h}x{w}")
     with tempfile.TemporaryDirectory(prefix="srdeploy-prof-") as tmp:
-        onnx_path, ckpt = build_default_model(Path(tmp), args.checkpoint)
+        if args.model:
+            if not args.skip_torch:
+                p.error("--model profiles an ONNX file without its checkpoint: add --skip-torch")
+            onnx_path, ckpt = Path(args.model), None
+        else:
+            onnx_path, ckpt = build_default_model(Path(tmp), args.checkpoint)
 
         def session(level="all", threads=None, spin=True, profile=False, save=None):
             o = ort.SessionOptions()
@@ -109,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         total = sum(per_run.values())
         for op, ms in sorted(per_run.items(), key=lambda kv: -kv[1]):
             print(f"   {op:<20} {ms:9.1f} ms  {100 * ms / total:5.1f}%")
+        per_node = collections.defaultdict(float)
+        for e in last_run:
+            per_node[e["name"].removesuffix("_kernel_time")] += e["dur"] / 1e3 / nruns
+        print("   slowest nodes:")
+        for node, ms in sorted(per_node.items(), key=lambda kv: -kv[1])[:6]:
+            print(f"     {node:<56} {ms:9.1f} ms  {100 * ms / total:5.1f}%")
 
         if not args.skip_torch:
             import torch

@@ -134,6 +134,12 @@ def test_auto_takes_the_fastest_path_within_max_loss(model):
     assert (r.backend, r.precision) == ("onnxruntime", "fp32") and "1.00x onnxruntime fp32" in r.note
     write_profile(model, rows, max_loss=0.25)
     assert _auto(model).precision == "bf16"
+    # the same model elsewhere (profiles are keyed by content) without the tuned INT8 file beside it
+    write_profile(model, rows)
+    (model.parent / "copy").mkdir()
+    copy = Path(shutil.copy(model, model.parent / "copy" / "tiny.onnx"))
+    r = _auto(copy)
+    assert r.model == str(copy) and r.precision is None and "tuned INT8 model is not beside this file" in r.note
 
 
 def test_auto_keeps_the_default_unless_clearly_faster(model):
