@@ -443,8 +443,10 @@ def _compare_models(cfg, session, x, model_only, out_px, log, tile, tile_pad) ->
     try:
         for spec in cfg.compare:
             model, backend = parse_compare(spec)
-            others.append((model, open_session(model, backend=backend, precision=compare_precision(spec),
-                                               threads=cfg.threads)))
+            precision = compare_precision(spec)
+            if precision == "auto" and "@auto" in spec:  # the profile chooses the backend too
+                backend = "auto"
+            others.append((model, open_session(model, backend=backend, precision=precision, threads=cfg.threads)))
         fns = {"main": model_only}
         for i, (_, s) in enumerate(others):
             if _tiling_applies(tile, cfg.height, cfg.width):
@@ -464,10 +466,11 @@ def _compare_models(cfg, session, x, model_only, out_px, log, tile, tile_pad) ->
         for i, (model, s) in enumerate(others):
             t = summarize(times[f"c{i}"], frames=cfg.batch, out_pixels_per_frame=out_px)
             speedup = t["fps"] / main["fps"] if main["fps"] > 0 else float("inf")
-            entries.append({"model": str(model), "backend": s.backend, "device": s.device, "precision": s.precision,
+            entries.append({"model": str(getattr(s, "path", None) or model), "backend": s.backend, "device": s.device, "precision": s.precision,
                             "role": "compare", "fps": t["fps"], "speedup": speedup, "latency_ms": t["latency_ms"],
                             "flops_per_pixel": s.info.flops_per_pixel or None})
-            log(f"  {'compare':<8} {s.backend:<12} {s.precision:<5} {t['fps']:8.3f} fps  {speedup:.2f}x  {model}")
+            log(f"  {'compare':<8} {s.backend:<12} {s.precision:<5} {t['fps']:8.3f} fps  {speedup:.2f}x  "
+                f"{getattr(s, 'path', None) or model}")
     finally:
         for _, s in others:
             s.close()

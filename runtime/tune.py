@@ -285,8 +285,9 @@ def table_lines(profile: dict) -> list[str]:
     for r in rows:
         mark = " <- auto" if r is pick else (" (default)" if r.get("baseline") else "")
         if r["median_ms"] is None:
+            why = r["error"].removeprefix(f"{r['model']}: ")  # the file is in the row already
             out.append(f"{_label(r):<18} {Path(r['model']).name:<24} {r['threads']:>7} {'-':>10} {'-':>10}  "
-                       f"unavailable: {r['error']}")
+                       f"unavailable: {why}")
             continue
         quality = describe_loss(r) if r["loss_db"] is not None else r["loss_source"]
         if r["loss_db"] is not None and not eligible(r, profile["max_loss"]):

@@ -297,3 +297,18 @@ def test_bf16_loss_is_measured_against_the_same_protocol(model):
     failing = rows()
     measure_losses(failing, cfg, None, lambda s: None, lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no Set5")))
     assert failing[1]["loss_db"] is None and failing[1]["loss_source"] == "not measured: no Set5"
+
+
+@pytest.mark.skipif(not _has_openvino(), reason="openvino is not installed")
+def test_bench_compares_the_auto_path(model, capsys):
+    write_profile(model, [row("onnxruntime", "fp32", model, 100.0, baseline=True),
+                          row("openvino", "fp32", model, 50.0)])
+    assert main(["bench", "--model", str(model), "--precision", "fp32", "--size", "16x16", "--iters", "2",
+                 "--warmup", "1", "--no-full-path", "-q", "--compare", f"{model}@auto:auto",
+                 "--compare", f"{model}@onnxruntime:fp32"]) == 0
+    err = capsys.readouterr().err
+    assert "compare  openvino     fp32" in err and "compare  onnxruntime  fp32" in err
+    with pytest.raises(ValueError, match="precision 'fp8' is not one of"):
+        from srdeploy.runtime.bench import compare_precision
+
+        compare_precision(f"{model}@openvino:fp8")
