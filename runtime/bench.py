@@ -271,36 +271,28 @@ class BenchConfig:
             raise ValueError(f"--video-frames must be >= 1, got {self.video_frames}")
         for spec in self.compare:
             parse_compare(spec)
-            compare_precision(spec)
 
 
-def parse_compare(spec: str) -> tuple[str, str]:
-    """``MODEL[@BACKEND[:PRECISION]]`` -> (model, backend); backend "auto" when none is given.
+def parse_compare(spec: str) -> tuple[str, str, str | None]:
+    """``MODEL[@BACKEND[:PRECISION]]`` -> (model, backend, precision or None = the file's).
 
-    The part after the last "@" is taken as a backend only when it is a backend name or alias,
-    so a file name containing "@" still works. The backend must be able to open the file. The
-    precision (e.g. ``model.onnx@openvino:bf16``) is read by ``compare_precision``.
+    The part after the last "@" is a backend only when it is a backend name or alias, so a file
+    name containing "@" still works; the backend must open the file ("auto" stays "auto" with
+    precision "auto": the tune profile chooses both).
     """
     from .backends import ALIASES, NAMES, backend_for
-
-    model, sep, backend = spec.rpartition("@")
-    backend = backend.partition(":")[0]
-    if not sep or (backend not in NAMES and backend not in ALIASES):
-        model, backend = spec, "auto"
-    if not Path(model).is_file():
-        raise FileNotFoundError(f"--compare {spec}: model file {model} does not exist")
-    return model, backend_for(model, backend)
-
-
-def compare_precision(spec: str) -> str | None:
-    """The ``:PRECISION`` of a ``--compare MODEL@BACKEND:PRECISION`` (None = what the file computes)."""
     from .open import AUTO, PRECISIONS
 
-    _, sep, tail = spec.rpartition("@")
-    precision = tail.partition(":")[2] if sep else ""
+    model, sep, tail = spec.rpartition("@")
+    backend, _, precision = tail.partition(":")
+    if not sep or (backend not in NAMES and backend not in ALIASES):
+        model, backend, precision = spec, "auto", ""
+    if not Path(model).is_file():
+        raise FileNotFoundError(f"--compare {spec}: model file {model} does not exist")
     if precision and precision not in (*PRECISIONS, AUTO):
         raise ValueError(f"--compare {spec}: precision {precision!r} is not one of {', '.join(PRECISIONS)}, {AUTO}")
-    return precision or None
+    resolved = backend_for(model, backend)
+    return model, "auto" if precision == AUTO and backend == "auto" else resolved, precision or None
 
 
 # --------------------------------------------------------------------------- the benchmark
@@ -442,10 +434,7 @@ def _compare_models(cfg, session, x, model_only, out_px, log, tile, tile_pad) ->
     others = []
     try:
         for spec in cfg.compare:
-            model, backend = parse_compare(spec)
-            precision = compare_precision(spec)
-            if precision == "auto" and "@auto" in spec:  # the profile chooses the backend too
-                backend = "auto"
+            model, backend, precision = parse_compare(spec)
             others.append((model, open_session(model, backend=backend, precision=precision, threads=cfg.threads)))
         fns = {"main": model_only}
         for i, (_, s) in enumerate(others):

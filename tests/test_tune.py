@@ -308,7 +308,8 @@ def test_bench_compares_the_auto_path(model, capsys):
                  "--compare", f"{model}@onnxruntime:fp32"]) == 0
     err = capsys.readouterr().err
     assert "compare  openvino     fp32" in err and "compare  onnxruntime  fp32" in err
-    with pytest.raises(ValueError, match="precision 'fp8' is not one of"):
-        from srdeploy.runtime.bench import compare_precision
+    from srdeploy.runtime.bench import parse_compare
 
-        compare_precision(f"{model}@openvino:fp8")
+    assert parse_compare(f"{model}@ov:bf16") == (str(model), "openvino", "bf16")
+    with pytest.raises(ValueError, match="precision 'fp8' is not one of"):
+        parse_compare(f"{model}@openvino:fp8")
