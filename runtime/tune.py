@@ -294,6 +294,8 @@ def table_lines(profile: dict) -> list[str]:
             quality += f" > --max-loss {profile['max_loss']:g}"
         out.append(f"{_label(r):<18} {Path(r['model']).name:<24} {r['threads']:>7} {r['median_ms']:>10.1f} "
                    f"{r['speedup']:>9.2f}x  {quality}{mark}")
+    if "none" in profile.get("int8_sibling", {}):  # tune never quantizes (minutes of calibration): it says how
+        out.append(f"no INT8 path: {profile['int8_sibling']['none']}")
     lavg = t["load_average"]
     out.append(f"input {t['size'][0]}x{t['size'][1]}, {t['rounds']} rounds in {t['seconds']} s, alternating; "
                f"load average {lavg[0]:.2f} before, {lavg[3]:.2f} after; CPU {profile['machine']['model']} "

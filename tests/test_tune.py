@@ -244,6 +244,7 @@ def test_tune_measures_writes_and_auto_follows(model, tmp_path):
         assert asked == [("tiny.onnx", "openvino", "bf16")] and bf16["loss_db"] == {"Set5": 0.003, "Set14": 0.002}
     text = "\n".join(table_lines(p))
     assert "(default)" in text or "<- auto" in text
+    assert "no INT8 path: no x_int8.onnx" in "\n".join(table_lines({**p, "int8_sibling": {"none": "no x_int8.onnx"}}))
     pick, _ = prof.best_candidate(p)
     r = _auto(model, threads=1)
     assert (r.backend, r.precision, r.model) == (pick["backend"], pick["precision"], pick["model"])
