@@ -256,7 +256,7 @@ def choose(recipe: Any) -> Any:
     where = f"{file_backend}, the file's own precision"
     threads = "" if recipe.threads is None else f" --threads {recipe.threads}"
     sha = sha256_file(model)
-    profile = load_profile(profile_path(sha, recipe.threads))
+    profile = _profile_for(sha, recipe.threads)
     if profile is None:
         return replace(exact, note=f"precision auto -> exact default ({where}): no tune profile for this model"
                                    f"{' at ' + str(recipe.threads) + ' threads' if threads else ''} on this "
@@ -288,6 +288,17 @@ def choose(recipe: Any) -> Any:
     options = recipe.options if pick["backend"] == options_backend else None
     return replace(recipe, model=run, backend=pick["backend"], precision=pick["precision"],
                    threads=pick["threads"] if recipe.threads is None else recipe.threads, options=options, note=line)
+
+
+def _profile_for(sha: str, threads: int | None) -> dict | None:
+    """The profile for a thread request: ``tune --threads N``'s, else the default profile's
+    candidates at N threads when its baseline ran at N (same-run ratios either way)."""
+    profile = load_profile(profile_path(sha, threads))
+    if profile is None and threads is not None:
+        default = load_profile(profile_path(sha, None))
+        if default and any(c.get("baseline") and c["threads"] == threads for c in default.get("candidates", [])):
+            profile = {**default, "candidates": [c for c in default["candidates"] if c["threads"] == threads]}
+    return profile
 
 
 def _options_backend(options: Any) -> str | None:

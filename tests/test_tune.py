@@ -170,6 +170,12 @@ def test_profiles_are_per_thread_request(model):
     assert _auto(model).backend == "onnxruntime" and "no tune profile" in _auto(model).note
     r = _auto(model, threads=1)
     assert (r.backend, r.threads) == ("openvino", 1)
+    # the default profile serves --threads N when it measured its baseline at N (same run)
+    write_profile(model, [row("onnxruntime", "fp32", model, 100.0, baseline=True, threads=2),
+                          row("openvino", "bf16", model, 40.0, threads=2, loss={"Set5": 0.0}, source="measured"),
+                          row("openvino", "fp32", model, 30.0, threads=4)])
+    assert (_auto(model, threads=2).precision, _auto(model).precision) == ("bf16", "fp32")
+    assert "no tune profile for this model at 3 threads" in _auto(model, threads=3).note
 
 
 @pytest.mark.skipif(not _has_openvino(), reason="openvino is not installed")
