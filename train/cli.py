@@ -38,7 +38,7 @@ def run_checkpoint_eval(args: argparse.Namespace) -> int:
     else:
         from .checkpoint import load_generator
         from .evaluate import model_upscale
-        from .trainer import resolve_device
+        from .distributed import resolve_device
 
         model, ckpt = load_generator(args.checkpoint, use_ema=not args.no_ema)
         scale = int(ckpt["kwargs"].get("scale", 4))

@@ -82,6 +82,28 @@ def evaluate(upscale, folders, *, scale: int = 4, progress: bool = False) -> lis
     return results
 
 
+def validate(model, folders, scale: int, device) -> dict:
+    """PSNR/SSIM per validation folder during training: {"<set>_psnr": .., "<set>_ssim": ..}.
+
+    Args:
+        model: the generator (a torch module; in eval mode for the call, then restored).
+        folders: validation folders of HR images.
+        scale: the model's scale (also the metrics' border crop).
+        device: the torch device the model is on.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        results = evaluate(lambda lr: model_upscale(model, lr, device), folders, scale=scale)
+    finally:
+        model.train(was_training)
+    out = {}
+    for r in results:
+        out[f"{r.name}_psnr"] = round(r.psnr, 4)
+        out[f"{r.name}_ssim"] = round(r.ssim, 5)
+    return out
+
+
 def format_table(results: list[SetResult], title: str = "") -> str:
     """A plain-text table: set, PSNR, SSIM, images."""
     lines = [title] if title else []
