@@ -8,7 +8,7 @@ from dataclasses import dataclass, asdict
 
 import numpy as np
 
-from .data import EvalSet, imresize, to_chw_float, to_hwc_uint8
+from .data import EvalSet, imresize, load_rgb, to_chw_float, to_hwc_uint8
 from .metrics import psnr, ssim
 
 
@@ -41,7 +41,7 @@ def model_upscale(model, lr: np.ndarray, device="cpu") -> np.ndarray:
     return to_hwc_uint8(y)
 
 
-def evaluate(upscale, folders, *, scale: int = 4, progress: bool = False) -> list[SetResult]:
+def evaluate(upscale, folders, *, scale: int = 4, progress: bool = False, read=load_rgb) -> list[SetResult]:
     """Evaluate an upscaling function on image folders.
 
     Args:
@@ -49,9 +49,10 @@ def evaluate(upscale, folders, *, scale: int = 4, progress: bool = False) -> lis
         folders: benchmark folders of HR images; LR is made by bicubic downscaling.
         scale: upscaling factor; also the border crop of the metrics.
         progress: show a progress bar.
+        read: image reader ``path -> uint8 RGB HxWx3`` (default ``data.load_rgb``: Pillow).
     """
     results = []
-    sets = [EvalSet(folder, scale=scale) for folder in ([folders] if isinstance(folders, (str, os.PathLike)) else folders)]
+    sets = [EvalSet(folder, scale=scale, read=read) for folder in ([folders] if isinstance(folders, (str, os.PathLike)) else folders)]
     bar = None
     if progress:
         from tqdm import tqdm
