@@ -305,7 +305,7 @@ class _Run:
                       scheduler=self.scheduler, ema=self.ema, precision=self.precision)
         if self.cfg.kind == "srgan":
             self.step_fn = SRGANStep(**common, vgg=self.vgg, disc=self.disc, d_train=self.d_train,
-                                      d_optimizer=self.d_optimizer, d_scheduler=self.d_scheduler)
+                                     d_optimizer=self.d_optimizer, d_scheduler=self.d_scheduler)
         else:
             self.step_fn = SRResNetStep(**common)
         self.names = ["loss"] + list(self.step_fn.parts)
