@@ -177,7 +177,7 @@ def tour_folder(tmp_path, set5, set14) -> Path:
 
 def _check(cmd: list[str], d: Path, set5: Path) -> None:
     """What each tour command must have written (beyond exit status 0)."""
-    from srdeploy.runtime.metadata import read_metadata
+    from srdeploy.export.onnx_export import read_metadata
 
     sub, photo = cmd[1], cv2.imread(str(d / "photo.jpg"))
     if sub == "upscale":
