@@ -9,6 +9,16 @@ from pathlib import Path
 from typing import Iterator
 
 
+def occupied(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names something, a dangling symlink included (``Path.exists`` follows links,
+    so a link to nowhere would count as free and be replaced without ``--overwrite``).
+
+    Args:
+        path: an output path about to be written.
+    """
+    return os.path.lexists(path)
+
+
 @contextmanager
 def atomic_target(path: str | os.PathLike, *, fsync: bool = True, keep_suffix: bool = False,
                   overwrite: bool = True, create: bool = True) -> Iterator[Path]:
@@ -31,7 +41,7 @@ def atomic_target(path: str | os.PathLike, *, fsync: bool = True, keep_suffix: b
             that refuse to open an existing file.
     """
     path = Path(path)
-    if not overwrite and path.exists():
+    if not overwrite and occupied(path):
         raise FileExistsError(f"{path}: already exists; pass --overwrite to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".tmp" + (path.suffix if keep_suffix else "")
@@ -63,6 +73,6 @@ def _link_no_clobber(tmp: Path, path: Path) -> None:
     except FileExistsError:
         raise FileExistsError(f"{path}: already exists; pass --overwrite to replace it") from None
     except OSError:  # filesystems without hard links
-        if path.exists():
+        if occupied(path):
             raise FileExistsError(f"{path}: already exists; pass --overwrite to replace it") from None
         os.replace(tmp, path)

@@ -463,6 +463,7 @@ def upscale_files(upscaler: Upscaler, mapping: dict[Path, Path], *, overwrite: b
 
     from tqdm import tqdm
 
+    from .atomic import occupied
     from .media.images import check_writable, read_image
     from .media.writers import held_output_bytes, streams, write_bands
 
@@ -486,7 +487,7 @@ def upscale_files(upscaler: Upscaler, mapping: dict[Path, Path], *, overwrite: b
                 raise ValueError(f"{src}: output {dst} is also the output of an earlier input; use --suffix "
                                  "or separate runs")
             planned.add(key)
-            if dst.exists() and not overwrite:
+            if not overwrite and occupied(dst):
                 raise FileExistsError(f"{dst}: already exists; pass --overwrite to replace it")
             img, meta = read_image(src, order="BGR")
             check_writable(dst, dtype=img.dtype, channels=meta.channels)
