@@ -133,3 +133,124 @@ def test_item4_library_writers_treat_a_dangling_link_as_existing(tmp_path):
             write(link)
         assert link.is_symlink()
     assert _leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------------ item 6: metadata checked against the graph
+def _with_props(src: Path, dst: Path, **props: str) -> Path:
+    """A copy of ``src`` with some srdeploy metadata values replaced (raw strings, as a hostile file has)."""
+    import onnx
+
+    model = onnx.load(str(src))
+    for entry in model.metadata_props:
+        key = entry.key.removeprefix("srdeploy.")
+        if key in props:
+            entry.value = props[key]
+    onnx.save(model, str(dst))
+    return dst
+
+
+@pytest.mark.parametrize("props, words", [
+    ({"scale": "0"}, "srdeploy.scale=0 is not an integer scale from 1 to 16"),
+    ({"scale": "-4"}, "srdeploy.scale=-4 is not"),
+    ({"scale": "1000000000"}, "srdeploy.scale=1000000000 is not"),
+    ({"receptive_radius": str(10 ** 9)}, "srdeploy.receptive_radius=1000000000 is not a radius from 0 to 1024"),
+    ({"receptive_radius": "-1"}, "srdeploy.receptive_radius=-1 is not"),
+    ({"input_range": "1,0"}, "srdeploy.input_range='1,0' is not a value range"),
+    ({"output_range": "nan,1"}, "srdeploy.output_range='nan,1' is not a value range"),
+    ({"output_range": "0,1e300"}, "srdeploy.output_range='0,1e+300' is not a value range"),
+    ({"channel_order": "BGR"}, "srdeploy.channel_order='BGR' is not RGB"),
+    ({"layout": "NHWC"}, "srdeploy.layout='NHWC' is not NCHW"),
+    ({"precision": "int3"}, "srdeploy.precision='int3' is not one of"),
+    ({"arch_kwargs": "[1, 2]"}, "srdeploy.arch_kwargs=[1, 2] is not a JSON object"),
+    ({"arch_kwargs": "[" * 100000}, "malformed srdeploy metadata"),
+    ({"scale": "4"}, "srdeploy.scale=4 but the graph scales by x2"),
+    ({"receptive_radius": "500"}, "srdeploy.receptive_radius=500 exceeds the graph's own receptive field (at most"),
+])
+def test_item6_hostile_metadata_is_refused_when_the_model_opens(tiny_srresnet_x2, tmp_path, capsys, props, words):
+    bad = _with_props(tiny_srresnet_x2, tmp_path / "hostile.onnx", **props)
+    src = _png(tmp_path / "in.png", 0)
+    opened = []
+    import srdeploy.runtime.upscale as up
+
+    real = up.Upscaler.__init__
+    with pytest.MonkeyPatch.context() as mp:  # refused at open: no Upscaler is ever made
+        mp.setattr(up.Upscaler, "__init__", lambda self, *a, **k: opened.append(1) or real(self, *a, **k))
+        assert main(["upscale", "-q", "-i", str(src), "-o", str(tmp_path / "out.png"), "--model", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"srdeploy upscale: error: {bad}: "), err
+    assert words in err, err
+    assert opened == [] and not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_item6_wrong_scale_is_refused_on_every_backend(tiny_srresnet_x2, tmp_path, backend):
+    pytest.importorskip("openvino") if backend == "openvino" else None
+    from srdeploy.runtime.open import open_session
+    from srdeploy.runtime.metadata import MetadataError
+
+    bad = _with_props(tiny_srresnet_x2, tmp_path / "x3.onnx", scale="3")
+    with pytest.raises(MetadataError, match=r"x3.onnx: metadata srdeploy.scale=3 but the graph scales by x2"):
+        open_session(bad, backend=backend)
+
+
+def _resize_model(path: Path, *, factor: float, scale: str, radius: str) -> Path:
+    """lr -> Resize(x factor, nearest) -> sr, with srdeploy metadata: a graph the walk cannot size."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from srdeploy.runtime.metadata import ModelInfo
+
+    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, factor, factor])
+    node = helper.make_node("Resize", ["lr", "", "scales"], ["sr"], mode="nearest")
+    dims = ["n", 3, "h", "w"]
+    graph = helper.make_graph([node], "resize", [helper.make_tensor_value_info("lr", TensorProto.FLOAT, dims)],
+                              [helper.make_tensor_value_info("sr", TensorProto.FLOAT, ["n", 3, "H", "W"])], [scales])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    props = {**ModelInfo(scale=2, receptive_radius=1).to_props(), "srdeploy.scale": scale,
+             "srdeploy.receptive_radius": radius}
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    return path
+
+
+def test_item6_a_graph_the_walk_cannot_read_gets_a_probe(tmp_path):
+    from srdeploy.runtime.contract import receptive_bound
+    from srdeploy.runtime.metadata import MetadataError
+    from srdeploy.runtime.open import open_session
+
+    good = _resize_model(tmp_path / "good.onnx", factor=2, scale="2", radius="1")
+    assert receptive_bound(good.read_bytes()) is None
+    with open_session(good) as s:
+        assert s.infer(np.zeros((1, 3, 5, 7), np.float32)).shape == (1, 3, 10, 14)
+    bad = _resize_model(tmp_path / "bad.onnx", factor=2, scale="3", radius="1")
+    with pytest.raises(MetadataError, match="bad.onnx: metadata srdeploy.scale=3 but the model turns a 1x3x16x16 "
+                                            r"input into 1x3x32x32 \(x2\)"):
+        open_session(bad)
+
+
+@pytest.mark.parametrize("scale, blocks", [(2, 1), (8, 2), (4, 3), (4, 16)])
+def test_item6_graph_receptive_bound_holds_the_true_radius_closely(tmp_path, scale, blocks):
+    """The bound read off the ONNX graph is at least the architecture's radius (never refuses an
+    honest export) and at most 2 pixels more (a hostile radius a few pixels out is still caught)."""
+    from srdeploy.export.fuse import fuse_bn
+    from srdeploy.export.onnx_export import export_onnx
+    from srdeploy.runtime.contract import receptive_bound
+    from srdeploy.train.archs import SRResNet, receptive_radius
+
+    m = SRResNet(scale=scale, num_blocks=blocks, channels=8).eval()
+    export_onnx(fuse_bn(m), tmp_path / "m.onnx")
+    bound, factor = receptive_bound((tmp_path / "m.onnx").read_bytes())
+    assert factor == scale
+    assert receptive_radius(m) <= bound <= receptive_radius(m) + 2
+
+
+def test_item6_bundled_models_keep_opening():
+    from srdeploy.runtime.open import open_session
+    from srdeploy.runtime.contract import receptive_bound
+
+    for name in ("srresnet_x4.onnx", "srresnet_x4_int8.onnx"):
+        with open_session(ROOT / "models" / name) as s:
+            bound, factor = receptive_bound((ROOT / "models" / name).read_bytes())
+            assert factor == s.info.scale == 4 and s.info.receptive_radius <= bound < s.info.receptive_radius + 2
