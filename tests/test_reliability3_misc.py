@@ -254,3 +254,69 @@ def test_item6_bundled_models_keep_opening():
         with open_session(ROOT / "models" / name) as s:
             bound, factor = receptive_bound((ROOT / "models" / name).read_bytes())
             assert factor == s.info.scale == 4 and s.info.receptive_radius <= bound < s.info.receptive_radius + 2
+
+
+# ------------------------------------------------------------------ item 7: OpenVINO weights stay in the folder
+@pytest.fixture(scope="module")
+def bundled_ir(tmp_path_factory) -> Path:
+    pytest.importorskip("openvino")
+    from srdeploy.runtime.backends.openvino import to_openvino_ir
+
+    return to_openvino_ir(BUNDLED, tmp_path_factory.mktemp("ir") / "real" / "m.xml")
+
+
+def test_item7_openvino_refuses_a_bin_symlinked_outside_the_model_folder(bundled_ir, tmp_path):
+    import shutil
+
+    from srdeploy.runtime.open import open_session
+
+    model = tmp_path / "model"
+    model.mkdir()
+    shutil.copy(bundled_ir, model / "m.xml")
+    (model / "m.bin").symlink_to(bundled_ir.with_suffix(".bin"))
+    with pytest.raises(ValueError, match=f"{model / 'm.xml'}: its weights file m.bin resolves to "
+                                         f"{bundled_ir.with_suffix('.bin')}, outside the model's folder"):
+        open_session(model / "m.xml", backend="openvino")
+    # a link that stays inside the folder is fine
+    (model / "m.bin").unlink()
+    (model / "weights").mkdir()
+    shutil.copy(bundled_ir.with_suffix(".bin"), model / "weights" / "real.bin")
+    (model / "m.bin").symlink_to(Path("weights") / "real.bin")
+    with open_session(model / "m.xml", backend="openvino") as s:
+        assert s.info.scale == 4
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_item7_item19_onnx_external_data_outside_the_folder_is_refused_with_the_reason(tmp_path, backend):
+    """Both backends refuse ONNX external data that resolves outside the model's folder (ONNX
+    Runtime's rule, which OpenVINO's frontend shares); the message keeps OpenVINO's reason, which
+    came after two source-location lines and was cut off (item 19)."""
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    import onnx
+
+    from srdeploy.runtime.open import open_session
+
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "model").mkdir()
+    onnx.save(onnx.load(str(BUNDLED)), str(tmp_path / "elsewhere" / "e.onnx"), save_as_external_data=True,
+              location="e.data", size_threshold=0)
+    (tmp_path / "model" / "e.onnx").write_bytes((tmp_path / "elsewhere" / "e.onnx").read_bytes())
+    (tmp_path / "model" / "e.data").symlink_to(tmp_path / "elsewhere" / "e.data")
+    with pytest.raises((ValueError, RuntimeError)) as err:
+        open_session(tmp_path / "model" / "e.onnx", backend=backend)
+    msg = str(err.value)
+    assert msg.startswith(f"{tmp_path / 'model' / 'e.onnx'}: ") and "\n" not in msg
+    assert "outside" in msg or "escapes" in msg, msg
+    assert "Exception from" not in msg and "failed at src/" not in msg
+
+
+def test_item19_openvino_reason_drops_source_lines_only():
+    from srdeploy.runtime.backends.openvino import _reason
+
+    exc = RuntimeError("Exception from src/inference/src/cpp/core.cpp:117:\nCheck 'x' failed at src/a.cpp:4:\n"
+                       "Cannot load library \"libopenvino_intel_gpu_plugin.so\": libOpenCL.so.1: cannot open\n\n")
+    assert _reason(exc) == ("RuntimeError: Cannot load library \"libopenvino_intel_gpu_plugin.so\": libOpenCL.so.1: "
+                            "cannot open")
+    long = RuntimeError("Exception from src/x.cpp:1:\n" + "detail " * 80 + "THE REASON")
+    assert _reason(long).endswith("THE REASON")  # not cut at a fixed length
