@@ -74,11 +74,10 @@ def join_and_mux(segments: Sequence[Path], durations: Sequence[Fraction], source
         p = Process(_mux_args(listing, source, plan, container, offset, dst_tmp, hevc_tag), log)
         if p.wait() == 0:
             break
-        m = re.search(r"(?:Could not find tag for codec \S+ in stream|stream) #(\d+)", "".join(p.tail))
-        out_index = int(m.group(1)) if m else -1
-        if not (1 <= out_index <= len(plan.copy)):
+        refused = _refused_stream("".join(p.tail), plan)
+        if refused is None:
             raise p.error(f"{dst_tmp}: joining the segments failed")
-        _convert_or_drop(plan, plan.copy[out_index - 1], container)
+        _convert_or_drop(plan, refused, container)
         dst_tmp.unlink(missing_ok=True)
     else:
         raise FFmpegError(f"{dst_tmp}: joining the segments failed (ffmpeg log: {log})")
@@ -106,6 +105,20 @@ def _plan_streams(source: MediaInfo, container: str, audio: bool) -> MuxPlan:
         else:
             plan.copy.append(s)
     return plan
+
+
+def _refused_stream(tail: str, plan: MuxPlan) -> StreamInfo | None:
+    """The source stream a failed mux refused: named by its output index ("Could not find tag for
+    codec X in stream #2"), or only by its kind (MPEG-PS: "Unsupported audio codec"), then the
+    first such stream not yet converted. None: the failure is not about one stream."""
+    m = re.search(r"(?:Could not find tag for codec \S+ in stream|stream) #(\d+)", tail)
+    if m:
+        out_index = int(m.group(1))
+        return plan.copy[out_index - 1] if 1 <= out_index <= len(plan.copy) else None
+    for kind in ("audio", "subtitle"):
+        if re.search(rf"\b{kind}\b", tail, re.IGNORECASE):
+            return next((s for s in plan.copy if s.kind == kind and s.index not in plan.encode), None)
+    return None
 
 
 def _convert_or_drop(plan: MuxPlan, s: StreamInfo, container: str) -> None:
