@@ -512,3 +512,30 @@ def test_resume_refuses_other_settings_and_names_them(upscaler, bframes_mp4, tmp
     stats = seg.upscale_video_ffmpeg(upscaler, bframes_mp4, out, segment_frames=8, resume=True, progress=False,
                                      fingerprint={"model": "m.onnx", "tile": 0}, log=lambda s: None)
     assert stats.reused == 1 and stats.frames == 20 and not work.exists()
+
+
+def test_batch_refuses_a_container_codec_mismatch_before_any_worker(copy_model, bframes_mp4, tmp_path, capsys,
+                                                                    monkeypatch):
+    """batch: output settings are checked per container by the driver; no Ray, no model for a refused video."""
+    import shutil
+
+    import srdeploy.runtime.batch.driver as driver
+    from srdeploy.cli import main
+
+    def no_ray(cfg):
+        raise AssertionError("Ray was started for a job whose every task was refused")
+
+    monkeypatch.setattr(driver, "_start_ray", no_ray)
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(bframes_mp4, src / "a.webm")  # the output keeps the container: webm holds no H.264
+    out = tmp_path / "out"
+    assert main(["batch", "-q", "-i", str(src), "-o", str(out), "--model", str(copy_model), "--codec", "h264",
+                 "--json", str(tmp_path / "s.json")]) == 1
+    err = capsys.readouterr().err
+    assert f"{src / 'a.webm'}: the webm container cannot hold libx264 video" in err
+    import json
+
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["failed"] == 1 and summary["failures"][0]["input"] == str(src / "a.webm")
+    assert not (out / "a.webm").exists()

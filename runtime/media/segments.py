@@ -8,14 +8,20 @@ them into an ffmpeg encoder writing a temporary file in the work folder, checks 
 and renames it to ``seg-0000k.mov``. A finished segment is never rewritten: running the task
 again returns at once, so retry and resume are the same code, and segments can run in any order,
 in parallel, on other machines that see the same folder (the Ray batch does that).
-``join_segments(job)`` then joins them without re-encoding (ffmpeg concat demuxer) and muxes
-every other stream of the source into a temporary file beside the output, renamed at the end.
+``finish_job(job)`` then joins them without re-encoding (ffmpeg concat demuxer, ``join_segments``)
+and muxes every other stream of the source into a temporary file beside the output, renamed at
+the end (``atomic_target``, as every file here).
+
+Before any of it, ``check_request`` refuses what can be refused without a model: the source (a
+folder, a still image, no video stream), the output name and the output settings
+(``ffmpeg.check_output``: container, codec, quality, pixel format).
 
 The work folder is hidden beside the output: ``.OUT_NAME.srdeploy-video/``. It holds
 ``job.json`` (what the segments were made from: source size and mtime, encoder settings,
 segment length, model), the finished segments and one ffmpeg log per process. It is removed
 after a successful join and kept after a failure, so ``--resume`` continues from the first
-unfinished segment; a job.json that does not match the new command is refused, never mixed.
+unfinished segment; a job.json that does not match the new command is refused, naming what
+changed, never mixed (``jobs.JobFolder``, the batch's job folder too).
 
 Timing. A constant-frame-rate source keeps its exact rate (snapped from the timestamps, e.g.
 24000/1001, see ``ffmpeg.analyse_timing``). A variable-frame-rate source is written at its mean
