@@ -135,6 +135,35 @@ def test_item4_library_writers_treat_a_dangling_link_as_existing(tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("encoder", ["ffmpeg", "opencv"])
+def test_item4_dangling_symlink_video_output_is_refused_without_overwrite(tiny_srresnet_x2, tmp_path, capsys,
+                                                                           encoder):
+    from srdeploy.runtime.media.video import write_test_video
+
+    src = write_test_video(tmp_path / "src.avi", width=20, height=16, frames=3, fps=12)
+    link = tmp_path / "out.mkv"
+    link.symlink_to(tmp_path / "elsewhere" / "target.mkv")
+    args = ["video", "-q", "-i", str(src), "-o", str(link), "--model", str(tiny_srresnet_x2), "--encoder", encoder,
+            "--no-audio", *(["--codec", "MJPG"] if encoder == "opencv" else [])]
+    assert main(args) == 1
+    assert f"{link}: output exists; pass --overwrite" in capsys.readouterr().err
+    assert link.is_symlink() and not (tmp_path / "elsewhere").exists()
+    assert main([*args, "--overwrite"]) == 0
+    assert not link.is_symlink() and link.stat().st_size > 0
+
+
+def test_item4_batch_plans_a_dangling_symlink_output_as_existing(tmp_path):
+    from srdeploy.runtime.batch.job import Settings, plan_tasks
+
+    src = _png(tmp_path / "in" / "a.png", 0)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.png").symlink_to(tmp_path / "nowhere.png")
+    settings = Settings(model="m.onnx", backend="auto", device=None, precision=None, tile=None, tile_pad=None,
+                        batch=1, feather=0, alpha="model", ext=None, suffix="", quality=None)
+    tasks, problems = plan_tasks([(src, Path("a.png"))], tmp_path / "out", settings)
+    assert problems == [] and [t["preexisting"] for t in tasks] == [True]
+
+
 # ------------------------------------------------------------------ item 6: metadata checked against the graph
 def _with_props(src: Path, dst: Path, **props: str) -> Path:
     """A copy of ``src`` with some srdeploy metadata values replaced (raw strings, as a hostile file has)."""

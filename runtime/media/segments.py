@@ -41,7 +41,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
-from ..atomic import atomic_target
+from ..atomic import atomic_target, occupied
 from ..jobs import JobFolder
 from ..progress import progress_bar
 from . import ffmpeg as ff
@@ -321,7 +321,7 @@ def check_request(src: str | os.PathLike, dst: str | os.PathLike, *, codec: str 
         raise IsADirectoryError(f"{dst}: output is a folder; give a video file name (e.g. out.mp4)")
     if dst.exists() and dst.resolve() == src.resolve():
         raise ValueError(f"{dst}: the output would overwrite the input video; choose another output name")
-    if dst.exists() and not overwrite:
+    if not overwrite and occupied(dst):  # a dangling symlink too
         raise FileExistsError(f"{dst}: output exists; pass --overwrite to replace it")
     return probe_request(src, dst, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
 
