@@ -349,3 +349,19 @@ def test_item19_openvino_reason_drops_source_lines_only():
                             "cannot open")
     long = RuntimeError("Exception from src/x.cpp:1:\n" + "detail " * 80 + "THE REASON")
     assert _reason(long).endswith("THE REASON")  # not cut at a fixed length
+
+
+# ------------------------------------------------------------------ item 17: INT8 (QDQ) models get a memory bound
+def test_item17_int8_qdq_graph_is_profiled_like_its_fp32_source(tmp_path, capsys):
+    """The QDQ model's convolutions take their weights from DequantizeLinear; the graph walk follows
+    them back to the int8 initializers, so the INT8 model is sized like the FP32 one (ONNX Runtime's
+    measured peak is the same for both: scripts/bench_memory.py, docs/edge.md)."""
+    from srdeploy.runtime.budget import profile_onnx
+
+    int8 = ROOT / "models" / "srresnet_x4_int8.onnx"
+    assert profile_onnx(int8).peak_bytes_per_pixel == profile_onnx(BUNDLED).peak_bytes_per_pixel > 0
+    src = _png(tmp_path / "in.png", 0, shape=(40, 36, 3))
+    assert main(["upscale", "-q", "-i", str(src), "-o", str(tmp_path / "o.png"), "--model", str(int8),
+                 "--max-memory", "300M"]) == 0
+    err = capsys.readouterr().err
+    assert "tile auto -> " in err and "(predicted peak " in err and "not predicted" not in err, err
