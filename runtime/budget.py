@@ -76,10 +76,15 @@ def parse_size(text: str) -> int:
 
 
 def format_size(n: float) -> str:
-    """"612 MiB", "1.25 GiB": for the CLI's first line and messages."""
+    """"612 MiB", "1.25 GiB", "1 KiB", "512 B": for the CLI's first line and messages (a budget
+    under a MiB is shown in its own unit, not as "0 MiB")."""
     if n >= 1 << 30:
         return f"{n / (1 << 30):.2f} GiB"
-    return f"{n / (1 << 20):.0f} MiB"
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.0f} MiB"
+    if n >= 1 << 10:
+        return f"{n / (1 << 10):.0f} KiB"
+    return f"{n:.0f} B"
 
 
 def available_ram() -> int | None:

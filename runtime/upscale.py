@@ -187,8 +187,8 @@ class Upscaler:
                 tile = pred.tile
                 self.last_prediction = pred
                 if pred.total > self.budget:
-                    notes = (f"tile auto: even tile {tile} is predicted to take {_size(pred.total)}, over the "
-                             f"--max-memory budget of {_size(self.budget)}",)
+                    notes = (f"tile auto: even tile {_tile_text(tile)} is predicted to take {_size(pred.total)}, "
+                             f"over the --max-memory budget of {_size(self.budget)}",)
         plan = plan_tiles(height, width, tile=tile, tile_pad=self.tile_pad, batch=self.batch,
                           feather=self.feather, spec=self.session.input_spec)
         if notes:
@@ -212,8 +212,7 @@ class Upscaler:
         elif self._auto_tile is None:
             text = f"tile auto (max memory {_size(self.budget)})"
         else:
-            t = self._auto_tile
-            text = f"tile auto -> {'whole image' if not t else t if isinstance(t, int) else f'{t[1]}x{t[0]}'}"
+            text = f"tile auto -> {_tile_text(self._auto_tile)}"
             p = self.last_prediction
             text += (f" (predicted peak {_size(p.total)}, max memory {_size(self.budget)})" if p is not None
                      else " (memory not predicted: no ONNX graph)")
@@ -324,6 +323,11 @@ class Upscaler:
             del band
 
 
+def _tile_text(tile: int | tuple[int, int]) -> str:
+    """A tile as the CLI shows it: "whole image", "256", or "WxH" for (core height, core width)."""
+    return "whole image" if not tile else str(tile) if isinstance(tile, int) else f"{tile[1]}x{tile[0]}"
+
+
 def _size(n: int) -> str:
     from .budget import format_size
 
@@ -423,14 +427,16 @@ def upscale_files(upscaler: Upscaler, mapping: dict[Path, Path], *, overwrite: b
             if announce is not None:
                 announce(upscaler)
                 announce = None
-            elif upscaler.tile == "auto" and upscaler.describe() != last:
+            elif upscaler.tile == "auto" and upscaler._auto_tile != last:  # the tile, not its predicted peak
                 say(f"srdeploy upscale: note: {src}: {upscaler.describe()}")
-            last = upscaler.describe()
+            last = upscaler._auto_tile
             if held >= LARGE_OUTPUT_BYTES:
                 say(f"srdeploy upscale: note: {dst}: {dst.suffix} cannot be written band by band, so the whole "
                     f"{w * sc}x{h * sc} output is held in memory ({_size(held)}); .png or .tiff stream it")
+            # Tiles of every single image (one image can take minutes); in a folder run, of those
+            # with more than one tile (the images bar moves for the others).
             tiles = progress_bar(total=plan.num_tiles, unit="tile", leave=False,
-                                 enabled=progress and plan.num_tiles >= 4)
+                                 enabled=progress and (plan.num_tiles >= 2 or len(files) == 1))
             try:
                 def prog(done: int, total: int) -> None:
                     tiles.total = total

@@ -365,3 +365,44 @@ def test_item17_int8_qdq_graph_is_profiled_like_its_fp32_source(tmp_path, capsys
                  "--max-memory", "300M"]) == 0
     err = capsys.readouterr().err
     assert "tile auto -> " in err and "(predicted peak " in err and "not predicted" not in err, err
+
+
+# ------------------------------------------------------------------ item 18: quiet and noisy at the right times
+def test_item18_folder_run_notes_the_tile_only_when_it_changes(tmp_path, capsys):
+    folder = tmp_path / "in"
+    for i, shape in enumerate([(16, 12, 3), (20, 18, 3), (26, 22, 3)]):  # all whole-image, peaks differ
+        _png(folder / f"{i}.png", i, shape=shape)
+    args = ["upscale", "-q", "-i", str(folder), "-o", str(tmp_path / "out"), "--model", str(BUNDLED)]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "tile auto -> whole image" in err.splitlines()[0] and "note:" not in err, err
+    _png(folder / "3.png", 3, shape=(300, 40, 3))  # too tall for the budget below: tiled, so noted once
+    assert main([*args, "--overwrite", "--max-memory", "180M"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
+    assert len(notes) == 1 and "3.png: tile auto -> " in notes[0] and "whole image" not in notes[0], notes
+
+
+def test_item18_a_single_image_shows_its_tiles(tmp_path, capsys):
+    from srdeploy.runtime.open import open_session
+    from srdeploy.runtime.upscale import Upscaler, upscale_files
+
+    src = _png(tmp_path / "in.png", 0, shape=(20, 40, 3))
+    with open_session(BUNDLED) as s:
+        upscale_files(Upscaler(s, tile=24), {src: tmp_path / "o.png"}, progress=True)  # 2 tiles
+    assert "2/2" in capsys.readouterr().err
+
+
+def test_item18_message_wording(tmp_path, capsys):
+    from srdeploy.runtime.budget import format_size
+
+    assert [format_size(v) for v in (1024, 1536, 1 << 20, 700, 5 << 29)] == ["1 KiB", "2 KiB", "1 MiB", "700 B",
+                                                                                "2.50 GiB"]
+    assert main(["eval", str(BUNDLED)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("srdeploy eval: error: give a checkpoint") and "eval: eval:" not in err
+    src = _png(tmp_path / "in.png", 0)
+    pytest.importorskip("openvino")
+    assert main(["upscale", "-q", "-i", str(src), "-o", str(tmp_path / "o.png"), "--model", str(BUNDLED),
+                 "--backend", "openvino", "--max-memory", "1K", "--tile-pad", "2"]) == 0
+    first = capsys.readouterr().err.splitlines()[0]
+    assert " on openvino cpu fp32; " in first and "max memory 1 KiB" in first and "  " not in first, first

@@ -162,8 +162,8 @@ def describe_session(session, model, upscaler=None) -> str:
     """The first line every runtime command prints: model, backend, providers, device, precision, tiling."""
     info = session.info
     used = session.details.get("providers") or session.details.get("gpu") or ""
-    line = (f"model {model} (x{info.scale}, receptive radius {info.receptive_radius}) on {session.backend} "
-            f"{used} {session.device} {session.precision}")
+    where = " ".join(str(part) for part in (session.backend, used, session.device, session.precision) if part)
+    line = f"model {model} (x{info.scale}, receptive radius {info.receptive_radius}) on {where}"
     if upscaler is not None:
         line += f"; {upscaler.describe()}, batch {upscaler.batch}" + (f", feather {upscaler.feather}" if upscaler.feather else "")
     return line
