@@ -169,14 +169,18 @@ def default_val_folders() -> list[Path]:
 # ----------------------------------------------------------------------------- quantize one graph
 
 class _Reader:
-    """ONNX Runtime CalibrationDataReader over a list of inputs (a fresh one per use)."""
+    """ONNX Runtime CalibrationDataReader over a list of inputs (a fresh one per use); ``bar`` (a
+    progress bar) counts the inputs handed out, which is calibration's progress."""
 
-    def __init__(self, inputs: list[np.ndarray], name: str):
+    def __init__(self, inputs: list[np.ndarray], name: str, bar=None):
         self._it = iter(inputs)
         self._name = name
+        self._bar = bar
 
     def get_next(self):
         x = next(self._it, None)
+        if x is not None and self._bar is not None:
+            self._bar.update(1)
         return None if x is None else {self._name: x}
 
     def __len__(self) -> int:  # pragma: no cover - used by strided calibration only
@@ -192,7 +196,7 @@ def _method(name: str):
 
 def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, *, calib: list[np.ndarray] | None,
                  cache: str | os.PathLike, method: str = "percentile", percentile: float = DEFAULT_PERCENTILE,
-                 exclude=(), input_range: tuple[float, float] = (0.0, 1.0)) -> None:
+                 exclude=(), input_range: tuple[float, float] = (0.0, 1.0), progress: bool = False) -> None:
     """Write the QDQ INT8 model of ``src`` to ``dst`` (ranges from ``cache``, computed if missing).
 
     Args:
@@ -204,8 +208,13 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, *, calib: list[
         percentile: for ``percentile``.
         exclude: node names left in float.
         input_range: the model input's range (metadata); quantized exactly as 8-bit pixels.
+        progress: a bar over the calibration inputs (on stderr).
     """
+    import contextlib
+    import io
     import logging
+
+    from srdeploy.runtime.progress import progress_bar
 
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -228,12 +237,19 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, *, calib: list[
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
+    bar = progress_bar(total=len(calib or ()), unit="crop", desc="quantize: calibrating", leave=False,
+                       enabled=progress and calib is not None)
+    reader = _Reader(calib, INPUT_NAME, bar) if calib is not None else None
     try:
-        quantize_static(str(src), str(dst), _Reader(calib, INPUT_NAME) if calib is not None else None,
-                        quant_format=QuantFormat.QDQ, per_channel=True, op_types_to_quantize=["Conv"],
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=_method(method),
-                        nodes_to_exclude=list(exclude), extra_options=extra, calibration_cache_path=str(cache))
+        # ONNX Runtime's calibrators print() their steps ("Collecting tensor data and making
+        # histogram ...") to stdout, where the command's result lines go, even with -q.
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                            op_types_to_quantize=["Conv"], activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=_method(method),
+                            nodes_to_exclude=list(exclude), extra_options=extra, calibration_cache_path=str(cache))
     finally:
+        bar.close()
         root.setLevel(level)
 
 
@@ -259,20 +275,23 @@ def _mse(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 
 
 def conv_sensitivity(src, quantize, *, probe: list[np.ndarray], candidates, exclude=(), threads=None,
-                     workdir) -> list[tuple[str, float]]:
+                     workdir, progress: bool = False) -> list[tuple[str, float]]:
     """Rank convolutions by what keeping each one in float recovers.
 
     For each candidate, the model is quantized (``quantize(dst, exclude=...)``, ranges from the
     calibration cache) with that node (plus ``exclude``) left in float and its output compared
     with the FP32 output on ``probe``. The score is the PSNR gain (dB, on [0, 1] outputs) over
     the model with only ``exclude`` in float. Returns ``(node, gain)``, largest gain first.
+    ``progress``: a bar over the candidates (on stderr).
     """
+    from srdeploy.runtime.progress import progress_bar
+
     ref = _outputs(src, probe, threads)
     p = Path(workdir) / "sensitivity.onnx"
     quantize(p, exclude=list(exclude))
     base = _mse(_outputs(p, probe, threads), ref)
     scores = []
-    for node in candidates:
+    for node in progress_bar(candidates, unit="conv", desc="quantize: ranking", leave=False, enabled=progress):
         quantize(p, exclude=[*exclude, node])
         err = _mse(_outputs(p, probe, threads), ref)
         scores.append((node, 10 * math.log10(max(base, 1e-20) / max(err, 1e-20))))
@@ -310,10 +329,11 @@ def measure_speed(fp32: str | os.PathLike, int8: str | os.PathLike, *, threads: 
 
 # ----------------------------------------------------------------------------- the whole recipe
 
-def _psnr_by_set(path, folders, threads) -> dict[str, float]:
+def _psnr_by_set(path, folders, threads, progress: bool = False) -> dict[str, float]:
     from .runtime_eval import RuntimeEvalConfig, evaluate_model_file
 
-    results, _ = evaluate_model_file(path, folders, RuntimeEvalConfig(backend="onnxruntime", threads=threads))
+    results, _ = evaluate_model_file(path, folders, RuntimeEvalConfig(backend="onnxruntime", threads=threads),
+                                     progress=progress)
     return {r.name: r.psnr for r in results}
 
 
@@ -339,8 +359,11 @@ def _steps(n: int):
 
 
 def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, cfg: QuantizeConfig = QuantizeConfig(), *,
-                   overwrite: bool = False, log=print) -> QuantizeReport:
+                   overwrite: bool = False, log=print, progress: bool = False) -> QuantizeReport:
     """Quantize ``src`` (srdeploy FP32 ONNX) to an INT8 QDQ model at ``dst``, accuracy-aware.
+
+    ``log`` gets one line per step; ``progress`` shows bars (stderr) for the long ones:
+    calibration, each validation run, the sensitivity ranking.
 
     Raises QuantizeError (nothing written) for bad input, an existing ``dst`` without
     ``overwrite``, or a loss above ``cfg.max_loss`` even with every convolution in float.
@@ -378,21 +401,21 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, cfg: Quantize
         cache = Path(tmp) / "calibration.json"
         trial = Path(tmp) / "int8.onnx"
         quantize = partial(quantize_qdq, src, calib=None, cache=cache, method=cfg.method,
-                           percentile=cfg.percentile, input_range=info.input_range)
+                           percentile=cfg.percentile, input_range=info.input_range, progress=progress)
         log(f"quantize: calibrating on {len(crops)} LR crops {cfg.crop}x{cfg.crop} from "
             f"{', '.join(str(f) for f in calib_folders)} ({cfg.method})")
         quantize(trial, calib=crops, exclude=list(cfg.exclude))  # fills the cache
-        fp32 = _psnr_by_set(src, val_folders, cfg.threads)
+        fp32 = _psnr_by_set(src, val_folders, cfg.threads, progress)
         trials: list[dict] = []
 
         def measure(float_nodes: list[str]) -> dict:
             quantize(trial, exclude=float_nodes)
-            int8 = _psnr_by_set(trial, val_folders, cfg.threads)
+            int8 = _psnr_by_set(trial, val_folders, cfg.threads, progress)
             loss = {k: fp32[k] - int8[k] for k in fp32}
             rec = {"float_nodes": list(float_nodes), "int8_psnr": int8, "loss_db": loss}
             trials.append(rec)
-            log(f"quantize: {len(float_nodes)} node(s) in float: loss " +
-                ", ".join(f"{k} {v:+.3f} dB" for k, v in loss.items()))
+            log(f"quantize: {len(float_nodes)} node(s) in float: loss " +  # dB lost: positive = worse
+                ", ".join(f"{k} {v:.3f} dB" for k, v in loss.items()))
             return rec
 
         exclude = list(cfg.exclude)
@@ -401,7 +424,7 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, cfg: Quantize
         if max(best["loss_db"].values()) > cfg.max_loss:
             log(f"quantize: loss above {cfg.max_loss} dB; ranking {len(convs)} convolutions by sensitivity")
             ranking = conv_sensitivity(src, quantize, probe=crops[:cfg.probe_images], candidates=convs,
-                                       exclude=exclude, threads=cfg.threads, workdir=tmp)
+                                       exclude=exclude, threads=cfg.threads, workdir=tmp, progress=progress)
             log("quantize: most sensitive: " + ", ".join(f"{n} {g:+.2f} dB" for n, g in ranking[:6]))
             order = [n for n, _ in ranking]
             for k in _steps(len(order))[1:]:

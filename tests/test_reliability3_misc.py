@@ -406,3 +406,36 @@ def test_item18_message_wording(tmp_path, capsys):
                  "--backend", "openvino", "--max-memory", "1K", "--tile-pad", "2"]) == 0
     first = capsys.readouterr().err.splitlines()[0]
     assert " on openvino cpu fp32; " in first and "max memory 1 KiB" in first and "  " not in first, first
+
+
+@pytest.fixture(scope="module")
+def int8_folders(set5, tmp_path_factory) -> dict:
+    import shutil
+
+    d = tmp_path_factory.mktemp("int8_folders")
+    files = sorted(set5.iterdir())
+    for name, chosen in (("calib", files[:2]), ("val", files[3:4])):
+        (d / name).mkdir()
+        for f in chosen:
+            shutil.copy(f, d / name / f.name)
+    return {"calib": d / "calib", "val": d / "val"}
+
+
+@pytest.mark.slow
+def test_item18_quantize_progress_silence_and_one_loss_sign(tiny_srresnet_x2, int8_folders, tmp_path, capsys):
+    import re
+
+    args = ["quantize", str(tiny_srresnet_x2), "--calib", str(int8_folders["calib"]), "--calib-images", "4",
+            "--crop", "16", "--val", str(int8_folders["val"]), "--max-loss", "10", "--threads", "1"]
+    assert main([*args, "-o", str(tmp_path / "q.onnx"), "-q"]) == 0
+    out, err = capsys.readouterr()
+    # -q: the result lines only; ONNX Runtime's calibration prints do not reach stdout
+    assert [line.split(" ")[0] for line in out.splitlines()] == ["wrote", "kept", "Y-PSNR", "speed"], out
+    assert err == "", err
+    assert main([*args, "-o", str(tmp_path / "q2.onnx")]) == 0
+    out, err = capsys.readouterr()
+    assert "quantize: calibrating: " in err and "/4 [" in err and "eval val" in err  # bars while it works
+    logged = re.search(r"0 node\(s\) in float: loss val (-?[0-9.]+) dB", err).group(1)
+    printed = re.search(r"Y-PSNR loss vs FP32: val (-?[0-9.]+) dB \(", out).group(1)
+    assert logged == printed, (err, out)  # one convention: the dB lost, positive = worse
+    assert "Collecting tensor data" not in out + err
