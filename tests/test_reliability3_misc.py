@@ -439,3 +439,23 @@ def test_item18_quantize_progress_silence_and_one_loss_sign(tiny_srresnet_x2, in
     printed = re.search(r"Y-PSNR loss vs FP32: val (-?[0-9.]+) dB \(", out).group(1)
     assert logged == printed, (err, out)  # one convention: the dB lost, positive = worse
     assert "Collecting tensor data" not in out + err
+
+
+def test_item18_train_has_quiet(tmp_path, capsys, set5):
+    data = tmp_path / "train"
+    data.mkdir()
+    for name in ("baby", "bird"):
+        img = cv2.imread(str(set5 / f"{name}.png"))
+        cv2.imwrite(str(data / f"{name}.png"), img[40:104, 40:104])
+    base = ["train", "srresnet", "--data", str(data), "--iters", "3", "--batch-size", "2", "--crop", "16",
+            "--num-blocks", "1", "--channels", "8", "--device", "cpu", "--no-tensorboard"]
+    assert main([*base, "--out", str(tmp_path / "a"), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("train srresnet: 1 process(es) on cpu") and "3/3" not in err and "it/s" not in err, err
+    assert main([*base, "--out", str(tmp_path / "b")]) == 0
+    assert "3/3" in capsys.readouterr().err  # the bar, without -q
+    # -q is not a setting of the run: resuming without it notes no change
+    base[base.index("--iters") + 1] = "4"
+    assert main([*base, "--out", str(tmp_path / "a"), "--resume"]) == 0
+    changed = [line for line in capsys.readouterr().err.splitlines() if "changed settings" in line]
+    assert len(changed) == 1 and "iters: 3 -> 4" in changed[0] and "progress" not in changed[0], changed
