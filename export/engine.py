@@ -33,7 +33,7 @@ from srdeploy.runtime.atomic import atomic_target
 from srdeploy.runtime.backends._cuda import Cuda, import_cudart
 from srdeploy.runtime.backends.trt import (HARDWARE_LEVELS, SIDECAR_FORMAT, SIDECAR_KEYS, read_sidecar,
                                            sidecar_path, write_sidecar)
-from srdeploy.runtime.cli._args import parse_shape
+from srdeploy.runtime.parsing import parse_shape
 from srdeploy.runtime.metadata import INPUT_NAME, ModelInfo
 
 DEFAULT_WORKSPACE_GB = 4.0

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,25 +54,6 @@ MIN_TILE = 16
 # The chooser fills this share of the budget: the rest absorbs the prediction's error
 # (measured / predicted peak was 0.99..1.06 in scripts/bench_memory.py runs).
 HEADROOM = 0.9
-
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """Bytes from a size such as "1G", "512M", "1.5GB", "800MiB" or "1073741824".
-
-    Units are binary (1K = 1024 bytes), as in ``free -h``, Docker's ``--memory`` and the
-    kernel's VmHWM. Raises ValueError with the accepted forms.
-    """
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?[bB])?\s*", str(text))
-    if not m:
-        raise ValueError(f"memory size {text!r}: expected a number with an optional unit K, M, G or T "
-                         "(binary: 1G = 1024 MiB), e.g. 1G, 512M, 1.5GB")
-    value = float(m.group(1)) * _UNITS[m.group(2).upper()]
-    if value < 1:
-        raise ValueError(f"memory size {text!r}: must be at least 1 byte")
-    return int(value)
-
 
 def format_size(n: float) -> str:
     """"612 MiB", "1.25 GiB": for the CLI's first line and messages."""

@@ -41,7 +41,7 @@ class Settings:
     backend: str
     device: str | None
     precision: str | None
-    tile: int | None
+    tile: int | str | None
     tile_pad: int | None
     batch: int
     feather: int
@@ -52,6 +52,7 @@ class Settings:
     codec: str | None = None
     crf: int | None = None
     segment_frames: int | None = None
+    max_memory: int | None = None  # tile "auto" chooses the tiles within this budget: it decides the output
 
 
 # ----------------------------------------------------------------------------- inputs

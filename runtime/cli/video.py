@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ._args import add_session_args, add_tile_args, check_tile_args, describe_session, session_recipe
+from ._args import add_session_args, add_tile_args, settings_from_args
 
 ENCODERS = ("ffmpeg", "opencv")
 
@@ -59,10 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_video(args: argparse.Namespace) -> int:
     from ..media import segments
-    from ..open import open_session
+    from ..open import describe_session, open_session
     from ..upscale import Upscaler
 
-    check_tile_args(args)
+    run = settings_from_args(args)
     ffmpeg_only = [flag for flag, value in (("--crf", args.crf), ("--preset", args.preset),
                                             ("--pix-fmt", args.pix_fmt), ("--segment-frames", args.segment_frames),
                                             ("--resume", args.resume)) if value not in (None, False)]
@@ -74,11 +74,10 @@ def run_video(args: argparse.Namespace) -> int:
         os.environ["SRDEPLOY_FFMPEG"] = args.ffmpeg  # read by media.ffmpeg.ffmpeg_exe in this process
     src = args.input
     segments.check_source(Path(src))  # folder / still image / missing: before the model loads
-    kwargs = {} if args.tile is None else {"tile": args.tile}
-    recipe = session_recipe(args)
+    recipe = run.recipe
     with open_session(recipe) as session:
-        upscaler = Upscaler(session, tile_pad=args.tile_pad, batch=args.batch, max_memory=args.max_memory, **kwargs)
-        if upscaler.tile == "auto":  # choose for the frame size, so the first line shows it
+        upscaler = Upscaler(session, run.tiling)
+        if upscaler.settings.auto:  # choose for the frame size, so the first line shows it
             import cv2
 
             cap = cv2.VideoCapture(args.input)
@@ -94,7 +93,7 @@ def run_video(args: argparse.Namespace) -> int:
                        "tile_pad": upscaler.tile_pad}
         stats = segments.upscale_video_ffmpeg(
             upscaler, src, args.output, codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt,
-            segment_frames=args.segment_frames, resume=args.resume, overwrite=args.overwrite, batch=args.batch,
+            segment_frames=args.segment_frames, resume=args.resume, overwrite=args.overwrite, batch=run.tiling.batch,
             progress=not args.quiet, audio=not args.no_audio, fingerprint=fingerprint)
     audio = {"none": "no audio in source", "copied": "all audio copied", "disabled": "audio left out (--no-audio)",
              "changed": "audio converted or dropped, see notes"}[stats.audio]
@@ -108,7 +107,7 @@ def run_video(args: argparse.Namespace) -> int:
 def _opencv(args: argparse.Namespace, upscaler) -> int:
     from ..media.video import upscale_video
 
-    stats = upscale_video(upscaler, args.input, args.output, codec=args.codec, batch=args.batch,
+    stats = upscale_video(upscaler, args.input, args.output, codec=args.codec, batch=upscaler.batch,
                           overwrite=args.overwrite, progress=not args.quiet, audio=not args.no_audio,
                           ffmpeg=args.ffmpeg)
     audio = {"copied": "audio copied", "re-encoded": "audio re-encoded", "none": "no audio in source",

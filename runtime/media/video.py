@@ -60,7 +60,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..atomic import atomic_target
-from ..upscale import PixelMap
+from ..pixels import PixelMap
 
 # Default FourCC by container. The PyPI OpenCV builds ship FFmpeg without x264/x265 (licensing),
 # so H.264 ("avc1") is usually unavailable: MPEG-4 Part 2 is the widely playable choice for
