@@ -36,6 +36,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .tiling import axis_cores, axis_window
+
 # Peak RSS of the process before the first tile: Python, numpy, OpenCV, ONNX Runtime and the
 # srdeploy CLI imported, session created, excluding the weights. Measured: VmHWM of
 # `srdeploy upscale` on a 64x48 image with a 150 kB model is 94 MiB (scripts/bench_memory.py).
@@ -347,15 +349,6 @@ def _hw(tile: int | tuple[int, int]) -> tuple[int, int]:
     return (tile, tile) if isinstance(tile, int) else tile
 
 
-def _window(n: int, tile: int, pad: int) -> tuple[int, int]:
-    """(window, number of cores) along one axis, as tiling.plan_tiles cuts it."""
-    if tile == 0 or tile >= n:
-        return n, 1
-    k = math.ceil(n / tile)
-    core = math.ceil(n / k)
-    return min(core + 2 * pad, n), k
-
-
 def predict_peak(profile: GraphProfile, *, height: int, width: int, channels: int, itemsize: int, scale: int,
                  tile: int | tuple[int, int], tile_pad: int, weights_bytes: int = 0, streamed: bool = True,
                  passes: int = 1, batch: int = 1, gpu: bool = False, base_bytes: int | None = None,
@@ -375,9 +368,9 @@ def predict_peak(profile: GraphProfile, *, height: int, width: int, channels: in
             memory). The factor is the CPU one: not yet measured on a GPU.
     """
     th, tw = _hw(tile)
-    wh, kh = _window(height, th, tile_pad)
-    ww, _ = _window(width, tw, tile_pad)
-    core_h = math.ceil(height / kh)
+    wh, _ = axis_window(height, th, tile_pad)
+    ww, _ = axis_window(width, tw, tile_pad)
+    core_h = max(b - a for a, b in axis_cores(height, th))  # the tallest band of output rows
     out_w = width * scale
     acts = batch * profile.activation_bytes(wh, ww, factor=factor)
     base_bytes = BASE_BYTES if base_bytes is None else base_bytes
@@ -396,8 +389,8 @@ def predict_peak(profile: GraphProfile, *, height: int, width: int, channels: in
 def tile_overhead(height: int, width: int, tile: int | tuple[int, int], tile_pad: int) -> float:
     """Compute cost of tiling relative to one whole-image pass (window area / image area)."""
     th, tw = _hw(tile)
-    wh, kh = _window(height, th, tile_pad)
-    ww, kw = _window(width, tw, tile_pad)
+    wh, kh = axis_window(height, th, tile_pad)
+    ww, kw = axis_window(width, tw, tile_pad)
     return kh * kw * wh * ww / (height * width)
 
 
