@@ -405,7 +405,7 @@ def upscale_files(upscaler: Upscaler, mapping: dict[Path, Path], *, overwrite: b
     from tqdm import tqdm
 
     from .media.images import check_writable, read_image
-    from .media.writers import held_output_bytes, streams, write_bands
+    from .media.writers import held_output_bytes, streams
 
     def say(msg: str) -> None:
         (log or (lambda m: tqdm.write(m, file=sys.stderr)))(msg)
@@ -419,16 +419,7 @@ def upscale_files(upscaler: Upscaler, mapping: dict[Path, Path], *, overwrite: b
         dst = mapping[src]
         bar.set_postfix_str(src.name)
         try:
-            key = dst.resolve()
-            if key == src.resolve():
-                raise ValueError(f"{src}: output {dst} would overwrite the input; choose another -o folder, "
-                                 "--suffix or --ext")
-            if key in planned:
-                raise ValueError(f"{src}: output {dst} is also the output of an earlier input; use --suffix "
-                                 "or separate runs")
-            planned.add(key)
-            if dst.exists() and not overwrite:
-                raise FileExistsError(f"{dst}: already exists; pass --overwrite to replace it")
+            _claim_output(src, dst, planned, overwrite=overwrite)
             img, meta = read_image(src, order="BGR")
             check_writable(dst, dtype=img.dtype, channels=meta.channels)
             h, w, sc = img.shape[0], img.shape[1], upscaler.scale
@@ -444,18 +435,8 @@ def upscale_files(upscaler: Upscaler, mapping: dict[Path, Path], *, overwrite: b
             if held >= LARGE_OUTPUT_BYTES:
                 say(f"srdeploy upscale: note: {dst}: {dst.suffix} cannot be written band by band, so the whole "
                     f"{w * sc}x{h * sc} output is held in memory ({_size(held)}); .png or .tiff stream it")
-            tiles = tqdm(total=plan.num_tiles, unit="tile", leave=False, file=sys.stderr,
-                         disable=not progress or plan.num_tiles < 4)
-            try:
-                def prog(done: int, total: int) -> None:
-                    tiles.total = total
-                    tiles.update(done - tiles.n)
-
-                bands = upscaler.bands(img, order="BGR", progress=prog, streamed=streamed)
-                write_bands(dst, bands, height=h * sc, width=w * sc, channels=meta.channels, dtype=img.dtype,
-                            order="BGR", overwrite=overwrite, quality=quality)
-            finally:
-                tiles.close()
+            _write_upscaled(upscaler, img, meta.channels, dst, plan.num_tiles, streamed=streamed,
+                            overwrite=overwrite, quality=quality, progress=progress)
             del img
             report.written.append(dst)
             for note in plan.notes:
@@ -466,3 +447,41 @@ def upscale_files(upscaler: Upscaler, mapping: dict[Path, Path], *, overwrite: b
             say(f"srdeploy upscale: error: {msg}")
     bar.close()
     return report
+
+
+def _claim_output(src: Path, dst: Path, planned: set[Path], *, overwrite: bool) -> None:
+    """Refuse an output that would replace the input, an earlier output of this run, or (without
+    ``overwrite``) an existing file; else record it as planned."""
+    key = dst.resolve()
+    if key == src.resolve():
+        raise ValueError(f"{src}: output {dst} would overwrite the input; choose another -o folder, "
+                         "--suffix or --ext")
+    if key in planned:
+        raise ValueError(f"{src}: output {dst} is also the output of an earlier input; use --suffix "
+                         "or separate runs")
+    planned.add(key)
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst}: already exists; pass --overwrite to replace it")
+
+
+def _write_upscaled(upscaler: Upscaler, img: np.ndarray, channels: int, dst: Path, num_tiles: int, *,
+                    streamed: bool, overwrite: bool, quality: int | None, progress: bool) -> None:
+    """Upscale ``img`` (BGR) band by band straight into ``dst``, with a tile bar for large images."""
+    import sys
+
+    from tqdm import tqdm
+
+    from .media.writers import write_bands
+
+    h, w, sc = img.shape[0], img.shape[1], upscaler.scale
+    tiles = tqdm(total=num_tiles, unit="tile", leave=False, file=sys.stderr, disable=not progress or num_tiles < 4)
+    try:
+        def prog(done: int, total: int) -> None:
+            tiles.total = total
+            tiles.update(done - tiles.n)
+
+        bands = upscaler.bands(img, order="BGR", progress=prog, streamed=streamed)
+        write_bands(dst, bands, height=h * sc, width=w * sc, channels=channels, dtype=img.dtype,
+                    order="BGR", overwrite=overwrite, quality=quality)
+    finally:
+        tiles.close()
