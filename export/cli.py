@@ -12,7 +12,15 @@ from srdeploy.runtime.cli import PRECISIONS, add_tile_args, backend_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``eval``, ``export``, ``verify``, ``build-engine`` and ``quantize`` to the subcommands."""
     _register_eval(sub)
+    _register_export(sub)
+    _register_verify(sub)
+    _register_build_engine(sub)
+    _register_quantize(sub)
+
+
+def _register_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export", help="fold BatchNorm and export a checkpoint to ONNX (dynamic batch/height/width, metadata)",
         description="Fold BatchNorm into the convolutions, export to ONNX with dynamic batch/height/width "
@@ -37,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no step-by-step progress lines")
     p.set_defaults(func=_run_export)
 
+
+def _register_verify(sub: argparse._SubParsersAction) -> None:
     v = sub.add_parser(
         "verify", help="check an exported ONNX model or TensorRT engine against the PyTorch checkpoint",
         description="Run the checkpoint's PyTorch model (unfused, FP32: the reference) and the exported model "
@@ -61,6 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("-q", "--quiet", action="store_true", help="print the table at the end, not row by row")
     v.set_defaults(func=_run_verify)
 
+
+def _register_build_engine(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser(
         "build-engine", help="build a TensorRT engine (FP16/FP32, shape profiles) from an srdeploy ONNX model",
         description="Build a TensorRT engine with the TensorRT Python API: optimisation profile(s) over "
@@ -92,6 +104,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "capability >= 8.0) or same_compute_capability; may be slower")
     b.set_defaults(func=_run_build_engine)
 
+
+def _register_quantize(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser(
         "quantize", help="static INT8 (QDQ) quantization of an FP32 ONNX model, accuracy-aware",
         description="Quantize an srdeploy FP32 ONNX model to INT8 QDQ with ONNX Runtime's quantization tools: "
@@ -165,19 +179,22 @@ def _run_eval(args: argparse.Namespace) -> int:
                              "the runtime; a checkpoint is evaluated by the training code (or pass --backend torch)")
         from srdeploy.train.cli import run_checkpoint_eval
 
-        return run_checkpoint_eval(args)
+        from .runtime_eval import read_rgb8
+
+        # --bicubic needs neither torch nor Pillow: it reads with the runtime's reader (edge installs).
+        return run_checkpoint_eval(args, read=read_rgb8 if args.bicubic else None)
     if len(args.paths) < 2 or first.is_dir():
         raise ValueError("eval: give a checkpoint or model file then at least one folder (srdeploy eval MODEL FOLDER...), "
                          "or --bicubic FOLDER...")
     from srdeploy.runtime.atomic import atomic_target
     from srdeploy.runtime.cli import settings_from_args
-    from srdeploy.train.cli import _resolve_folder
+    from srdeploy.train.data import resolve_folder
     from srdeploy.train.evaluate import format_table
 
     from .runtime_eval import evaluate_model_file
 
     run = settings_from_args(args, model=str(first))
-    folders = [_resolve_folder(f) for f in args.paths[1:]]  # before opening the model: a typo fails at once
+    folders = [resolve_folder(f) for f in args.paths[1:]]  # before opening the model: a typo fails at once
     results, record = evaluate_model_file(run, folders, progress=not args.quiet)
     if args.scale and args.scale != record["scale"]:
         raise ValueError(f"eval: --scale {args.scale} does not match the model's scale {record['scale']}")

@@ -6,11 +6,47 @@ the same folders, LR made by the same MATLAB-style bicubic, the same Y-PSNR/SSIM
 crop = scale, but the SR image comes from ``runtime.upscale.Upscaler`` on an open ``Session``:
 the code path (tiling, uint8 rounding) that ``srdeploy upscale`` runs. This module lives in
 export because it needs both the runtime and train, and train must not import anything of ours.
+
+It imports neither torch nor Pillow (nor does anything it imports): evaluating a deployed model
+is an edge-box job, done on the runtime-only install. The images are read by the runtime's
+reader (OpenCV, ``read_rgb8``), which gives the pixels Pillow gives (``train.data.load_rgb``).
 """
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
+
 from srdeploy.runtime.settings import RunSettings
+
+
+def read_rgb8(path: str | os.PathLike) -> np.ndarray:
+    """An image as uint8 RGB HxWx3, read by the runtime (OpenCV), converted as ``train.data.load_rgb`` does.
+
+    Gray is repeated into R, G and B; alpha is dropped (not composited); 16-bit samples keep
+    their top 8 bits. Unlike Pillow, the runtime's reader applies a JPEG's EXIF orientation.
+
+    Args:
+        path: the image file.
+
+    Raises:
+        ValueError: naming the file, when it cannot be read (or holds float samples).
+    """
+    from srdeploy.runtime.media.images import read_image
+
+    img, _ = read_image(path, order="RGB")
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise ValueError(f"{path}: {img.dtype} samples; eval reads 8- and 16-bit images")
+    if img.ndim == 2:
+        img = img[:, :, None]
+    elif img.shape[2] in (2, 4):
+        img = img[:, :, :-1]  # gray + alpha -> gray, RGBA -> RGB
+    if img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    return np.ascontiguousarray(img)
 
 
 def evaluate_model_file(settings: RunSettings, folders, *, progress: bool = False) -> tuple[list, dict]:
@@ -44,7 +80,7 @@ def evaluate_model_file(settings: RunSettings, folders, *, progress: bool = Fals
                 chosen.append(tile)
             return sr
 
-        results = evaluate(upscale, folders, scale=sess.info.scale, progress=progress)
+        results = evaluate(upscale, folders, scale=sess.info.scale, progress=progress, read=read_rgb8)
         record = {"model": str(recipe.model), "backend": sess.backend, "device": sess.device,
                   "precision": sess.precision, "scale": sess.info.scale, "tile": tiling.tile,
                   "tile_pad": up.tile_pad, "batch": tiling.batch, "threads": recipe.threads}
