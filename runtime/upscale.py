@@ -24,21 +24,17 @@ whose predicted peak fits the memory budget (``runtime.budget``).
 from __future__ import annotations
 
 import dataclasses
-import glob
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
-from .media.images import IMAGE_EXTS
 from .pixels import PixelMap
 from .session import Session
 from .settings import DEFAULT_TILE, TileSettings
 from .tiling import TilePlan, iter_bands, plan_tiles
 
-# Containers `srdeploy video` reads; `upscale` points there instead of failing to decode them.
-VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".wmv", ".flv", ".mpg", ".mpeg", ".ts")
 # Outputs that cannot be written band by band and hold at least this much get a note up front.
 LARGE_OUTPUT_BYTES = 256 << 20
 _LUMA = (0.299, 0.587, 0.114)
@@ -307,71 +303,7 @@ def _resize_rows(alpha: np.ndarray, y: int, n: int, s: int) -> np.ndarray:
     return strip[y - a0 * s:y - a0 * s + n]
 
 
-# ----------------------------------------------------------------------------- files and folders
-def _has_magic(s: str) -> bool:
-    return any(c in s for c in "*?[")
-
-
-def collect_inputs(items: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Expand files, folders and globs into a sorted, de-duplicated file list.
-
-    Returns:
-        (files, problems) where problems are (item, message) for items that matched nothing.
-    """
-    files: list[Path] = []
-    problems: list[tuple[str, str]] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS
-                           and not f.name.startswith("."))
-            if not found:
-                problems.append((item, f"{item}: folder contains no images ({', '.join(IMAGE_EXTS)})"))
-            files += found
-        elif p.exists():
-            if p.suffix.lower() in VIDEO_EXTS:  # read_image would only say "not an image"
-                problems.append((item, f"{item}: is a video; upscale it with `srdeploy video -i {item} -o OUT`"))
-                continue
-            files.append(p)
-        elif _has_magic(item):
-            found = sorted(Path(f) for f in glob.glob(item) if Path(f).is_file())
-            if not found:
-                problems.append((item, f"{item}: no files match this pattern"))
-            files += found
-        else:
-            problems.append((item, f"{item}: no such file or folder"))
-    seen: set[Path] = set()
-    unique = []
-    for f in files:
-        key = f.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(f)
-    return unique, problems
-
-
-def output_paths(files: list[Path], output: str, *, ext: str | None, suffix: str,
-                 single_item: bool) -> dict[Path, Path]:
-    """Map each input to its output path (see the ``-o`` help)."""
-    out = Path(output)
-    if ext is not None:
-        ext = "." + ext.lower().lstrip(".")
-        if ext not in IMAGE_EXTS:
-            raise ValueError(f"--ext {ext[1:]}: unsupported output format; use one of "
-                             + ", ".join(e[1:] for e in IMAGE_EXTS))
-    if single_item and len(files) == 1 and out.suffix.lower() in IMAGE_EXTS and not out.is_dir():
-        if ext is not None and ext != out.suffix.lower():
-            raise ValueError(f"-o {out} has extension {out.suffix} but --ext says {ext}; drop one of them")
-        return {files[0]: out}
-    if out.suffix.lower() in IMAGE_EXTS and not out.is_dir():
-        raise ValueError(f"-o {out}: an output file name needs exactly one input file ({len(files)} given, or a "
-                         "folder/glob); give an output folder instead")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"-o {out}: exists and is not a folder (a single output file needs exactly one "
-                         "input file and an image extension)")
-    return {f: out / f"{f.stem}{suffix}{ext or f.suffix}" for f in files}
-
-
+# ----------------------------------------------------------------------------- files
 @dataclass
 class FilesReport:
     """What ``upscale_files`` did: outputs written and one message per failed input."""
@@ -388,7 +320,8 @@ def upscale_files(upscaler: Upscaler, mapping: dict[Path, Path], *, overwrite: b
 
     Args:
         upscaler: the Upscaler (session + tiling).
-        mapping: input -> output path (``output_paths``).
+        mapping: input -> output path (``media.files.output_paths``); an output that would
+            replace an input or that two inputs share fails that file (``files.output_problem``).
         overwrite: replace existing outputs.
         quality: JPEG/WebP quality.
         progress: tqdm bars on stderr (files, and tiles of large images).
@@ -400,26 +333,27 @@ def upscale_files(upscaler: Upscaler, mapping: dict[Path, Path], *, overwrite: b
     Returns:
         A FilesReport; outputs are written atomically, never over an input.
     """
-    import sys
-
-    from tqdm import tqdm
-
+    from .media.files import output_problem
     from .media.images import check_writable, read_image
     from .media.writers import held_output_bytes, streams
+    from .progress import progress_bar, say as say_line
 
-    def say(msg: str) -> None:
-        (log or (lambda m: tqdm.write(m, file=sys.stderr)))(msg)
-
+    say = log or say_line
     report = FilesReport()
     last = None
-    planned: set[Path] = set()
+    inputs = {f.resolve() for f in mapping}
+    taken: dict[Path, Path] = {}
     files = list(mapping)
-    bar = tqdm(files, unit="img", disable=not progress or len(files) < 2, file=sys.stderr)
+    bar = progress_bar(files, unit="img", enabled=progress and len(files) >= 2)
     for src in bar:
         dst = mapping[src]
         bar.set_postfix_str(src.name)
         try:
-            _claim_output(src, dst, planned, overwrite=overwrite)
+            problem = output_problem(src, dst, inputs, taken)
+            if problem:
+                raise ValueError(problem)
+            if dst.exists() and not overwrite:
+                raise FileExistsError(f"{dst}: already exists; pass --overwrite to replace it")
             img, meta = read_image(src, order="BGR")
             check_writable(dst, dtype=img.dtype, channels=meta.channels)
             h, w, sc = img.shape[0], img.shape[1], upscaler.scale
@@ -449,32 +383,14 @@ def upscale_files(upscaler: Upscaler, mapping: dict[Path, Path], *, overwrite: b
     return report
 
 
-def _claim_output(src: Path, dst: Path, planned: set[Path], *, overwrite: bool) -> None:
-    """Refuse an output that would replace the input, an earlier output of this run, or (without
-    ``overwrite``) an existing file; else record it as planned."""
-    key = dst.resolve()
-    if key == src.resolve():
-        raise ValueError(f"{src}: output {dst} would overwrite the input; choose another -o folder, "
-                         "--suffix or --ext")
-    if key in planned:
-        raise ValueError(f"{src}: output {dst} is also the output of an earlier input; use --suffix "
-                         "or separate runs")
-    planned.add(key)
-    if dst.exists() and not overwrite:
-        raise FileExistsError(f"{dst}: already exists; pass --overwrite to replace it")
-
-
 def _write_upscaled(upscaler: Upscaler, img: np.ndarray, channels: int, dst: Path, num_tiles: int, *,
                     streamed: bool, overwrite: bool, quality: int | None, progress: bool) -> None:
     """Upscale ``img`` (BGR) band by band straight into ``dst``, with a tile bar for large images."""
-    import sys
-
-    from tqdm import tqdm
-
     from .media.writers import write_bands
+    from .progress import progress_bar
 
     h, w, sc = img.shape[0], img.shape[1], upscaler.scale
-    tiles = tqdm(total=num_tiles, unit="tile", leave=False, file=sys.stderr, disable=not progress or num_tiles < 4)
+    tiles = progress_bar(total=num_tiles, unit="tile", leave=False, enabled=progress and num_tiles >= 4)
     try:
         def prog(done: int, total: int) -> None:
             tiles.total = total

@@ -167,6 +167,14 @@ MUTANTS: tuple[Mutant, ...] = (
            "        writer.write(frame * 0)\n", ("tests/test_video.py",)),
     Mutant("video-swapped-channels", "runtime/media/video.py", "        writer.write(frame)\n",
            "        writer.write(np.ascontiguousarray(frame[..., ::-1]))\n", ("tests/test_video.py",)),
+    # --- issue 24: resume refuses other settings; output settings are checked before the model loads
+    Mutant("jobs-changed-settings-ignored", "runtime/jobs.py",
+           "return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))", "return []",
+           ("tests/test_jobs.py", "tests/test_video_ffmpeg.py")),
+    Mutant("video-checks-after-model", "runtime/cli/video.py", "    _check_request(args)  # source",
+           "    pass  # source", ("tests/test_video_ffmpeg.py",)),
+    Mutant("video-avi-unknown", "runtime/media/ffmpeg/codecs.py", ' ".avi": ("avi", "h264"),', "",
+           ("tests/test_video_ffmpeg.py", "tests/test_files.py")),
 )
 
 

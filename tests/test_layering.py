@@ -29,10 +29,7 @@ BELOW_UPSCALE = ("srdeploy.runtime.media", "srdeploy.runtime.backends", "srdeplo
                  "srdeploy.runtime.metadata", "srdeploy.runtime.parsing", "srdeploy.runtime.budget",
                  "srdeploy.runtime.atomic")
 # (importer, imported) -> why it is allowed for now. Each entry is a known, owned exception.
-ALLOWED: dict[tuple[str, str], str] = {
-    # media engineer, issue 24: run_pipeline's new module still takes PixelMap through upscale
-    ("srdeploy.runtime.media.pipeline", "srdeploy.runtime.upscale"): "media engineer, issue 24",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def collect_modules(root: Path = ROOT) -> dict[str, tuple[str, str]]:

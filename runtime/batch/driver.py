@@ -19,17 +19,19 @@ Ray is imported here only, inside functions.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..atomic import write_json
+from ..jobs import JobFolder
+from ..media.files import collect
+from ..progress import progress_bar, say
 from ..settings import RunSettings
-from .job import (JobFolder, Settings, Summary, WorkerStats, collect, is_finished, open_job, plan_tasks,
-                  update_plan_units, write_json)
-from .video import unavailable_reason
+from .job import Settings, Summary, WorkerStats, job_folder, open_job, plan_tasks, update_plan_units
+from .video import output_problems, unavailable_reason
 
 
 @dataclass
@@ -64,12 +66,6 @@ class BatchConfig:
     progress: bool = True
     quality: int | None = None
     ray_init: dict = field(default_factory=dict)
-
-
-def _say(msg: str) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(msg, file=sys.stderr)
 
 
 def _cause(exc: BaseException) -> str:
@@ -176,7 +172,7 @@ def _start_ray(cfg: BatchConfig):
     return ray, True
 
 
-def run_batch(cfg: BatchConfig, *, log: Callable[[str], None] = _say) -> Summary:
+def run_batch(cfg: BatchConfig, *, log: Callable[[str], None] = say) -> Summary:
     """Run (or resume) a batch job; returns its summary (also written to the job folder).
 
     Raises:
@@ -190,14 +186,14 @@ def run_batch(cfg: BatchConfig, *, log: Callable[[str], None] = _say) -> Summary
     outdir = Path(cfg.outdir)
     if outdir.exists() and not outdir.is_dir():
         raise ValueError(f"-o {outdir}: exists and is not a folder; batch writes into an output folder")
-    pairs, problems = collect(cfg.inputs, recursive=cfg.recursive)
+    pairs, problems = collect(cfg.inputs, recursive=cfg.recursive, manifests=True)
     tasks, clashes = plan_tasks(pairs, outdir, cfg.settings)
     problems += clashes
     if not tasks:
         for msg in problems:
             log(f"srdeploy batch: error: {msg}")
         raise ValueError("batch: no input images or videos")
-    job = JobFolder.of(outdir)
+    job = job_folder(outdir)
     tasks = open_job(job, cfg.settings, tasks, resume=cfg.resume)
 
     summary = Summary(tasks=len(tasks), settings=asdict(cfg.settings))
@@ -205,14 +201,18 @@ def run_batch(cfg: BatchConfig, *, log: Callable[[str], None] = _say) -> Summary
     todo: list[dict] = []
     skipped_units = 0
     why_no_video = unavailable_reason()
+    # Output settings a video's container cannot take fail that video now, not on a worker after the model loads.
+    bad_output = output_problems(tasks, codec=cfg.settings.codec, crf=cfg.settings.crf) if not why_no_video else {}
     for t in tasks:
-        if is_finished(job, t):
+        if job.is_finished(t["id"], t["dst"]):
             summary.skipped += 1
             skipped_units += t["units"]
         elif t["preexisting"] and not cfg.overwrite:
             _fail(job, summary, t, f"{t['dst']}: already exists; pass --overwrite to replace it", 0)
         elif t["kind"] == "video" and why_no_video:
             _fail(job, summary, t, f"{t['src']}: {why_no_video}", 0)
+        elif t["id"] in bad_output:
+            _fail(job, summary, t, bad_output[t["id"]], 0)
         else:
             job.clear_state(t["id"])
             if t["kind"] == "video":  # planned by a worker, which queues its segments, then the join
@@ -236,14 +236,12 @@ def run_batch(cfg: BatchConfig, *, log: Callable[[str], None] = _say) -> Summary
 
 
 def _fail(job: JobFolder, summary: Summary, task: dict, error: str, attempts: int) -> None:
-    job.write_state(task["id"], {"state": "failed", "attempts": attempts, "error": error})
+    job.mark_failed(task["id"], error, attempts)
     summary.failures.append({"input": task["src"], "error": error})
 
 
 def _run_tasks(cfg: BatchConfig, job: JobFolder, todo: list[dict], summary: Summary, skipped_units: int,
                log: Callable[[str], None]) -> None:
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
     ray, started_here = _start_ray(cfg)
     pool = None
@@ -262,8 +260,8 @@ def _run_tasks(cfg: BatchConfig, job: JobFolder, todo: list[dict], summary: Summ
             + (f" x {cfg.gpus_per_worker:g} GPU" if cfg.gpus_per_worker else "")
             + f", Ray ready in {summary.startup_s:.1f} s")
         total = skipped_units + sum(t["units"] for t in todo)
-        bar = tqdm(total=total, initial=skipped_units, unit="item", desc="images+frames", file=sys.stderr,
-                   disable=not cfg.progress, dynamic_ncols=True, smoothing=0.1)
+        bar = progress_bar(total=total, initial=skipped_units, unit="item", desc="images+frames",
+                           enabled=cfg.progress)
         _Scheduler(ray, pool, job, deque(todo), cfg.retries, summary, bar, log).run()
     finally:
         if bar is not None:

@@ -19,7 +19,8 @@ import socket
 import time
 from pathlib import Path
 
-from .job import JobFolder, output_stamp
+from ..jobs import JobFolder
+from .job import PLAN_FILE
 
 INPUT_ERRORS = (ValueError, OSError, MemoryError)
 
@@ -39,7 +40,7 @@ class BatchWorker:
         from ..upscale import Upscaler
 
         self.name = name
-        self.job = JobFolder(Path(job_root))
+        self.job = JobFolder(Path(job_root), PLAN_FILE)
         self.options = options
         self.model = run.recipe.model
         self.session = open_session(run.recipe)
@@ -84,9 +85,8 @@ class BatchWorker:
                     "notes": notes, "pid": os.getpid()}
         seconds = time.perf_counter() - t0
         if task["kind"] in ("image", "join"):  # the task that writes the job's output records it as done
-            self.job.write_state(task["id"], {"state": "done", "attempts": task.get("attempt", 1),
-                                              "worker": self.name, "seconds": round(seconds, 4),
-                                              **output_stamp(task["dst"])})
+            self.job.mark_done(task["id"], task["dst"], attempts=task.get("attempt", 1), worker=self.name,
+                               seconds=round(seconds, 4))
         return {"id": task["id"], "ok": True, "seconds": seconds, "units": units, "notes": notes,
                 "pid": os.getpid(), **extra}
 

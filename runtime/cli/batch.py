@@ -7,7 +7,6 @@ Parser only at import time (no ray, numpy or onnxruntime); the handler imports
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
 from ._args import add_session_args, add_tile_args, settings_from_args
@@ -65,17 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_batch_cli)
 
 
-class _Terminated(Exception):
-    """SIGTERM, turned into an exception so the driver's cleanup (Ray shutdown) runs."""
-
-
-def _on_sigterm(signum, frame):
-    raise _Terminated()
-
-
 def run_batch_cli(args: argparse.Namespace) -> int:
     from ..batch.driver import BatchConfig, report_lines, run_batch
     from ..batch.job import Settings
+    from ..interrupt import Terminated, sigterm_as_interrupt
 
     if args.segment_frames is not None and args.segment_frames < 1:
         raise ValueError(f"--segment-frames must be >= 1, got {args.segment_frames}")
@@ -94,19 +86,16 @@ def run_batch_cli(args: argparse.Namespace) -> int:
                       gpus_per_worker=args.gpus_per_worker, address=args.address, recursive=args.recursive,
                       resume=args.resume, retries=args.retries, overwrite=args.overwrite, json=args.json,
                       progress=not args.quiet, quality=args.quality)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    # SIGTERM arrives as KeyboardInterrupt (runtime.interrupt, installed by the srdeploy entry point
+    # and here for library callers), so the driver's finally blocks (Ray shutdown) run either way.
     try:
-        summary = run_batch(cfg)
-    except _Terminated:
-        print("srdeploy batch: terminated; finished tasks are recorded, rerun with --resume to continue",
-              file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print("srdeploy batch: interrupted; finished tasks are recorded, rerun with --resume to continue",
-              file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        with sigterm_as_interrupt():
+            summary = run_batch(cfg)
+    except KeyboardInterrupt as exc:
+        term = isinstance(exc, Terminated)
+        print(f"srdeploy batch: {'terminated' if term else 'interrupted'}; finished tasks are recorded, rerun with "
+              "--resume to continue", file=sys.stderr)
+        return 143 if term else 130
     for line in report_lines(summary):
         print(line, file=sys.stderr)
     return 0 if summary.ok else 1

@@ -1,8 +1,8 @@
 """``srdeploy upscale``: super-resolve image files, folders and globs.
 
 Parser only at import time (no numpy/OpenCV/onnxruntime); the handler imports them when it runs.
-The work itself (input discovery, output names, the per-file loop) is library code in
-``srdeploy.runtime.upscale``.
+The work itself is library code: input discovery and output names in ``srdeploy.runtime.media.files``,
+the per-file loop in ``srdeploy.runtime.upscale``.
 """
 
 from __future__ import annotations
@@ -44,15 +44,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_upscale(args: argparse.Namespace) -> int:
+    from ..media.files import collect, output_paths
     from ..open import describe_session, open_session
-    from ..upscale import Upscaler, collect_inputs, output_paths, upscale_files
+    from ..upscale import Upscaler, upscale_files
 
     t0 = time.perf_counter()
     run = settings_from_args(args)
-    files, problems = collect_inputs(args.input)
-    failures: list[str] = [msg for _, msg in problems]
+    pairs, failures = collect(args.input, kinds=("image",))
+    files = [f for f, _ in pairs]
     single = len(args.input) == 1 and Path(args.input[0]).is_file()
-    mapping = output_paths(files, args.output, ext=args.ext, suffix=args.suffix, single_item=single)
+    mapping = output_paths(pairs, args.output, ext=args.ext, suffix=args.suffix, single_item=single)
     from ..media.images import check_quality, pixel_limit
 
     pixel_limit()  # a bad $SRDEPLOY_MAX_IMAGE_PIXELS is one error up front, not one per file
