@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from srdeploy.runtime.backends import help_text as backend_help
-from srdeploy.runtime.cli._args import PRECISIONS, add_tile_args, backend_arg
+from srdeploy.runtime.cli import PRECISIONS, add_tile_args, backend_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -157,7 +157,10 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default=None, choices=PRECISIONS,
                    help="runtime compute precision (default: what the file computes); unavailable = error")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="runtime CPU threads")
-    add_tile_args(p, tile_default=None)
+    add_tile_args(p, tile_default=None,
+                  tile_help="tile size in LR pixels (default 256, as fixed tiles keep figures comparable; auto when "
+                            "--max-memory is given); auto = per image, the largest tile whose predicted peak memory "
+                            "fits --max-memory; 0 = whole image")
     p.add_argument("--no-ema", action="store_true", help="checkpoint: the raw weights even when EMA weights exist")
     p.add_argument("--json", metavar="FILE", help="also write the results per set as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -170,9 +173,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     first = Path(args.paths[0])
     checkpoint = first.suffix.lower() in (".pt", ".pth") and args.backend == "auto"
     if args.bicubic or checkpoint:
-        if args.precision not in (None, "fp32") or args.threads is not None or args.tile is not None:
-            raise ValueError("eval: --precision, --threads and --tile apply to model files run through the runtime; "
-                             "a checkpoint is evaluated by the training code (or pass --backend torch)")
+        if args.precision not in (None, "fp32") or args.threads is not None or args.tile is not None \
+                or args.max_memory is not None:
+            raise ValueError("eval: --precision, --threads, --tile and --max-memory apply to model files run through "
+                             "the runtime; a checkpoint is evaluated by the training code (or pass --backend torch)")
         from srdeploy.train.cli import run_checkpoint_eval
 
         from .runtime_eval import read_rgb8
@@ -183,20 +187,15 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise ValueError("eval: give a checkpoint or model file then at least one folder (srdeploy eval MODEL FOLDER...), "
                          "or --bicubic FOLDER...")
     from srdeploy.runtime.atomic import atomic_target
-    from srdeploy.runtime.cli._args import check_tile_args
+    from srdeploy.runtime.cli import settings_from_args
     from srdeploy.train.data import resolve_folder
     from srdeploy.train.evaluate import format_table
 
-    from .runtime_eval import RuntimeEvalConfig, evaluate_model_file
+    from .runtime_eval import evaluate_model_file
 
-    check_tile_args(args)
+    run = settings_from_args(args, model=str(first))
     folders = [resolve_folder(f) for f in args.paths[1:]]  # before opening the model: a typo fails at once
-    from srdeploy.runtime.upscale import DEFAULT_TILE
-
-    cfg = RuntimeEvalConfig(backend=args.backend, device=args.device, precision=args.precision, threads=args.threads,
-                            tile=DEFAULT_TILE if args.tile is None else args.tile, tile_pad=args.tile_pad,
-                            batch=args.batch)
-    results, record = evaluate_model_file(first, folders, cfg, progress=not args.quiet)
+    results, record = evaluate_model_file(run, folders, progress=not args.quiet)
     if args.scale and args.scale != record["scale"]:
         raise ValueError(f"eval: --scale {args.scale} does not match the model's scale {record['scale']}")
     title = f"{first} ({record['backend']} {record['device']} {record['precision']}, x{record['scale']})"
@@ -262,7 +261,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
 def _run_verify(args: argparse.Namespace) -> int:
     from srdeploy.runtime.atomic import atomic_target
-    from srdeploy.runtime.cli._args import parse_batch_hw
+    from srdeploy.runtime.parsing import parse_batch_hw
 
     from .verify import verify
 

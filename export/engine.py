@@ -30,11 +30,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from srdeploy.runtime.atomic import atomic_target
-from srdeploy.runtime.backends._cuda import Cuda, import_cudart
-from srdeploy.runtime.backends.trt import (HARDWARE_LEVELS, SIDECAR_FORMAT, SIDECAR_KEYS, read_sidecar,
-                                           sidecar_path, write_sidecar)
-from srdeploy.runtime.cli._args import parse_shape
+# Cuda and import_cudart as the TensorRT runtime uses them (runtime/backends/_cuda.py is private to the runtime).
+from srdeploy.runtime.backends.trt import (HARDWARE_LEVELS, SIDECAR_FORMAT, SIDECAR_KEYS, Cuda, import_cudart,
+                                           read_sidecar, sidecar_path, write_sidecar)
 from srdeploy.runtime.metadata import INPUT_NAME, ModelInfo
+from srdeploy.runtime.parsing import parse_shape
 
 DEFAULT_WORKSPACE_GB = 4.0
 DEFAULT_OPT_LEVEL = 3

@@ -285,7 +285,7 @@ def measure_speed(fp32: str | os.PathLike, int8: str | os.PathLike, *, threads: 
     """INT8 vs ONNX Runtime FP32, same run: ORT FP32, ORT INT8 and (when installed) OpenVINO INT8,
     timed in alternating blocks on one size x size input. A first impression; ``srdeploy bench
     --compare`` is the measurement."""
-    from srdeploy.runtime.bench import deterministic_input, time_alternating
+    from srdeploy.runtime.measure import deterministic_input, time_alternating
     from srdeploy.runtime.open import open_session
 
     x = deterministic_input((1, 3, size, size))
@@ -311,9 +311,13 @@ def measure_speed(fp32: str | os.PathLike, int8: str | os.PathLike, *, threads: 
 # ----------------------------------------------------------------------------- the whole recipe
 
 def _psnr_by_set(path, folders, threads) -> dict[str, float]:
-    from .runtime_eval import RuntimeEvalConfig, evaluate_model_file
+    from srdeploy.runtime.open import SessionRecipe
+    from srdeploy.runtime.settings import DEFAULT_TILE, RunSettings, TileSettings
 
-    results, _ = evaluate_model_file(path, folders, RuntimeEvalConfig(backend="onnxruntime", threads=threads))
+    from .runtime_eval import evaluate_model_file
+
+    run = RunSettings(SessionRecipe(str(path), "onnxruntime", threads=threads), TileSettings(tile=DEFAULT_TILE))
+    results, _ = evaluate_model_file(run, folders)
     return {r.name: r.psnr for r in results}
 
 

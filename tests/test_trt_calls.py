@@ -385,13 +385,18 @@ def test_build_engine_selects_the_device_before_the_builder(tmp_path, monkeypatc
 
 def test_trt_provider_profile_from_tile_plan_and_options():
     from srdeploy.runtime.backends.ort import trt_profile
-    from srdeploy.runtime.upscale import DEFAULT_TILE, default_tile_pad
+    from srdeploy.runtime.settings import DEFAULT_TILE, TileSettings, default_tile_pad
 
     info = ModelInfo(scale=4, receptive_radius=40)
-    assert DEFAULT_TRT_TILE_PLAN[0] == DEFAULT_TILE
+    assert DEFAULT_TRT_TILE_PLAN == TileSettings() and DEFAULT_TRT_TILE_PLAN.fixed_tile() == DEFAULT_TILE
     window = DEFAULT_TILE + 2 * default_tile_pad(40)
     assert trt_profile(OrtOptions(), info) == ((1, 3, 1, 1), (1, 3, window, window), (1, 3, window, window))
     assert trt_profile(OrtOptions(trt_tile_plan=(128, 20, 4)), info)[2] == (4, 3, 168, 168)
+    # the settings value itself; a (height, width) tile gives a non-square window
+    assert OrtOptions(trt_tile_plan=(128, 20, 4)).trt_tile_plan == TileSettings(tile=128, tile_pad=20, batch=4)
+    assert trt_profile(OrtOptions(trt_tile_plan=TileSettings(tile=(64, 96), batch=2)), info)[2] == (2, 3, 88, 120)
+    with pytest.raises(ValueError, match="tile settings"):
+        OrtOptions(trt_tile_plan=(128, -1, 1))
     explicit = OrtOptions(trt_profile_min="1x3x8x8", trt_profile_opt=(1, 3, 64, 64), trt_profile_max="2x3x96x96")
     assert trt_profile(explicit, info) == ((1, 3, 8, 8), (1, 3, 64, 64), (2, 3, 96, 96))
     with pytest.raises(ValueError, match="whole-image"):
@@ -457,14 +462,17 @@ def test_unparsable_model_is_still_called_invalid(tmp_path):
 def test_cli_tile_flags_give_the_trt_provider_profile():
     import argparse
 
-    from srdeploy.runtime.cli._args import add_session_args, add_tile_args, session_recipe
+    from srdeploy.runtime.cli import add_session_args, add_tile_args, settings_from_args
+    from srdeploy.runtime.settings import TileSettings
 
     p = argparse.ArgumentParser()
     add_session_args(p)
     add_tile_args(p)
     args = p.parse_args(["--model", str(BUNDLED), "--backend", "ort-trt", "--tile", "192", "--tile-pad", "16",
                          "--batch", "4"])
-    assert session_recipe(args).options.trt_tile_plan == (192, 16, 4)
+    run = settings_from_args(args)
+    assert run.recipe.options.trt_tile_plan == run.tiling == TileSettings(tile=192, tile_pad=16, batch=4)
     args = p.parse_args(["--model", str(BUNDLED), "--backend", "ort-trt"])
-    assert session_recipe(args).options.trt_tile_plan == DEFAULT_TRT_TILE_PLAN
-    assert session_recipe(p.parse_args(["--model", str(BUNDLED)])).options.trt_tile_plan == DEFAULT_TRT_TILE_PLAN
+    assert settings_from_args(args).recipe.options.trt_tile_plan == DEFAULT_TRT_TILE_PLAN
+    assert settings_from_args(p.parse_args(["--model", str(BUNDLED)])).recipe.options.trt_tile_plan == \
+        DEFAULT_TRT_TILE_PLAN

@@ -33,21 +33,25 @@ _REDUCED_PRECISION_FLAGS = ("trt_fp16_enable", "trt_bf16_enable")
 def trt_profile(options: OrtOptions, info: ModelInfo, channels: int = 3):
     """(min, opt, max) NCHW shapes of the TensorRT provider's profile for ``lr``.
 
-    The explicit ``trt_profile_*`` options, else the profile that holds every window of the tile
-    plan ``options.trt_tile_plan``: 1..batch tiles of up to tile + 2 * tile_pad pixels (smaller
-    images give smaller windows, so the minimum is 1x1), optimised for full tiles.
+    The explicit ``trt_profile_*`` options, else the profile that holds every window of the
+    tiling ``options.trt_tile_plan`` (a ``TileSettings``): 1..batch tiles of up to tile + 2 * margin
+    pixels (smaller images give smaller windows, so the minimum is 1x1), optimised for full tiles.
+    The profile exists before any image is seen, so tile "auto" profiles ``DEFAULT_TILE``
+    (``TileSettings.fixed_tile``); the auto chooser then stays inside it (the session's
+    ``input_spec`` caps the window).
     """
     if options.trt_profile_min is not None:
         return options.trt_profile_min, options.trt_profile_opt, options.trt_profile_max
-    from ..upscale import default_tile_pad
-
-    tile, pad, batch = options.trt_tile_plan
-    if tile == 0:
+    tiling = options.trt_tile_plan
+    tile = tiling.fixed_tile()
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
+    if th == 0 or tw == 0:
         raise ValueError("the TensorRT provider needs a bounded shape profile, and whole-image runs (tile 0) have "
                          "none: tile the input (--tile N), or pass OrtOptions(trt_profile_min=..., "
                          "trt_profile_opt=..., trt_profile_max=...)")
-    window = tile + 2 * (default_tile_pad(info.receptive_radius) if pad is None else pad)
-    return (1, channels, 1, 1), (batch, channels, window, window), (batch, channels, window, window)
+    pad = tiling.pad_for(info.receptive_radius)
+    full = (tiling.batch, channels, th + 2 * pad, tw + 2 * pad)
+    return (1, channels, 1, 1), full, full
 
 
 class OrtSession(Session):
