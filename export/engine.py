@@ -298,6 +298,8 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, *, pro
     if info.precision == "int8" and fp16:
         raise ValueError(f"{onnx_path} is an INT8 QDQ model (srdeploy quantize); build it without --fp16: its Q/DQ "
                          "nodes set the precision (explicit quantization)")
+    if info.precision == "int8":
+        _check_tensorrt_int8(onnx_path)
     # An INT8 QDQ model builds as is: the strongly typed network computes what its Q/DQ nodes say.
     built_precision = "int8" if info.precision == "int8" else ("fp16" if fp16 else "fp32")
     trt = import_tensorrt()  # fail fast, before any analysis work
@@ -347,6 +349,19 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, *, pro
         write_sidecar(side_path, side)
     log(f"wrote {output} ({len(data) / 1e6:.1f} MB) and {side_path.name} in {seconds:.1f} s")
     return BuildResult(output, side)
+
+
+def _check_tensorrt_int8(onnx_path: Path) -> None:
+    """Refuse a QDQ model TensorRT's ONNX parser rejects (the CPU recipe of ``srdeploy quantize``)."""
+    import onnx
+
+    from .int8_trt import tensorrt_int8_problems
+
+    problems = tensorrt_int8_problems(onnx.load(str(onnx_path)))
+    if problems:
+        raise ValueError(f"{onnx_path}: an INT8 model quantized for CPUs, which TensorRT cannot parse ("
+                         f"{'; '.join(problems)}); quantize the FP32 model for TensorRT: `srdeploy quantize "
+                         "MODEL.onnx -o MODEL_int8_trt.onnx --target tensorrt`")
 
 
 def _check_build_request(onnx_path: Path, profiles: list[ShapeProfile], opt_level: int, workspace_gb: float) -> None:
