@@ -324,7 +324,8 @@ def write_markdown(path: Path, card: dict, notes: str) -> None:
               f"srdeploy verify models/{card['checkpoint']} models/{card['onnx']}",
               *(["python scripts/bundle_model.py --deploy --threads 2   # the deployment tables"]
                 if card.get("deployment") else []),
-              *([card["trt_int8"]["command"]] if card.get("trt_int8") else []),
+              *(["python scripts/bundle_model.py --trt-int8 --threads 2   # the TensorRT INT8 file and its loss"]
+                if card.get("trt_int8") else []),
               "```", ""]
     path.write_text("\n".join(lines))
 
