@@ -392,6 +392,29 @@ def _reusable(output: Path, side_path: Path, key: EngineKey) -> dict | None:
     return None
 
 
+def _attach_timing_cache(config, cache_path: Path) -> None:
+    """Read ``cache_path`` (if present) into a timing cache and attach it; refuse one TensorRT cannot use.
+
+    What TensorRT does with bytes it cannot read: ``create_timing_cache`` logs an error ("The timing
+    cache will not be used") and returns None, or an *empty* cache, depending on the release; and
+    ``set_timing_cache(..., ignore_mismatch=False)`` returns False for a cache from another GPU or
+    TensorRT version. All three are refused: a build that silently starts from nothing and then
+    overwrites the user's cache file would lose it.
+    """
+    blob = cache_path.read_bytes() if cache_path.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    size = lambda c: memoryview(c.serialize()).nbytes  # noqa: E731
+    why = None
+    if cache is None:
+        why = "TensorRT could not read it"
+    elif blob and size(cache) <= size(config.create_timing_cache(b"")):
+        why = "TensorRT read it as an empty cache (unreadable or from another TensorRT version)"
+    elif not config.set_timing_cache(cache, ignore_mismatch=False):
+        why = "it does not match this TensorRT version / GPU"
+    if why:
+        raise RuntimeError(f"{cache_path}: timing cache refused: {why}; delete it or pass another --timing-cache path")
+
+
 def _build_plan(trt, onnx_path: Path, built_onnx: Path, *, profiles: list[ShapeProfile], workspace_bytes: int,
                 opt_level: int, cache_path: Path | None, cuda: Cuda, device: int, version_compatible: bool = False,
                 hardware_compatibility: str = "none") -> tuple[bytes, bytes | None, float]:
@@ -429,10 +452,7 @@ def _build_plan(trt, onnx_path: Path, built_onnx: Path, *, profiles: list[ShapeP
         if config.add_optimization_profile(prof) < 0:
             raise RuntimeError(f"TensorRT rejected profile {p.as_dict()}")
     if cache_path is not None:
-        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-            raise RuntimeError(f"{cache_path}: timing cache does not match this TensorRT version / GPU; delete it "
-                               "or pass another --timing-cache path")
+        _attach_timing_cache(config, cache_path)
     t0 = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - t0
