@@ -286,28 +286,12 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, *, pro
     from .onnx_export import read_props, sha256_file
 
     onnx_path, output = Path(onnx_path), Path(output)
-    _check_build_request(onnx_path, profiles, opt_level, workspace_gb)
-    if hardware_compatibility not in HARDWARE_LEVELS:
-        raise ValueError(f"--hardware-compatible must be one of {', '.join(HARDWARE_LEVELS)}, got "
-                         f"{hardware_compatibility!r}")
+    _check_build_request(onnx_path, profiles, opt_level, workspace_gb, hardware_compatibility)
     props = read_props(onnx_path)
     info = ModelInfo.from_props(props, source=str(onnx_path))
-    if info.precision == "fp16" and not fp16:
-        raise ValueError(f"{onnx_path} is the FP16 model; pass --fp16 to build an FP16 engine, or build FP32 from "
-                         "the FP32 ONNX")
-    if info.precision == "int8" and fp16:
-        raise ValueError(f"{onnx_path} is an INT8 QDQ model (srdeploy quantize); build it without --fp16: its Q/DQ "
-                         "nodes set the precision (explicit quantization)")
-    if info.precision == "int8":
-        _check_tensorrt_int8(onnx_path)
-    # An INT8 QDQ model builds as is: the strongly typed network computes what its Q/DQ nodes say.
-    built_precision = "int8" if info.precision == "int8" else ("fp16" if fp16 else "fp32")
+    built_precision = _built_precision(onnx_path, info, fp16)
     trt = import_tensorrt()  # fail fast, before any analysis work
-    cuda = Cuda(import_cudart("build-engine"))
-    gpu_name, cc, driver = cuda.identity(device)
-    if hardware_compatibility == "ampere_plus" and int(cc.split(".")[0]) < 8:
-        raise ValueError(f"--hardware-compatible ampere_plus needs an Ampere or newer GPU to build on; cuda:{device} "
-                         f"is {gpu_name} (compute capability {cc})")
+    cuda, (gpu_name, cc, driver) = _build_gpu(device, hardware_compatibility)
     workspace_bytes = int(workspace_gb * (1 << 30))
     onnx_sha = sha256_file(onnx_path)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -351,8 +335,20 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, *, pro
     return BuildResult(output, side)
 
 
-def _check_tensorrt_int8(onnx_path: Path) -> None:
-    """Refuse a QDQ model TensorRT's ONNX parser rejects (the CPU recipe of ``srdeploy quantize``)."""
+def _built_precision(onnx_path: Path, info: ModelInfo, fp16: bool) -> str:
+    """The engine's precision for this model and ``--fp16``; refuses combinations that cannot build.
+
+    An INT8 QDQ model builds as is (the strongly typed network computes what its Q/DQ nodes say),
+    if TensorRT's parser takes its Q/DQ nodes: the CPU recipe of ``srdeploy quantize`` it does not.
+    """
+    if info.precision == "fp16" and not fp16:
+        raise ValueError(f"{onnx_path} is the FP16 model; pass --fp16 to build an FP16 engine, or build FP32 from "
+                         "the FP32 ONNX")
+    if info.precision == "int8" and fp16:
+        raise ValueError(f"{onnx_path} is an INT8 QDQ model (srdeploy quantize); build it without --fp16: its Q/DQ "
+                         "nodes set the precision (explicit quantization)")
+    if info.precision != "int8":
+        return "fp16" if fp16 else "fp32"
     import onnx
 
     from .int8_trt import tensorrt_int8_problems
@@ -362,9 +358,24 @@ def _check_tensorrt_int8(onnx_path: Path) -> None:
         raise ValueError(f"{onnx_path}: an INT8 model quantized for CPUs, which TensorRT cannot parse ("
                          f"{'; '.join(problems)}); quantize the FP32 model for TensorRT: `srdeploy quantize "
                          "MODEL.onnx -o MODEL_int8_trt.onnx --target tensorrt`")
+    return "int8"
 
 
-def _check_build_request(onnx_path: Path, profiles: list[ShapeProfile], opt_level: int, workspace_gb: float) -> None:
+def _build_gpu(device: int, hardware_compatibility: str):
+    """``(Cuda, (GPU name, compute capability, driver))`` of the GPU the engine is built on."""
+    cuda = Cuda(import_cudart("build-engine"))
+    gpu_name, cc, driver = cuda.identity(device)
+    if hardware_compatibility == "ampere_plus" and int(cc.split(".")[0]) < 8:
+        raise ValueError(f"--hardware-compatible ampere_plus needs an Ampere or newer GPU to build on; cuda:{device} "
+                         f"is {gpu_name} (compute capability {cc})")
+    return cuda, (gpu_name, cc, driver)
+
+
+def _check_build_request(onnx_path: Path, profiles: list[ShapeProfile], opt_level: int, workspace_gb: float,
+                         hardware_compatibility: str = "none") -> None:
+    if hardware_compatibility not in HARDWARE_LEVELS:
+        raise ValueError(f"--hardware-compatible must be one of {', '.join(HARDWARE_LEVELS)}, got "
+                         f"{hardware_compatibility!r}")
     if not onnx_path.is_file():
         raise FileNotFoundError(f"{onnx_path}: ONNX file does not exist")
     if not profiles:

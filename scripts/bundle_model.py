@@ -53,7 +53,7 @@ def srdeploy(*args: str) -> subprocess.CompletedProcess:
     return res
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="training run folder (best.pt, metrics.csv, settings.json)")
     ap.add_argument("--card-only", action="store_true",
@@ -73,6 +73,11 @@ def main() -> int:
     ap.add_argument("--no-deploy", action="store_true", help="after steps 1-5, skip step 6")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for step 6's quantize checks and benchmarks")
     ap.add_argument("--bench-iters", type=int, default=8, help="timed calls per model in step 6's benchmarks")
+    return ap
+
+
+def main() -> int:
+    ap = parser()
     args = ap.parse_args()
     if args.card_only:
         return rewrite_card(Path(args.out), args.notes)

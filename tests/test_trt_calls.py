@@ -133,14 +133,8 @@ def _address(value, what: str) -> int:
     return value
 
 
-def stand_in_tensorrt(rec: Recorder, *, refuse_profile: bool = False, plan: bytes = b"stand-in plan",
-                      corrupt_cache: str = "none"):
-    """A recording stand-in for ``tensorrt`` (runtime and builder calls srdeploy makes).
-
-    ``corrupt_cache``: what ``create_timing_cache`` returns for bytes it cannot read, as TensorRT
-    releases differ: "none" (None) or "empty" (an empty cache); "mismatch": the bytes read, but
-    ``set_timing_cache(..., ignore_mismatch=False)`` returns False (another GPU / version).
-    """
+def _runtime_stand_in(rec: Recorder, refuse_profile: bool):
+    """The stand-in ``tensorrt.Runtime`` (engine, execution context), as the real binding behaves."""
 
     class Context:
         def __init__(self):
@@ -210,6 +204,12 @@ def stand_in_tensorrt(rec: Recorder, *, refuse_profile: bool = False, plan: byte
             rec.add("deserialize_cuda_engine")
             return Engine()
 
+    return Runtime
+
+
+def _builder_stand_in(rec: Recorder, plan: bytes, corrupt_cache: str):
+    """The stand-in ``tensorrt.Builder`` and ``OnnxParser`` (config, timing cache, network)."""
+
     class TimingCache:
         def __init__(self, entries: bytes = b""):
             self.entries = entries
@@ -255,18 +255,12 @@ def stand_in_tensorrt(rec: Recorder, *, refuse_profile: bool = False, plan: byte
                 rec.add("hardware_compatibility_level", value)
             object.__setattr__(self, name, value)
 
-    class Network:
-        num_inputs = 1
-
-        def get_input(self, i):
-            return types.SimpleNamespace(name="lr")
-
     class Builder:
         def __init__(self, logger):
             rec.add("Builder")
 
         def create_network(self, flags):
-            return Network()
+            return types.SimpleNamespace(num_inputs=1, get_input=lambda i: types.SimpleNamespace(name="lr"))
 
         def create_builder_config(self):
             return Config()
@@ -287,6 +281,20 @@ def stand_in_tensorrt(rec: Recorder, *, refuse_profile: bool = False, plan: byte
         def parse_from_file(self, path):
             return True
 
+    return Builder, Parser
+
+
+def stand_in_tensorrt(rec: Recorder, *, refuse_profile: bool = False, plan: bytes = b"stand-in plan",
+                      corrupt_cache: str = "none"):
+    """A recording stand-in for ``tensorrt`` (runtime and builder calls srdeploy makes).
+
+    ``corrupt_cache``: what ``create_timing_cache`` returns for bytes it cannot read, as TensorRT
+    releases differ: "none" (None) or "empty" (an empty cache); "mismatch": the bytes read, but
+    ``set_timing_cache(..., ignore_mismatch=False)`` returns False (another GPU / version).
+    """
+
+    Runtime = _runtime_stand_in(rec, refuse_profile)
+    Builder, Parser = _builder_stand_in(rec, plan, corrupt_cache)
     logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level=None: None})
     return types.SimpleNamespace(
         __version__=TRT_VERSION, Logger=logger, Runtime=Runtime, Builder=Builder, OnnxParser=Parser,
