@@ -112,8 +112,11 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
                     "int8 per-channel weights and uint8 activations on convolution inputs (the model input "
                     "exactly, as 8-bit pixels), calibrated on LR crops of training images. The Y-PSNR loss "
                     "against the FP32 model is measured on validation folders (eval's protocol, through the "
-                    "runtime); while it exceeds --max-loss, the most sensitive convolutions stay float. One "
-                    "file serves ONNX Runtime, OpenVINO and TensorRT's explicit quantization.")
+                    "runtime); while it exceeds --max-loss, the most sensitive convolutions stay float. "
+                    "--target cpu (default) writes uint8 activations for ONNX Runtime and OpenVINO; --target "
+                    "tensorrt writes what TensorRT's explicit quantization parses: symmetric int8 activations "
+                    "and weights (zero points 0), float biases, the model input centred so every 8-bit level "
+                    "stays exact.")
     q.add_argument("model", metavar="MODEL.onnx", help="srdeploy FP32 ONNX model (srdeploy export)")
     q.add_argument("-o", "--output", required=True, metavar="MODEL_int8.onnx", help="output INT8 ONNX file")
     q.add_argument("--calib", nargs="+", metavar="DIR", default=None,
@@ -124,8 +127,12 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="percentile",
                    help="calibration method (default percentile, 99.999th: measured best of the three)")
     q.add_argument("--exclude", nargs="+", metavar="NODE", default=(), help="ONNX node names to keep float")
-    q.add_argument("--max-loss", type=float, default=0.05, metavar="DB",
-                   help="largest Y-PSNR loss vs FP32 on any validation folder (default 0.05 dB)")
+    q.add_argument("--target", choices=("cpu", "tensorrt"), default="cpu",
+                   help="runtime the INT8 file is for: cpu (ONNX Runtime, OpenVINO; default) or tensorrt "
+                        "(build-engine)")
+    q.add_argument("--max-loss", type=float, default=None, metavar="DB",
+                   help="largest Y-PSNR loss vs FP32 on any validation folder (default 0.05 dB; 0.1 dB for "
+                        "--target tensorrt)")
     q.add_argument("--val", nargs="+", metavar="DIR", default=None,
                    help="validation folders of HR images (default Set5 and Set14 under the data root)")
     q.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for calibration and checks")
@@ -214,10 +221,11 @@ def _run_quantize(args: argparse.Namespace) -> int:
 
     cfg = QuantizeConfig(calib=tuple(args.calib or ()), calib_images=args.calib_images, crop=args.crop,
                          method=args.method, exclude=tuple(args.exclude), max_loss=args.max_loss,
-                         val=tuple(args.val or ()), threads=args.threads)
+                         val=tuple(args.val or ()), threads=args.threads, target=args.target)
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     rep = quantize_model(args.model, args.output, cfg, overwrite=args.overwrite, log=log)
-    print(f"wrote {rep.output} (INT8 QDQ, {rep.calibration['images']} calibration crops, {rep.method})")
+    print(f"wrote {rep.output} (INT8 QDQ for {rep.target}, {rep.calibration['images']} calibration crops, "
+          f"{rep.method})")
     print("kept float: " + (", ".join(rep.float_nodes) if rep.float_nodes else "none"))
     print("Y-PSNR loss vs FP32: " + ", ".join(f"{k} {rep.fp32_psnr[k]:.3f} -> {rep.int8_psnr[k]:.3f} dB "
                                               f"({-rep.loss_db[k]:+.3f})" for k in rep.loss_db))
