@@ -92,11 +92,14 @@ def test_bundled_tensorrt_int8_model_is_what_tensorrt_parses_within_0_1_db():
 @pytest.mark.slow
 def test_bundled_tensorrt_int8_loss_on_set5_through_onnxruntime(set5):
     """The recorded Set5 loss of the TensorRT INT8 file, measured again through the runtime on the CPU."""
-    from srdeploy.export.runtime_eval import RuntimeEvalConfig, evaluate_model_file
+    from srdeploy.export.runtime_eval import evaluate_model_file
+    from srdeploy.runtime.open import SessionRecipe
+    from srdeploy.runtime.settings import DEFAULT_TILE, RunSettings, TileSettings
 
     _, _, card = _bundle()
-    (result,), _ = evaluate_model_file(MODELS / card["onnx_int8_trt"], [set5],
-                                       RuntimeEvalConfig(backend="onnxruntime", threads=2))
+    run = RunSettings(SessionRecipe(str(MODELS / card["onnx_int8_trt"]), "onnxruntime", threads=2),
+                      TileSettings(tile=DEFAULT_TILE))
+    (result,), _ = evaluate_model_file(run, [set5])
     loss = card["trt_int8"]["fp32_psnr"]["Set5"] - result.psnr
     assert 0 < loss <= 0.1
     assert result.psnr == pytest.approx(card["trt_int8"]["int8_psnr"]["Set5"], abs=0.002)
