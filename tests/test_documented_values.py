@@ -57,7 +57,7 @@ def test_fp16_threshold_is_2_to_the_14():
 
 # ---------------------------------------------------------------- tiling defaults (docs/runtime.md "Tiling")
 def test_default_tile_and_margin_formula():
-    from srdeploy.runtime.upscale import DEFAULT_TILE, default_tile_pad
+    from srdeploy.runtime.settings import DEFAULT_TILE, default_tile_pad
 
     assert DEFAULT_TILE == 256
     # max(12, ceil(0.3 x radius)), never more than the radius itself

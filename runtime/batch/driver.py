@@ -29,6 +29,7 @@ from ..atomic import write_json
 from ..jobs import JobFolder
 from ..media.files import collect
 from ..progress import progress_bar, say
+from ..settings import RunSettings
 from .job import Settings, Summary, WorkerStats, job_folder, open_job, plan_tasks, update_plan_units
 from .video import output_problems, unavailable_reason
 
@@ -39,8 +40,8 @@ class BatchConfig:
 
     Attributes:
         inputs: files, folders, globs, manifests.  outdir: output folder (holds the job folder).
-        recipe: the ``SessionRecipe`` each worker opens.  settings: what decides outputs (plan.json).
-        tiling: ``Upscaler`` keyword arguments.
+        run: the ``RunSettings``: the ``SessionRecipe`` each worker opens and its ``TileSettings``.
+        settings: what decides outputs (plan.json).
         workers: actors.  threads_per_worker: CPUs each actor reserves (and ONNX Runtime threads).
         gpus_per_worker: GPUs each actor reserves (Ray pins it via CUDA_VISIBLE_DEVICES); 0 = none.
         address: Ray cluster to attach to ("auto", "HOST:PORT"); None = start a local one (or use
@@ -51,9 +52,8 @@ class BatchConfig:
 
     inputs: list[str]
     outdir: str
-    recipe: object
+    run: RunSettings
     settings: Settings
-    tiling: dict
     workers: int = 1
     threads_per_worker: int = 1
     gpus_per_worker: float = 0.0
@@ -93,7 +93,7 @@ class _Pool:
             self.actors.append(self._new(i))
 
     def _new(self, slot: int):
-        return self.remote.remote(self.cfg.recipe, self.cfg.tiling, str(self.job.root), self.stats[slot].name,
+        return self.remote.remote(self.cfg.run, str(self.job.root), self.stats[slot].name,
                                   {"quality": self.cfg.quality, "codec": self.cfg.settings.codec,
                                    "crf": self.cfg.settings.crf, "segment_frames": self.cfg.settings.segment_frames})
 
@@ -122,7 +122,7 @@ class _Pool:
                 info = self.ray.get(actor.describe.remote())
             except self.ray.exceptions.RayError as exc:
                 raise RuntimeError(f"batch: worker {self.stats[slot].name} could not open the model "
-                                   f"{self.cfg.recipe.model}: {_cause(exc)}") from None
+                                   f"{self.cfg.run.recipe.model}: {_cause(exc)}") from None
             self.stats[slot].pid, self.stats[slot].node = info["pid"], info["node"]
             infos.append(info)
         return infos

@@ -36,7 +36,7 @@ class Settings:
     backend: str
     device: str | None
     precision: str | None
-    tile: int | None
+    tile: int | str | None
     tile_pad: int | None
     batch: int
     feather: int
@@ -47,6 +47,7 @@ class Settings:
     codec: str | None = None
     crf: int | None = None
     segment_frames: int | None = None
+    max_memory: int | None = None  # tile "auto" chooses the tiles within this budget: it decides the output
 
 
 def plan_tasks(pairs: list[tuple[Path, Path]], outdir: Path, settings: Settings) -> tuple[list[dict], list[str]]:

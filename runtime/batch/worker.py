@@ -29,30 +29,26 @@ class BatchWorker:
     """One worker: a session, an ``Upscaler`` and the job folder.
 
     Args:
-        recipe: ``SessionRecipe`` to open.
-        tiling: ``Upscaler`` keyword arguments (tile, tile_pad, batch, feather, alpha).
+        run: the ``RunSettings``: the ``SessionRecipe`` to open and the ``TileSettings``.
         job_root: the job folder (``OUTDIR/.srdeploy-batch``).
         name: the worker's name in the report.
         options: output options: quality (images), codec/crf/segment_frames (videos).
     """
 
-    def __init__(self, recipe, tiling: dict, job_root: str, name: str, options: dict) -> None:
+    def __init__(self, run, job_root: str, name: str, options: dict) -> None:
         from ..open import open_session
-        from ..upscale import DEFAULT_TILE, Upscaler
+        from ..upscale import Upscaler
 
         self.name = name
         self.job = JobFolder(Path(job_root), PLAN_FILE)
         self.options = options
-        self.model = recipe.model
-        self.session = open_session(recipe)
-        tiling = dict(tiling)
-        if tiling.get("tile") is None:
-            tiling["tile"] = DEFAULT_TILE
-        self.upscaler = Upscaler(self.session, **tiling)
+        self.model = run.recipe.model
+        self.session = open_session(run.recipe)
+        self.upscaler = Upscaler(self.session, run.tiling)
 
     def describe(self) -> dict:
         """Who and where this worker is, and the session line every runtime command prints."""
-        from ..cli._args import describe_session
+        from ..open import describe_session
 
         return {"name": self.name, "pid": os.getpid(), "node": socket.gethostname(),
                 "line": describe_session(self.session, self.model, self.upscaler),

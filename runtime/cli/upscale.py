@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._args import add_session_args, add_tile_args, check_tile_args, describe_session, session_recipe
+from ._args import add_session_args, add_tile_args, settings_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,12 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_upscale(args: argparse.Namespace) -> int:
-    from ..open import open_session
     from ..media.files import collect, output_paths
-    from ..upscale import DEFAULT_TILE, Upscaler, upscale_files
+    from ..open import describe_session, open_session
+    from ..upscale import Upscaler, upscale_files
 
     t0 = time.perf_counter()
-    check_tile_args(args)
+    run = settings_from_args(args)
     pairs, failures = collect(args.input, kinds=("image",))
     files = [f for f, _ in pairs]
     single = len(args.input) == 1 and Path(args.input[0]).is_file()
@@ -66,10 +66,9 @@ def run_upscale(args: argparse.Namespace) -> int:
             print("srdeploy upscale: no input images", file=sys.stderr)
         return 1
 
-    recipe = session_recipe(args)
+    recipe = run.recipe
     with open_session(recipe) as session:
-        up = Upscaler(session, tile=DEFAULT_TILE if args.tile is None else args.tile, tile_pad=args.tile_pad,
-                      batch=args.batch, feather=args.feather, alpha=args.alpha, max_memory=args.max_memory)
+        up = Upscaler(session, run.tiling)
         announced = []
 
         def announce(upscaler) -> None:  # the first line, once the first image's tile is chosen

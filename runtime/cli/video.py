@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._args import add_session_args, add_tile_args, check_tile_args, describe_session, session_recipe
+from ._args import add_session_args, add_tile_args, settings_from_args
 
 ENCODERS = ("ffmpeg", "opencv")
 
@@ -62,10 +62,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_video(args: argparse.Namespace) -> int:
     from ..jobs import model_fingerprint
     from ..media import segments
-    from ..open import open_session
+    from ..open import describe_session, open_session
     from ..upscale import Upscaler
 
-    check_tile_args(args)
+    run = settings_from_args(args)
     ffmpeg_only = [flag for flag, value in (("--crf", args.crf), ("--preset", args.preset),
                                             ("--pix-fmt", args.pix_fmt), ("--segment-frames", args.segment_frames),
                                             ("--resume", args.resume)) if value not in (None, False)]
@@ -76,11 +76,10 @@ def run_video(args: argparse.Namespace) -> int:
 
         use_ffmpeg(args.ffmpeg)  # the one way it travels: $SRDEPLOY_FFMPEG, for this process and its children
     _check_request(args)  # source, output name and output settings: before the model loads
-    kwargs = {} if args.tile is None else {"tile": args.tile}
-    recipe = session_recipe(args)
+    recipe = run.recipe
     with open_session(recipe) as session:
-        upscaler = Upscaler(session, tile_pad=args.tile_pad, batch=args.batch, max_memory=args.max_memory, **kwargs)
-        if upscaler.tile == "auto":  # choose for the frame size, so the first line shows it
+        upscaler = Upscaler(session, run.tiling)
+        if upscaler.settings.auto:  # choose for the frame size, so the first line shows it
             import cv2
 
             cap = cv2.VideoCapture(args.input)
@@ -94,7 +93,7 @@ def run_video(args: argparse.Namespace) -> int:
         stats = segments.upscale_video_ffmpeg(
             upscaler, args.input, args.output, codec=args.codec, crf=args.crf, preset=args.preset,
             pix_fmt=args.pix_fmt, segment_frames=args.segment_frames, resume=args.resume, overwrite=args.overwrite,
-            batch=args.batch, progress=not args.quiet, audio=not args.no_audio,
+            batch=upscaler.batch, progress=not args.quiet, audio=not args.no_audio,
             fingerprint=model_fingerprint(upscaler, recipe.model))
     audio = {"none": "no audio in source", "copied": "all audio copied", "disabled": "audio left out (--no-audio)",
              "changed": "audio converted or dropped, see notes"}[stats.audio]
@@ -121,7 +120,7 @@ def _check_request(args: argparse.Namespace) -> None:
 def _opencv(args: argparse.Namespace, upscaler) -> int:
     from ..media.video import upscale_video
 
-    stats = upscale_video(upscaler, args.input, args.output, codec=args.codec, batch=args.batch,
+    stats = upscale_video(upscaler, args.input, args.output, codec=args.codec, batch=upscaler.batch,
                           overwrite=args.overwrite, progress=not args.quiet, audio=not args.no_audio)
     audio = {"copied": "audio copied", "re-encoded": "audio re-encoded", "none": "no audio in source",
              "dropped": "audio dropped", "disabled": "audio not copied (--no-audio)"}[stats.audio]

@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..upscale import PixelMap
+from ..pixels import PixelMap
 
 _END = object()
 
