@@ -143,7 +143,8 @@ def process_segment(task: SegmentTask, upscaler, *, batch: int = 1,
             raise
         written = ff.count_packets(tmp, task.log)
         if written != task.count:
-            raise ff.FFmpegError(f"{tmp}: holds {written} frames, expected {task.count} (ffmpeg log: {task.log})")
+            cause = f"the encoded segment holds {written} frames, expected {task.count}"
+            raise ff.FFmpegError(f"{task.path}: {cause} (ffmpeg log: {task.log})", cause, task.log)
     return task.path
 
 
@@ -235,8 +236,8 @@ def join_segments(job: VideoJob, tmp: Path, *, audio: bool = True) -> ff.MuxPlan
                            job.timing.offset, job.work, hevc_tag=job.settings.encoder == "libx265", audio=audio)
     got = ff.count_packets(tmp, job.work / "join.log")
     if got != job.frames:
-        raise ff.FFmpegError(f"{job.dst}: the joined video holds {got} frames, expected {job.frames} "
-                             f"(ffmpeg log: {job.work / 'join.log'})")
+        cause = f"the joined video holds {got} frames, expected {job.frames}"
+        raise ff.FFmpegError(f"{job.dst}: {cause} (ffmpeg log: {job.work / 'join.log'})", cause, job.work / "join.log")
     return plan
 
 
@@ -412,7 +413,7 @@ def _run_job(upscaler, source: ff.MediaInfo, dst: Path, work: Path, settings: ff
         try:
             mux = finish_job(job, audio=audio, overwrite=overwrite)
         except ff.FFmpegError as exc:
-            raise ff.FFmpegError(f"{dst}: joining the segments failed: {exc.cause} (ffmpeg log: {exc.log}); the "
+            raise ff.FFmpegError(f"{dst}: joining the segments failed: {exc.cause}{exc.log_note}; the "
                                  f"{len(job.tasks)} finished segments are kept in {work} for --resume",
                                  exc.cause, exc.log) from None
     for note in mux.notices:
@@ -440,7 +441,7 @@ def _run_segments(job: VideoJob, upscaler, batch: int, bar) -> tuple[int, int, f
             process_segment(task, upscaler, batch=batch, on_frame=bar.update)
         except ff.FFmpegError as exc:
             finished = sum(1 for t in job.tasks if t.path.is_file())
-            raise ff.FFmpegError(f"{job.dst}: segment {task.index} failed: {exc.cause} (ffmpeg log: {exc.log}); "
+            raise ff.FFmpegError(f"{job.dst}: segment {task.index} failed: {exc.cause}{exc.log_note}; "
                                  f"{finished} finished segment(s) kept in {job.work} for --resume",
                                  exc.cause, exc.log) from None
         done_frames += task.count
