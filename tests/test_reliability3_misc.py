@@ -534,3 +534,24 @@ def test_item19_unwritable_folder_names_the_output_not_the_temporary_file(tmp_pa
     assert r.returncode == 1 and len(err) == 1, r.stderr
     assert "Permission denied" in err[0] and str(ro / f"o.{ext}") in err[0] and ".tmp" not in err[0], err
     assert list(ro.iterdir()) == []
+
+
+# ------------------------------------------------------------------ item 21: what gray + alpha is written as
+def test_item21_gray_alpha_is_la_in_png_and_rgba_elsewhere(tmp_path):
+    """The behaviour the corrected docs describe (docs/runtime.md said RGBA for every format): PNG
+    keeps gray + alpha natively (colour type 4, LA), TIFF/WebP/BMP get RGBA with R = G = B."""
+    import png
+
+    rng = np.random.default_rng(0)
+    la = np.dstack([rng.integers(0, 256, (12, 10)), rng.integers(0, 256, (12, 10))]).astype(np.uint8)
+    src = tmp_path / "la.png"
+    with open(src, "wb") as f:
+        png.Writer(10, 12, greyscale=True, alpha=True).write(f, la.reshape(12, -1))
+    for ext in ("png", "tiff", "webp", "bmp"):
+        out = tmp_path / f"o.{ext}"
+        assert main(["upscale", "-q", "-i", str(src), "-o", str(out), "--model", str(BUNDLED), "--tile", "0"]) == 0
+        if ext == "png":
+            assert out.read_bytes()[25] == 4  # IHDR colour type 4: greyscale with alpha (LA)
+            assert png.Reader(filename=str(out)).read()[3]["planes"] == 2
+        img = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
+        assert img.shape == (48, 40, 4) and (img[..., 0] == img[..., 2]).all()
