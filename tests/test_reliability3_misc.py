@@ -462,9 +462,9 @@ def test_item18_train_has_quiet(tmp_path, capsys, set5):
 
 
 # ------------------------------------------------------------------ item 19: error lines name the right file
-@pytest.mark.parametrize("which, cause", [("segment", "segment 0 failed: the encoded segment holds -1 frames, expected 3"),
-                                          ("join", "joining the segments failed: the joined video holds -1 frames, "
-                                                   "expected 3")])
+@pytest.mark.parametrize("which, cause", [
+    ("segment", "segment 0 failed: the encoded segment holds -1 frames, expected 3"),
+    ("join", "joining the segments failed: the joined video holds -1 frames, expected 3")])
 def test_item19_video_errors_name_the_output_once_and_their_log(tiny_srresnet_x2, tmp_path, capsys, monkeypatch,
                                                                 which, cause):
     from srdeploy.runtime.media import ffmpeg as ff
@@ -485,50 +485,27 @@ def test_item19_video_errors_name_the_output_once_and_their_log(tiny_srresnet_x2
     assert err[0].count(f"{out}:") == 1 and "None" not in err[0] and ".tmp" not in err[0] and "partial" not in err[0]
 
 
-@pytest.fixture()
-def small_disk(tmp_path):
-    """A 256 KiB tmpfs (root only; skipped with the reason elsewhere), unmounted after the test."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (mount -t tmpfs -o size=256k)")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"mount -t tmpfs not permitted here: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
-
-
 @pytest.mark.parametrize("ext", ["png", "tiff"])
-def test_item19_full_disk_names_the_output_not_the_input(tiny_srresnet_x2, small_disk, tmp_path, capsys, ext):
+def test_item19_full_disk_names_the_output_not_the_input(tiny_srresnet_x2, full_disk, tmp_path, capsys, ext):
     src = tmp_path / "noise.png"
-    cv2.imwrite(str(src), np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8))  # 400x400 out
-    dst = small_disk / f"big.{ext}"
+    cv2.imwrite(str(src), np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8))  # 1.9 MB out
+    dst = full_disk / f"big.{ext}"
     assert main(["upscale", "-q", "-i", str(src), "-o", str(dst), "--model", str(tiny_srresnet_x2), "--tile", "0"]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if ": error:" in line]
     assert len(err) == 1 and "No space left on device" in err[0] and str(dst) in err[0], err
     assert str(src) not in err[0] and ".tmp" not in err[0]
-    assert list(small_disk.iterdir()) == []
+    assert list(full_disk.iterdir()) == []
 
 
 @pytest.mark.parametrize("ext", ["png", "jpg"])
-def test_item19_unwritable_folder_names_the_output_not_the_temporary_file(tmp_path, ext):
+def test_item19_unwritable_folder_names_the_output_not_the_temporary_file(tmp_path, ext, unprivileged):
     """atomic_target's temporary name is an implementation detail: failing to create it names the output."""
-    import shutil
-
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
     src = _png(tmp_path / "in.png", 0)
-    cmd = [sys.executable, "-m", "srdeploy", "upscale", "-q", "-i", str(src), "-o", str(ro / f"o.{ext}"),
-           "--model", str(BUNDLED), "--tile", "0"]
-    if os.geteuid() == 0:  # root ignores folder permissions unless it drops CAP_DAC_OVERRIDE
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root and setpriv (util-linux) is missing: cannot make a folder unwritable")
-        cmd = [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--", *cmd]
+    cmd = unprivileged([sys.executable, "-m", "srdeploy", "upscale", "-q", "-i", str(src), "-o", str(ro / f"o.{ext}"),
+                        "--model", str(BUNDLED), "--tile", "0"])
     r = subprocess.run(cmd, capture_output=True, text=True)
     err = [line for line in r.stderr.splitlines() if ": error:" in line]
     assert r.returncode == 1 and len(err) == 1, r.stderr
