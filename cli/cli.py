@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         # a message that names the file and says what to do; print it without a traceback.
         if debug:
             raise
-        print(f"{prefix}: error: {one_line(exc)}", file=sys.stderr)
+        # Library messages name their step ("eval: --scale ..."); the prefix already says it once.
+        print(f"{prefix}: error: {one_line(exc).removeprefix(f'{args.command}: ')}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as exc:  # last resort: anything else is still one line, not a traceback
         if debug:

@@ -58,10 +58,15 @@ MIN_TILE = 16
 HEADROOM = 0.9
 
 def format_size(n: float) -> str:
-    """"612 MiB", "1.25 GiB": for the CLI's first line and messages."""
+    """"612 MiB", "1.25 GiB", "1 KiB", "512 B": for the CLI's first line and messages (a budget
+    under a MiB is shown in its own unit, not as "0 MiB")."""
     if n >= 1 << 30:
         return f"{n / (1 << 30):.2f} GiB"
-    return f"{n / (1 << 20):.0f} MiB"
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.0f} MiB"
+    if n >= 1 << 10:
+        return f"{n / (1 << 10):.0f} KiB"
+    return f"{n:.0f} B"
 
 
 def available_ram() -> int | None:
@@ -203,6 +208,29 @@ def _read_graph(data: bytes) -> tuple[list[_Node], dict[str, tuple[int, ...]], l
     return nodes, inits, ins, outs
 
 
+# Nodes a weight passes through between its initializer and the Conv that uses it: a QDQ (INT8)
+# model stores int8 weights and dequantizes them in the graph.
+_WEIGHT_PATH = {"DequantizeLinear", "QuantizeLinear", "Identity", "Cast"}
+
+
+def weight_dims(name: str, inits: dict[str, tuple[int, ...]], producers: dict) -> tuple[int, ...] | None:
+    """Dims of a weight tensor: an initializer, or one reached back through DequantizeLinear/Cast/Identity.
+
+    Args:
+        name: the tensor (a Conv's second input).
+        inits: initializer dims by name (``_read_graph``).
+        producers: the node producing each tensor, by output name.
+    """
+    for _ in range(8):  # a weight is at most a few nodes from its initializer
+        if name in inits:
+            return inits[name]
+        node = producers.get(name)
+        if node is None or node.op not in _WEIGHT_PATH or not node.inputs:
+            return None
+        name = node.inputs[0]
+    return None
+
+
 # Operators whose output has the shape of their first activation input.
 _SAME_SHAPE = {"Add", "Sub", "Mul", "Div", "Relu", "PRelu", "LeakyRelu", "Clip", "Sigmoid", "Tanh",
                "Identity", "Elu", "Selu", "HardSigmoid", "HardSwish", "Gelu", "Mish", "Softplus",
@@ -248,6 +276,7 @@ def profile_graph(data: bytes, *, source: str = "model") -> GraphProfile:
             last_use[t] = k
     for t in outs:
         last_use[t] = len(nodes)
+    producers = {o: node for node in nodes for o in node.outputs}
     live: dict[str, float] = dict.fromkeys(shape, 0.0)
     for t in live:
         c, f, e = shape[t]
@@ -261,13 +290,13 @@ def profile_graph(data: bytes, *, source: str = "model") -> GraphProfile:
         c, f, e = shape[acts[0]]
         a = node.attrs
         if node.op == "Conv":
-            w = inits.get(node.inputs[1])
+            w = weight_dims(node.inputs[1], inits, producers)
             if w is None:
                 raise ProfileError(f"{source}: Conv {node.outputs[0]} has a computed weight; cannot size it")
             stride = (a.get("strides") or (1,))[0]
             out = (w[0], f / stride, e)
         elif node.op == "ConvTranspose":
-            w = inits.get(node.inputs[1])
+            w = weight_dims(node.inputs[1], inits, producers)
             if w is None:
                 raise ProfileError(f"{source}: ConvTranspose {node.outputs[0]} has a computed weight")
             out = (w[1] * a.get("group", 1), f * (a.get("strides") or (1,))[0], e)

@@ -175,6 +175,20 @@ MUTANTS: tuple[Mutant, ...] = (
            "    pass  # source", ("tests/test_video_ffmpeg.py",)),
     Mutant("video-avi-unknown", "runtime/media/ffmpeg/codecs.py", ' ".avi": ("avi", "h264"),', "",
            ("tests/test_video_ffmpeg.py", "tests/test_files.py")),
+    # issue 25: concurrent writers, hostile metadata, QDQ weights
+    Mutant("writers-replace-not-claim", "runtime/media/writers.py",
+           "    with atomic_target(path, overwrite=overwrite) as tmp:", "    with atomic_target(path) as tmp:",
+           ("tests/test_reliability3_misc.py",), "two runs to one new PNG both 'succeed'"),
+    Mutant("dangling-link-is-free", "runtime/atomic.py", "    return os.path.lexists(path)",
+           "    return os.path.exists(path)", ("tests/test_reliability3_misc.py",)),
+    Mutant("metadata-radius-uncapped", "runtime/metadata.py",
+           "        if not 0 <= self.receptive_radius <= MAX_RECEPTIVE_RADIUS:",
+           "        if not 0 <= self.receptive_radius:", ("tests/test_reliability3_misc.py",)),
+    Mutant("contract-radius-unchecked", "runtime/contract.py", "    if info.receptive_radius > bound:",
+           "    if False:", ("tests/test_reliability3_misc.py",)),
+    Mutant("budget-qdq-weights-unread", "runtime/budget.py",
+           "        if node is None or node.op not in _WEIGHT_PATH or not node.inputs:",
+           "        if True:", ("tests/test_reliability3_misc.py",)),
 )
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_target
+from ..atomic import atomic_target, occupied
 from .files import IMAGE_EXTS
 
 # 200 megapixels: well above any camera, far below what would exhaust memory in decoding.
@@ -408,7 +408,7 @@ def write_image(path: str | os.PathLike, img: np.ndarray, *, order: str = "RGB",
     path = Path(path)
     channels = 1 if img.ndim == 2 else img.shape[2]
     check_writable(path, dtype=img.dtype, channels=channels)
-    if not overwrite and path.exists():
+    if not overwrite and occupied(path):
         raise FileExistsError(f"{path}: already exists; pass --overwrite (overwrite=True) to replace it")
     if order == "RGB" and channels in (3, 4):
         img = img[:, :, [2, 1, 0, 3][:channels]]

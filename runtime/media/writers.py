@@ -28,7 +28,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ..atomic import atomic_target
+from ..atomic import atomic_target, occupied
 
 STREAMED_EXTS = (".png", ".tif", ".tiff")
 _BIGTIFF_OVER = (1 << 32) - (1 << 25)  # tifffile's own threshold: 4 GB less room for tags
@@ -167,7 +167,7 @@ def write_bands(path: str | os.PathLike, bands: Iterable[np.ndarray], *, height:
         raise ValueError(f"order must be 'RGB' or 'BGR', got {order!r}")
     if channels not in (1, 2, 3, 4):
         raise ValueError(f"{path}: {channels}-channel images are not supported (gray, gray + alpha, RGB or RGBA)")
-    if not overwrite and path.exists():
+    if not overwrite and occupied(path):
         raise FileExistsError(f"{path}: already exists; pass --overwrite (overwrite=True) to replace it")
     ext = path.suffix.lower()
     checked = _checked(bands, path, height, width, channels, dtype)
@@ -188,7 +188,10 @@ def write_bands(path: str | os.PathLike, bands: Iterable[np.ndarray], *, height:
         raise ValueError(f"{path}: unsupported pixel type {dtype} (uint8, uint16 or float32)")
     if channels == 2 and ext != ".png":  # TIFF: gray + alpha as RGBA with R = G = B, as write_image does
         checked, channels = (np.ascontiguousarray(b[:, :, [0, 0, 0, 1]]) for b in checked), 4
-    with atomic_target(path) as tmp:
+    # Without overwrite the name is claimed by a hard link at the end, as write_image does: a
+    # concurrent run that finished first keeps its file and this one fails, instead of both
+    # reporting success and one silently replacing the other.
+    with atomic_target(path, overwrite=overwrite) as tmp:
         with open(tmp, "wb") as f:
             (_write_png if ext == ".png" else _write_tiff)(f, checked, height, width, channels, dtype, bgr)
     return path
