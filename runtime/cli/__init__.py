@@ -9,9 +9,10 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from . import batch, bench, upscale, video
+    from . import batch, bench, serve, upscale, video
 
     upscale.register(sub)
     video.register(sub)
     bench.register(sub)
     batch.register(sub)
+    serve.register(sub)
