@@ -191,6 +191,9 @@ def test_memory_budget_is_shared_across_requests(model, images):
         second = pool.submit(httpx.post, srv.url + "/v1/upscale", content=body, timeout=60)
         wait_until(lambda: service.ledger.waiting == 1, what="the second request to wait for memory")
         assert service.session.calls == 1 and service.ledger.reserved == held  # it waits before decoding
+        # bad requests are answered from their bytes, without waiting for memory
+        assert httpx.post(srv.url + "/v1/upscale", content=b"GIF? no: garbage" * 10).status_code == 415
+        assert httpx.post(srv.url + "/v1/upscale", content=bomb_png()).status_code == 413
         service.session.gate.set()
         assert first.result().status_code == 200 and second.result().status_code == 200
         assert first.result().content == second.result().content

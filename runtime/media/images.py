@@ -330,22 +330,34 @@ class NotAnImageError(ValueError):
     """The bytes are empty or no image format OpenCV can decode."""
 
 
-def image_header(data: bytes, *, name: str, max_pixels: int | None = None) -> tuple[str, tuple[int, int] | None]:
+# Signatures of the other formats OpenCV can decode, which _sniff does not name: JPEG 2000
+# (codestream, JP2 box), OpenEXR, Radiance HDR, Sun raster, PFM, PAM, JPEG XL (codestream, box)
+# and ISO BMFF images (AVIF/HEIF: "ftyp" at offset 4, checked apart).
+_OTHER_SIGNATURES = (b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ", b"v/1\x01", b"#?RADIANCE", b"#?RGBE",
+                     b"\x59\xa6\x6a\x95", b"PF\n", b"Pf\n", b"P7\n", b"\xff\x0a", b"\x00\x00\x00\x0cJXL ")
+
+
+def image_header(data: bytes, *, name: str, max_pixels: int | None = None,
+                 known_only: bool = False) -> tuple[str, tuple[int, int] | None]:
     """The checks that need no decoding, on a file's bytes: (format, declared (width, height) or None).
 
-    Raises ``NotAnImageError`` (empty), ``ImageTooLargeError`` (declared size over the limit: a
-    decompression bomb never allocates) or ``ValueError`` (empty declared size, truncated file),
-    each message starting with ``name``.
+    Raises ``NotAnImageError`` (empty; with ``known_only``, no image signature OpenCV decodes),
+    ``ImageTooLargeError`` (declared size over the limit: a decompression bomb never allocates) or
+    ``ValueError`` (empty declared size, truncated file), each message starting with ``name``.
 
     Args:
         data: the whole file.
         name: what the messages call it (a path, or a label for bytes that came from elsewhere).
         max_pixels: the limit (default ``pixel_limit()``).
+        known_only: refuse bytes that start like no image format now, with the message the decoder
+            would give after trying (a server answers garbage without reserving memory for it).
     """
     limit = pixel_limit() if max_pixels is None else max_pixels
     if not data:
         raise NotAnImageError(f"{name}: empty file (0 bytes), not an image")
     fmt = _sniff(data)
+    if known_only and fmt == "other" and not (data.startswith(_OTHER_SIGNATURES) or data[4:8] == b"ftyp"):
+        raise _not_readable(name)
     size = _declared_size(data, fmt)
     if size is not None and size[0] * size[1] > limit:
         raise ImageTooLargeError(
@@ -356,6 +368,10 @@ def image_header(data: bytes, *, name: str, max_pixels: int | None = None) -> tu
     if _truncated(data, fmt):
         raise ValueError(f"{name}: truncated {fmt.upper()} file (no end-of-image marker); the file is incomplete")
     return fmt, size
+
+
+def _not_readable(name: str) -> NotAnImageError:
+    return NotAnImageError(f"{name}: not a readable image (OpenCV could not decode it)")
 
 
 def read_image(path: str | os.PathLike, *, order: str = "RGB",
@@ -410,7 +426,7 @@ def decode_image(data: bytes, *, name: str, order: str = "RGB",
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         if fmt == "other":
-            raise NotAnImageError(f"{name}: not a readable image (OpenCV could not decode it)")
+            raise _not_readable(name)
         raise ValueError(f"{name}: corrupt {fmt.upper()} file (OpenCV could not decode it)")
     if img.shape[0] * img.shape[1] > limit:
         raise ImageTooLargeError(f"{name}: image size {img.shape[1]}x{img.shape[0]} exceeds the limit of "

@@ -213,7 +213,7 @@ class UpscaleService:
 
         opts = parse_options(query)
         name = upload_label(filename)
-        fmt, size = image_header(body, name=name, max_pixels=self.max_pixels)
+        fmt, size = image_header(body, name=name, max_pixels=self.max_pixels, known_only=True)
         ext = opts.ext or _name_ext(name) or FORMAT_EXT.get(fmt, ".png")
         check_quality(opts.quality, f"x{ext}")
         up = make_upscaler(TicketSession(self.session, self.scheduler, ticket), self.config.tiling,
@@ -264,10 +264,10 @@ class UpscaleService:
 
     def _estimate(self, up, fmt: str, size: tuple[int, int] | None, body_len: int, ext: str) -> int:
         """``_need`` before decoding: the largest over the layouts the format can decode to and both
-        EXIF orientations (or over the pixel cap when the header declares no size)."""
+        EXIF orientations. A header without a size (a rarer format OpenCV decodes) reserves
+        everything: the image then decodes and runs alone."""
         if size is None:
-            side = math.isqrt(self.max_pixels)
-            size = (side, side)
+            return self.ledger.capacity
         chans, sizes = _LAYOUTS.get(fmt, _ANY_LAYOUT)
         w, h = size
         return max(self._need(up, a, b, c, i, ext, body_len) for a, b in ((h, w), (w, h)) for c in chans for i in sizes)
