@@ -176,6 +176,12 @@ def test_disconnect_cancels_the_remaining_tiles(model, images):
         wait_until(lambda: srv.service.queue_depth == 0 and srv.service.ledger.reserved == 0, what="clean-up")
         assert gate.tiles <= 2, f"{gate.tiles} of 30 tiles ran after the client left"
         assert httpx.post(srv.url + "/v1/upscale", content=body, timeout=60).status_code == 200
+        # a client that leaves during its upload is counted as gone too, not as a server error
+        sock, _ = raw_request(srv.port, "POST /v1/upscale HTTP/1.1\nHost: x\nContent-Length: 1000", b"\0" * 10,
+                              read=False)
+        sock.close()
+        wait_until(lambda: srv.service.metrics.requests.get(499) == 2, what="the second disconnect")
+        assert 500 not in srv.service.metrics.requests and srv.service.queue_depth == 0
 
 
 def test_memory_budget_is_shared_across_requests(model, images):

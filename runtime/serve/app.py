@@ -151,12 +151,17 @@ async def read_body(request, limit: int) -> bytes:
             raise HttpError(400, f"Content-Length {declared!r} is not a number")
         if int(declared) > limit:
             raise HttpError(413, f"{too_big}: Content-Length {declared}")
+    from starlette.requests import ClientDisconnect
+
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HttpError(413, too_big)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HttpError(413, too_big)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone("client disconnected during the upload") from None
     return b"".join(chunks)
 
 
