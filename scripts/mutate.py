@@ -159,6 +159,12 @@ MUTANTS: tuple[Mutant, ...] = (
            "        writer.write(frame * 0)\n", ("tests/test_video.py",)),
     Mutant("video-swapped-channels", "runtime/media/video.py", "        writer.write(frame)\n",
            "        writer.write(np.ascontiguousarray(frame[..., ::-1]))\n", ("tests/test_video.py",)),
+    # --- serve (issue 26): rows of a cross-request batch to the wrong request, a queue-jumping ledger
+    Mutant("serve-batch-rows-swapped", "runtime/serve/scheduler.py", "it.y = y if len(batch) == 1 else y[k:k + n].copy()",
+           "it.y = y if len(batch) == 1 else y[len(x) - k - n:len(x) - k].copy()", ("tests/test_serve.py",)),
+    Mutant("serve-ledger-not-fifo", "runtime/serve/ledger.py",
+           "while self._queue[0] is not me or self.reserved + nbytes > self.capacity:",
+           "while self.reserved + nbytes > self.capacity:", ("tests/test_serve.py",)),
 )
 
 
