@@ -200,8 +200,8 @@ def phase_throughput(args, server: Server, images) -> dict:
 
 def bad_requests(good: bytes) -> dict[str, tuple[bytes, str]]:
     ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
-    bomb = (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-            + b"\x00\x00\x00\x00IEND\xaeB`\x82")
+    bomb = (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr
+            + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)) + b"\x00\x00\x00\x00IEND\xaeB`\x82")
     return {"bomb": (bomb, TOKEN), "garbage": (b"not an image " * 100, TOKEN),
             "truncated": (good[: len(good) // 2], TOKEN), "wrong token": (good, "wrong")}
 

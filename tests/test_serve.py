@@ -108,9 +108,12 @@ def test_bad_requests_get_their_4xx_while_a_load_runs(model, images, tmp_path):
     assert [r.status_code for r in results] == [200] * 6 and len({r.content for r in results}) == 1
     assert oversize.status_code == 413 and "--max-upload" in oversize.text
     assert bomb.status_code == 413 and "declared image size 100000x100000" in bomb.text
-    assert garbage.status_code == 415 and garbage.text == "notes.txt: not a readable image (OpenCV could not decode it)\n"
-    assert cut.status_code == 400 and cut.text == "bad.png: truncated PNG file (no end-of-image marker); the file is incomplete\n"
-    assert no_token.status_code == wrong.status_code == 401 and no_token.headers["www-authenticate"].startswith("Bearer")
+    assert garbage.status_code == 415
+    assert garbage.text == "notes.txt: not a readable image (OpenCV could not decode it)\n"
+    assert cut.status_code == 400
+    assert cut.text == "bad.png: truncated PNG file (no end-of-image marker); the file is incomplete\n"
+    assert no_token.status_code == wrong.status_code == 401
+    assert no_token.headers["www-authenticate"].startswith("Bearer")
     assert bad_query.status_code == 400 and "'scale'" in bad_query.text
     for name in ("bad.png", "notes.txt"):  # the same reason as the command line's
         rc, err = _upscale_error(model, tmp_path / name, tmp_path / "out")

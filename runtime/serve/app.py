@@ -56,87 +56,99 @@ def build_app(service: UpscaleService, *, run: Runner | None = None):
         run: how a request is upscaled (default: ``thread_runner(service)``).
     """
     from starlette.applications import Starlette
-    from starlette.responses import HTMLResponse, PlainTextResponse, Response
     from starlette.routing import Route
 
-    run = run or thread_runner(service)
-    config = service.config
-    token = config.token.encode() if config.token else None
+    api = _Api(service, run or thread_runner(service))
+    return Starlette(routes=[Route("/v1/upscale", api.upscale, methods=["POST"]), Route("/healthz", api.health),
+                             Route("/readyz", api.ready), Route("/metrics", api.metrics), Route("/", api.page)])
 
-    def authorized(request) -> bool:
-        if token is None:
+
+class _Api:
+    """The route handlers of one service."""
+
+    def __init__(self, service: UpscaleService, run: Runner) -> None:
+        from starlette import responses
+
+        self.service, self.run, self.responses = service, run, responses
+        self.token = service.config.token.encode() if service.config.token else None
+
+    def authorized(self, request) -> bool:
+        if self.token is None:
             return True
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token)
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.token)
 
-    def error(status: int, message: str, retry_after: int | None = None) -> Response:
+    def error(self, status: int, message: str, retry_after: int | None = None):
         headers = {"Retry-After": str(retry_after)} if retry_after else {}
         if status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="srdeploy"'
-        return PlainTextResponse(message + "\n", status_code=status, headers=headers)
+        return self.responses.PlainTextResponse(message + "\n", status_code=status, headers=headers)
 
-    async def upscale(request) -> Response:
-        t0 = time.monotonic()
-        if not authorized(request):
+    async def upscale(self, request):
+        service, t0 = self.service, time.monotonic()
+        if not self.authorized(request):
             service.metrics.request(401, time.monotonic() - t0)
-            return error(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)")
+            return self.error(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)")
         try:
             ticket = service.admit()
         except HttpError as exc:
             service.metrics.request(exc.status, time.monotonic() - t0)
-            return error(exc.status, str(exc), exc.retry_after)
+            return self.error(exc.status, str(exc), exc.retry_after)
         outcome = {"status": 500, "received": 0}
 
-        def finish(sent: int) -> None:  # once the response is sent (or abandoned)
+        def finish(sent: int) -> None:  # once the response is sent, or the request abandoned
             service.finish(ticket, ok=outcome["status"] == 200)
             service.metrics.request(outcome["status"], time.monotonic() - t0, bytes_in=outcome["received"],
                                     bytes_out=sent)
 
         try:
-            body = await read_body(request, config.max_upload)
-            outcome["received"] = len(body)
-            filename = None
-            if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-                body, filename = await multipart_file(request, body)
-            reply = await watched(request, run(body, dict(request.query_params), ticket, filename), ticket)
+            reply = await self._upscale(request, ticket, outcome)
         except HttpError as exc:
-            outcome["status"] = exc.status
-            response = error(exc.status, str(exc), exc.retry_after)
+            outcome["status"], response = exc.status, self.error(exc.status, str(exc), exc.retry_after)
         except DeadlineExceeded as exc:
-            outcome["status"] = 503
-            response = error(503, str(exc), service.retry_after())
+            outcome["status"], response = 503, self.error(503, str(exc), service.retry_after())
         except ClientGone:
             outcome["status"] = CLIENT_GONE
-            response = Response(status_code=CLIENT_GONE)  # nobody is left to read it
+            response = self.responses.Response(status_code=CLIENT_GONE)  # nobody is left to read it
         except Exception as exc:  # noqa: BLE001 - one line to the client; the server keeps serving
             print(f"srdeploy serve: error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
-            response = error(500, f"unexpected {type(exc).__name__}: {exc}")
+            response = self.error(500, f"unexpected {type(exc).__name__}: {exc}")
+        except BaseException:  # cancelled (shutdown, Ray's proxy): free the queue place, then go on
+            outcome["status"] = CLIENT_GONE
+            finish(0)
+            raise
         else:
             outcome["status"] = 200
             return image_response(reply, ticket, finish)
         finish(0)
         return response
 
-    async def health(request) -> Response:
-        return PlainTextResponse("ok\n")
+    async def _upscale(self, request, ticket: Ticket, outcome: dict) -> Reply:
+        body = await read_body(request, self.service.config.max_upload)
+        outcome["received"] = len(body)
+        filename = None
+        if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+            body, filename = await multipart_file(request, body)
+        return await watched(request, self.run(body, dict(request.query_params), ticket, filename), ticket)
 
-    async def ready(request) -> Response:
-        if service.ready:
-            return PlainTextResponse("ready\n")
-        return error(503, f"not ready: {service.queue_depth} requests in progress (--max-queue "
-                          f"{config.max_queue})", service.retry_after())
+    async def health(self, request):
+        return self.responses.PlainTextResponse("ok\n")
 
-    async def metrics(request) -> Response:
-        if not authorized(request):
-            return error(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)")
-        return PlainTextResponse(service.metrics_text(), media_type="text/plain; version=0.0.4")
+    async def ready(self, request):
+        if self.service.ready:
+            return self.responses.PlainTextResponse("ready\n")
+        return self.error(503, f"not ready: {self.service.queue_depth} requests in progress (--max-queue "
+                               f"{self.service.config.max_queue})", self.service.retry_after())
 
-    async def page(request) -> Response:
-        return HTMLResponse(PAGE, headers={"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
-                                           "Referrer-Policy": "no-referrer"})
+    async def metrics(self, request):
+        if not self.authorized(request):
+            return self.error(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)")
+        return self.responses.PlainTextResponse(self.service.metrics_text(), media_type="text/plain; version=0.0.4")
 
-    return Starlette(routes=[Route("/v1/upscale", upscale, methods=["POST"]), Route("/healthz", health),
-                             Route("/readyz", ready), Route("/metrics", metrics), Route("/", page)])
+    async def page(self, request):
+        headers = {"Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer",
+                   "X-Content-Type-Options": "nosniff"}
+        return self.responses.HTMLResponse(PAGE, headers=headers)
 
 
 async def read_body(request, limit: int) -> bytes:

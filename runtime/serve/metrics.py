@@ -118,5 +118,6 @@ class Metrics:
             )
         for kind, rows in (("gauge", gauges), ("counter", counters)):
             for name, help_, value in rows:
-                lines += [f"# HELP srdeploy_{name} {help_}", f"# TYPE srdeploy_{name} {kind}", f"srdeploy_{name} {value}"]
+                lines += [f"# HELP srdeploy_{name} {help_}", f"# TYPE srdeploy_{name} {kind}",
+                          f"srdeploy_{name} {value}"]
         return "\n".join(lines) + "\n"

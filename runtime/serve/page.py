@@ -94,7 +94,9 @@ function upload(file) {
   xhr.onerror = () => say("the server could not be reached", true);
   xhr.onload = async () => {
     $("progress").value = 1;
-    if (xhr.status === 401) { $("token-row").style.display = "block"; say("this server needs its token", true); return; }
+    if (xhr.status === 401) {
+      $("token-row").style.display = "block"; say("this server needs its token", true); return;
+    }
     if (xhr.status !== 200) { say(xhr.status + ": " + (await xhr.response.text()).trim(), true); return; }
     if (token) sessionStorage.setItem("srdeploy-token", token);
     show(file, xhr.response, xhr.getResponseHeader("Server-Timing") || "");
@@ -113,7 +115,9 @@ async function show(file, blob, timing) {
   a.style.display = "inline-block";
   say("done " + (timing ? "(" + timing + ")" : ""));
   const img = $("model");
-  img.onerror = () => { $("compare").style.display = "none"; say("done; this browser cannot show ." + ext + ", download it"); };
+  img.onerror = () => {
+    $("compare").style.display = "none"; say("done; this browser cannot show ." + ext + ", download it");
+  };
   img.onload = async () => {
     const bmp = await createImageBitmap(file).catch(() => null);
     if (!bmp) { say("done; no bicubic preview for this input format"); return; }

@@ -72,8 +72,8 @@ def build_deployment(config: ServeConfig, *, cluster_cpus: float | None = None):
         async def batched(self, jobs: list[tuple]) -> list:
             # each request of the group on its own worker thread: their tiles meet in the scheduler
             loop = asyncio.get_running_loop()
-            calls = [loop.run_in_executor(self.service.pool, functools.partial(
-                self.service.upscale, body, query, ticket, filename=filename)) for body, query, ticket, filename in jobs]
+            calls = [loop.run_in_executor(self.service.pool, functools.partial(self.service.upscale, *job[:3],
+                                                                                filename=job[3])) for job in jobs]
             return list(await asyncio.gather(*calls, return_exceptions=True))
 
         def __del__(self) -> None:
