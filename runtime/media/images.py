@@ -332,9 +332,10 @@ class NotAnImageError(ValueError):
 
 # Signatures of the other formats OpenCV can decode, which _sniff does not name: JPEG 2000
 # (codestream, JP2 box), OpenEXR, Radiance HDR, Sun raster, PFM, PAM, JPEG XL (codestream, box)
-# and ISO BMFF images (AVIF/HEIF: "ftyp" at offset 4, checked apart).
+# and ISO BMFF images (AVIF/HEIF: an image brand after "ftyp" at offset 4, checked apart).
 _OTHER_SIGNATURES = (b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ", b"v/1\x01", b"#?RADIANCE", b"#?RGBE",
                      b"\x59\xa6\x6a\x95", b"PF\n", b"Pf\n", b"P7\n", b"\xff\x0a", b"\x00\x00\x00\x0cJXL ")
+_BMFF_IMAGE_BRANDS = (b"avif", b"avis", b"heic", b"heix", b"mif1", b"msf1")
 
 
 def image_header(data: bytes, *, name: str, max_pixels: int | None = None,
@@ -356,7 +357,8 @@ def image_header(data: bytes, *, name: str, max_pixels: int | None = None,
     if not data:
         raise NotAnImageError(f"{name}: empty file (0 bytes), not an image")
     fmt = _sniff(data)
-    if known_only and fmt == "other" and not (data.startswith(_OTHER_SIGNATURES) or data[4:8] == b"ftyp"):
+    bmff_image = data[4:8] == b"ftyp" and data[8:12] in _BMFF_IMAGE_BRANDS
+    if known_only and fmt == "other" and not (data.startswith(_OTHER_SIGNATURES) or bmff_image):
         raise _not_readable(name)
     size = _declared_size(data, fmt)
     if size is not None and size[0] * size[1] > limit:
