@@ -9,8 +9,8 @@ on the replica's worker threads, whose tiles its scheduler batches as in one pro
 Replicas: ``--replicas N`` fixed, or ``auto``: Ray's autoscaler on queue length (target
 ``--max-batch`` ongoing requests per replica, 1 up to the CPUs Ray sees divided by each
 replica's threads). Each replica asks Ray for ``--threads`` CPUs (1 when unset) and
-``--gpus-per-replica`` GPUs. Ray's proxy answers 503 beyond ``--max-queue`` queued requests per
-replica; ``/metrics`` and ``/readyz`` describe the replica that answers (Ray's own metrics cover
+``--gpus-per-replica`` GPUs. A replica takes ``--max-queue`` requests at once, Ray's proxy queues
+``--max-queue`` more and answers 503 beyond; ``/metrics`` and ``/readyz`` describe the replica that answers (Ray's own metrics cover
 the deployment). Ray's proxy reads a request body before a replica sees it, so ``--max-upload``
 still gives 413, but after the upload.
 """
