@@ -297,3 +297,14 @@ def test_runtime_imports_without_the_serve_extra():
     r = subprocess.run([sys.executable, "-c", NO_EXTRAS], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1, r.stderr
     assert "pip install 'srdeploy[serve]'" in r.stderr and "starlette" in r.stderr
+
+
+def test_documented_defaults():
+    """docs/serve.md's defaults, pinned as literals."""
+    from srdeploy.cli import build_parser
+
+    a = build_parser().parse_args(["serve"])
+    assert (a.host, a.port, a.max_batch, a.batch_wait_ms, a.max_queue, a.max_upload, a.timeout) == \
+        ("127.0.0.1", 8000, 8, 2.0, 32, 50 << 20, 300.0)
+    assert (a.tile, a.batch, a.alpha, a.max_memory, a.token, a.insecure, a.ray, a.replicas) == \
+        ("auto", 1, "model", None, None, False, False, 1)
