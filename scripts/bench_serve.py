@@ -168,11 +168,12 @@ def run_load(host: str, port: int, bodies: list[bytes], n: int, clients: int, st
 def phase_throughput(args, server: Server, images) -> dict:
     from srdeploy.runtime.media.video import upscale_frames
     from srdeploy.runtime.open import default_model_path, open_session
+    from srdeploy.runtime.settings import TileSettings
     from srdeploy.runtime.upscale import Upscaler
 
     bodies = [b for b, _ in images]
     session = open_session(args.model or str(default_model_path()), threads=args.threads)
-    upscaler = Upscaler(session, tile="auto", max_memory=args.max_memory_bytes)
+    upscaler = Upscaler(session, TileSettings(max_memory=args.max_memory_bytes))  # the server's settings
     for _, img in images[:2]:  # warm-up both sides
         upscale_frames(upscaler, [img])
     run_load(server.host, server.port, bodies, args.clients, args.clients)
@@ -217,13 +218,13 @@ def oversize(server: Server, limit: int) -> tuple[int, float]:
 
 
 def phase_bad(args, server: Server, images) -> dict:
-    from srdeploy.runtime.budget import parse_size
+    from srdeploy.runtime.parsing import parse_bytes
 
     stop = threading.Event()
     with cf.ThreadPoolExecutor(1) as pool:
         load_future = pool.submit(run_load, server.host, server.port, [b for b, _ in images], 0, args.clients, stop)
         time.sleep(2.0)  # the load is running
-        results = {"oversize": oversize(server, parse_size(args.max_upload))}
+        results = {"oversize": oversize(server, parse_bytes(args.max_upload))}
         conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
         for name, (body, token) in bad_requests(images[0][0]).items():
             status, _, seconds = post(conn, body, token)
@@ -258,22 +259,22 @@ def phase_ray(args, images, reference: dict[int, bytes]) -> dict:
     from ray import serve
 
     from srdeploy.runtime.open import SessionRecipe, default_model_path
-    from srdeploy.runtime.serve.config import ServeConfig, Tiling
+    from srdeploy.runtime.serve.config import ServeConfig
     from srdeploy.runtime.serve.ray_app import APP_NAME, deploy
+    from srdeploy.runtime.settings import RunSettings, TileSettings
 
     bodies = [b for b, _ in images]
     port = free_port()
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     fps: dict[int, list[float]] = {1: [], 2: []}
+    run = RunSettings(SessionRecipe(args.model or str(default_model_path()), threads=args.ray_threads),
+                      TileSettings(max_memory=args.max_memory_bytes))
     identical = True
     try:
         for block in range(args.blocks):
             for replicas in (1, 2):
-                config = ServeConfig(recipe=SessionRecipe(args.model or str(default_model_path()),
-                                                          threads=args.ray_threads),
-                                     tiling=Tiling(max_memory=args.max_memory_bytes), port=port, replicas=replicas,
-                                     max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
-                                     max_queue=args.max_queue)
+                config = ServeConfig(run=run, port=port, replicas=replicas, max_batch=args.max_batch,
+                                     batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue)
                 deploy(config)
                 while serve.status().applications[APP_NAME].deployments[APP_NAME].replica_states.get("RUNNING") \
                         != replicas:
@@ -323,10 +324,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    from srdeploy.runtime.budget import parse_size
+    from srdeploy.runtime.parsing import parse_bytes, parse_wh
 
-    args.max_memory_bytes = parse_size(args.max_memory) if args.max_memory else None
-    w, h = (int(v) for v in args.size.lower().split("x"))
+    args.max_memory_bytes = parse_bytes(args.max_memory) if args.max_memory else None
+    w, h = parse_wh(args.size)
     print("bench_serve: " + machine_line())
     print("command: " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), flush=True)
     images = load_images(Path(args.data), (w, h), 14)

@@ -82,17 +82,17 @@ class LiveServer:
 
 
 def start(model: Path, *, gate: bool = False, **config) -> LiveServer:
-    """A LiveServer for ``model`` (1 thread); ``config``: ServeConfig fields, ``tiling`` as a dict."""
+    """A LiveServer for ``model`` (1 thread); ``config``: ServeConfig fields, ``tiling``: TileSettings fields."""
     from srdeploy.runtime.open import SessionRecipe, open_session
-    from srdeploy.runtime.serve.config import ServeConfig, Tiling
+    from srdeploy.runtime.serve.config import ServeConfig
     from srdeploy.runtime.serve.service import UpscaleService
+    from srdeploy.runtime.settings import RunSettings, TileSettings
 
-    recipe = SessionRecipe(str(model), threads=1)
-    tiling = Tiling(**config.pop("tiling", {}))
-    session = open_session(recipe)
+    run = RunSettings(SessionRecipe(str(model), threads=1), TileSettings(**config.pop("tiling", {})))
+    session = open_session(run.recipe)
     if gate:
         session = GateSession(session)
-    return LiveServer(UpscaleService(session, ServeConfig(recipe=recipe, tiling=tiling, **config)))
+    return LiveServer(UpscaleService(session, ServeConfig(run=run, **config)))
 
 
 def metric(text: str, name: str) -> float:

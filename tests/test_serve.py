@@ -24,6 +24,7 @@ from srdeploy.runtime.open import SessionRecipe  # noqa: E402
 from srdeploy.runtime.serve.config import ServeConfig  # noqa: E402
 from srdeploy.runtime.serve.ledger import MemoryLedger  # noqa: E402
 from srdeploy.runtime.serve.scheduler import Scheduler, Ticket  # noqa: E402
+from srdeploy.runtime.settings import RunSettings  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -257,13 +258,13 @@ def test_scheduler_groups_by_window_shape_up_to_max_batch(model):
 
 
 def test_host_other_than_loopback_needs_a_token_or_insecure():
-    recipe = SessionRecipe("model.onnx")
+    run = RunSettings(SessionRecipe("model.onnx"))
     with pytest.raises(ValueError, match="--token SECRET"):
-        ServeConfig(recipe=recipe, host="0.0.0.0").validate()
-    ServeConfig(recipe=recipe, host="0.0.0.0", token="t").validate()
-    ServeConfig(recipe=recipe, host="0.0.0.0", insecure=True).validate()
+        ServeConfig(run=run, host="0.0.0.0").validate()
+    ServeConfig(run=run, host="0.0.0.0", token="t").validate()
+    ServeConfig(run=run, host="0.0.0.0", insecure=True).validate()
     for host in ("127.0.0.1", "127.0.0.5", "::1", "localhost"):
-        ServeConfig(recipe=recipe, host=host).validate()
+        ServeConfig(run=run, host=host).validate()
     r = subprocess.run([sys.executable, "-m", "srdeploy", "serve", "--host", "0.0.0.0", "--port", "0"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "--token SECRET" in r.stderr and "--insecure" in r.stderr
@@ -308,3 +309,22 @@ def test_documented_defaults():
         ("127.0.0.1", 8000, 8, 2.0, 32, 50 << 20, 300.0)
     assert (a.tile, a.batch, a.alpha, a.max_memory, a.token, a.insecure, a.ray, a.replicas) == \
         ("auto", 1, "model", None, None, False, False, 1)
+
+
+def test_tile_flags_reach_the_settings_value():
+    """serve takes the one ``RunSettings`` every runtime command builds, with every tile flag in it."""
+    from srdeploy.cli import build_parser
+    from srdeploy.runtime.cli import settings_from_args
+    from srdeploy.runtime.cli.serve import serve_config
+    from srdeploy.runtime.settings import TileSettings
+
+    args = build_parser().parse_args(["serve", "--model", "m.onnx", "--threads", "3", "--tile", "48", "--tile-pad",
+                                      "6", "--batch", "2", "--feather", "3", "--alpha", "resize", "--max-memory", "512M"])
+    config = serve_config(args)
+    assert config.run == settings_from_args(args)
+    assert config.run.tiling == TileSettings(tile=48, tile_pad=6, batch=2, feather=3, alpha="resize",
+                                             max_memory=512 << 20)
+    assert (config.run.recipe.model, config.run.recipe.threads) == ("m.onnx", 3)
+    bad = build_parser().parse_args(["serve", "--feather", "-1"])
+    with pytest.raises(ValueError, match="tile settings"):
+        serve_config(bad)

@@ -17,8 +17,9 @@ from _serve import start  # noqa: E402
 
 from srdeploy.runtime.open import SessionRecipe  # noqa: E402
 from srdeploy.runtime.serve.app import bind  # noqa: E402
-from srdeploy.runtime.serve.config import ServeConfig, Tiling  # noqa: E402
+from srdeploy.runtime.serve.config import ServeConfig  # noqa: E402
 from srdeploy.runtime.serve.ray_app import APP_NAME, deploy, deployment_options  # noqa: E402
+from srdeploy.runtime.settings import RunSettings, TileSettings  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +30,11 @@ def model(tmp_path_factory) -> Path:
 
 
 def test_deployment_options_follow_the_flags():
-    recipe = SessionRecipe("m.onnx", threads=2)
-    fixed = deployment_options(ServeConfig(recipe=recipe, replicas=3, gpus_per_replica=0.5, max_queue=7))
+    run = RunSettings(SessionRecipe("m.onnx", threads=2))
+    fixed = deployment_options(ServeConfig(run=run, replicas=3, gpus_per_replica=0.5, max_queue=7))
     assert fixed["num_replicas"] == 3 and fixed["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 0.5}
     assert fixed["max_queued_requests"] == 7 and "autoscaling_config" not in fixed
-    auto = deployment_options(ServeConfig(recipe=recipe, replicas="auto", max_batch=4), cluster_cpus=8)
+    auto = deployment_options(ServeConfig(run=run, replicas="auto", max_batch=4), cluster_cpus=8)
     assert auto["autoscaling_config"] == {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 4,
                                           "target_ongoing_requests": 4}
 
@@ -52,7 +53,8 @@ def test_two_replicas_serve_the_same_bytes_as_one_process(model, set5, tmp_path)
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
     sock.close()
-    config = ServeConfig(recipe=SessionRecipe(str(model), threads=1), tiling=Tiling(tile=24), port=port, replicas=2)
+    config = ServeConfig(run=RunSettings(SessionRecipe(str(model), threads=1), TileSettings(tile=24)), port=port,
+                         replicas=2)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never someone else's Ray
     try:
         deploy(config)

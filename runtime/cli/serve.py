@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from ._args import add_session_args, add_tile_args, check_tile_args, describe_session, session_recipe
+from ._args import add_blend_args, add_session_args, add_tile_args, bytes_arg, settings_from_args
 
 TOKEN_ENV = "SRDEPLOY_TOKEN"
 
@@ -26,10 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_session_args(p)
     add_tile_args(p, batch_help="tiles of one request per inference call (default 1); the scheduler batches tiles "
                                 "of concurrent requests up to --max-batch")
-    p.add_argument("--feather", type=int, default=0, metavar="N",
-                   help="blend tiles over N input pixels instead of a hard crop (<= --tile-pad; default 0)")
-    p.add_argument("--alpha", default="model", choices=("model", "resize"),
-                   help="RGBA: upscale alpha with the model (default) or bicubic resize; a request's ?alpha= wins")
+    add_blend_args(p, alpha_help="; a request's ?alpha= wins")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; any other needs --token or --insecure)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 = any free port, printed)")
@@ -44,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default 2)")
     p.add_argument("--max-queue", type=int, default=32, metavar="N",
                    help="most requests in progress (waiting or running); more get 503 with Retry-After (default 32)")
-    p.add_argument("--max-upload", type=_size, default="50M", metavar="SIZE",
+    p.add_argument("--max-upload", type=bytes_arg("--max-upload"), default="50M", metavar="SIZE",
                    help="largest request body, e.g. 50M (binary units; default 50M); larger gets 413 before the "
                         "rest is read")
     p.add_argument("--max-pixels", type=int, default=None, metavar="N",
@@ -62,15 +59,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_serve)
 
 
-def _size(text: str) -> int:
-    from ..budget import parse_size
-
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--max-upload: {exc}") from None
-
-
 def _replicas(text: str) -> int | str:
     if text.strip().lower() == "auto":
         return "auto"
@@ -80,16 +68,13 @@ def _replicas(text: str) -> int | str:
 
 
 def serve_config(args: argparse.Namespace):
-    """The one ``ServeConfig`` the flags describe (the tiling part becomes the shared settings value later)."""
-    from ..serve.config import ServeConfig, Tiling
+    """The ``ServeConfig`` the flags describe: the ``RunSettings`` of every runtime command, plus the server's."""
+    from ..serve.config import ServeConfig
 
-    check_tile_args(args)
     if not args.ray and (args.address or args.replicas != 1 or args.gpus_per_replica):
         raise ValueError("--address, --replicas and --gpus-per-replica apply to --ray only")
-    tiling = Tiling(tile=args.tile, tile_pad=args.tile_pad, batch=args.batch, feather=args.feather, alpha=args.alpha,
-                    max_memory=args.max_memory)
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
-    config = ServeConfig(recipe=session_recipe(args), tiling=tiling, host=args.host, port=args.port, token=token,
+    config = ServeConfig(run=settings_from_args(args), host=args.host, port=args.port, token=token,
                          insecure=args.insecure, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                          max_queue=args.max_queue, max_upload=args.max_upload, max_pixels=args.max_pixels,
                          timeout_s=args.timeout, replicas=args.replicas, address=args.address,
@@ -109,16 +94,16 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: F401
 
     from ..budget import format_size
-    from ..open import open_session
+    from ..open import describe_session, open_session
     from ..serve.app import bind, serve_http
     from ..serve.service import UpscaleService
 
     sock = bind(config.host, config.port)
-    service = UpscaleService(open_session(config.recipe), config)
+    service = UpscaleService(open_session(config.run.recipe), config)
     try:
         host, port = sock.getsockname()[:2]
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
-        print(describe_session(service.session, config.recipe.model, service.upscaler), file=sys.stderr)
+        print(describe_session(service.session, config.run.recipe.model, service.upscaler), file=sys.stderr)
         print(f"srdeploy serve: listening on {url} (max batch {service.scheduler.max_batch}, batch wait "
               f"{config.batch_wait_ms:g} ms, max queue {config.max_queue}, max memory {format_size(service.budget)}, "
               f"max upload {format_size(config.max_upload)}, token {'required' if config.token else 'off'})",

@@ -5,42 +5,9 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from ..open import SessionRecipe
+from ..settings import RunSettings
 
 DEFAULT_MAX_UPLOAD = 50 << 20
-
-
-@dataclass(frozen=True)
-class Tiling:
-    """The tiling flags of ``srdeploy upscale``, as ``Upscaler`` takes them.
-
-    Interim: ``srdeploy.runtime.settings.TileSettings`` (same fields) replaces it once it lands;
-    ``make_upscaler`` is the one place that turns it into an ``Upscaler``.
-
-    Attributes:
-        tile: core size in LR pixels, 0 = whole image, "auto" = fitted to ``max_memory``.
-        tile_pad: margin in LR pixels; None = the model's default.
-        batch: tiles of one request per inference call (the scheduler then batches across requests).
-        feather: blending width in LR pixels.
-        alpha: default RGBA alpha mode ("model" or "resize"); a request may override it.
-        max_memory: the budget in bytes; None = ``budget.default_budget`` at start-up.
-    """
-
-    tile: int | tuple[int, int] | str = "auto"
-    tile_pad: int | None = None
-    batch: int = 1
-    feather: int = 0
-    alpha: str = "model"
-    max_memory: int | None = None
-
-
-def make_upscaler(session, tiling: Tiling, *, alpha: str | None = None, max_memory: int | None = None):
-    """An ``Upscaler`` for ``session`` with ``tiling`` (``alpha``/``max_memory`` override it)."""
-    from ..upscale import Upscaler
-
-    return Upscaler(session, tile=tiling.tile, tile_pad=tiling.tile_pad, batch=tiling.batch, feather=tiling.feather,
-                    alpha=alpha or tiling.alpha,
-                    max_memory=tiling.max_memory if max_memory is None else max_memory)
 
 
 @dataclass(frozen=True)
@@ -48,8 +15,8 @@ class ServeConfig:
     """Everything ``srdeploy serve`` was asked for.
 
     Attributes:
-        recipe: how to open the model (picklable: Ray replicas open it themselves).
-        tiling: the tiling settings, as for ``srdeploy upscale``.
+        run: the ``RunSettings`` every runtime command takes: the recipe (picklable: Ray replicas
+            open the model themselves) and the ``TileSettings``, as for ``srdeploy upscale``.
         host, port: where to listen.
         token: bearer token required on the API (None = none).
         insecure: allow a non-loopback ``host`` without a token.
@@ -64,8 +31,7 @@ class ServeConfig:
         gpus_per_replica: GPUs Ray gives each replica.
     """
 
-    recipe: SessionRecipe
-    tiling: Tiling = Tiling()
+    run: RunSettings
     host: str = "127.0.0.1"
     port: int = 8000
     token: str | None = None

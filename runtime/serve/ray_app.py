@@ -29,7 +29,7 @@ APP_NAME = "srdeploy"
 
 def deployment_options(config: ServeConfig, *, cluster_cpus: float | None = None) -> dict:
     """``@serve.deployment`` options for ``config`` (replicas or autoscaling, CPUs and GPUs per replica)."""
-    cpus = config.recipe.threads or 1
+    cpus = config.run.recipe.threads or 1
     opts: dict = {"max_ongoing_requests": config.max_queue, "max_queued_requests": config.max_queue,
                   "ray_actor_options": {"num_cpus": cpus, "num_gpus": config.gpus_per_replica}}
     if config.replicas == "auto":
@@ -56,7 +56,7 @@ def build_deployment(config: ServeConfig, *, cluster_cpus: float | None = None):
         def __init__(self, cfg: ServeConfig) -> None:
             from ..open import open_session
 
-            self.service = UpscaleService(open_session(cfg.recipe), cfg)
+            self.service = UpscaleService(open_session(cfg.run.recipe), cfg)
 
         def __serve_build_asgi_app__(self):
             return build_app(self.service, run=self.run)
@@ -102,7 +102,7 @@ def run_ray(config: ServeConfig, *, log: Callable[[str], None]) -> None:
     try:
         deploy(config)
         replicas = "autoscaling" if config.replicas == "auto" else f"{config.replicas} replica(s)"
-        log(f"Ray Serve: {replicas} of {config.recipe.model}, listening on http://{config.host}:{config.port}/")
+        log(f"Ray Serve: {replicas} of {config.run.recipe.model}, listening on http://{config.host}:{config.port}/")
         while True:  # the CLI turns Ctrl-C and SIGTERM into KeyboardInterrupt
             time.sleep(3600)
     finally:

@@ -26,12 +26,13 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 from ..media.images import (IMAGE_EXTS, ImageTooLargeError, NotAnImageError, check_quality, check_writable,
                             decode_image, image_header, pixel_limit)
-from .config import ServeConfig, make_upscaler
+from ..settings import ALPHA_MODES
+from .config import ServeConfig
 from .ledger import MemoryLedger
 from .metrics import Metrics
 from .scheduler import Cancelled, Scheduler, Ticket, TicketSession
@@ -92,8 +93,8 @@ def parse_options(query: Mapping[str, str]) -> Options:
             raise HttpError(400, f"quality={quality}: not a whole number (JPEG 0-100, WebP 1-100)")
         quality = int(quality)
     alpha = query.get("alpha") or None
-    if alpha not in (None, "model", "resize"):
-        raise HttpError(400, f"alpha={alpha}: use model or resize")
+    if alpha is not None and alpha not in ALPHA_MODES:
+        raise HttpError(400, f"alpha={alpha}: use {' or '.join(ALPHA_MODES)}")
     return Options(ext=ext, quality=quality, alpha=alpha)
 
 
@@ -133,18 +134,21 @@ class UpscaleService:
 
     def __init__(self, session, config: ServeConfig) -> None:
         from ..budget import BASE_BYTES, default_budget, gpu_free_memory, weights_bytes
+        from ..upscale import Upscaler
 
         config.validate()
         self.session = session
         self.config = config
         self.metrics = Metrics()
         gpu = session.device.startswith("cuda")
-        self.budget = config.tiling.max_memory or default_budget(gpu_free=gpu_free_memory(session.device))
+        self.budget = config.run.tiling.max_memory or default_budget(gpu_free=gpu_free_memory(session.device))
         # the fixed part upscale's prediction adds once (interpreter, weights); requests share the rest
         base = weights_bytes(session) + (0 if gpu else BASE_BYTES)
         self.ledger = MemoryLedger(max(1, self.budget - base))
         self.max_pixels = config.max_pixels or pixel_limit()
-        self.upscaler = make_upscaler(session, config.tiling, max_memory=self.budget)  # checks the flags, describes
+        # the budget resolved once for every request (as upscale resolves it once per run)
+        self.tiling = replace(config.run.tiling, max_memory=self.budget)
+        self.upscaler = Upscaler(session, self.tiling)  # checks the flags against the model, describes the tiling
         self.scheduler = Scheduler(session, max_batch=config.max_batch, wait_s=config.batch_wait_ms / 1000,
                                    on_batch=self.metrics.batch, on_dropped=self.metrics.dropped)
         # one thread per admitted request: most of its life it waits for memory or for its tiles
@@ -210,14 +214,15 @@ class UpscaleService:
 
     def _upscale(self, body: bytes, query: Mapping[str, str], ticket: Ticket, filename: str | None) -> Reply:
         from ..media.writers import encode_bands, streams
+        from ..upscale import Upscaler
 
         opts = parse_options(query)
         name = upload_label(filename)
         fmt, size = image_header(body, name=name, max_pixels=self.max_pixels, known_only=True)
         ext = opts.ext or _name_ext(name) or FORMAT_EXT.get(fmt, ".png")
         check_quality(opts.quality, f"x{ext}")
-        up = make_upscaler(TicketSession(self.session, self.scheduler, ticket), self.config.tiling,
-                           alpha=opts.alpha, max_memory=self.budget)
+        tiling = self.tiling if opts.alpha is None else replace(self.tiling, alpha=opts.alpha)
+        up = Upscaler(TicketSession(self.session, self.scheduler, ticket), tiling)
         held = self.ledger.acquire(self._estimate(up, fmt, size, len(body), ext), ticket)
         try:
             t0 = time.perf_counter()
