@@ -26,7 +26,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
 DEBUG_ENV = "SRDEPLOY_DEBUG"
 _EXTRAS = {"torch": "train", "torchvision": "train", "onnx": "export", "onnxscript": "export", "PIL": "train",
            "tensorrt": "gpu", "cuda": "gpu", "matplotlib": "plot", "onnxslim": "simplify", "skimage": "dev",
-           "ray": "cluster", "onnxruntime": "cpu"}
+           "ray": "cluster", "onnxruntime": "cpu", "starlette": "serve", "uvicorn": "serve", "multipart": "serve"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,6 +31,7 @@ needed at run time.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -328,8 +329,14 @@ def profile_graph(data: bytes, *, source: str = "model") -> GraphProfile:
 
 
 def profile_onnx(path: str | os.PathLike) -> GraphProfile:
-    """``profile_graph`` of an ONNX file."""
-    return profile_graph(Path(path).read_bytes(), source=str(path))
+    """``profile_graph`` of an ONNX file (cached per file version: a server plans every request with it)."""
+    st = Path(path).stat()
+    return _profile_file(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _profile_file(path: str, mtime_ns: int, size: int) -> GraphProfile:
+    return profile_graph(Path(path).read_bytes(), source=path)
 
 
 def session_profile(session) -> GraphProfile | ProfileError:
