@@ -175,6 +175,12 @@ MUTANTS: tuple[Mutant, ...] = (
            "    pass  # source", ("tests/test_video_ffmpeg.py",)),
     Mutant("video-avi-unknown", "runtime/media/ffmpeg/codecs.py", ' ".avi": ("avi", "h264"),', "",
            ("tests/test_video_ffmpeg.py", "tests/test_files.py")),
+    Mutant("collect-takes-outdir", "runtime/media/files.py",
+           "    return skip if skip != top and skip.is_relative_to(top) else None", "    return None",
+           ("tests/test_files.py",)),
+    Mutant("batch-sized-to-request", "runtime/batch/resources.py",
+           "    fit = demand.slots(cores, gpus=math.inf, memory=ram)", "    fit = max(workers, cores)",
+           ("tests/test_batch_resources.py",)),
 )
 
 

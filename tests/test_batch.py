@@ -412,29 +412,6 @@ def test_item13_more_workers_than_this_machine_has_cores_is_refused_before_ray_s
     assert not (tmp_path / "out" / ".srdeploy-batch" / "plan.json").exists()
 
 
-def test_item13_slots_count_cores_memory_and_gpus(monkeypatch):
-    from srdeploy.runtime.batch import resources
-    from srdeploy.runtime.budget import format_size
-
-    monkeypatch.setattr(resources, "usable_cores", lambda: 8)
-    monkeypatch.setattr("srdeploy.runtime.budget.available_ram", lambda: 3 << 30)
-    assert resources.check_machine(resources.Demand(cpus=2), 4) == 8  # the local instance gets the cores
-    with pytest.raises(RuntimeError) as e:
-        resources.check_machine(resources.Demand(cpus=1, memory=1 << 30), 100000)
-    assert str(e.value) == (f"batch: --workers 100000 do not fit this machine: each worker reserves 1 CPU "
-                            f"(--threads-per-worker) and {format_size(1 << 30)} of RAM (the --tile auto budget, "
-                            f"--max-memory); this machine has 8 usable core(s) and {format_size(3 << 30)} of "
-                            "available RAM, room for 3; use --workers 3 or fewer, lower --max-memory, or attach to "
-                            "a larger Ray cluster with --address")
-    nodes = [{"Alive": True, "Resources": {"CPU": 8.0, "GPU": 2.0}}, {"Alive": True, "Resources": {"CPU": 4.0}},
-             {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}]
-    resources.check_cluster(nodes, resources.Demand(cpus=2, gpus=0.5), 4, "the cluster")  # 4 on the GPU node
-    with pytest.raises(RuntimeError, match=r"--workers 5 do not fit the cluster: .*its 2 node\(s\) have 8 CPU/2 GPU, "
-                                           r"4 CPU/0 GPU, room for 4; use --workers 4 or fewer"):
-        resources.check_cluster(nodes, resources.Demand(cpus=2, gpus=0.5), 5, "the cluster")
-    resources.check_cluster(nodes, resources.Demand(cpus=2, memory=1 << 40), 6, "the cluster")  # Ray places by CPU
-
-
 def test_item13_more_workers_than_the_attached_cluster_fits_is_refused(cluster, model, images, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["batch", "-q", "-i", str(images / "im0.png"), "-o", str(out), "--model", str(model), "--tile", "16"]

@@ -13,6 +13,11 @@ Failures:
   runs again, up to ``retries`` more times;
 * any other exception inside a task: retried the same way (the actor stays).
 
+Before any actor exists, the request is checked against the slots (``resources``): a local Ray
+instance is started with the machine's cores, never more, and a request above the machine or
+above an attached cluster's nodes is refused with the numbers. ``ray.init`` replaces the SIGTERM
+handler; the driver puts srdeploy's back (``runtime.interrupt``) for the job and Ray's shutdown.
+
 Ray is imported here only, inside functions.
 """
 
