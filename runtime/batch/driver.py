@@ -316,6 +316,7 @@ def _run_tasks(cfg: BatchConfig, job: JobFolder, todo: list[dict], summary: Summ
             if started_here:
                 ray.shutdown()
 
+
 class _Scheduler:
     """Keep one task on every actor until the queue is empty and nothing runs.
 
