@@ -135,11 +135,12 @@ class _Pool:
                 pass
 
 
-def _start_ray(cfg: BatchConfig, demand: Demand):
+def _start_ray(cfg: BatchConfig):
     """Attach to ``cfg.address``, reuse this process's Ray, or start a local instance sized to the machine.
 
     Returns:
-        (ray, started_here): False when this process's Ray was reused (it is not shut down here).
+        (ray, started_here, demand): started_here is False when this process's Ray was reused (it
+        is not shut down here); demand is what each worker reserves (``resources.worker_demand``).
 
     Raises:
         RuntimeError: a local instance would not fit the workers (``resources.check_machine``).
@@ -149,8 +150,9 @@ def _start_ray(cfg: BatchConfig, demand: Demand):
         import ray
     except ModuleNotFoundError as exc:
         raise ModuleNotFoundError("srdeploy batch needs Ray: pip install 'srdeploy[cluster]'", name="ray") from exc
+    demand = _demand(cfg, ram=None)
     if ray.is_initialized():
-        return ray, False
+        return ray, False, demand
     import logging
 
     # ERROR, not WARNING: Ray's start-up notes (its token-authentication WARNING among them) ask
@@ -161,7 +163,11 @@ def _start_ray(cfg: BatchConfig, demand: Demand):
     if not cfg.address:
         # Sized to the machine, never to the request (a raylet given more CPUs than the machine
         # has dies under the workers): a request above the machine's slots is refused first.
-        kwargs.setdefault("num_cpus", check_machine(demand, cfg.workers))
+        from ..budget import available_ram
+
+        ram = available_ram()  # one reading for the default tile budget and the check against it
+        demand = _demand(cfg, ram=ram)
+        kwargs.setdefault("num_cpus", check_machine(demand, cfg.workers, ram))
     try:
         ray.init(address=cfg.address or "local", **kwargs)
     except SystemExit as exc:
@@ -172,7 +178,12 @@ def _start_ray(cfg: BatchConfig, demand: Demand):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once only, as runtime.interrupt does
         ray.shutdown()
         raise Terminated() from None
-    return ray, True
+    return ray, True, demand
+
+
+def _demand(cfg: BatchConfig, ram: int | None) -> Demand:
+    return worker_demand(cfg.threads_per_worker, cfg.gpus_per_worker, cfg.settings.device or "cpu", cfg.run.tiling,
+                         ram=ram)
 
 
 def run_batch(cfg: BatchConfig, *, log: Callable[[str], None] = say) -> Summary:
@@ -280,9 +291,7 @@ def _where(cfg: BatchConfig, started_here: bool) -> str:
 def _run_tasks(cfg: BatchConfig, job: JobFolder, todo: list[dict], summary: Summary, skipped_units: int,
                log: Callable[[str], None], start: Callable[[], None]) -> None:
     t0 = time.perf_counter()
-    demand = worker_demand(cfg.threads_per_worker, cfg.gpus_per_worker, cfg.settings.device or "cpu",
-                           cfg.run.tiling)
-    ray, started_here = _start_ray(cfg, demand)
+    ray, started_here, demand = _start_ray(cfg)
     pool = None
     bar = None
     # ray.init replaced the SIGTERM handler (Ray's exits with status 15, and its C++ core prints a

@@ -62,19 +62,20 @@ class Demand:
         return ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
 
 
-def worker_demand(threads: int, gpus: float, device: str, tiling) -> Demand:
+def worker_demand(threads: int, gpus: float, device: str, tiling, *, ram: int | None = None) -> Demand:
     """The ``Demand`` of one worker.
 
     Args:
         threads: ``--threads-per-worker``.  gpus: ``--gpus-per-worker``.
         device: the resolved device ("cpu", "cuda", ...): on a GPU the tiles' memory is the GPU's.
         tiling: the ``TileSettings``; only ``tile="auto"`` has a budget to count.
+        ram: the available RAM the default budget is half of (at most 1 GiB); None reads it.
     """
     memory = 0
     if tiling.auto and not device.startswith("cuda"):
         from ..budget import default_budget
 
-        memory = tiling.max_memory or default_budget()
+        memory = tiling.max_memory or default_budget(avail=ram)
     return Demand(cpus=threads, gpus=gpus, memory=memory)
 
 
@@ -106,10 +107,14 @@ def _cgroup_quota() -> float | None:
         return None
 
 
-def check_machine(demand: Demand, workers: int) -> int:
+def check_machine(demand: Demand, workers: int, ram: int | None) -> int:
     """Refuse ``workers`` above what this machine fits, before a local Ray instance starts.
 
     GPUs are counted after the start (Ray detects them; ``check_cluster``).
+
+    Args:
+        ram: the available RAM (``budget.available_ram``), the same reading ``worker_demand``
+            took the default budget from (two readings could refuse two workers of half each).
 
     Returns:
         The CPUs to give the local Ray instance (the usable cores).
@@ -117,10 +122,10 @@ def check_machine(demand: Demand, workers: int) -> int:
     Raises:
         RuntimeError: the numbers (requested, available) and what to do.
     """
-    from ..budget import available_ram, format_size
+    from ..budget import format_size
 
     cores = usable_cores()
-    ram = available_ram() if demand.memory else None
+    ram = ram if demand.memory else None
     fit = demand.slots(cores, gpus=math.inf, memory=ram)
     if fit < workers:
         have = f"{cores} usable core(s)" + (f" and {format_size(ram)} of available RAM" if ram else "")
