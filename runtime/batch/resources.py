@@ -150,7 +150,7 @@ def check_cluster(nodes: list[dict], demand: Demand, workers: int, where: str) -
     live = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
     fit = sum(placed.slots(r.get("CPU", 0), r.get("GPU", 0)) for r in live)
     if fit < workers:
-        have = ", ".join(f"{r.get('CPU', 0):g} CPU/{r.get('GPU', 0):g} GPU" for r in live) or "no live nodes"
+        have = ", ".join(f"{r.get('CPU', 0):g} CPU/{r.get('GPU', 0):g} GPU" for r in live) or "nothing (no live node)"
         cpu_room = sum(r.get("CPU", 0) // demand.cpus for r in live)
         tight = {"--threads-per-worker": demand.cpus > 1 and cpu_room < workers, "--gpus-per-worker": bool(demand.gpus)}
         raise RuntimeError(f"batch: --workers {workers} do not fit {where}: each worker reserves "
@@ -164,4 +164,4 @@ def _advice(fit: int, tight: dict[str, bool], last: str) -> str:
     smaller = [flag for flag, on in tight.items() if on]
     if smaller:
         steps.append("lower " + " or ".join(smaller))
-    return ", ".join(steps + [last])
+    return ", ".join(steps + [last if steps else last.removeprefix("or ")])
