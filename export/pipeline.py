@@ -71,15 +71,27 @@ def load_generator(checkpoint: str | os.PathLike, *, use_ema: bool = True):
     return model, ckpt, weights
 
 
-def model_info_for(model, ckpt: dict, checkpoint: str | os.PathLike, *, precision: str = "fp32") -> ModelInfo:
-    """The metadata contract for a generator exported from ``checkpoint``."""
+def model_info_for(model, ckpt: dict, checkpoint: str | os.PathLike, *, precision: str = "fp32",
+                   version: str | None = None) -> ModelInfo:
+    """The metadata contract of a generator built from ``checkpoint``: the one builder, for the
+    exported ONNX file and for the PyTorch backend's session alike.
+
+    Args:
+        model: the generator (unfused or fused: BatchNorm folding keeps the receptive field).
+        ckpt: the checkpoint dict (``arch``, ``kwargs``).
+        checkpoint: its file (hashed into ``checkpoint_sha256``).
+        precision: what the consumer computes.
+        version: the srdeploy version to record; None = this one (an export made now).
+    """
     from srdeploy import __version__
     from srdeploy.train.archs import receptive_radius
 
+    # SRResNet's "clamp" and "tanh" heads both give [0, 1]; "none" is unbounded but the training
+    # target is [0, 1], so that is the range to map from.
     return ModelInfo(scale=int(model.scale), receptive_radius=receptive_radius(model),
                      input_range=(0.0, 1.0), output_range=(0.0, 1.0), channel_order="RGB", layout="NCHW",
-                     arch=ckpt["arch"], arch_kwargs=dict(ckpt["kwargs"]),
-                     checkpoint_sha256=sha256_file(checkpoint), version=__version__, precision=precision)
+                     arch=ckpt["arch"], arch_kwargs=dict(ckpt["kwargs"]), checkpoint_sha256=sha256_file(checkpoint),
+                     version=__version__ if version is None else version, precision=precision)
 
 
 def _torch_run(model, x: np.ndarray) -> np.ndarray:

@@ -17,7 +17,6 @@ import numpy as np
 
 from srdeploy.runtime.backends import parse_device
 from srdeploy.runtime.backends.options import TorchOptions
-from srdeploy.runtime.metadata import ModelInfo
 from srdeploy.runtime.session import InputSpec, Session
 
 
@@ -47,10 +46,10 @@ class TorchSession(Session):
         options = options or TorchOptions()
         use_ema, channels_last, fold_bn = options.use_ema, options.channels_last, options.fold_bn
 
-        from srdeploy.export.fuse import fuse_bn
-        from srdeploy.runtime.metadata import sha256_file
-        from srdeploy.train.archs import receptive_radius
         from srdeploy.train.checkpoint import load_generator
+
+        from .fuse import fuse_bn
+        from .pipeline import model_info_for
 
         path = Path(path)
         if precision not in ("fp32", "fp16"):
@@ -71,7 +70,9 @@ class TorchSession(Session):
             torch.set_num_threads(threads)
 
         model, ckpt = load_generator(path, use_ema=use_ema)  # one-line errors naming the file
-        radius = receptive_radius(model)
+        # the same contract an export of this checkpoint carries, with the version that wrote it
+        self.info = model_info_for(model, ckpt, path, precision=precision,
+                                   version=str((ckpt.get("versions") or {}).get("srdeploy", "")))
         if fold_bn:
             model = fuse_bn(model)
         self._device = torch.device(device)
@@ -84,18 +85,6 @@ class TorchSession(Session):
         self._torch = torch
 
         out_range = getattr(model, "output_range", "clamp")
-        self.info = ModelInfo(
-            scale=int(ckpt.get("scale") or ckpt["kwargs"].get("scale")),
-            receptive_radius=radius,
-            # SRResNet's "clamp" and "tanh" heads both give [0, 1]; "none" is unbounded but the
-            # training target is [0, 1], so that is the range to map from.
-            output_range=(0.0, 1.0),
-            arch=ckpt["arch"],
-            arch_kwargs=dict(ckpt["kwargs"]),
-            checkpoint_sha256=sha256_file(path),
-            version=str((ckpt.get("versions") or {}).get("srdeploy", "")),
-            precision=precision,
-        )
         self.input_spec = InputSpec()
         self.device = "cpu" if kind == "cpu" else f"cuda:{index}"
         self.precision = precision

@@ -31,11 +31,13 @@ needed at run time.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from .tiling import axis_cores, axis_window
 
 # Peak RSS of the process before the first tile: Python, numpy, OpenCV, ONNX Runtime and the
 # srdeploy CLI imported, session created, excluding the weights. Measured: VmHWM of
@@ -56,30 +58,16 @@ MIN_TILE = 16
 # (measured / predicted peak was 0.99..1.06 in scripts/bench_memory.py runs).
 HEADROOM = 0.9
 
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """Bytes from a size such as "1G", "512M", "1.5GB", "800MiB" or "1073741824".
-
-    Units are binary (1K = 1024 bytes), as in ``free -h``, Docker's ``--memory`` and the
-    kernel's VmHWM. Raises ValueError with the accepted forms.
-    """
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?[bB])?\s*", str(text))
-    if not m:
-        raise ValueError(f"memory size {text!r}: expected a number with an optional unit K, M, G or T "
-                         "(binary: 1G = 1024 MiB), e.g. 1G, 512M, 1.5GB")
-    value = float(m.group(1)) * _UNITS[m.group(2).upper()]
-    if value < 1:
-        raise ValueError(f"memory size {text!r}: must be at least 1 byte")
-    return int(value)
-
-
 def format_size(n: float) -> str:
-    """"612 MiB", "1.25 GiB": for the CLI's first line and messages."""
+    """"612 MiB", "1.25 GiB", "1 KiB", "512 B": for the CLI's first line and messages (a budget
+    under a MiB is shown in its own unit, not as "0 MiB")."""
     if n >= 1 << 30:
         return f"{n / (1 << 30):.2f} GiB"
-    return f"{n / (1 << 20):.0f} MiB"
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.0f} MiB"
+    if n >= 1 << 10:
+        return f"{n / (1 << 10):.0f} KiB"
+    return f"{n:.0f} B"
 
 
 def available_ram() -> int | None:
@@ -112,15 +100,16 @@ def gpu_free_memory(device: str) -> int | None:
                            "pass --max-memory SIZE or --tile N") from exc
 
 
-def default_budget(*, gpu_free: int | None = None) -> int:
+def default_budget(*, gpu_free: int | None = None, avail: int | None = None) -> int:
     """The default ``--max-memory``: 1 GiB or half the available RAM, whichever is smaller.
 
     On CUDA backends pass the GPU's free memory as ``gpu_free``: activations live there, so
-    that is the budget they must fit.
+    that is the budget they must fit. ``avail``: the available RAM when the caller has read it
+    already (one reading for the budget and a check against it); None reads it here.
     """
     if gpu_free is not None:
         return gpu_free
-    avail = available_ram()
+    avail = available_ram() if avail is None else avail
     return min(1 << 30, avail // 2) if avail else 1 << 30
 
 
@@ -221,6 +210,29 @@ def _read_graph(data: bytes) -> tuple[list[_Node], dict[str, tuple[int, ...]], l
     return nodes, inits, ins, outs
 
 
+# Nodes a weight passes through between its initializer and the Conv that uses it: a QDQ (INT8)
+# model stores int8 weights and dequantizes them in the graph.
+_WEIGHT_PATH = {"DequantizeLinear", "QuantizeLinear", "Identity", "Cast"}
+
+
+def weight_dims(name: str, inits: dict[str, tuple[int, ...]], producers: dict) -> tuple[int, ...] | None:
+    """Dims of a weight tensor: an initializer, or one reached back through DequantizeLinear/Cast/Identity.
+
+    Args:
+        name: the tensor (a Conv's second input).
+        inits: initializer dims by name (``_read_graph``).
+        producers: the node producing each tensor, by output name.
+    """
+    for _ in range(8):  # a weight is at most a few nodes from its initializer
+        if name in inits:
+            return inits[name]
+        node = producers.get(name)
+        if node is None or node.op not in _WEIGHT_PATH or not node.inputs:
+            return None
+        name = node.inputs[0]
+    return None
+
+
 # Operators whose output has the shape of their first activation input.
 _SAME_SHAPE = {"Add", "Sub", "Mul", "Div", "Relu", "PRelu", "LeakyRelu", "Clip", "Sigmoid", "Tanh",
                "Identity", "Elu", "Selu", "HardSigmoid", "HardSwish", "Gelu", "Mish", "Softplus",
@@ -266,6 +278,7 @@ def profile_graph(data: bytes, *, source: str = "model") -> GraphProfile:
             last_use[t] = k
     for t in outs:
         last_use[t] = len(nodes)
+    producers = {o: node for node in nodes for o in node.outputs}
     live: dict[str, float] = dict.fromkeys(shape, 0.0)
     for t in live:
         c, f, e = shape[t]
@@ -279,13 +292,13 @@ def profile_graph(data: bytes, *, source: str = "model") -> GraphProfile:
         c, f, e = shape[acts[0]]
         a = node.attrs
         if node.op == "Conv":
-            w = inits.get(node.inputs[1])
+            w = weight_dims(node.inputs[1], inits, producers)
             if w is None:
                 raise ProfileError(f"{source}: Conv {node.outputs[0]} has a computed weight; cannot size it")
             stride = (a.get("strides") or (1,))[0]
             out = (w[0], f / stride, e)
         elif node.op == "ConvTranspose":
-            w = inits.get(node.inputs[1])
+            w = weight_dims(node.inputs[1], inits, producers)
             if w is None:
                 raise ProfileError(f"{source}: ConvTranspose {node.outputs[0]} has a computed weight")
             out = (w[1] * a.get("group", 1), f * (a.get("strides") or (1,))[0], e)
@@ -317,8 +330,14 @@ def profile_graph(data: bytes, *, source: str = "model") -> GraphProfile:
 
 
 def profile_onnx(path: str | os.PathLike) -> GraphProfile:
-    """``profile_graph`` of an ONNX file."""
-    return profile_graph(Path(path).read_bytes(), source=str(path))
+    """``profile_graph`` of an ONNX file (cached per file version: a server plans every request with it)."""
+    st = Path(path).stat()
+    return _profile_file(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _profile_file(path: str, mtime_ns: int, size: int) -> GraphProfile:
+    return profile_graph(Path(path).read_bytes(), source=path)
 
 
 def session_profile(session) -> GraphProfile | ProfileError:
@@ -367,15 +386,6 @@ def _hw(tile: int | tuple[int, int]) -> tuple[int, int]:
     return (tile, tile) if isinstance(tile, int) else tile
 
 
-def _window(n: int, tile: int, pad: int) -> tuple[int, int]:
-    """(window, number of cores) along one axis, as tiling.plan_tiles cuts it."""
-    if tile == 0 or tile >= n:
-        return n, 1
-    k = math.ceil(n / tile)
-    core = math.ceil(n / k)
-    return min(core + 2 * pad, n), k
-
-
 def predict_peak(profile: GraphProfile, *, height: int, width: int, channels: int, itemsize: int, scale: int,
                  tile: int | tuple[int, int], tile_pad: int, weights_bytes: int = 0, streamed: bool = True,
                  passes: int = 1, batch: int = 1, gpu: bool = False, base_bytes: int | None = None,
@@ -395,9 +405,9 @@ def predict_peak(profile: GraphProfile, *, height: int, width: int, channels: in
             memory). The factor is the CPU one: not yet measured on a GPU.
     """
     th, tw = _hw(tile)
-    wh, kh = _window(height, th, tile_pad)
-    ww, _ = _window(width, tw, tile_pad)
-    core_h = math.ceil(height / kh)
+    wh, _ = axis_window(height, th, tile_pad)
+    ww, _ = axis_window(width, tw, tile_pad)
+    core_h = max(b - a for a, b in axis_cores(height, th))  # the tallest band of output rows
     out_w = width * scale
     acts = batch * profile.activation_bytes(wh, ww, factor=factor)
     base_bytes = BASE_BYTES if base_bytes is None else base_bytes
@@ -416,8 +426,8 @@ def predict_peak(profile: GraphProfile, *, height: int, width: int, channels: in
 def tile_overhead(height: int, width: int, tile: int | tuple[int, int], tile_pad: int) -> float:
     """Compute cost of tiling relative to one whole-image pass (window area / image area)."""
     th, tw = _hw(tile)
-    wh, kh = _window(height, th, tile_pad)
-    ww, kw = _window(width, tw, tile_pad)
+    wh, kh = axis_window(height, th, tile_pad)
+    ww, kw = axis_window(width, tw, tile_pad)
     return kh * kw * wh * ww / (height * width)
 
 

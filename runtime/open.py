@@ -21,9 +21,10 @@ from typing import Any
 
 from .backends import BY_NAME, ENTRY_POINT_GROUP, backend_for, parse_device
 from .backends.options import make_options
+from .contract import check_contract
+from .metadata import PRECISIONS
 from .session import Session
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 #: ``precision="auto"``: the fastest path a ``srdeploy tune`` profile measured on this machine within
 #: its max loss, else the exact default; resolved by ``SessionRecipe.resolved`` (runtime/profile.py).
 AUTO = "auto"
@@ -158,9 +159,35 @@ def open_session(model: "str | os.PathLike | SessionRecipe", *, backend: str = "
     else:
         session = opener(path, backend=recipe.backend, device=recipe.device, precision=recipe.precision,
                          threads=recipe.threads, options=recipe.options)
+    try:  # the metadata against the graph: a wrong scale or radius is refused here, not after a run
+        check_contract(session)
+    except BaseException:
+        session.close()
+        raise
     if recipe.note:
         session.details = {**(getattr(session, "details", None) or {}), "note": recipe.note}
     return session
+
+
+def describe_session(session: Session, model, upscaler=None) -> str:
+    """The first line every runtime command prints: model, backend, providers, device, precision, tiling.
+
+    Args:
+        session: the open session.
+        model: the model path as the user gave it (the session's own ``path`` wins: precision
+            auto/int8 may run a sibling file).
+        upscaler: the ``Upscaler`` (its ``describe()``, batch and feather), if the command tiles.
+    """
+    info = session.info
+    used = session.details.get("providers") or session.details.get("gpu") or ""
+    where = " ".join(str(part) for part in (session.backend, used, session.device, session.precision) if part)
+    model = getattr(session, "path", None) or model
+    line = f"model {model} (x{info.scale}, receptive radius {info.receptive_radius}) on {where}"
+    if upscaler is not None:
+        line += f"; {upscaler.describe()}, batch {upscaler.batch}" + (f", feather {upscaler.feather}" if upscaler.feather else "")
+    if session.details.get("note"):  # what --precision auto chose and why: never silent
+        line += f"; {session.details['note']}"
+    return line
 
 
 def default_model_path() -> Path:

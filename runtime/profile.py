@@ -170,10 +170,9 @@ def load_profile(path: Path) -> dict | None:
 
 def save_profile(profile: dict, path: Path) -> Path:
     """Write a profile atomically (a reader never sees half a file)."""
-    from .atomic import atomic_target
+    from .atomic import write_json
 
-    with atomic_target(path, fsync=False) as tmp:
-        tmp.write_text(json.dumps(profile, indent=2) + "\n")
+    write_json(path, profile, indent=2, fsync=False)
     return path
 
 

@@ -76,6 +76,21 @@ class TilePlan:
         return self.rows.window, self.cols.window
 
 
+def axis_cores(n: int, tile: int) -> tuple[tuple[int, int], ...]:
+    """The cores along an axis of ``n`` pixels: ``ceil(n / tile)`` near-equal (start, stop) ranges,
+    each at most ``tile``, that partition [0, n); tile 0 = one core, the whole axis."""
+    k = math.ceil(n / tile) if tile else 1
+    bounds = [(i * n) // k for i in range(k + 1)]
+    return tuple((bounds[i], bounds[i + 1]) for i in range(k))
+
+
+def axis_window(n: int, tile: int, pad: int) -> tuple[int, int]:
+    """(window, number of cores) along an axis of ``n`` pixels, before any engine-profile limit:
+    the largest core plus ``pad`` on each side, at most ``n`` (``runtime.budget`` sizes tiles with it)."""
+    cores = axis_cores(n, tile)
+    return min(max(b - a for a, b in cores) + 2 * pad, n) if tile else n, len(cores)
+
+
 def _plan_axis(n: int, tile: int, pad: int, lo: int, hi: int | None, name: str,
                notes: list[str]) -> AxisPlan:
     if n < 1:
@@ -96,10 +111,8 @@ def _plan_axis(n: int, tile: int, pad: int, lo: int, hi: int | None, name: str,
                                  "engine with a larger profile")
             notes.append(f"tile {name} reduced from {tile} to {t} to fit the engine profile max {hi} "
                          f"with tile_pad {pad}")
-        k = math.ceil(n / t)
-        bounds = [(i * n) // k for i in range(k + 1)]  # near-equal cores, each <= t
-        cores = tuple((bounds[i], bounds[i + 1]) for i in range(k))
-        window = min(max(b - a for a, b in cores) + 2 * pad, n)
+        cores = axis_cores(n, t)
+        window, _ = axis_window(n, t, pad)
     padded = n
     if window < lo:
         if n < lo:

@@ -127,7 +127,7 @@ def time_candidates(rows: list[dict], cfg: TuneConfig, log: Callable[[str], None
     """
     import numpy as np
 
-    from .bench import deterministic_input, time_calls
+    from .measure import deterministic_input, time_calls
     from .open import open_session
 
     w, h = cfg.size

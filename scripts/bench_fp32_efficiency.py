@@ -82,7 +82,7 @@ def variants(traced: Path, exported: Path, threads: int) -> dict:
 
 
 def time_size(fns: dict, size: int, threads: int, iters: int, fpp: float) -> None:
-    from srdeploy.runtime.bench import deterministic_input, time_alternating
+    from srdeploy.runtime.measure import deterministic_input, time_alternating
     from srdeploy.runtime.cpp_bench import measure_peak
 
     x = deterministic_input((1, 3, size, size))
@@ -106,7 +106,7 @@ def time_size(fns: dict, size: int, threads: int, iters: int, fpp: float) -> Non
 
 def time_windows(exported: Path, windows: list[int], threads: int, iters: int) -> None:
     """Per-LR-pixel time of the exported model on ONNX Runtime at several window sizes (alternating)."""
-    from srdeploy.runtime.bench import deterministic_input, time_alternating
+    from srdeploy.runtime.measure import deterministic_input, time_alternating
     from srdeploy.runtime.open import open_session
 
     s = open_session(exported, backend="onnxruntime", threads=threads)

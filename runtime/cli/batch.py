@@ -7,10 +7,9 @@ Parser only at import time (no ray, numpy or onnxruntime); the handler imports
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
-from ._args import add_session_args, add_tile_args, check_tile_args, model_path, session_recipe
+from ._args import add_blend_args, add_session_args, add_tile_args, settings_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,12 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_session_args(p, threads=False, precision="auto")
     add_tile_args(p, batch_help="tiles per inference call (default 1); for videos, frames per call when a frame "
                                 "fits in one tile")
-    p.add_argument("--feather", type=int, default=0, metavar="N",
-                   help="blend tiles over N input pixels instead of a hard crop (<= --tile-pad; default 0)")
-    p.add_argument("--alpha", default="model", choices=("model", "resize"),
-                   help="RGBA: upscale alpha with the model (gray pass, default) or bicubic resize")
+    add_blend_args(p)
     g = p.add_argument_group("cluster")
-    g.add_argument("--workers", type=int, default=1, metavar="N", help="workers (Ray actors, one model each; default 1)")
+    g.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="workers (Ray actors, one model each; default 1); more than the slots (this machine's cores, "
+                        "or the cluster's CPUs/GPUs, over --threads-per-worker/--gpus-per-worker) is refused")
     g.add_argument("--threads-per-worker", type=int, default=1, metavar="N",
                    help="CPUs each worker reserves and ONNX Runtime threads it uses (default 1)")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="F",
@@ -44,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default 0: CPU workers; 0.5 puts two workers on one GPU)")
     g.add_argument("--address", default=None, metavar="auto|HOST:PORT",
                    help="attach to a running Ray cluster (`ray start --head` / `ray start --address`); default: "
-                        "start a local one for this job. Every node must see the inputs and OUTDIR at the same paths")
+                        "start a local one for this job, sized to this machine. Every node must see the inputs and "
+                        "OUTDIR at the same paths")
     g.add_argument("--retries", type=int, default=2, metavar="N",
                    help="run a task again up to N times when its worker dies or it fails unexpectedly (default 2); "
                         "a bad input is not retried")
@@ -65,51 +64,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_batch_cli)
 
 
-class _Terminated(Exception):
-    """SIGTERM, turned into an exception so the driver's cleanup (Ray shutdown) runs."""
-
-
-def _on_sigterm(signum, frame):
-    raise _Terminated()
-
-
 def run_batch_cli(args: argparse.Namespace) -> int:
     from ..batch.driver import BatchConfig, report_lines, run_batch
     from ..batch.job import Settings
+    from ..interrupt import Terminated, sigterm_as_interrupt
 
-    check_tile_args(args)
     if args.segment_frames is not None and args.segment_frames < 1:
         raise ValueError(f"--segment-frames must be >= 1, got {args.segment_frames}")
     args.threads = args.threads_per_worker
-    recipe = session_recipe(args)
-    resolved = recipe.resolved()
-    if recipe.precision == "auto":  # chosen once, on the driver: every worker runs the same path, plan.json records it
-        recipe = resolved
+    run = settings_from_args(args).pinned()  # auto chosen once, here: every worker runs it, plan.json records it
+    resolved = run.recipe.resolved()
     _check_devices(resolved.device, args.gpus_per_worker)
-    settings = Settings(model=str(resolved.model if recipe is resolved else model_path(args)), backend=resolved.backend,
-                        device=resolved.device, precision=resolved.precision if recipe is resolved else args.precision, tile=args.tile, tile_pad=args.tile_pad, batch=args.batch,
-                        feather=args.feather, alpha=args.alpha, ext=args.ext, suffix=args.suffix,
-                        quality=args.quality, codec=args.codec, crf=args.crf, segment_frames=args.segment_frames)
-    cfg = BatchConfig(inputs=args.input, outdir=args.output, recipe=recipe, settings=settings,
-                      tiling={"tile": args.tile, "tile_pad": args.tile_pad, "batch": args.batch,
-                              "feather": args.feather, "alpha": args.alpha},
+    tiling = run.tiling
+    settings = Settings(model=str(run.recipe.model), backend=resolved.backend, device=resolved.device,
+                        precision=run.recipe.precision, tile=tiling.tile, tile_pad=tiling.tile_pad, batch=tiling.batch,
+                        feather=tiling.feather, alpha=tiling.alpha, ext=args.ext, suffix=args.suffix,
+                        quality=args.quality, codec=args.codec, crf=args.crf, segment_frames=args.segment_frames,
+                        max_memory=tiling.max_memory)
+    cfg = BatchConfig(inputs=args.input, outdir=args.output, run=run, settings=settings,
                       workers=args.workers, threads_per_worker=args.threads_per_worker,
                       gpus_per_worker=args.gpus_per_worker, address=args.address, recursive=args.recursive,
                       resume=args.resume, retries=args.retries, overwrite=args.overwrite, json=args.json,
                       progress=not args.quiet, quality=args.quality)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    # SIGTERM arrives as KeyboardInterrupt (runtime.interrupt, installed by the srdeploy entry point
+    # and here for library callers), so the driver's finally blocks (Ray shutdown) run either way.
     try:
-        summary = run_batch(cfg)
-    except _Terminated:
-        print("srdeploy batch: terminated; finished tasks are recorded, rerun with --resume to continue",
-              file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print("srdeploy batch: interrupted; finished tasks are recorded, rerun with --resume to continue",
-              file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        with sigterm_as_interrupt():
+            summary = run_batch(cfg)
+    except KeyboardInterrupt as exc:
+        term = isinstance(exc, Terminated)
+        print(f"srdeploy batch: {'terminated' if term else 'interrupted'}; finished tasks are recorded, rerun with "
+              "--resume to continue", file=sys.stderr)
+        return 143 if term else 130
     for line in report_lines(summary):
         print(line, file=sys.stderr)
     return 0 if summary.ok else 1

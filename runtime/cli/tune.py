@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._args import parse_size
+from ..parsing import parse_wh
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,22 +40,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_tune(args: argparse.Namespace) -> int:
-    import json
-
-    from ..atomic import atomic_target
+    from ..atomic import write_json
     from ..open import default_model_path
     from ..tune import TuneConfig, table_lines, tune
 
     cfg = TuneConfig(model=args.model or str(default_model_path()), threads=args.threads, max_loss=args.max_loss,
-                     size=parse_size(args.size), rounds=args.rounds, budget_s=args.budget, val=tuple(args.val))
+                     size=parse_wh(args.size), rounds=args.rounds, budget_s=args.budget, val=tuple(args.val))
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     profile = tune(cfg, log=log)
     for line in table_lines(profile):
         print(line)
     print(f"wrote {profile['path']}")
     if args.json:
-        with atomic_target(args.json) as tmp:
-            tmp.write_text(json.dumps(profile, indent=2) + "\n")
+        write_json(args.json, profile, indent=2)
     threads = "" if args.threads is None else f" --threads {args.threads}"
     print(f"--precision auto{threads} (the default of upscale, video and batch) now runs the path marked <- auto")
     return 0
