@@ -211,6 +211,11 @@ MUTANTS: tuple[Mutant, ...] = (
            "if False:", ("tests/test_tune.py",), "an INT8 file quantized from another model taken as the sibling"),
     Mutant("subpixel-slopes-tiled", "export/subpixel_tail.py", "np.repeat(slope, r * r)", "np.tile(slope, r * r)",
            ("tests/test_subpixel_tail.py",), "PReLU slopes moved to the wrong phase channels"),
+    Mutant("batch-auto-per-worker", "runtime/cli/batch.py", "    run = settings_from_args(args).pinned()",
+           "    run = settings_from_args(args)", ("tests/test_tune.py",),
+           "each batch worker resolves --precision auto itself (plan.json records 'auto')"),
+    Mutant("ray-replicas-auto-unpinned", "runtime/serve/ray_app.py", "run=config.run.pinned())", "run=config.run)",
+           ("tests/test_tune.py",), "each Ray Serve replica resolves --precision auto itself"),
 )
 
 

@@ -50,7 +50,7 @@ def tiny_srresnet_x2(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _no_user_tune_profiles(tmp_path_factory, monkeypatch):
-    """``--precision auto`` (the default of upscale, video and batch) reads ``srdeploy tune`` profiles
+    """``--precision auto`` (the default of upscale, video, batch and serve) reads ``srdeploy tune`` profiles
     from the user cache folder: every test gets an empty one, so a profile on the machine running
     the tests never changes what they run (subprocesses inherit the variable)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))

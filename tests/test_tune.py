@@ -178,6 +178,58 @@ def test_profiles_are_per_thread_request(model):
     assert "no tune profile for this model at 3 threads" in _auto(model, threads=3).note
 
 
+
+def test_batch_and_ray_serve_choose_auto_once_for_every_worker(model, tmp_path, monkeypatch):
+    """batch workers and Ray Serve replicas open their own sessions: the driver resolves auto once
+    (``RunSettings.pinned``) and ships the concrete choice with its note, so they never mix paths."""
+    import sys
+    import types
+
+    from srdeploy.cli import build_parser
+    from srdeploy.runtime.batch import driver
+    from srdeploy.runtime.cli.batch import run_batch_cli
+    from srdeploy.runtime.cli.serve import serve_config
+    from srdeploy.runtime.serve import ray_app
+
+    sibling = make_sibling(model)
+    write_profile(model, [row("onnxruntime", "fp32", model, 100.0, baseline=True, threads=1),
+                          row("openvino", "int8", sibling, 40.0, threads=1, loss={"Set5": 0.04},
+                              source="quantize metadata")], threads=1)
+    seen = {}
+
+    def fake_run_batch(cfg):
+        seen["batch"] = cfg
+        raise LookupError("stop before Ray")
+
+    monkeypatch.setattr(driver, "run_batch", fake_run_batch)
+    args = build_parser().parse_args(["batch", "-i", str(tmp_path), "-o", str(tmp_path / "out"), "--model", str(model)])
+    with pytest.raises(LookupError):
+        run_batch_cli(args)
+    cfg = seen["batch"]
+    assert (cfg.run.recipe.model, cfg.run.recipe.backend, cfg.run.recipe.precision) == (str(sibling), "openvino", "int8")
+    assert (cfg.settings.model, cfg.settings.precision) == (str(sibling), "int8")  # what plan.json records
+    assert cfg.run.recipe.note.startswith("precision auto -> openvino int8 (tiny_int8.onnx), 1 threads: 2.50x")
+
+    # serve --ray: the same, with a stand-in Ray (init, deploy, then Ctrl-C)
+    config = serve_config(build_parser().parse_args(["serve", "--ray", "--model", str(model), "--threads", "1"]))
+    assert config.run.recipe.precision == "auto"  # the default, as in upscale
+    fake_serve = types.SimpleNamespace(shutdown=lambda: None)
+    fake_ray = types.SimpleNamespace(init=lambda **kw: None, shutdown=lambda: None, serve=fake_serve)
+    monkeypatch.setitem(sys.modules, "ray", fake_ray)
+    monkeypatch.setattr(ray_app, "deploy", lambda c: seen.setdefault("serve", c))
+    monkeypatch.setattr(ray_app.time, "sleep", lambda s: (_ for _ in ()).throw(KeyboardInterrupt()))
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        ray_app.run_ray(config, log=lines.append)
+    recipe = seen["serve"].run.recipe
+    assert (recipe.model, recipe.backend, recipe.precision) == (str(sibling), "openvino", "int8")
+    assert "precision auto -> openvino int8" in lines[0] and recipe.note in lines[0]
+    # without a profile: the exact default, pinned too (no worker reads profiles on its own)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty"))
+    pinned = config.run.pinned()
+    assert (pinned.recipe.precision, pinned.recipe.model) == (None, str(model))
+    assert "no tune profile" in pinned.recipe.note and pinned.pinned() is pinned
+
 @pytest.mark.skipif(not _has_openvino(), reason="openvino is not installed")
 def test_upscale_first_line_names_the_choice(model, tmp_path, capsys):
     img = (np.random.default_rng(0).random((12, 15, 3)) * 255).astype(np.uint8)

@@ -27,7 +27,7 @@ def backend_arg(text: str) -> str:
 def add_session_args(p: argparse.ArgumentParser, *, threads: bool = True, precision: str | None = None) -> None:
     """--model --backend --device --precision [--threads]: what ``session_recipe`` reads.
 
-    ``precision``: the --precision default ("auto" in upscale, video and batch: docs/tune.md).
+    ``precision``: the --precision default ("auto" in upscale, video, batch and serve: docs/tune.md).
     """
     p.add_argument("--model", metavar="FILE",
                    help=f"{model_help()}; default: the bundled models/*.onnx (or $SRDEPLOY_MODEL)")

@@ -13,13 +13,14 @@ from ..parsing import parse_wh
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "tune", help="measure every backend x precision x thread setting for a model on this CPU (for --precision auto)",
+        "tune",
+        help="measure every backend x precision x thread setting for a model on this CPU (for --precision auto)",
         description="Time every path this machine offers for an ONNX model (ONNX Runtime and OpenVINO; the file's "
                     "precision, bf16 where the CPU has it, the INT8 sibling MODEL_int8.onnx beside it) in alternating "
                     "rounds, take each path's quality loss from the INT8 model's metadata or measure it with "
                     "`srdeploy eval` (bf16), print the table and write a per-machine profile to the user cache "
-                    "folder. Afterwards --precision auto (the default of upscale, video and batch) runs the fastest "
-                    "path whose loss is at most --max-loss, and says so on its first line.")
+                    "folder. Afterwards --precision auto (the default of upscale, video, batch and serve) runs the "
+                    "fastest path whose loss is at most --max-loss, and says so on its first line.")
     p.add_argument("model", nargs="?", metavar="MODEL.onnx",
                    help="the ONNX model (default: the bundled models/*.onnx, or $SRDEPLOY_MODEL)")
     p.add_argument("--max-loss", type=float, default=0.05, metavar="DB",
@@ -54,5 +55,6 @@ def run_tune(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, profile, indent=2)
     threads = "" if args.threads is None else f" --threads {args.threads}"
-    print(f"--precision auto{threads} (the default of upscale, video and batch) now runs the path marked <- auto")
+    print(f"--precision auto{threads} (the default of upscale, video, batch and serve) now runs the path marked "
+          "<- auto")
     return 0
