@@ -248,7 +248,9 @@ def main() -> None:
         print(f"end to end: srdeploy upscale {c['upscale_s']:.1f} s, srdeploy batch --workers 1 {c['batch_1w_s']:.1f} s "
               "(Ray start included)")
     if args.json:
-        Path(args.json).write_text(json.dumps(fig, indent=1) + "\n")
+        from srdeploy.runtime.atomic import write_json
+
+        write_json(args.json, fig)
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)

@@ -20,11 +20,9 @@ so the reader can judge; compare ratios measured in one run rather than absolute
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-from pathlib import Path
 
 
 def _images_folder(path: str | None) -> str:
@@ -216,7 +214,9 @@ def main(argv=None) -> int:
         print(f"ratio AMP {results[0]['precision']} / fp32: {base / results[1]['its']:.2f}x; "
               f"channels_last on / off: {base / results[2]['its']:.2f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps({"load_average": load, "results": results}, indent=2) + "\n")
+        from srdeploy.runtime.atomic import write_json
+
+        write_json(args.json, {"load_average": load, "results": results}, indent=2)
     return 0
 
 
