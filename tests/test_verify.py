@@ -12,7 +12,7 @@ import torch
 from srdeploy.cli import main
 from srdeploy.export.fuse import randomize_bn
 from srdeploy.export.pipeline import export_checkpoint
-from srdeploy.export.verify import (FP16_ATOL, FP32_ATOL, Tolerance, compare, fit_sizes, judge,
+from srdeploy.export.verify import (FP16_ATOL, FP32_ATOL, Tolerance, compare, fit_image, fit_sizes, judge,
                                     verify)
 from srdeploy.runtime.parsing import parse_batch_hw
 from srdeploy.runtime.session import InputSpec
@@ -121,6 +121,18 @@ def test_fit_sizes_stays_inside_a_profile():
     assert len(notes) == 1 and "4x16x200" in notes[0]
     unbounded, notes = fit_sizes([(1, 5, 7)], InputSpec())
     assert unbounded == [(1, 5, 7)] and not notes
+
+
+def test_fit_image_cuts_the_centre_or_skips():
+    spec = InputSpec(batch=(1, 1), height=(32, 64), width=(32, 64), opt=(1, 3, 64, 64))
+    lr = np.arange(3 * 70 * 40, dtype=np.float32).reshape(1, 3, 70, 40)
+    cut, note = fit_image("a.png", lr, spec)
+    assert cut.shape == (1, 3, 64, 40) and np.array_equal(cut, lr[:, :, 3:67]) and cut.flags.c_contiguous
+    assert note == "a.png: LR 70x40 exceeds the model's maximum input; tested the centre 64x40"
+    skipped, note = fit_image("b.png", lr[:, :, :20], spec)
+    assert skipped is None and "b.png: LR 20x40 is below the model's minimum input" in note
+    same, note = fit_image("c.png", lr, InputSpec())  # unbounded (ONNX Runtime): untouched, no note
+    assert same is lr and note is None
 
 
 def test_compare_and_judge():
