@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from _models import export_random_checkpoint
 from srdeploy.cli import main
-from srdeploy.export.fuse import randomize_bn
 from srdeploy.export.onnx_export import check_onnx, read_metadata, read_props, sha256_file
 from srdeploy.export.pipeline import export_checkpoint, fp16_path_for
 from srdeploy.runtime.metadata import INPUT_NAME, OUTPUT_NAME, MetadataError, ModelInfo
@@ -25,12 +25,7 @@ KW = {"scale": 4, "num_blocks": 2, "channels": 16}
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     d = tmp_path_factory.mktemp("export")
-    torch.manual_seed(0)
-    model = randomize_bn(SRResNet(**KW)).eval()
-    ckpt = d / "tiny.pt"
-    save_checkpoint(ckpt, model, arch="SRResNet", kwargs=KW)
-    result = export_checkpoint(ckpt, d / "model.onnx", fp16=True, log=lambda *a: None)
-    return model, ckpt, result
+    return export_random_checkpoint(d / "tiny.pt", d / "model.onnx", KW, fp16=True)
 
 
 def _ort(path, x):

@@ -7,17 +7,13 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
+from _models import export_random_checkpoint
 from srdeploy.cli import main
-from srdeploy.export.fuse import randomize_bn
-from srdeploy.export.pipeline import export_checkpoint
 from srdeploy.export.verify import (FP16_ATOL, FP32_ATOL, Tolerance, compare, fit_image, fit_sizes, judge,
                                     verify)
 from srdeploy.runtime.parsing import parse_batch_hw
 from srdeploy.runtime.session import InputSpec
-from srdeploy.train.archs import SRResNet
-from srdeploy.train.checkpoint import save_checkpoint
 
 KW = {"scale": 2, "num_blocks": 2, "channels": 8}
 
@@ -26,15 +22,8 @@ KW = {"scale": 2, "num_blocks": 2, "channels": 8}
 def models(tmp_path_factory):
     """A checkpoint, its FP32 + FP16 exports, and an ONNX exported from *different* weights."""
     d = tmp_path_factory.mktemp("verify")
-    quiet = lambda *a: None  # noqa: E731
-    torch.manual_seed(0)
-    ckpt = d / "right.pt"
-    save_checkpoint(ckpt, randomize_bn(SRResNet(**KW), seed=0), arch="SRResNet", kwargs=KW)
-    right = export_checkpoint(ckpt, d / "right.onnx", fp16=True, log=quiet)
-    torch.manual_seed(1)
-    other = d / "other.pt"
-    save_checkpoint(other, randomize_bn(SRResNet(**KW), seed=1), arch="SRResNet", kwargs=KW)
-    wrong = export_checkpoint(other, d / "wrong.onnx", log=quiet)
+    _, ckpt, right = export_random_checkpoint(d / "right.pt", d / "right.onnx", KW, seed=0, fp16=True)
+    _, _, wrong = export_random_checkpoint(d / "other.pt", d / "wrong.onnx", KW, seed=1)
     return ckpt, right.onnx_path, right.fp16_path, wrong.onnx_path
 
 
