@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """`srdeploy batch` figures, all from one run: scaling over workers, overhead against `upscale`,
-per-task costs (the inputs to the README's N-GPU reasoning).
+per-task costs (the inputs to docs/batch.md, "Why: sizing for N GPUs").
 
 Measured, on the same N small images (crops of real Set14/Set5 photos) and one model:
 

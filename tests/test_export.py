@@ -171,7 +171,7 @@ def test_cli_parsers_import_nothing_heavy():
 
 
 def test_cli_export_fp16_with_calib(tmp_path, exported, capsys):
-    """README: `srdeploy export CKPT -o model.onnx --fp16 --calib DIR` (also writes model_fp16.onnx)."""
+    """docs/export.md: `srdeploy export CKPT -o model.onnx --fp16 --calib DIR` (also writes model_fp16.onnx)."""
     import json
 
     import cv2
@@ -188,4 +188,4 @@ def test_cli_export_fp16_with_calib(tmp_path, exported, capsys):
     assert read_metadata(out).precision == "fp32" and read_metadata(tmp_path / "m_fp16.onnx").precision == "fp16"
     analysis = json.loads(read_props(tmp_path / "m_fp16.onnx")["srdeploy.fp16_analysis"])
     assert analysis["calibration_inputs"] == ["one.png", "two.png"]  # the --calib images, not Set5
-    assert analysis["threshold"] == 16384.0                           # README: 2^14
+    assert analysis["threshold"] == 16384.0                           # docs/export.md: 2^14

@@ -70,7 +70,7 @@ def test_fp16_model_uses_fp16_tolerance(models):
 
 
 def test_cli_atol_and_min_psnr_flip_the_exit_status(models, capsys):
-    """README: `verify ... [--atol X] [--min-psnr DB]`; a loose bound passes, a strict one fails."""
+    """docs/export.md: `verify ... [--atol X] [--min-psnr DB]`; a loose bound passes, a strict one fails."""
     ckpt, onnx_path, fp16_path, _ = models
     quick = ["--no-images", "--sizes", "1x12x10", "--json", "-"]
 
