@@ -214,7 +214,8 @@ def _eval_model_file(args: argparse.Namespace, first: Path) -> tuple[str, list, 
     results, record = evaluate_model_file(run, folders, progress=not args.quiet)
     if args.scale and args.scale != record["scale"]:
         raise ValueError(f"eval: --scale {args.scale} does not match the model's scale {record['scale']}")
-    return f"{first} ({record['backend']} {record['device']} {record['precision']}, x{record['scale']})", results, record
+    title = f"{first} ({record['backend']} {record['device']} {record['precision']}, x{record['scale']})"
+    return title, results, record
 
 
 def _run_quantize(args: argparse.Namespace) -> int:

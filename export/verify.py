@@ -230,7 +230,8 @@ def fit_image(name: str, lr: np.ndarray, spec) -> tuple[np.ndarray | None, str |
     if h > hmax or w > wmax:
         top, left = (h - min(h, hmax)) // 2, (w - min(w, wmax)) // 2
         lr = np.ascontiguousarray(lr[:, :, top:top + min(h, hmax), left:left + min(w, wmax)])
-        return lr, f"{name}: LR {h}x{w} exceeds the model's maximum input; tested the centre {lr.shape[2]}x{lr.shape[3]}"
+        return lr, (f"{name}: LR {h}x{w} exceeds the model's maximum input; tested the centre "
+                    f"{lr.shape[2]}x{lr.shape[3]}")
     return lr, None
 
 

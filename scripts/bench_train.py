@@ -155,8 +155,10 @@ def bench_one(args, *, amp: bool, channels_last: bool, precision_name: str | Non
             torch.cuda.synchronize(device)
 
     # Full iterations: data + step, as the training loop runs them; then the data path alone.
-    full, last = time_iterations(batches(total), total=total, warmup=args.warmup, sync=sync,
-                                 work=lambda lr, hr: step(steps.to_device(lr, device, cl), steps.to_device(hr, device, cl)))
+    def train_step(lr, hr):
+        return step(steps.to_device(lr, device, cl), steps.to_device(hr, device, cl))
+
+    full, last = time_iterations(batches(total), total=total, warmup=args.warmup, sync=sync, work=train_step)
     if not torch.isfinite(last["loss"]):
         raise SystemExit("bench_train: the loss became non-finite")
     data, _ = time_iterations(batches(total), total=total, warmup=args.warmup, sync=sync)

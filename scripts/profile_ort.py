@@ -76,7 +76,8 @@ def levels_and_kernels(session, x, tmp: str, args) -> None:
         saved = str(Path(tmp) / f"opt_{level}.onnx")
         s = session(level, save=saved)
         ms = median_ms(lambda: s.run(None, {"lr": x}), args.warmup, args.iters)
-        ops = collections.Counter(f"{n.domain + ':' if n.domain else ''}{n.op_type}" for n in onnx.load(saved).graph.node)
+        nodes = onnx.load(saved).graph.node
+        ops = collections.Counter(f"{n.domain + ':' if n.domain else ''}{n.op_type}" for n in nodes)
         print(f"   {level:<9} {ms:9.1f} ms   nodes: {dict(ops)}")
 
 
