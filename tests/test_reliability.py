@@ -66,9 +66,16 @@ def _srdeploy(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
                           env=env, timeout=timeout)
 
 
+def _sigint_default() -> None:
+    # A shell starts background jobs with SIGINT ignored, and a child inherits that: Python then
+    # installs no KeyboardInterrupt handler, so pytest run with `&` would see the SIGINT case pass
+    # through. The child starts with the disposition a terminal gives it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _with_signal(where: str, sig: str, *args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", RUNNER, where, sig, *map(str, args)], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, preexec_fn=_sigint_default)
 
 
 def _leftovers(folder: Path) -> list[str]:
