@@ -216,6 +216,38 @@ def _model_props(path: Path) -> dict:
         return {}
 
 
+def fit_image(name: str, lr: np.ndarray, spec) -> tuple[np.ndarray | None, str | None]:
+    """A 1x3xHxW LR image kept inside a session's ``InputSpec``: (image, note about the change).
+
+    An image below the minimum input gives (None, note): it is skipped. One above the maximum is
+    cut to its centre (an engine's profile), with a note saying so.
+    """
+    h, w = lr.shape[2:]
+    hmax = spec.height[1] or h
+    wmax = spec.width[1] or w
+    if h < spec.height[0] or w < spec.width[0]:
+        return None, f"{name}: LR {h}x{w} is below the model's minimum input; skipped"
+    if h > hmax or w > wmax:
+        top, left = (h - min(h, hmax)) // 2, (w - min(w, wmax)) // 2
+        lr = np.ascontiguousarray(lr[:, :, top:top + min(h, hmax), left:left + min(w, wmax)])
+        return lr, (f"{name}: LR {h}x{w} exceeds the model's maximum input; tested the centre "
+                    f"{lr.shape[2]}x{lr.shape[3]}")
+    return lr, None
+
+
+def _image_folder(images: str | os.PathLike | None, use_images: bool) -> Path | None:
+    """The HR folder of the real-image cases (default Set5 under the data root); None without them."""
+    if not use_images:
+        return None
+    from srdeploy.train.data import data_root
+
+    folder = Path(images) if images is not None else data_root() / "benchmark" / "Set5"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: image folder for the real-image cases not found; pass --images DIR "
+                                "(HR images) or --no-images")
+    return folder
+
+
 def real_image_cases(folder: Path, scale: int, limit: int | None = None):
     """(name, 1x3xHxW float32 LR) for each image: ``degrade(mod_crop(hr))`` in [0, 1]."""
     from srdeploy.train.data import degrade, list_images, load_rgb, mod_crop, to_chw_float
@@ -251,7 +283,6 @@ def verify(checkpoint: str | os.PathLike, model_path: str | os.PathLike, *, imag
     import torch
 
     from srdeploy.runtime.open import open_session
-    from srdeploy.train.data import data_root
 
     from .onnx_export import sha256_file
 
@@ -267,12 +298,7 @@ def verify(checkpoint: str | os.PathLike, model_path: str | os.PathLike, *, imag
     if want_sha and want_sha != sha256_file(checkpoint):
         notes.append(f"{model_path.name} was exported from a different checkpoint file (sha256 "
                      f"{want_sha[:12]}...); differences below may come from different weights")
-    folder = None
-    if use_images:
-        folder = Path(images) if images is not None else data_root() / "benchmark" / "Set5"
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: image folder for the real-image cases not found; pass --images DIR "
-                                    "(HR images) or --no-images")
+    folder = _image_folder(images, use_images)
 
     with open_session(model_path, backend=backend, device=device) as sess:
         precision = sess.precision
@@ -300,19 +326,10 @@ def verify(checkpoint: str | os.PathLike, model_path: str | os.PathLike, *, imag
         rng = np.random.default_rng(seed)
         for b, h, w in fitted:
             run(f"random {b}x{h}x{w}", "random", rng.random((b, 3, h, w), dtype=np.float32))
-        if folder is not None:
-            spec = sess.input_spec
-            for name, lr in real_image_cases(folder, sess.info.scale, image_limit):
-                h, w = lr.shape[2:]
-                hmax = spec.height[1] or h
-                wmax = spec.width[1] or w
-                if h < spec.height[0] or w < spec.width[0]:
-                    report.notes.append(f"{name}: LR {h}x{w} is below the model's minimum input; skipped")
-                    continue
-                if h > hmax or w > wmax:
-                    top, left = (h - min(h, hmax)) // 2, (w - min(w, wmax)) // 2
-                    lr = np.ascontiguousarray(lr[:, :, top:top + min(h, hmax), left:left + min(w, wmax)])
-                    report.notes.append(f"{name}: LR {h}x{w} exceeds the model's maximum input; tested the centre "
-                                        f"{lr.shape[2]}x{lr.shape[3]}")
+        for name, lr in real_image_cases(folder, sess.info.scale, image_limit) if folder is not None else ():
+            lr, note = fit_image(name, lr, sess.input_spec)
+            if note:
+                report.notes.append(note)
+            if lr is not None:
                 run(f"image {name}", "image", lr)
     return report
