@@ -101,7 +101,8 @@ def fold_subpixel_tail(model, *, max_overhead: float = MAX_OVERHEAD):
     if overhead > max_overhead:
         return None
     w2 = phase_weights(w, r, lo, kp)
-    b = numpy_helper.to_array(init[conv.input[2]]).astype(np.float32) if len(conv.input) > 2 else np.zeros(w.shape[0], np.float32)
+    b = (numpy_helper.to_array(init[conv.input[2]]).astype(np.float32) if len(conv.input) > 2
+         else np.zeros(w.shape[0], np.float32))
     new_inits = {f"{conv.input[1]}.subpixel": w2, f"{conv.input[1]}.subpixel_bias": np.repeat(b, r * r)}
     y = shuffle.input[0]
     nodes = []

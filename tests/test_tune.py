@@ -206,9 +206,10 @@ def test_batch_and_ray_serve_choose_auto_once_for_every_worker(model, tmp_path, 
     with pytest.raises(LookupError):
         run_batch_cli(args)
     cfg = seen["batch"]
-    assert (cfg.run.recipe.model, cfg.run.recipe.backend, cfg.run.recipe.precision) == (str(sibling), "openvino", "int8")
+    recipe = cfg.run.recipe
+    assert (recipe.model, recipe.backend, recipe.precision) == (str(sibling), "openvino", "int8")
     assert (cfg.settings.model, cfg.settings.precision) == (str(sibling), "int8")  # what plan.json records
-    assert cfg.run.recipe.note.startswith("precision auto -> openvino int8 (tiny_int8.onnx), 1 threads: 2.50x")
+    assert recipe.note.startswith("precision auto -> openvino int8 (tiny_int8.onnx), 1 threads: 2.50x")
 
     # serve --ray: the same, with a stand-in Ray (init, deploy, then Ctrl-C)
     config = serve_config(build_parser().parse_args(["serve", "--ray", "--model", str(model), "--threads", "1"]))
