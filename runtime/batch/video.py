@@ -80,7 +80,7 @@ def plan_video(src: str, dst: str, upscaler, model: str, *, codec: str | None, c
                      refusal=f"{dst}: the work folder {work} holds segments made with",
                      hint="delete that folder to start this video again")
     return {"job": job, "frames": job.frames, "done": [segments.segment_done(t) for t in job.tasks],
-            "notices": list(job.notices)}
+            "notices": list(job.notices) + list(job.warnings)}
 
 
 def run_segment(seg, upscaler, *, batch: int) -> int:
