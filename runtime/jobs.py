@@ -159,8 +159,14 @@ def _holder_line(holder: dict) -> str:
 
 
 def _this_process() -> dict:
-    argv = [os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python", *sys.argv[1:]]
-    command = " ".join(shlex.quote(a) for a in argv).encode("unicode_escape").decode("ascii")
+    """pid, host, command line and start time, for another job's refusal (``_holder_line``)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:  # python -m srdeploy: argv[0] is the package's __main__.py
+        program = f"python -m {spec.name.removesuffix('.__main__')}"
+    else:
+        program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    argv = [program, *sys.argv[1:]]
+    command = " ".join([argv[0], *(shlex.quote(a) for a in argv[1:])]).encode("unicode_escape").decode("ascii")
     return {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "started": time.time()}
 
 
@@ -224,18 +230,8 @@ class JobFolder:
         while True:
             self.root.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _read_holder(fd)
-                for _ in range(20):  # the holder writes its name right after taking the lock
-                    if holder:
-                        break
-                    time.sleep(0.025)
-                    holder = _read_holder(fd)
-                os.close(fd)
-                raise JobLocked(f"{what}: another job is writing it: {_holder_line(holder)}; wait for it to finish "
-                                f"or stop it (its work folder is {self.root})", holder) from None
+            if not _flock(fd, fcntl.LOCK_EX):
+                self._refuse(what, fd)
             try:
                 current = os.stat(self.lock_file).st_ino
             except FileNotFoundError:
@@ -243,6 +239,34 @@ class JobFolder:
             if current == os.fstat(fd).st_ino:
                 return fd
             os.close(fd)  # the holder removed the folder as we took the lock: take it on the new file
+
+    def check_free(self, what: str) -> None:
+        """Refuse now, as ``lock`` would, when a live process holds the folder; creates and writes
+        nothing (a command calls it before its slow start, such as opening a model, and takes
+        the lock itself later).
+
+        Raises:
+            JobLocked: another process holds it.
+        """
+        try:
+            fd = os.open(self.lock_file, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        if not _flock(fd, fcntl.LOCK_SH):
+            self._refuse(what, fd)
+        os.close(fd)  # releases the shared lock
+
+    def _refuse(self, what: str, fd: int) -> None:
+        """Close ``fd`` and raise JobLocked naming the process the lock file names."""
+        holder = _read_holder(fd)
+        for _ in range(20):  # the holder writes its name right after taking the lock
+            if holder:
+                break
+            time.sleep(0.025)
+            holder = _read_holder(fd)
+        os.close(fd)
+        raise JobLocked(f"{what}: another job is writing it: {_holder_line(holder)}; wait for it to finish "
+                        f"or stop it (its work folder is {self.root})", holder)
 
     def pin(self, record: dict, *, refusal: str, hint: str, part: str | None = None) -> dict:
         """Store ``record`` (first run) or check it against the stored one (a later run).
@@ -316,6 +340,20 @@ class JobFolder:
             return stamp == {"size": state.get("size"), "mtime_ns": state.get("mtime_ns")}
         except OSError:
             return False
+
+
+def _flock(fd: int, kind: int, tries: int = 10) -> bool:
+    """Take ``kind`` (LOCK_EX, LOCK_SH) on ``fd`` without blocking; False when someone holds it.
+    A few tries 20 ms apart: another command's ``check_free`` holds a shared lock for an instant,
+    a real holder for its whole run."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < tries:
+                time.sleep(0.02)
+    return False
 
 
 def _read_holder(fd: int) -> dict:

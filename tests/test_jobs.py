@@ -97,6 +97,28 @@ def test_lock_refuses_a_second_holder_at_once_naming_it(tmp_path):
         pass
 
 
+def test_check_free_refuses_a_held_folder_and_writes_nothing(tmp_path):
+    job = JobFolder(tmp_path / "work", "job.json")
+    job.check_free("o")  # no folder: free, and none is made
+    assert not job.root.exists()
+    with job.lock("o"):
+        content = job.lock_file.read_bytes()
+        with pytest.raises(JobLocked, match=f"^o: another job is writing it: pid {os.getpid()} "):
+            JobFolder(tmp_path / "work").check_free("o")
+        assert job.lock_file.read_bytes() == content
+    job.check_free("o")  # released: free, the file untouched
+    assert job.lock_file.read_bytes() == content
+    # another command's check_free holds a shared lock for an instant: the real job waits it out
+    import fcntl
+    import threading
+
+    fd = os.open(job.lock_file, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    threading.Timer(0.05, os.close, (fd,)).start()
+    with job.lock("o"):
+        assert json.loads(job.lock_file.read_text())["pid"] == os.getpid()
+
+
 def test_lock_left_by_a_killed_process_blocks_nothing(tmp_path):
     """The kernel drops a dead holder's flock; its stale lock file content is overwritten."""
     import subprocess

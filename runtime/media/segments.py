@@ -341,7 +341,8 @@ def check_request(src: str | os.PathLike, dst: str | os.PathLike, *, codec: str 
                   segment_frames: int | None = None, batch: int = 1,
                   overwrite: bool = False) -> tuple[ff.MediaInfo, ff.EncoderSettings]:
     """Everything about a request that can be refused before a model is opened (the CLI calls it
-    first): the numbers, the source, the output name and the output settings (``probe_request``).
+    first): the numbers, the source, the output name, another job writing the output, and the
+    output settings (``probe_request``).
 
     Returns:
         (the probed source, the encoder settings).
@@ -358,6 +359,7 @@ def check_request(src: str | os.PathLike, dst: str | os.PathLike, *, codec: str 
         raise ValueError(f"{dst}: the output would overwrite the input video; choose another output name")
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst}: output exists; pass --overwrite to replace it")
+    JobFolder(work_folder(dst), JOB_FILE).check_free(str(dst))  # another job on dst: refused before the model opens
     return probe_request(src, dst, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
 
 
