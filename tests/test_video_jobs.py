@@ -188,6 +188,22 @@ def test_batch_video_tasks_take_hostile_names_too(copy_model, clip, tmp_path):
     assert np.array_equal(decode(dst), reference(clip)) and leftovers(dst.parent) == []
 
 
+def test_batch_leaves_a_video_that_srdeploy_video_is_writing_alone(copy_model, clip, tmp_path):
+    from srdeploy.runtime.batch import video as bv
+    from srdeploy.runtime.jobs import JobLocked
+
+    dst = tmp_path / "out" / "clip.mp4"
+    work = seg.work_folder(dst)
+    with JobFolder(work).lock(str(dst)):
+        (work / ".seg-00000.mov.abcd.tmp.mov").write_bytes(b"a segment being written")
+        before = sorted(p.name for p in work.iterdir())
+        with open_session(copy_model) as s, pytest.raises(JobLocked, match=f"^{dst}: another job is writing it"):
+            bv.plan_video(str(clip), str(dst), Upscaler(s, tile=0), str(copy_model), codec=None, crf=None,
+                          segment_frames=None)
+        assert sorted(p.name for p in work.iterdir()) == before  # its partial segment is not "cleaned up"
+    assert JobLocked in bv.input_errors()  # reported by name, not retried
+
+
 def test_a_file_name_cannot_fake_probe_lines(clip, tmp_path):
     """ffmpeg prints the name as it is; a newline in it must not add streams or change the duration."""
     fake = tmp_path / "x\n  Duration: 01:00:00.00, start: 7.000000\n  Stream #0:9: Audio: mp3, 44100 Hz.mp4"
