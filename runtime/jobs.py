@@ -250,7 +250,7 @@ class JobFolder:
         """
         try:
             fd = os.open(self.lock_file, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        except (FileNotFoundError, PermissionError):  # no job yet; or not ours to read: ``lock`` says so
             return
         if not _flock(fd, fcntl.LOCK_SH):
             self._refuse(what, fd)

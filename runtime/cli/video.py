@@ -115,7 +115,7 @@ def _check_request(args: argparse.Namespace) -> tuple[int, int]:
         video.check_request(src, dst, args.codec, batch=args.batch, overwrite=args.overwrite)
         try:
             return ff.probe(src).frame_size
-        except ValueError:  # OpenCV's decoder says why, in one line, when it opens the file
+        except (ValueError, OSError, RuntimeError):  # OpenCV's decoder says why when it opens the file
             return 0, 0
     source, _ = segments.check_request(src, dst, codec=args.codec, crf=args.crf, preset=args.preset,
                                        pix_fmt=args.pix_fmt, segment_frames=args.segment_frames, batch=args.batch,
