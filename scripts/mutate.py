@@ -171,8 +171,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("jobs-changed-settings-ignored", "runtime/jobs.py",
            "return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))", "return []",
            ("tests/test_jobs.py", "tests/test_video_ffmpeg.py")),
-    Mutant("video-checks-after-model", "runtime/cli/video.py", "    _check_request(args)  # source",
-           "    pass  # source", ("tests/test_video_ffmpeg.py",)),
+    Mutant("video-checks-after-model", "runtime/cli/video.py", "    w, h = _check_request(args)  # source",
+           "    w, h = 0, 0  # source", ("tests/test_video_ffmpeg.py",)),
     Mutant("video-avi-unknown", "runtime/media/ffmpeg/codecs.py", ' ".avi": ("avi", "h264"),', "",
            ("tests/test_video_ffmpeg.py", "tests/test_files.py")),
     # issue 25: concurrent writers, hostile metadata, QDQ weights
@@ -201,6 +201,17 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("batch-sized-to-request", "runtime/batch/resources.py",
            "    fit = demand.slots(cores, gpus=math.inf, memory=ram)", "    fit = max(workers, cores)",
            ("tests/test_batch_resources.py",)),
+    # --- issue 25: one job per work folder, the model's content, segment checksums, streams decided first
+    Mutant("video-job-without-lock", "runtime/media/segments.py",
+           "stack.enter_context(JobFolder(work, JOB_FILE).lock(str(dst)))", "work.mkdir(exist_ok=True)",
+           ("tests/test_video_jobs.py",)),
+    Mutant("video-model-hash-dropped", "runtime/jobs.py", '"model_sha256": model_sha256(model), ', "",
+           ("tests/test_video_jobs.py",)),
+    Mutant("video-segment-checksum-ignored", "runtime/media/segments.py",
+           "    if folder.is_finished(task.name, task.path):\n", "    if task.path.is_file():\n",
+           ("tests/test_video_jobs.py",)),
+    Mutant("video-streams-all-copied", "runtime/media/ffmpeg/mux.py", "verdict = _verdict(s, holds, container)",
+           "verdict = None", ("tests/test_video_streams.py",)),
 )
 
 
