@@ -217,10 +217,13 @@ def prepare_fp16_onnx(onnx_path: Path, checkpoint: str | os.PathLike | None, out
     from .fp16 import fp16_from_fp32
     from .fuse import fuse_bn
     from .onnx_export import _atomic_save_onnx, read_props, sha256_file
-    from .pipeline import KEY_FP16_ANALYSIS, KEY_WEIGHTS, load_generator
+    from .pipeline import KEY_FACTS, KEY_FP16_ANALYSIS, KEY_WEIGHTS, load_generator
 
     props = read_props(onnx_path)
     info = ModelInfo.from_props(props, source=str(onnx_path))
+    if json.loads(props.get(KEY_FACTS) or "{}").get("fp16", True) is False:
+        raise ValueError(f"{onnx_path}: this {info.arch} model is declared not to run in FP16 (its family's facts, "
+                         "srdeploy.facts); build an FP32 engine (drop --fp16)")
     if info.precision == "fp16":
         analysis = json.loads(props.get(KEY_FP16_ANALYSIS) or "null")
         if analysis is None:
@@ -239,7 +242,7 @@ def prepare_fp16_onnx(onnx_path: Path, checkpoint: str | os.PathLike | None, out
     model, _, _ = load_generator(checkpoint, use_ema=props.get(KEY_WEIGHTS, "ema") != "state_dict")
     fused = fuse_bn(model)
     fp16_model, report = fp16_from_fp32(fused, onnx.load(str(onnx_path)), calib=calib, scale=info.scale,
-                                        threshold=threshold)
+                                        threshold=threshold, channels=info.channels, multiple=info.size_multiple)
     fp32_nodes = report.fp32_nodes
     meta = {p.key: p.value for p in fp16_model.metadata_props}
     meta[KEY_FP16_ANALYSIS] = json.dumps(report.summary(), sort_keys=True)

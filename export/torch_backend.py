@@ -10,6 +10,7 @@ the entry point. torch is imported lazily so that merely listing entry points st
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -48,8 +49,7 @@ class TorchSession(Session):
         use_ema, channels_last, fold_bn = options.use_ema, options.channels_last, options.fold_bn
 
         from srdeploy.export.fuse import fuse_bn
-        from srdeploy.runtime.metadata import sha256_file
-        from srdeploy.train.archs import receptive_radius
+        from srdeploy.export.pipeline import checkpoint_facts, model_info_for
         from srdeploy.train.checkpoint import load_generator
 
         path = Path(path)
@@ -71,7 +71,12 @@ class TorchSession(Session):
             torch.set_num_threads(threads)
 
         model, ckpt = load_generator(path, use_ema=use_ema)  # one-line errors naming the file
-        radius = receptive_radius(model)
+        # The same contract export writes (scale, measured radius, channels, size requirements);
+        # the tile margin is measured at export only, so the radius rule gives the default here.
+        info = model_info_for(model, ckpt, path, precision=precision)
+        if precision == "fp16" and not checkpoint_facts(ckpt).fp16:
+            raise ValueError(f"{path}: this {ckpt['arch']} model is declared not to run in FP16 (its family's "
+                             "facts); use --precision fp32")
         if fold_bn:
             model = fuse_bn(model)
         self._device = torch.device(device)
@@ -84,19 +89,8 @@ class TorchSession(Session):
         self._torch = torch
 
         out_range = getattr(model, "output_range", "clamp")
-        self.info = ModelInfo(
-            scale=int(ckpt.get("scale") or ckpt["kwargs"].get("scale")),
-            receptive_radius=radius,
-            # SRResNet's "clamp" and "tanh" heads both give [0, 1]; "none" is unbounded but the
-            # training target is [0, 1], so that is the range to map from.
-            output_range=(0.0, 1.0),
-            arch=ckpt["arch"],
-            arch_kwargs=dict(ckpt["kwargs"]),
-            checkpoint_sha256=sha256_file(path),
-            version=str((ckpt.get("versions") or {}).get("srdeploy", "")),
-            precision=precision,
-        )
-        self.input_spec = InputSpec()
+        self.info = dataclasses.replace(info, version=str((ckpt.get("versions") or {}).get("srdeploy", "")))
+        self.input_spec = InputSpec(channels=info.channels)
         self.device = "cpu" if kind == "cpu" else f"cuda:{index}"
         self.precision = precision
         self.path = path

@@ -39,14 +39,14 @@ def trt_profile(options: OrtOptions, info: ModelInfo, channels: int = 3):
     """
     if options.trt_profile_min is not None:
         return options.trt_profile_min, options.trt_profile_opt, options.trt_profile_max
-    from ..upscale import default_tile_pad
+    from ..upscale import model_tile_pad
 
     tile, pad, batch = options.trt_tile_plan
     if tile == 0:
         raise ValueError("the TensorRT provider needs a bounded shape profile, and whole-image runs (tile 0) have "
                          "none: tile the input (--tile N), or pass OrtOptions(trt_profile_min=..., "
                          "trt_profile_opt=..., trt_profile_max=...)")
-    window = tile + 2 * (default_tile_pad(info.receptive_radius) if pad is None else pad)
+    window = tile + 2 * (model_tile_pad(info) if pad is None else pad)
     return (1, channels, 1, 1), (batch, channels, window, window), (batch, channels, window, window)
 
 
