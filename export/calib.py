@@ -66,8 +66,10 @@ def calibration_inputs(folder: str | Path | None, *, scale: int, max_side: int =
     return inputs, names
 
 
-def calibration_crops(folders, *, scale: int, count: int, crop: int, seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
-    """``count`` LR crops (float32 1x3xCxC in [0, 1]) of training-style HR images, and their names.
+def calibration_crops(folders, *, scale: int, count: int, crop: int, seed: int = 0,
+                      channels: int = 3) -> tuple[list[np.ndarray], list[str]]:
+    """``count`` LR crops (float32 1xCxSxS in [0, 1], S = ``crop``; C = ``channels``, gray: BT.601 luma)
+    of training-style HR images, and their names.
 
     The HR crop (``crop * scale``) is taken first and then downscaled, exactly as
     ``SRTrainDataset`` makes training pairs, so calibration sees the distribution the model
@@ -92,6 +94,6 @@ def calibration_crops(folders, *, scale: int, count: int, crop: int, seed: int =
     for i in range(count):
         lr, _ = data[i]
         k, top, left, _ = data.crop_params(i)
-        crops.append(lr[None])
+        crops.append(as_model_input(lr, channels)[None])
         names.append(f"{k}@{top},{left}")
     return crops, names

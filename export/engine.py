@@ -217,13 +217,11 @@ def prepare_fp16_onnx(onnx_path: Path, checkpoint: str | os.PathLike | None, out
     from .fp16 import fp16_from_fp32
     from .fuse import fuse_bn
     from .onnx_export import _atomic_save_onnx, read_props, sha256_file
-    from .pipeline import KEY_FACTS, KEY_FP16_ANALYSIS, KEY_WEIGHTS, load_generator
+    from .pipeline import KEY_FP16_ANALYSIS, KEY_WEIGHTS, load_generator
 
     props = read_props(onnx_path)
     info = ModelInfo.from_props(props, source=str(onnx_path))
-    if json.loads(props.get(KEY_FACTS) or "{}").get("fp16", True) is False:
-        raise ValueError(f"{onnx_path}: this {info.arch} model is declared not to run in FP16 (its family's facts, "
-                         "srdeploy.facts); build an FP32 engine (drop --fp16)")
+    _refuse_undeclared_fp16(onnx_path, props, info, True)
     if info.precision == "fp16":
         analysis = json.loads(props.get(KEY_FP16_ANALYSIS) or "null")
         if analysis is None:
@@ -301,6 +299,7 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, *, pro
     if info.precision == "int8" and fp16:
         raise ValueError(f"{onnx_path} is an INT8 QDQ model (srdeploy quantize); build it without --fp16: its Q/DQ "
                          "nodes set the precision (explicit quantization)")
+    _refuse_undeclared_fp16(onnx_path, props, info, fp16)
     # An INT8 QDQ model builds as is: the strongly typed network computes what its Q/DQ nodes say.
     built_precision = "int8" if info.precision == "int8" else ("fp16" if fp16 else "fp32")
     trt = import_tensorrt()  # fail fast, before any analysis work
@@ -357,12 +356,38 @@ def _check_build_request(onnx_path: Path, profiles: list[ShapeProfile], opt_leve
         raise FileNotFoundError(f"{onnx_path}: ONNX file does not exist")
     if not profiles:
         raise ValueError("build-engine: at least one optimisation profile (--min/--opt/--max) is needed")
+    channels, window = _model_input(onnx_path)
     for p in profiles:
-        p.validate()
+        p.validate(channels)
+        fixed = (1, channels, window, window)
+        if window is not None and not p.min == p.opt == p.max == fixed:
+            raise ValueError(f"{onnx_path}: exported at one fixed window {window}x{window} (--window); its engine "
+                             f"profile must be exactly --min/--opt/--max {_shape_str(fixed)}, got "
+                             f"{_shape_str(p.min)}/{_shape_str(p.opt)}/{_shape_str(p.max)}")
     if not 0 <= opt_level <= 5:
         raise ValueError(f"--opt-level must be 0..5, got {opt_level}")
     if workspace_gb <= 0:
         raise ValueError(f"--workspace must be > 0 GiB, got {workspace_gb}")
+
+
+def _refuse_undeclared_fp16(onnx_path: Path, props: dict, info: ModelInfo, fp16: bool) -> None:
+    """An FP16 engine of a model whose family declares FP16 unsupported (``srdeploy.facts``) is refused."""
+    from .pipeline import KEY_FACTS
+
+    if fp16 and json.loads(props.get(KEY_FACTS) or "{}").get("fp16", True) is False:
+        raise ValueError(f"{onnx_path}: this {info.arch} model is declared not to run in FP16 (its family's facts, "
+                         "srdeploy.facts: NaNs or overflow); build an FP32 engine (drop --fp16)")
+
+
+def _model_input(onnx_path: Path) -> tuple[int, int | None]:
+    """(channels, fixed window side or None) of an srdeploy ONNX model's input ``lr``."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    channels = dims[1].dim_value if len(dims) == 4 and dims[1].HasField("dim_value") else 3
+    static = len(dims) == 4 and dims[2].HasField("dim_value") and dims[3].HasField("dim_value")
+    return channels, (dims[2].dim_value if static else None)
 
 
 def _reusable(output: Path, side_path: Path, key: EngineKey) -> dict | None:

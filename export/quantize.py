@@ -281,14 +281,14 @@ def conv_sensitivity(src, quantize, *, probe: list[np.ndarray], candidates, excl
 
 
 def measure_speed(fp32: str | os.PathLike, int8: str | os.PathLike, *, threads: int | None, size: int = 128,
-                  iters: int = 4) -> dict:
+                  iters: int = 4, channels: int = 3) -> dict:
     """INT8 vs ONNX Runtime FP32, same run: ORT FP32, ORT INT8 and (when installed) OpenVINO INT8,
     timed in alternating blocks on one size x size input. A first impression; ``srdeploy bench
     --compare`` is the measurement."""
     from srdeploy.runtime.bench import deterministic_input, time_alternating
     from srdeploy.runtime.open import open_session
 
-    x = deterministic_input((1, 3, size, size))
+    x = deterministic_input((1, channels, size, size))
     sessions = {"onnxruntime fp32": open_session(fp32, backend="onnxruntime", threads=threads),
                 "onnxruntime int8": open_session(int8, backend="onnxruntime", threads=threads)}
     try:
@@ -304,11 +304,24 @@ def measure_speed(fp32: str | os.PathLike, int8: str | os.PathLike, *, threads: 
             s.close()
     med = {k: float(np.median(v)) for k, v in times.items()}
     base = med["onnxruntime fp32"]
-    return {"input": f"1x3x{size}x{size}", "threads": threads, "median_s": med,
+    return {"input": f"1x{channels}x{size}x{size}", "threads": threads, "median_s": med,
             "speedup_vs_ort_fp32": {k: base / v for k, v in med.items() if k != "onnxruntime fp32"}}
 
 
 # ----------------------------------------------------------------------------- the whole recipe
+
+def _input_sides(model, info, cfg) -> tuple[int, int]:
+    """(calibration crop, speed input) sides the model takes: its fixed window when the graph has
+    one (a fixed-window export), else ``cfg``'s, rounded up to the model's size multiple."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if len(dims) == 4 and dims[2].HasField("dim_value") and dims[3].HasField("dim_value"):
+        return dims[2].dim_value, dims[2].dim_value
+
+    def fit(v: int) -> int:
+        return max(-(-v // info.size_multiple) * info.size_multiple, info.min_size)
+
+    return fit(cfg.crop), fit(cfg.speed_size)
+
 
 def _psnr_by_set(path, folders, threads) -> dict[str, float]:
     from .runtime_eval import RuntimeEvalConfig, evaluate_model_file
@@ -367,9 +380,10 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, cfg: Quantize
         raise QuantizeError(f"{src}: --exclude names nodes not in the graph: {unknown}")
     calib_folders = [Path(f) for f in cfg.calib] or default_calib_folders()
     val_folders = [Path(f) for f in cfg.val] or default_val_folders()
+    crop, speed_size = _input_sides(model, info, cfg)
     try:
-        crops, names = calibration_crops(calib_folders, scale=info.scale, count=cfg.calib_images, crop=cfg.crop,
-                                         seed=cfg.seed)
+        crops, names = calibration_crops(calib_folders, scale=info.scale, count=cfg.calib_images, crop=crop,
+                                         seed=cfg.seed, channels=info.channels)
     except ValueError as exc:
         raise QuantizeError(str(exc)) from exc
     convs = [n.name for n in model.graph.node if n.op_type == "Conv" and n.name not in cfg.exclude]
@@ -379,7 +393,7 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, cfg: Quantize
         trial = Path(tmp) / "int8.onnx"
         quantize = partial(quantize_qdq, src, calib=None, cache=cache, method=cfg.method,
                            percentile=cfg.percentile, input_range=info.input_range)
-        log(f"quantize: calibrating on {len(crops)} LR crops {cfg.crop}x{cfg.crop} from "
+        log(f"quantize: calibrating on {len(crops)} LR crops {crop}x{crop} from "
             f"{', '.join(str(f) for f in calib_folders)} ({cfg.method})")
         quantize(trial, calib=crops, exclude=list(cfg.exclude))  # fills the cache
         fp32 = _psnr_by_set(src, val_folders, cfg.threads)
@@ -415,7 +429,7 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, cfg: Quantize
         # Re-write the chosen model (the last trial may be a different one) with its metadata.
         float_nodes = best["float_nodes"]
         quantize(trial, exclude=float_nodes)
-        calibration = {"folders": [_portable(f) for f in calib_folders], "images": len(crops), "crop": cfg.crop,
+        calibration = {"folders": [_portable(f) for f in calib_folders], "images": len(crops), "crop": crop,
                        "scale": info.scale, "seed": cfg.seed, "method": cfg.method,
                        **({"percentile": cfg.percentile} if cfg.method == "percentile" else {})}
         report = QuantizeReport(
@@ -438,7 +452,7 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, cfg: Quantize
         final = Path(tmp) / "final.onnx"
         onnx.save(q, str(final))
         if cfg.speed_size:  # on the final file, before it is published
-            report.speed = measure_speed(src, final, threads=cfg.threads, size=cfg.speed_size)
+            report.speed = measure_speed(src, final, threads=cfg.threads, size=speed_size, channels=info.channels)
         report.seconds = time.perf_counter() - t0
         with atomic_target(dst) as tmp_dst:
             shutil.copyfile(final, tmp_dst)

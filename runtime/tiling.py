@@ -97,8 +97,8 @@ def _plan_axis(n: int, tile: int, pad: int, lo: int, hi: int | None, name: str,
                 raise ValueError(f"tiling: tile_pad {pad} leaves no room in the model's maximum input {name} {hi} "
                                  f"(engine profile): need tile_pad < {hi // 2}; lower --tile-pad or rebuild the "
                                  "engine with a larger profile")
-            notes.append(f"tile {name} reduced from {tile} to {t} to fit the engine profile max {hi} "
-                         f"with tile_pad {pad}")
+            notes.append(f"tile {name} reduced from {tile} to {t} to fit the model's largest input {hi} (engine "
+                         f"profile or fixed window) with tile_pad {pad}")
         k = math.ceil(n / t)
         bounds = [(i * n) // k for i in range(k + 1)]  # near-equal cores, each <= t
         cores = tuple((bounds[i], bounds[i + 1]) for i in range(k))

@@ -271,3 +271,60 @@ def test_export_records_conventions_and_the_margin_curve(tmp_path, margin_images
     assert curve["curve"][-1][0] == r.info.tile_margin == int(props["srdeploy.tile_margin"])
     assert curve["curve"][-1][1] < 0.5 or r.info.tile_margin == r.info.receptive_radius
     assert all(v >= 0.5 for _, v in curve["curve"][:-1])
+
+
+@pytest.mark.parametrize("name", ["msrresnet-x3", "pytorch-gan", "realesrgan-x2"])
+def test_probe_radius_bounds_the_real_dependency(name):
+    """The impulse probe's radius bounds the input pixels that reach an output pixel (autograd,
+    every sub-pixel phase of the centre) and is tight, for families it knows nothing about."""
+    from srdeploy.train.families import Deployed, Facts, family
+    from srdeploy.train.radius import measure_radius
+
+    case = CASES[name]
+    fam = family(case.family)
+    net = case.build()
+    facts = Facts(scale=case.scale, size_multiple=4 if name == "realesrgan-x2" else 1)
+    model = Deployed(net, fam.conventions, facts)
+    model.clamp_output = False  # clamped pixels have no gradient
+    r = measure_radius(model, multiple=facts.size_multiple)
+    assert r.method == "probe"
+    size = -(-(2 * r.radius + 9) // 4) * 4
+    x = torch.rand(1, 3, size, size, requires_grad=True)
+    centre, reach = size // 2, 0
+    for dy in range(case.scale):
+        for dx in range(case.scale):
+            x.grad = None
+            model(x)[0, :, centre * case.scale + dy, centre * case.scale + dx].sum().backward()
+            nz = (x.grad[0].abs().sum(0) > 0).nonzero()
+            reach = max(reach, int((nz - centre).abs().max()))
+    assert r.radius - 1 <= reach <= r.radius
+
+
+def test_a_gray_model_upscales_gray_colour_and_alpha(tmp_path):
+    """A 1-channel model (N x 1 x H x W) through the runtime: a gray image runs as it is, each colour
+    channel runs as its own gray image, and alpha through the model is one more gray pass."""
+    from srdeploy.runtime.open import open_session
+    from srdeploy.runtime.upscale import Upscaler
+    from srdeploy.train.importer import import_weights
+
+    case = CASES["compact-gray-x2"]
+    module = case.build()
+    spread_output(module, mean=case.mean, std=case.std, channels=1)
+    import_weights(case.save(module.state_dict(), tmp_path), tmp_path / "gray.pt")
+
+    def model(plane: np.ndarray) -> np.ndarray:  # uint8 H x W -> uint8 2H x 2W, as the original runs it
+        with torch.no_grad():
+            y = module(torch.from_numpy(plane.astype(np.float32)[None, None] / 255)).clamp(0, 1)[0, 0].numpy()
+        return np.clip(np.rint(y * 255), 0, 255).astype(np.uint8)
+
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (21, 17, 4), dtype=np.uint8)
+    with open_session(tmp_path / "gray.pt", backend="torch") as sess:
+        assert sess.input_spec.channels == 1 and sess.info.channel_order == "GRAY"
+        up = Upscaler(sess, tile=8, tile_pad=sess.info.receptive_radius)
+        out = up.upscale(rgba)
+        gray = up.upscale(rgba[:, :, 0])
+    assert out.shape == (42, 34, 4) and gray.shape == (42, 34)
+    for c in range(4):
+        assert np.abs(out[:, :, c].astype(int) - model(rgba[:, :, c])).max() <= 1, c
+    assert np.abs(gray.astype(int) - model(rgba[:, :, 0])).max() <= 1

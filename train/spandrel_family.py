@@ -17,6 +17,7 @@ model larger than its weights.
 
 from __future__ import annotations
 
+import warnings
 from typing import Mapping
 
 import torch
@@ -67,7 +68,9 @@ def _describe(sd: StateDict):
     arch = _arch_id(sd)
     if arch is None:
         return None
-    desc = reg[arch].architecture.load(dict(sd))
+    with warnings.catch_warnings():  # its architectures' own deprecation notices (torch.meshgrid, ...)
+        warnings.simplefilter("ignore", UserWarning)
+        desc = reg[arch].architecture.load(dict(sd))
     if not isinstance(desc, ImageModelDescriptor) or desc.purpose not in ("SR", "Restoration"):
         raise ValueError(f"spandrel detects a {arch} model for {desc.purpose}, not an image-to-image upscaler; "
                          "srdeploy deploys super-resolution and restoration models only")
