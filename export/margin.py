@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 THRESHOLD = 0.5 / 255
-TILE = 16
+TILE = 32
 MARGINS = (0, 2, 4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 256, 320, 384)
 KEY_MARGIN_CURVE = "srdeploy.tile_margin_curve"  # JSON: tile, threshold, images, [[margin, max dev x255], ...]
 
