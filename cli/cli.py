@@ -15,7 +15,6 @@ import argparse
 import importlib
 import os
 import re
-import signal
 import sys
 
 from srdeploy import __version__
@@ -27,7 +26,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
 DEBUG_ENV = "SRDEPLOY_DEBUG"
 _EXTRAS = {"torch": "train", "torchvision": "train", "onnx": "export", "onnxscript": "export", "PIL": "train",
            "tensorrt": "gpu", "cuda": "gpu", "matplotlib": "plot", "onnxslim": "simplify", "skimage": "dev",
-           "ray": "cluster", "spandrel": "import", "safetensors": "import"}
+           "ray": "cluster", "onnxruntime": "cpu", "spandrel": "import", "safetensors": "import"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,16 +76,6 @@ def one_line(text: object) -> str:
     return text or "(no message)"
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, delivered like Ctrl-C so every ``finally``/``atomic_target`` cleans up."""
-
-
-def _on_sigterm(signum, frame) -> None:
-    # Once only: a second SIGTERM while cleaning up must not interrupt the clean-up itself.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise _Terminated()
-
-
 def main(argv: list[str] | None = None) -> int:
     quiet_opencv()
     parser = build_parser()
@@ -98,11 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     debug = bool(os.environ.get(DEBUG_ENV))
     # SIGTERM (kill, systemd, Docker, Kubernetes) is handled like Ctrl-C: KeyboardInterrupt in the
     # main thread, so temporary files are removed on the way out; the exit status says which.
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    from srdeploy.runtime.interrupt import Terminated, sigterm_as_interrupt
+
     try:
-        rc = args.func(args)
+        with sigterm_as_interrupt():
+            rc = args.func(args)
     except KeyboardInterrupt as exc:
-        term = isinstance(exc, _Terminated)
+        term = isinstance(exc, Terminated)
         print(f"{prefix}: {'terminated (SIGTERM)' if term else 'interrupted'}", file=sys.stderr)
         return EXIT_SIGTERM if term else EXIT_SIGINT
     except ModuleNotFoundError as exc:  # optional dependency missing: say which extra
@@ -127,16 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prefix}: error: unexpected {type(exc).__name__}: {one_line(exc)} "
               f"(set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
         return EXIT_ERROR
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     return int(rc or 0)
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

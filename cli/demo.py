@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from srdeploy.runtime.cli._args import add_session_args
+from srdeploy.runtime.cli import add_session_args
 
 DEFAULT_IMAGE = ("benchmark", "Set14", "comic.png")
 LABEL_HEIGHT = 28  # white bar above each panel holding its label

@@ -55,8 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/cpp_vs_python", help="folder for the model and JSON results")
     args = ap.parse_args(argv)
 
-    from srdeploy.runtime.bench import BenchConfig, parse_size, run_bench, write_json
+    from srdeploy.runtime.bench import BenchConfig, run_bench, write_json
     from srdeploy.runtime.cpp_bench import build_cpp_bench, run_cpp_bench
+    from srdeploy.runtime.open import SessionRecipe
+    from srdeploy.runtime.parsing import parse_wh
+    from srdeploy.runtime.settings import RunSettings, TileSettings
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for size in args.sizes:
-        w, h = parse_size(size)
+        w, h = parse_wh(size)
         fps = {"C++": [], "Python": []}
         best_ms = {"C++": float("inf"), "Python": float("inf")}
         checks = {}
@@ -78,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                     res = run_cpp_bench(model, (w, h), args.batch, args.warmup, args.iters,
                                         out / f"cpp_{w}x{h}_r{r}.json", args.threads, exe=exe)
                 else:
-                    cfg = BenchConfig(model=str(model), width=w, height=h, batch=args.batch,
-                                      backend="onnxruntime", threads=args.threads, warmup=args.warmup,
-                                      iters=args.iters, tile=0, full_path=False)
+                    run = RunSettings(SessionRecipe(str(model), "onnxruntime", threads=args.threads),
+                                      TileSettings(tile=0, batch=args.batch))
+                    cfg = BenchConfig(run, width=w, height=h, warmup=args.warmup, iters=args.iters, full_path=False)
                     res = run_bench(cfg, log=lambda s: None)
                     write_json(res, out / f"py_{w}x{h}_r{r}.json")
                 f = res["results"]["model_only"]["fps"]

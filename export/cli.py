@@ -8,12 +8,20 @@ import sys
 from pathlib import Path
 
 from srdeploy.runtime.backends import help_text as backend_help
-from srdeploy.runtime.cli._args import PRECISIONS, add_tile_args, backend_arg
+from srdeploy.runtime.cli import PRECISIONS, add_tile_args, backend_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``import``, ``eval``, ``export``, ``verify``, ``build-engine`` and ``quantize`` to the subcommands."""
     _register_import(sub)
     _register_eval(sub)
+    _register_export(sub)
+    _register_verify(sub)
+    _register_build_engine(sub)
+    _register_quantize(sub)
+
+
+def _register_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export", help="fold BatchNorm and export a checkpoint to ONNX (dynamic batch/height/width, metadata)",
         description="Fold BatchNorm into the convolutions, export to ONNX with dynamic batch/height/width "
@@ -45,6 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no step-by-step progress lines")
     p.set_defaults(func=_run_export)
 
+
+def _register_verify(sub: argparse._SubParsersAction) -> None:
     v = sub.add_parser(
         "verify", help="check an exported ONNX model or TensorRT engine against the PyTorch checkpoint",
         description="Run the checkpoint's PyTorch model (unfused, FP32: the reference) and the exported model "
@@ -69,6 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("-q", "--quiet", action="store_true", help="print the table at the end, not row by row")
     v.set_defaults(func=_run_verify)
 
+
+def _register_build_engine(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser(
         "build-engine", help="build a TensorRT engine (FP16/FP32, shape profiles) from an srdeploy ONNX model",
         description="Build a TensorRT engine with the TensorRT Python API: optimisation profile(s) over "
@@ -100,14 +112,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "capability >= 8.0) or same_compute_capability; may be slower")
     b.set_defaults(func=_run_build_engine)
 
+
+def _register_quantize(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser(
         "quantize", help="static INT8 (QDQ) quantization of an FP32 ONNX model, accuracy-aware",
         description="Quantize an srdeploy FP32 ONNX model to INT8 QDQ with ONNX Runtime's quantization tools: "
                     "int8 per-channel weights and uint8 activations on convolution inputs (the model input "
                     "exactly, as 8-bit pixels), calibrated on LR crops of training images. The Y-PSNR loss "
                     "against the FP32 model is measured on validation folders (eval's protocol, through the "
-                    "runtime); while it exceeds --max-loss, the most sensitive convolutions stay float. One "
-                    "file serves ONNX Runtime, OpenVINO and TensorRT's explicit quantization.")
+                    "runtime); while it exceeds --max-loss, the most sensitive convolutions stay float. "
+                    "--target cpu (default) writes uint8 activations for ONNX Runtime and OpenVINO; --target "
+                    "tensorrt writes what TensorRT's explicit quantization parses: symmetric int8 activations "
+                    "and weights (zero points 0), float biases, the model input centred so every 8-bit level "
+                    "stays exact.")
     q.add_argument("model", metavar="MODEL.onnx", help="srdeploy FP32 ONNX model (srdeploy export)")
     q.add_argument("-o", "--output", required=True, metavar="MODEL_int8.onnx", help="output INT8 ONNX file")
     q.add_argument("--calib", nargs="+", metavar="DIR", default=None,
@@ -118,8 +135,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="percentile",
                    help="calibration method (default percentile, 99.999th: measured best of the three)")
     q.add_argument("--exclude", nargs="+", metavar="NODE", default=(), help="ONNX node names to keep float")
-    q.add_argument("--max-loss", type=float, default=0.05, metavar="DB",
-                   help="largest Y-PSNR loss vs FP32 on any validation folder (default 0.05 dB)")
+    q.add_argument("--target", choices=("cpu", "tensorrt"), default="cpu",
+                   help="runtime the INT8 file is for: cpu (ONNX Runtime, OpenVINO; default) or tensorrt "
+                        "(build-engine)")
+    q.add_argument("--max-loss", type=float, default=None, metavar="DB",
+                   help="largest Y-PSNR loss vs FP32 on any validation folder (default 0.05 dB; 0.1 dB for "
+                        "--target tensorrt)")
     q.add_argument("--val", nargs="+", metavar="DIR", default=None,
                    help="validation folders of HR images (default Set5 and Set14 under the data root)")
     q.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for calibration and checks")
@@ -187,7 +208,10 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default=None, choices=PRECISIONS,
                    help="runtime compute precision (default: what the file computes); unavailable = error")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="runtime CPU threads")
-    add_tile_args(p, tile_default=None)
+    add_tile_args(p, tile_default=None,
+                  tile_help="tile size in LR pixels (default 256, as fixed tiles keep figures comparable; auto when "
+                            "--max-memory is given); auto = per image, the largest tile whose predicted peak memory "
+                            "fits --max-memory; 0 = whole image")
     p.add_argument("--no-ema", action="store_true", help="checkpoint: the raw weights even when EMA weights exist")
     p.add_argument("--json", metavar="FILE", help="also write the results per set as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -200,30 +224,29 @@ def _run_eval(args: argparse.Namespace) -> int:
     first = Path(args.paths[0])
     checkpoint = first.suffix.lower() in (".pt", ".pth") and args.backend == "auto"
     if args.bicubic or checkpoint:
-        if args.precision not in (None, "fp32") or args.threads is not None or args.tile is not None:
-            raise ValueError("eval: --precision, --threads and --tile apply to model files run through the runtime; "
-                             "a checkpoint is evaluated by the training code (or pass --backend torch)")
+        if args.precision not in (None, "fp32") or args.threads is not None or args.tile is not None \
+                or args.max_memory is not None:
+            raise ValueError("eval: --precision, --threads, --tile and --max-memory apply to model files run through "
+                             "the runtime; a checkpoint is evaluated by the training code (or pass --backend torch)")
         from srdeploy.train.cli import run_checkpoint_eval
 
-        return run_checkpoint_eval(args)
+        from .runtime_eval import read_rgb8
+
+        # --bicubic needs neither torch nor Pillow: it reads with the runtime's reader (edge installs).
+        return run_checkpoint_eval(args, read=read_rgb8 if args.bicubic else None)
     if len(args.paths) < 2 or first.is_dir():
         raise ValueError("eval: give a checkpoint or model file then at least one folder (srdeploy eval MODEL FOLDER...), "
                          "or --bicubic FOLDER...")
     from srdeploy.runtime.atomic import atomic_target
-    from srdeploy.runtime.cli._args import check_tile_args
-    from srdeploy.train.cli import _resolve_folder
+    from srdeploy.runtime.cli import settings_from_args
+    from srdeploy.train.data import resolve_folder
     from srdeploy.train.evaluate import format_table
 
-    from .runtime_eval import RuntimeEvalConfig, evaluate_model_file
+    from .runtime_eval import evaluate_model_file
 
-    check_tile_args(args)
-    folders = [_resolve_folder(f) for f in args.paths[1:]]  # before opening the model: a typo fails at once
-    from srdeploy.runtime.upscale import DEFAULT_TILE
-
-    cfg = RuntimeEvalConfig(backend=args.backend, device=args.device, precision=args.precision, threads=args.threads,
-                            tile=DEFAULT_TILE if args.tile is None else args.tile, tile_pad=args.tile_pad,
-                            batch=args.batch)
-    results, record = evaluate_model_file(first, folders, cfg, progress=not args.quiet)
+    run = settings_from_args(args, model=str(first))
+    folders = [resolve_folder(f) for f in args.paths[1:]]  # before opening the model: a typo fails at once
+    results, record = evaluate_model_file(run, folders, progress=not args.quiet)
     if args.scale and args.scale != record["scale"]:
         raise ValueError(f"eval: --scale {args.scale} does not match the model's scale {record['scale']}")
     title = f"{first} ({record['backend']} {record['device']} {record['precision']}, x{record['scale']})"
@@ -242,10 +265,11 @@ def _run_quantize(args: argparse.Namespace) -> int:
 
     cfg = QuantizeConfig(calib=tuple(args.calib or ()), calib_images=args.calib_images, crop=args.crop,
                          method=args.method, exclude=tuple(args.exclude), max_loss=args.max_loss,
-                         val=tuple(args.val or ()), threads=args.threads)
+                         val=tuple(args.val or ()), threads=args.threads, target=args.target)
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     rep = quantize_model(args.model, args.output, cfg, overwrite=args.overwrite, log=log)
-    print(f"wrote {rep.output} (INT8 QDQ, {rep.calibration['images']} calibration crops, {rep.method})")
+    print(f"wrote {rep.output} (INT8 QDQ for {rep.target}, {rep.calibration['images']} calibration crops, "
+          f"{rep.method})")
     print("kept float: " + (", ".join(rep.float_nodes) if rep.float_nodes else "none"))
     print("Y-PSNR loss vs FP32: " + ", ".join(f"{k} {rep.fp32_psnr[k]:.3f} -> {rep.int8_psnr[k]:.3f} dB "
                                               f"({-rep.loss_db[k]:+.3f})" for k in rep.loss_db))
@@ -292,7 +316,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
 def _run_verify(args: argparse.Namespace) -> int:
     from srdeploy.runtime.atomic import atomic_target
-    from srdeploy.runtime.cli._args import parse_batch_hw
+    from srdeploy.runtime.parsing import parse_batch_hw
 
     from .verify import verify
 

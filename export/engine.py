@@ -30,11 +30,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from srdeploy.runtime.atomic import atomic_target
-from srdeploy.runtime.backends._cuda import Cuda, import_cudart
-from srdeploy.runtime.backends.trt import (HARDWARE_LEVELS, SIDECAR_FORMAT, SIDECAR_KEYS, read_sidecar,
-                                           sidecar_path, write_sidecar)
-from srdeploy.runtime.cli._args import parse_shape
+# Cuda and import_cudart as the TensorRT runtime uses them (runtime/backends/_cuda.py is private to the runtime).
+from srdeploy.runtime.backends.trt import (HARDWARE_LEVELS, SIDECAR_FORMAT, SIDECAR_KEYS, Cuda, import_cudart,
+                                           read_sidecar, sidecar_path, write_sidecar)
 from srdeploy.runtime.metadata import INPUT_NAME, ModelInfo
+from srdeploy.runtime.parsing import parse_shape
 
 DEFAULT_WORKSPACE_GB = 4.0
 DEFAULT_OPT_LEVEL = 3
@@ -287,27 +287,13 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, *, pro
     from .onnx_export import read_props, sha256_file
 
     onnx_path, output = Path(onnx_path), Path(output)
-    _check_build_request(onnx_path, profiles, opt_level, workspace_gb)
-    if hardware_compatibility not in HARDWARE_LEVELS:
-        raise ValueError(f"--hardware-compatible must be one of {', '.join(HARDWARE_LEVELS)}, got "
-                         f"{hardware_compatibility!r}")
+    _check_build_request(onnx_path, profiles, opt_level, workspace_gb, hardware_compatibility)
     props = read_props(onnx_path)
     info = ModelInfo.from_props(props, source=str(onnx_path))
-    if info.precision == "fp16" and not fp16:
-        raise ValueError(f"{onnx_path} is the FP16 model; pass --fp16 to build an FP16 engine, or build FP32 from "
-                         "the FP32 ONNX")
-    if info.precision == "int8" and fp16:
-        raise ValueError(f"{onnx_path} is an INT8 QDQ model (srdeploy quantize); build it without --fp16: its Q/DQ "
-                         "nodes set the precision (explicit quantization)")
     _refuse_undeclared_fp16(onnx_path, props, info, fp16)
-    # An INT8 QDQ model builds as is: the strongly typed network computes what its Q/DQ nodes say.
-    built_precision = "int8" if info.precision == "int8" else ("fp16" if fp16 else "fp32")
+    built_precision = _built_precision(onnx_path, info, fp16)
     trt = import_tensorrt()  # fail fast, before any analysis work
-    cuda = Cuda(import_cudart("build-engine"))
-    gpu_name, cc, driver = cuda.identity(device)
-    if hardware_compatibility == "ampere_plus" and int(cc.split(".")[0]) < 8:
-        raise ValueError(f"--hardware-compatible ampere_plus needs an Ampere or newer GPU to build on; cuda:{device} "
-                         f"is {gpu_name} (compute capability {cc})")
+    cuda, (gpu_name, cc, driver) = _build_gpu(device, hardware_compatibility)
     workspace_bytes = int(workspace_gb * (1 << 30))
     onnx_sha = sha256_file(onnx_path)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -351,7 +337,47 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, *, pro
     return BuildResult(output, side)
 
 
-def _check_build_request(onnx_path: Path, profiles: list[ShapeProfile], opt_level: int, workspace_gb: float) -> None:
+def _built_precision(onnx_path: Path, info: ModelInfo, fp16: bool) -> str:
+    """The engine's precision for this model and ``--fp16``; refuses combinations that cannot build.
+
+    An INT8 QDQ model builds as is (the strongly typed network computes what its Q/DQ nodes say),
+    if TensorRT's parser takes its Q/DQ nodes: the CPU recipe of ``srdeploy quantize`` it does not.
+    """
+    if info.precision == "fp16" and not fp16:
+        raise ValueError(f"{onnx_path} is the FP16 model; pass --fp16 to build an FP16 engine, or build FP32 from "
+                         "the FP32 ONNX")
+    if info.precision == "int8" and fp16:
+        raise ValueError(f"{onnx_path} is an INT8 QDQ model (srdeploy quantize); build it without --fp16: its Q/DQ "
+                         "nodes set the precision (explicit quantization)")
+    if info.precision != "int8":
+        return "fp16" if fp16 else "fp32"
+    import onnx
+
+    from .int8_trt import tensorrt_int8_problems
+
+    problems = tensorrt_int8_problems(onnx.load(str(onnx_path)))
+    if problems:
+        raise ValueError(f"{onnx_path}: an INT8 model quantized for CPUs, which TensorRT cannot parse ("
+                         f"{'; '.join(problems)}); quantize the FP32 model for TensorRT: `srdeploy quantize "
+                         "MODEL.onnx -o MODEL_int8_trt.onnx --target tensorrt`")
+    return "int8"
+
+
+def _build_gpu(device: int, hardware_compatibility: str):
+    """``(Cuda, (GPU name, compute capability, driver))`` of the GPU the engine is built on."""
+    cuda = Cuda(import_cudart("build-engine"))
+    gpu_name, cc, driver = cuda.identity(device)
+    if hardware_compatibility == "ampere_plus" and int(cc.split(".")[0]) < 8:
+        raise ValueError(f"--hardware-compatible ampere_plus needs an Ampere or newer GPU to build on; cuda:{device} "
+                         f"is {gpu_name} (compute capability {cc})")
+    return cuda, (gpu_name, cc, driver)
+
+
+def _check_build_request(onnx_path: Path, profiles: list[ShapeProfile], opt_level: int, workspace_gb: float,
+                         hardware_compatibility: str = "none") -> None:
+    if hardware_compatibility not in HARDWARE_LEVELS:
+        raise ValueError(f"--hardware-compatible must be one of {', '.join(HARDWARE_LEVELS)}, got "
+                         f"{hardware_compatibility!r}")
     if not onnx_path.is_file():
         raise FileNotFoundError(f"{onnx_path}: ONNX file does not exist")
     if not profiles:
@@ -405,6 +431,29 @@ def _reusable(output: Path, side_path: Path, key: EngineKey) -> dict | None:
     return None
 
 
+def _attach_timing_cache(config, cache_path: Path) -> None:
+    """Read ``cache_path`` (if present) into a timing cache and attach it; refuse one TensorRT cannot use.
+
+    What TensorRT does with bytes it cannot read: ``create_timing_cache`` logs an error ("The timing
+    cache will not be used") and returns None, or an *empty* cache, depending on the release; and
+    ``set_timing_cache(..., ignore_mismatch=False)`` returns False for a cache from another GPU or
+    TensorRT version. All three are refused: a build that silently starts from nothing and then
+    overwrites the user's cache file would lose it.
+    """
+    blob = cache_path.read_bytes() if cache_path.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    size = lambda c: memoryview(c.serialize()).nbytes  # noqa: E731
+    why = None
+    if cache is None:
+        why = "TensorRT could not read it"
+    elif blob and size(cache) <= size(config.create_timing_cache(b"")):
+        why = "TensorRT read it as an empty cache (unreadable or from another TensorRT version)"
+    elif not config.set_timing_cache(cache, ignore_mismatch=False):
+        why = "it does not match this TensorRT version / GPU"
+    if why:
+        raise RuntimeError(f"{cache_path}: timing cache refused: {why}; delete it or pass another --timing-cache path")
+
+
 def _build_plan(trt, onnx_path: Path, built_onnx: Path, *, profiles: list[ShapeProfile], workspace_bytes: int,
                 opt_level: int, cache_path: Path | None, cuda: Cuda, device: int, version_compatible: bool = False,
                 hardware_compatibility: str = "none") -> tuple[bytes, bytes | None, float]:
@@ -442,10 +491,7 @@ def _build_plan(trt, onnx_path: Path, built_onnx: Path, *, profiles: list[ShapeP
         if config.add_optimization_profile(prof) < 0:
             raise RuntimeError(f"TensorRT rejected profile {p.as_dict()}")
     if cache_path is not None:
-        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-            raise RuntimeError(f"{cache_path}: timing cache does not match this TensorRT version / GPU; delete it "
-                               "or pass another --timing-cache path")
+        _attach_timing_cache(config, cache_path)
     t0 = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - t0

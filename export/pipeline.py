@@ -86,14 +86,17 @@ def checkpoint_facts(ckpt: dict):
 
 
 def model_info_for(model, ckpt: dict, checkpoint: str | os.PathLike, *, precision: str = "fp32",
-                   radius=None) -> ModelInfo:
-    """The metadata contract for a generator exported from ``checkpoint``.
+                   version: str | None = None, radius=None) -> ModelInfo:
+    """The metadata contract of a generator built from ``checkpoint``: the one builder, for the
+    exported ONNX file and for the PyTorch backend's session alike.
 
     Args:
-        model: the checkpoint's deployable model (``load_generator``).
-        ckpt: the checkpoint dict.
-        checkpoint: its path (hashed into the metadata).
-        precision: what the exported file computes.
+        model: the checkpoint's deployable model (``load_generator``; unfused or fused: BatchNorm
+            folding keeps the receptive field).
+        ckpt: the checkpoint dict (``arch``, ``kwargs``).
+        checkpoint: its file (hashed into ``checkpoint_sha256``).
+        precision: what the consumer computes.
+        version: the srdeploy version to record; None = this one (an export made now).
         radius: a ``RadiusResult`` already measured (default: measured now).
     """
     from srdeploy import __version__
@@ -106,7 +109,8 @@ def model_info_for(model, ckpt: dict, checkpoint: str | os.PathLike, *, precisio
                      input_range=(0.0, 1.0), output_range=(0.0, 1.0),
                      channel_order="GRAY" if facts.in_channels == 1 else "RGB", layout="NCHW",
                      arch=ckpt["arch"], arch_kwargs=dict(ckpt["kwargs"]),
-                     checkpoint_sha256=sha256_file(checkpoint), version=__version__, precision=precision,
+                     checkpoint_sha256=sha256_file(checkpoint), precision=precision,
+                     version=__version__ if version is None else version,
                      size_multiple=facts.size_multiple, min_size=facts.min_size)
 
 

@@ -23,6 +23,13 @@ in README "INT8"):
   Sensitivity of a conv = how much closer the INT8 output gets to the FP32 output on probe
   crops (training images, not validation) when that conv alone is left in float.
 
+``target="tensorrt"`` (``srdeploy quantize --target tensorrt``) writes what TensorRT's explicit
+quantization parses (``export/int8_trt.py``): int8 symmetric activations and weights (every zero
+point 0), float biases (no int32 bias DequantizeLinear), and the model input centred so all 256
+pixel levels stay exact in int8. Same calibration, same accuracy-aware loop, loss measured on the
+CPU through ONNX Runtime; default ``max_loss`` 0.1 dB (symmetric ranges spend half their codes on
+the small negative side of PReLU outputs, so the CPU recipe's 0.05 dB would keep more layers float).
+
 Ranges are computed once (ONNX Runtime's calibration cache) and reused for every candidate, so
 each trial only re-writes the graph.
 """
@@ -44,6 +51,15 @@ import numpy as np
 from .calib import calibration_crops
 
 METHODS = ("minmax", "entropy", "percentile")
+#: ``--target``: the runtime the QDQ file is written for, and its default ``--max-loss`` (dB).
+TARGETS = {"cpu": 0.05, "tensorrt": 0.1}
+_SCHEMES = {
+    "cpu": "QDQ on convolution inputs: int8 symmetric per-channel weights, uint8 asymmetric per-tensor "
+           "activations, model input exact (scale 1/255)",
+    "tensorrt": "QDQ on convolution inputs for TensorRT: int8 symmetric per-channel weights, int8 symmetric "
+                "per-tensor activations (zero points 0), float biases, model input centred by 128/255 and "
+                "exact in int8 (scale 1/255)",
+}
 DEFAULT_PERCENTILE = 99.999
 # Ops that make a model already quantized: re-quantizing would stack a second set of scales.
 _QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger",
@@ -67,7 +83,9 @@ class QuantizeConfig:
         method: "minmax", "entropy" or "percentile".
         percentile: the percentile of |x| kept by ``percentile`` calibration.
         exclude: ONNX node names kept in float from the start (``--exclude``).
-        max_loss: largest Y-PSNR loss (dB) allowed on any validation folder.
+        max_loss: largest Y-PSNR loss (dB) allowed on any validation folder (None = the target's
+            default, ``TARGETS``).
+        target: "cpu" (ONNX Runtime / OpenVINO: uint8 activations) or "tensorrt" (symmetric int8).
         val: validation folders of HR images; empty = Set5 and Set14 under the data root.
         probe_images: calibration crops also used to rank layer sensitivity.
         threads: CPU threads for calibration and measurement (None = ONNX Runtime's default).
@@ -81,12 +99,18 @@ class QuantizeConfig:
     method: str = "percentile"
     percentile: float = DEFAULT_PERCENTILE
     exclude: tuple[str, ...] = ()
-    max_loss: float = 0.05
+    max_loss: float | None = None
     val: tuple[str, ...] = ()
     probe_images: int = 8
     threads: int | None = None
     seed: int = 0
     speed_size: int = 128
+    target: str = "cpu"
+
+    @property
+    def loss_limit(self) -> float:
+        """``max_loss``, or the target's default."""
+        return TARGETS.get(self.target, 0.05) if self.max_loss is None else self.max_loss
 
 
 @dataclass
@@ -102,6 +126,7 @@ class QuantizeReport:
     int8_psnr: dict[str, float]
     loss_db: dict[str, float]
     max_loss: float
+    target: str = "cpu"
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
     trials: list[dict] = field(default_factory=list)
     speed: dict = field(default_factory=dict)
@@ -192,11 +217,11 @@ def _method(name: str):
 
 def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, *, calib: list[np.ndarray] | None,
                  cache: str | os.PathLike, method: str = "percentile", percentile: float = DEFAULT_PERCENTILE,
-                 exclude=(), input_range: tuple[float, float] = (0.0, 1.0)) -> None:
+                 exclude=(), input_range: tuple[float, float] = (0.0, 1.0), target: str = "cpu") -> None:
     """Write the QDQ INT8 model of ``src`` to ``dst`` (ranges from ``cache``, computed if missing).
 
     Args:
-        src: the FP32 ONNX file.
+        src: the FP32 ONNX file (for ``target="tensorrt"``: after ``int8_trt.center_input``).
         dst: where to write (not atomic: ``quantize_model`` writes into a temp folder).
         calib: calibration inputs (needed when ``cache`` does not exist yet).
         cache: ONNX Runtime calibration cache (JSON); reused so trials skip calibration.
@@ -204,6 +229,7 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, *, calib: list[
         percentile: for ``percentile``.
         exclude: node names left in float.
         input_range: the model input's range (metadata); quantized exactly as 8-bit pixels.
+        target: "cpu" or "tensorrt" (``TARGETS``).
     """
     import logging
 
@@ -215,12 +241,7 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, *, calib: list[
     if lo != 0:
         raise QuantizeError(f"{src}: input range {input_range}: the exact 8-bit input quantization assumes a range "
                             "starting at 0")
-    extra = {"ActivationSymmetric": False, "WeightSymmetric": True,
-             # conv inputs only: outputs, residual adds, PReLU and the image stay float
-             "OpTypesToExcludeOutputQuantization": ["Conv"],
-             "TensorQuantOverrides": {INPUT_NAME: [{"quant_type": QuantType.QUInt8,
-                                                    "scale": np.array((hi - lo) / 255, dtype=np.float32),
-                                                    "zero_point": np.array(0, dtype=np.uint8)}]}}
+    activations, extra = _recipe(target, (hi - lo) / 255)
     if method == "percentile":
         extra["CalibPercentile"] = float(percentile)
     # quantize_static logs a "consider pre-processing" warning on every call: our graphs come
@@ -231,10 +252,30 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, *, calib: list[
     try:
         quantize_static(str(src), str(dst), _Reader(calib, INPUT_NAME) if calib is not None else None,
                         quant_format=QuantFormat.QDQ, per_channel=True, op_types_to_quantize=["Conv"],
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=_method(method),
+                        activation_type=activations, weight_type=QuantType.QInt8, calibrate_method=_method(method),
                         nodes_to_exclude=list(exclude), extra_options=extra, calibration_cache_path=str(cache))
     finally:
         root.setLevel(level)
+
+
+def _recipe(target: str, step: float):
+    """(activation QuantType, quantize_static extra options) of a target; ``step`` = input step."""
+    from onnxruntime.quantization import QuantType
+
+    from srdeploy.runtime.metadata import INPUT_NAME
+
+    from .int8_trt import CENTERED
+
+    # conv inputs only: outputs, residual adds, PReLU and the image stay float
+    extra = {"WeightSymmetric": True, "OpTypesToExcludeOutputQuantization": ["Conv"]}
+    if target == "tensorrt":  # symmetric int8 everywhere, biases float: what TensorRT parses
+        exact = {"quant_type": QuantType.QInt8, "scale": np.array(step, dtype=np.float32),
+                 "zero_point": np.array(0, dtype=np.int8)}
+        return QuantType.QInt8, {**extra, "ActivationSymmetric": True, "QuantizeBias": False,
+                                 "TensorQuantOverrides": {CENTERED: [exact]}}
+    exact = {"quant_type": QuantType.QUInt8, "scale": np.array(step, dtype=np.float32),
+             "zero_point": np.array(0, dtype=np.uint8)}
+    return QuantType.QUInt8, {**extra, "ActivationSymmetric": False, "TensorQuantOverrides": {INPUT_NAME: [exact]}}
 
 
 def _ort_session(path, threads):
@@ -285,7 +326,7 @@ def measure_speed(fp32: str | os.PathLike, int8: str | os.PathLike, *, threads: 
     """INT8 vs ONNX Runtime FP32, same run: ORT FP32, ORT INT8 and (when installed) OpenVINO INT8,
     timed in alternating blocks on one size x size input. A first impression; ``srdeploy bench
     --compare`` is the measurement."""
-    from srdeploy.runtime.bench import deterministic_input, time_alternating
+    from srdeploy.runtime.measure import deterministic_input, time_alternating
     from srdeploy.runtime.open import open_session
 
     x = deterministic_input((1, channels, size, size))
@@ -324,9 +365,13 @@ def _input_sides(model, info, cfg) -> tuple[int, int]:
 
 
 def _psnr_by_set(path, folders, threads) -> dict[str, float]:
-    from .runtime_eval import RuntimeEvalConfig, evaluate_model_file
+    from srdeploy.runtime.open import SessionRecipe
+    from srdeploy.runtime.settings import DEFAULT_TILE, RunSettings, TileSettings
 
-    results, _ = evaluate_model_file(path, folders, RuntimeEvalConfig(backend="onnxruntime", threads=threads))
+    from .runtime_eval import evaluate_model_file
+
+    run = RunSettings(SessionRecipe(str(path), "onnxruntime", threads=threads), TileSettings(tile=DEFAULT_TILE))
+    results, _ = evaluate_model_file(run, folders)
     return {r.name: r.psnr for r in results}
 
 
@@ -351,107 +396,169 @@ def _steps(n: int):
     return out
 
 
-def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, cfg: QuantizeConfig = QuantizeConfig(), *,
-                   overwrite: bool = False, log=print) -> QuantizeReport:
-    """Quantize ``src`` (srdeploy FP32 ONNX) to an INT8 QDQ model at ``dst``, accuracy-aware.
-
-    Raises QuantizeError (nothing written) for bad input, an existing ``dst`` without
-    ``overwrite``, or a loss above ``cfg.max_loss`` even with every convolution in float.
-    """
-    import onnx
-
-    from srdeploy.runtime.atomic import atomic_target
-    from srdeploy.runtime.metadata import KEY_PRECISION, sha256_file
-
-    t0 = time.perf_counter()
-    src, dst = Path(src), Path(dst)
+def _check_request(src: Path, dst: Path, cfg: QuantizeConfig, overwrite: bool):
+    """Validate the request before any work; returns ``check_source(src)``."""
     if cfg.method not in METHODS:
         raise QuantizeError(f"--method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
-    if not cfg.max_loss >= 0:
+    if cfg.target not in TARGETS:
+        raise QuantizeError(f"--target must be one of {', '.join(TARGETS)}, got {cfg.target!r}")
+    if not cfg.loss_limit >= 0:
         raise QuantizeError(f"--max-loss must be >= 0 dB, got {cfg.max_loss}")
     model, info = check_source(src)
     if dst.exists() and not overwrite:
         raise QuantizeError(f"{dst}: exists; pass --overwrite to replace it")
     if dst.resolve() == src.resolve():
         raise QuantizeError(f"{dst}: is the source model; write the INT8 model to another file")
-    nodes = {n.name for n in model.graph.node}
-    unknown = sorted(set(cfg.exclude) - nodes)
+    unknown = sorted(set(cfg.exclude) - {n.name for n in model.graph.node})
     if unknown:
         raise QuantizeError(f"{src}: --exclude names nodes not in the graph: {unknown}")
+    return model, info
+
+
+def _quantize_source(src: Path, model, info, target: str, tmp: Path) -> Path:
+    """The graph the quantizer reads: ``src`` itself, or for TensorRT its centred-input copy."""
+    if target != "tensorrt":
+        return src
+    import onnx
+
+    from srdeploy.runtime.metadata import INPUT_NAME
+
+    from .int8_trt import center_input
+
+    centred = onnx.ModelProto()
+    centred.CopyFrom(model)
+    try:
+        center_input(centred, input_name=INPUT_NAME, step=(info.input_range[1] - info.input_range[0]) / 255)
+    except ValueError as exc:
+        raise QuantizeError(f"{src}: {exc}") from exc
+    path = tmp / "centred.onnx"
+    onnx.save(centred, str(path))
+    return path
+
+
+@dataclass
+class _Search:
+    """The accuracy-aware search: FP32 reference, every trial, the chosen one and the ranking."""
+
+    fp32: dict[str, float]
+    best: dict
+    trials: list[dict]
+    ranking: list[tuple[str, float]]
+
+
+def _search(src: Path, quantize, trial: Path, *, val: list[Path], probe: list[np.ndarray], convs: list[str],
+            cfg: QuantizeConfig, workdir: Path, log) -> _Search:
+    """Quantize with ``cfg.exclude`` in float; while a validation folder loses more than the limit,
+    rank the convolutions by sensitivity and keep 1, 2, 3, 4, 6, ... of the most sensitive float."""
+    fp32 = _psnr_by_set(src, val, cfg.threads)
+    trials: list[dict] = []
+
+    def measure(float_nodes: list[str]) -> dict:
+        quantize(trial, exclude=float_nodes)
+        int8 = _psnr_by_set(trial, val, cfg.threads)
+        loss = {k: fp32[k] - int8[k] for k in fp32}
+        trials.append({"float_nodes": list(float_nodes), "int8_psnr": int8, "loss_db": loss})
+        log(f"quantize: {len(float_nodes)} node(s) in float: loss " +
+            ", ".join(f"{k} {v:+.3f} dB" for k, v in loss.items()))
+        return trials[-1]
+
+    limit, exclude = cfg.loss_limit, list(cfg.exclude)
+    best = measure(exclude)
+    ranking: list[tuple[str, float]] = []
+    if max(best["loss_db"].values()) > limit:
+        log(f"quantize: loss above {limit} dB; ranking {len(convs)} convolutions by sensitivity")
+        ranking = conv_sensitivity(src, quantize, probe=probe, candidates=convs, exclude=exclude,
+                                   threads=cfg.threads, workdir=workdir)
+        log("quantize: most sensitive: " + ", ".join(f"{n} {g:+.2f} dB" for n, g in ranking[:6]))
+        order = [n for n, _ in ranking]
+        for k in _steps(len(order))[1:]:
+            best = measure(exclude + order[:k])
+            if max(best["loss_db"].values()) <= limit:
+                break
+    if max(best["loss_db"].values()) > limit:
+        raise QuantizeError(f"{src}: INT8 loss {max(best['loss_db'].values()):.3f} dB stays above --max-loss "
+                            f"{limit} even with {len(best['float_nodes'])} node(s) in float; raise "
+                            "--max-loss or ship the FP32/FP16 model")
+    return _Search(fp32, best, trials, ranking)
+
+
+def _with_metadata(quantized: Path, model, out: Path, record: dict) -> None:
+    """Write ``quantized`` to ``out`` with the FP32 model's metadata, precision int8 and ``record``."""
+    import onnx
+
+    from srdeploy.runtime.metadata import KEY_PRECISION
+
+    q = onnx.load(str(quantized))
+    props = {p.key: p.value for p in model.metadata_props}
+    props[KEY_PRECISION] = "int8"
+    props[KEY_INT8] = json.dumps(record, sort_keys=True)
+    del q.metadata_props[:]
+    for k, v in props.items():
+        q.metadata_props.add(key=k, value=v)
+    onnx.save(q, str(out))
+
+
+def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, cfg: QuantizeConfig = QuantizeConfig(), *,
+                   overwrite: bool = False, log=print) -> QuantizeReport:
+    """Quantize ``src`` (srdeploy FP32 ONNX) to an INT8 QDQ model at ``dst``, accuracy-aware.
+
+    Raises QuantizeError (nothing written) for bad input, an existing ``dst`` without
+    ``overwrite``, or a loss above ``cfg.loss_limit`` even with every convolution in float.
+    """
+    import onnx
+
+    from srdeploy.runtime.atomic import atomic_target
+    from srdeploy.runtime.metadata import sha256_file
+
+    from .int8_trt import tensorrt_int8_problems
+
+    t0 = time.perf_counter()
+    src, dst = Path(src), Path(dst)
+    model, info = _check_request(src, dst, cfg, overwrite)
     calib_folders = [Path(f) for f in cfg.calib] or default_calib_folders()
     val_folders = [Path(f) for f in cfg.val] or default_val_folders()
     crop, speed_size = _input_sides(model, info, cfg)
     try:
-        crops, names = calibration_crops(calib_folders, scale=info.scale, count=cfg.calib_images, crop=crop,
-                                         seed=cfg.seed, channels=info.channels)
+        crops, _ = calibration_crops(calib_folders, scale=info.scale, count=cfg.calib_images, crop=crop,
+                                     seed=cfg.seed, channels=info.channels)
     except ValueError as exc:
         raise QuantizeError(str(exc)) from exc
     convs = [n.name for n in model.graph.node if n.op_type == "Conv" and n.name not in cfg.exclude]
 
     with tempfile.TemporaryDirectory(prefix="srdeploy-int8-") as tmp:
-        cache = Path(tmp) / "calibration.json"
-        trial = Path(tmp) / "int8.onnx"
-        quantize = partial(quantize_qdq, src, calib=None, cache=cache, method=cfg.method,
-                           percentile=cfg.percentile, input_range=info.input_range)
+        tmp = Path(tmp)
+        quantize = partial(quantize_qdq, _quantize_source(src, model, info, cfg.target, tmp), calib=None,
+                           cache=tmp / "calibration.json", method=cfg.method, percentile=cfg.percentile,
+                           input_range=info.input_range, target=cfg.target)
         log(f"quantize: calibrating on {len(crops)} LR crops {crop}x{crop} from "
-            f"{', '.join(str(f) for f in calib_folders)} ({cfg.method})")
-        quantize(trial, calib=crops, exclude=list(cfg.exclude))  # fills the cache
-        fp32 = _psnr_by_set(src, val_folders, cfg.threads)
-        trials: list[dict] = []
-
-        def measure(float_nodes: list[str]) -> dict:
-            quantize(trial, exclude=float_nodes)
-            int8 = _psnr_by_set(trial, val_folders, cfg.threads)
-            loss = {k: fp32[k] - int8[k] for k in fp32}
-            rec = {"float_nodes": list(float_nodes), "int8_psnr": int8, "loss_db": loss}
-            trials.append(rec)
-            log(f"quantize: {len(float_nodes)} node(s) in float: loss " +
-                ", ".join(f"{k} {v:+.3f} dB" for k, v in loss.items()))
-            return rec
-
-        exclude = list(cfg.exclude)
-        best = measure(exclude)
-        ranking: list[tuple[str, float]] = []
-        if max(best["loss_db"].values()) > cfg.max_loss:
-            log(f"quantize: loss above {cfg.max_loss} dB; ranking {len(convs)} convolutions by sensitivity")
-            ranking = conv_sensitivity(src, quantize, probe=crops[:cfg.probe_images], candidates=convs,
-                                       exclude=exclude, threads=cfg.threads, workdir=tmp)
-            log("quantize: most sensitive: " + ", ".join(f"{n} {g:+.2f} dB" for n, g in ranking[:6]))
-            order = [n for n, _ in ranking]
-            for k in _steps(len(order))[1:]:
-                best = measure(exclude + order[:k])
-                if max(best["loss_db"].values()) <= cfg.max_loss:
-                    break
-        if max(best["loss_db"].values()) > cfg.max_loss:
-            raise QuantizeError(f"{src}: INT8 loss {max(best['loss_db'].values()):.3f} dB stays above --max-loss "
-                                f"{cfg.max_loss} even with {len(best['float_nodes'])} node(s) in float; raise "
-                                "--max-loss or ship the FP32/FP16 model")
+            f"{', '.join(str(f) for f in calib_folders)} ({cfg.method}, target {cfg.target})")
+        quantize(tmp / "int8.onnx", calib=crops, exclude=list(cfg.exclude))  # fills the cache
+        found = _search(src, quantize, tmp / "int8.onnx", val=val_folders, probe=crops[:cfg.probe_images],
+                        convs=convs, cfg=cfg, workdir=tmp, log=log)
+        best = found.best
         # Re-write the chosen model (the last trial may be a different one) with its metadata.
-        float_nodes = best["float_nodes"]
-        quantize(trial, exclude=float_nodes)
+        quantize(tmp / "int8.onnx", exclude=best["float_nodes"])
+        problems = tensorrt_int8_problems(onnx.load(str(tmp / "int8.onnx"))) if cfg.target == "tensorrt" else []
+        if problems:  # e.g. an onnxruntime whose quantizer ignores QuantizeBias: never ship what TensorRT rejects
+            raise QuantizeError(f"{src}: this onnxruntime's quantizer wrote a model TensorRT cannot parse: "
+                                f"{'; '.join(problems)}")
         calibration = {"folders": [_portable(f) for f in calib_folders], "images": len(crops), "crop": crop,
                        "scale": info.scale, "seed": cfg.seed, "method": cfg.method,
                        **({"percentile": cfg.percentile} if cfg.method == "percentile" else {})}
+        fp32 = found.fp32
+        validation = {k: {"fp32_psnr": round(fp32[k], 4), "int8_psnr": round(best["int8_psnr"][k], 4),
+                          "loss_db": round(best["loss_db"][k], 4)} for k in fp32}
+        final = tmp / "final.onnx"
+        _with_metadata(tmp / "int8.onnx", model, final, {
+            "scheme": _SCHEMES[cfg.target], "target": cfg.target, "calibration": calibration,
+            "float_nodes": best["float_nodes"], "validation": validation, "fp32_sha256": sha256_file(src)})
         report = QuantizeReport(
             source=str(src), output=str(dst), method=cfg.method, calibration=calibration,
-            float_nodes=float_nodes, fp32_psnr=fp32, int8_psnr=best["int8_psnr"], loss_db=best["loss_db"],
-            max_loss=cfg.max_loss, sensitivity=ranking, trials=trials, seconds=time.perf_counter() - t0)
-        q = onnx.load(str(trial))
-        props = {p.key: p.value for p in model.metadata_props}
-        props[KEY_PRECISION] = "int8"
-        props[KEY_INT8] = json.dumps({
-            "scheme": "QDQ on convolution inputs: int8 symmetric per-channel weights, uint8 asymmetric per-tensor "
-                      "activations, model input exact (scale 1/255)",
-            "calibration": calibration, "float_nodes": float_nodes,
-            "validation": {k: {"fp32_psnr": round(fp32[k], 4), "int8_psnr": round(best["int8_psnr"][k], 4),
-                               "loss_db": round(best["loss_db"][k], 4)} for k in fp32},
-            "fp32_sha256": sha256_file(src)}, sort_keys=True)
-        del q.metadata_props[:]
-        for k, v in props.items():
-            q.metadata_props.add(key=k, value=v)
-        final = Path(tmp) / "final.onnx"
-        onnx.save(q, str(final))
-        if cfg.speed_size:  # on the final file, before it is published
+            float_nodes=best["float_nodes"], fp32_psnr=fp32, int8_psnr=best["int8_psnr"], loss_db=best["loss_db"],
+            max_loss=cfg.loss_limit, target=cfg.target, sensitivity=found.ranking, trials=found.trials)
+        # On the final file, before it is published. The ONNX Runtime / OpenVINO CPU speed says
+        # nothing about a TensorRT-target file: `srdeploy build-engine` + `bench` measure that.
+        if cfg.speed_size and cfg.target == "cpu":
             report.speed = measure_speed(src, final, threads=cfg.threads, size=speed_size, channels=info.channels)
         report.seconds = time.perf_counter() - t0
         with atomic_target(dst) as tmp_dst:

@@ -10,7 +10,6 @@ the entry point. torch is imported lazily so that merely listing entry points st
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import numpy as np
 
 from srdeploy.runtime.backends import parse_device
 from srdeploy.runtime.backends.options import TorchOptions
-from srdeploy.runtime.metadata import ModelInfo
 from srdeploy.runtime.session import InputSpec, Session
 
 
@@ -48,9 +46,10 @@ class TorchSession(Session):
         options = options or TorchOptions()
         use_ema, channels_last, fold_bn = options.use_ema, options.channels_last, options.fold_bn
 
-        from srdeploy.export.fuse import fuse_bn
-        from srdeploy.export.pipeline import checkpoint_facts, model_info_for
         from srdeploy.train.checkpoint import load_generator
+
+        from .fuse import fuse_bn
+        from .pipeline import checkpoint_facts, model_info_for
 
         path = Path(path)
         if precision not in ("fp32", "fp16"):
@@ -71,9 +70,11 @@ class TorchSession(Session):
             torch.set_num_threads(threads)
 
         model, ckpt = load_generator(path, use_ema=use_ema)  # one-line errors naming the file
-        # The same contract export writes (scale, measured radius, channels, size requirements);
-        # the tile margin is measured at export only, so the radius rule gives the default here.
-        info = model_info_for(model, ckpt, path, precision=precision)
+        # the same contract an export of this checkpoint carries (scale, measured radius, channels,
+        # size requirements), with the version that wrote it; the tile margin is measured at
+        # export only, so the radius rule gives the default here
+        self.info = model_info_for(model, ckpt, path, precision=precision,
+                                   version=str((ckpt.get("versions") or {}).get("srdeploy", "")))
         if precision == "fp16" and not checkpoint_facts(ckpt).fp16:
             raise ValueError(f"{path}: this {ckpt['arch']} model is declared not to run in FP16 (its family's "
                              "facts); use --precision fp32")
@@ -89,8 +90,7 @@ class TorchSession(Session):
         self._torch = torch
 
         out_range = getattr(model, "output_range", "clamp")
-        self.info = dataclasses.replace(info, version=str((ckpt.get("versions") or {}).get("srdeploy", "")))
-        self.input_spec = InputSpec(channels=info.channels)
+        self.input_spec = InputSpec(channels=self.info.channels)
         self.device = "cpu" if kind == "cpu" else f"cuda:{index}"
         self.precision = precision
         self.path = path

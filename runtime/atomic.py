@@ -1,4 +1,8 @@
-"""Atomic file replacement, shared by every writer that must never leave a partial file."""
+"""Atomic file replacement, shared by every writer that must never leave a partial file.
+
+``atomic_target`` gives a temporary name beside the destination and renames it on success;
+``write_text`` and ``write_json`` are the text and JSON writers built on it.
+"""
 
 from __future__ import annotations
 
@@ -66,3 +70,21 @@ def _link_no_clobber(tmp: Path, path: Path) -> None:
         if path.exists():
             raise FileExistsError(f"{path}: already exists; pass --overwrite to replace it") from None
         os.replace(tmp, path)
+
+
+def write_text(path: str | os.PathLike, text: str, *, fsync: bool = True) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically: a reader sees the old file or the new one."""
+    with atomic_target(path, fsync=fsync) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, data: object, *, indent: int = 1, fsync: bool = True) -> None:
+    """Write ``data`` as JSON (one trailing newline) to ``path`` atomically; the one JSON writer.
+
+    Args:
+        path: the destination.  data: anything ``json.dumps`` takes.
+        indent: JSON indentation.  fsync: flush to disk before the rename.
+    """
+    import json
+
+    write_text(path, json.dumps(data, indent=indent) + "\n", fsync=fsync)

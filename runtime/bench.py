@@ -20,212 +20,44 @@ shared with the C++ tool (cpp_bench): both use the same deterministic input,
 ``output_checksum`` = float64 sum of all output values of one inference on it, so the two tools
 can be checked against each other.
 
-This module imports neither torch nor anything of ours outside ``srdeploy.runtime``; the torch
-reference is passed in as a plain callable (see ``torch_reference`` below).
+The input, checksum and timers are in ``runtime.measure``; the machine and version record and
+the schema in ``runtime.bench_record``. This module imports neither torch nor anything of ours
+outside ``srdeploy.runtime``; the torch reference is passed in as a plain callable (see
+``torch_reference`` below).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import os
-import platform
-import shutil
-import socket
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .atomic import atomic_target
+from .bench_record import (SCHEMA_ID, SCHEMA_PATH, TOOL, library_versions, load_schema,  # noqa: F401 (re-exported)
+                           machine_info, validate_result, write_json)
+from .measure import (deterministic_images, deterministic_input, output_checksum,  # noqa: F401 (re-exported)
+                      summarize, time_alternating, time_calls)
 from .metadata import sha256_file
-
-SCHEMA_ID = "srdeploy.bench/1"
-TOOL = "srdeploy bench"
-SCHEMA_PATH = Path(__file__).with_name("bench_schema.json")
-
-
-# --------------------------------------------------------------------------- input / checksum
-def deterministic_input(shape: tuple[int, ...]) -> np.ndarray:
-    """The benchmark input shared with the C++ tool: ``x.flat[i] = ((i*37 + 11) % 256) / 255``.
-
-    Args:
-        shape: array shape, normally (N, 3, H, W); ``i`` runs over the C-order flat index (int64).
-
-    Returns:
-        float32 array of ``shape`` with values in [0, 1] (each value is the float32 nearest to
-        k/255; computing k/255 in float32 or in float64 and rounding gives the same numbers).
-    """
-    n = int(np.prod(shape, dtype=np.int64))
-    i = np.arange(n, dtype=np.int64)
-    return (((i * 37 + 11) % 256) / 255.0).astype(np.float32).reshape(shape)
-
-
-def output_checksum(y: np.ndarray) -> float:
-    """float64 sum of all values of ``y`` (the ``output_checksum`` field)."""
-    return float(np.sum(y, dtype=np.float64))
-
-
-def deterministic_images(batch: int, height: int, width: int) -> list[np.ndarray]:
-    """uint8 RGB HWC images whose /255 is ``deterministic_input((batch, 3, height, width))``."""
-    k = np.rint(deterministic_input((batch, 3, height, width)) * 255.0).astype(np.uint8)
-    return [np.ascontiguousarray(img.transpose(1, 2, 0)) for img in k]
-
-
-# --------------------------------------------------------------------------- timing
-def time_calls(fn: Callable[[], object], *, warmup: int, iters: int, desc: str | None = None) -> list[float]:
-    """Call ``fn`` ``warmup`` times untimed, then ``iters`` times; returns seconds per call.
-
-    ``desc``: show a progress bar (stderr) with this label; it is updated outside the timed region.
-    """
-    bar = None
-    if desc is not None:
-        from tqdm import tqdm
-
-        bar = tqdm(total=warmup + iters, desc=desc, unit="call", leave=False, file=sys.stderr)
-    try:
-        for _ in range(warmup):
-            fn()
-            if bar is not None:
-                bar.update(1)
-        out = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    return out
-
-
-def time_alternating(fns: dict[str, Callable[[], object]], *, warmup: int, iters: int,
-                     block: int | None = None) -> dict[str, list[float]]:
-    """Time several callables in alternating blocks (A A A B B B A A A ...), same run.
-
-    Background load on a shared machine changes over seconds; alternating blocks makes it hit
-    every contender alike, so the ratio stays meaningful even when the absolute numbers move.
-    Each block starts with one untimed call, so one runtime's idle-spinning threads or cold caches
-    left by the other do not land in the timed calls.
-
-    Args:
-        fns: name -> zero-argument callable.
-        warmup: untimed calls of each callable before the first block.
-        iters: timed calls of each callable in total.
-        block: timed calls per block (default: iters // 4, at least 1).
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    block = max(1, block or iters // 4)
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    while any(len(v) < iters for v in times.values()):
-        for name, fn in fns.items():
-            todo = min(block, iters - len(times[name]))
-            if todo <= 0:
-                continue
-            fn()
-            times[name].extend(time_calls(fn, warmup=0, iters=todo))
-    return times
-
-
-def summarize(latencies_s: list[float], *, frames: int, out_pixels_per_frame: int) -> dict:
-    """A ``timing`` object of the schema from per-batch latencies in seconds.
-
-    Args:
-        latencies_s: one entry per timed batch.
-        frames: images per batch (fps = frames / median latency).
-        out_pixels_per_frame: output (super-resolved) pixels of one image, for megapixels/s.
-    """
-    ms = np.asarray(latencies_s, dtype=np.float64) * 1e3
-    median = float(np.median(ms))
-    per_s = 1e3 / median if median > 0 else 0.0
-    return {
-        "latency_ms": {"median": median, "p90": float(np.percentile(ms, 90)), "mean": float(ms.mean()),
-                       "min": float(ms.min()), "max": float(ms.max())},
-        "fps": frames * per_s,
-        "megapixels_per_s": frames * out_pixels_per_frame * per_s / 1e6,
-    }
-
-
-# --------------------------------------------------------------------------- environment
-def machine_info(device: str = "cpu") -> dict:
-    """Hostname, CPU model, logical cores, OS and (where ``nvidia-smi`` exists) the GPU name."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"hostname": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count() or 1,
-            "os": platform.platform(), "gpu": _gpu_name(device)}
-
-
-def _gpu_name(device: str) -> str | None:
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return None
-    index = device.split(":", 1)[1] if device.startswith("cuda:") else "0"
-    try:
-        out = subprocess.run([smi, f"--id={index}", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if not out:
-        return None
-    name, _, driver = out.splitlines()[0].partition(",")
-    return f"{name.strip()} (driver {driver.strip()})" if driver.strip() else name.strip()
-
-
-_DISTRIBUTIONS = ("srdeploy", "numpy", "onnxruntime", "onnxruntime-gpu", "opencv-python-headless", "opencv-python",
-                  "tensorrt", "cuda-python", "torch")
-
-
-def library_versions(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Python and the installed versions of the libraries a benchmark can involve (no imports)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for dist in _DISTRIBUTIONS:
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
-    cv2 = sys.modules.get("cv2")  # the build actually loaded, if any
-    if cv2 is not None:
-        out["opencv"] = str(cv2.__version__)
-    for key, value in (extra or {}).items():
-        out[key] = str(value)
-    return out
-
-
+from .settings import RunSettings
 
 
 # --------------------------------------------------------------------------- configuration
-@dataclass
+@dataclass(frozen=True)
 class BenchConfig:
     """What ``run_bench`` measures (argparse only fills it).
 
     Attributes:
-        model: model file (.onnx, .engine, or a checkpoint for the torch backend).
+        settings: the ``RunSettings``: the session to open (model, backend, device, precision,
+            threads, options) and the tiling; ``tiling.batch`` is the images per inference call,
+            ``tiling.tile`` 0 times whole images, "auto" the largest tile that fits
+            ``tiling.max_memory``.
         width, height: LR input size.
-        batch: images per inference call.
-        backend, device, precision, threads: passed to ``open_session``.
         warmup: untimed calls before timing.
         iters: timed calls.
-        tile: tile size (0 = whole image; "auto" = the largest that fits ``max_memory``; None = the
-            runtime's default).
-        max_memory: budget in bytes for ``tile="auto"`` (None = the runtime's default budget).
-        tile_pad: tile margin (None = the model's receptive radius, the runtime's default).
         full_path: also time uint8 -> uint8.
         video: None = no video mode; "" = a synthetic video; else a video file to upscale.
         video_frames: frames of the synthetic video.
@@ -236,34 +68,27 @@ class BenchConfig:
             report the fraction of it each model reaches.
     """
 
-    model: str
+    settings: RunSettings
     width: int
     height: int
-    batch: int = 1
-    backend: str = "auto"
-    device: str = "cpu"
-    precision: str | None = None
-    threads: int | None = None
     warmup: int = 3
     iters: int = 20
-    tile: int | str | None = 0
-    tile_pad: int | None = None
-    max_memory: int | None = None
     full_path: bool = True
     video: str | None = None
     video_frames: int = 30
     compare_torch: str | None = None
-    options: dict = field(default_factory=dict)
     compare: tuple[str, ...] = ()
     peak: bool = False
 
+    model = property(lambda self: str(self.settings.recipe.model), doc="the model file")
+    batch = property(lambda self: self.settings.tiling.batch, doc="images (or tiles) per inference call")
+    threads = property(lambda self: self.settings.recipe.threads, doc="CPU threads (None = the backend's)")
+    precision = property(lambda self: self.settings.recipe.precision, doc="requested precision")
+
     def validate(self) -> None:
-        if self.batch < 1:
-            raise ValueError(f"--batch must be >= 1, got {self.batch}")
+        """One message per bad value (the tiling validates itself)."""
         if self.iters < 1 or self.warmup < 0:
             raise ValueError(f"--iters must be >= 1 and --warmup >= 0, got {self.iters} and {self.warmup}")
-        if self.tile is not None and self.tile != "auto" and self.tile < 0:
-            raise ValueError(f"--tile must be >= 0 (0 = whole image), got {self.tile}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {self.threads}")
         if self.video_frames < 1:
@@ -298,7 +123,7 @@ def run_bench(cfg: BenchConfig, *, session=None, torch_runner: tuple[TorchRunner
 
     Args:
         cfg: what to measure.
-        session: an already open Session (else ``open_session(cfg.model, ...)`` is opened and closed here).
+        session: an already open Session (else ``cfg.settings.recipe`` is opened and closed here).
         torch_runner: (callable float32 NCHW -> float32 NCHW, info dict) for ``compare_torch``;
             the caller builds it so this module never imports torch.
         log: where progress lines go (stderr by default).
@@ -309,8 +134,7 @@ def run_bench(cfg: BenchConfig, *, session=None, torch_runner: tuple[TorchRunner
     cfg.validate()
     own = session is None
     if own:
-        session = open_session(cfg.model, backend=cfg.backend, device=cfg.device, precision=cfg.precision,
-                               threads=cfg.threads, **cfg.options)
+        session = open_session(cfg.settings.recipe)
     try:
         return _run(cfg, session, torch_runner, log, progress)
     finally:
@@ -324,31 +148,21 @@ def _tiling_applies(tile: int | tuple[int, int] | None, height: int, width: int)
 
 
 def _run(cfg: BenchConfig, session, torch_runner, log, progress: bool = False) -> dict:
-    from .tiling import tiled_infer
-    from .upscale import Upscaler
     from .media.video import upscale_frames
+    from .upscale import Upscaler
 
     n, h, w = cfg.batch, cfg.height, cfg.width
-    scale = session.info.scale
-    out_px = h * scale * w * scale
+    out_px = h * session.info.scale * w * session.info.scale
     x = deterministic_input((n, 3, h, w))
-    kwargs = {} if cfg.tile is None else {"tile": cfg.tile}
-    upscaler = Upscaler(session, tile_pad=cfg.tile_pad, batch=cfg.batch, max_memory=cfg.max_memory, **kwargs)
+    upscaler = Upscaler(session, cfg.settings.tiling)
     # "auto": the tile the memory budget allows for this size (0 = whole); the full path holds its output
     tile = upscaler.resolve_tile(h, w, streamed=False)
-    tile_pad = upscaler.tile_pad
-
-    if _tiling_applies(tile, h, w):
-        def model_only():
-            return np.stack([tiled_infer(session, img, tile=tile, tile_pad=tile_pad, batch=cfg.batch) for img in x])
-    else:
-        def model_only():
-            return session.infer(x)
+    model_only = _model_only(session, x, tile, upscaler.tile_pad, cfg.batch)
 
     # The checksum comes from the first call: one inference on the deterministic input.
     y = model_only()
     checksum = output_checksum(y)
-    tiling = upscaler.describe() if cfg.tile == "auto" else f"tile {tile or 'off'}"
+    tiling = upscaler.describe() if upscaler.settings.auto else f"tile {tile or 'off'}"
     log(f"bench: {session.backend} {session.precision} on {session.device}, input {n}x3x{h}x{w}, "
         f"{tiling}; output checksum {checksum:.6f}")
     lat = time_calls(model_only, warmup=max(0, cfg.warmup - 1), iters=cfg.iters,
@@ -366,27 +180,40 @@ def _run(cfg: BenchConfig, session, torch_runner, log, progress: bool = False) -
     if torch_runner is not None:
         results["compare_torch"] = _compare_torch(cfg, x, y, model_only, torch_runner, out_px, log)
 
-    compare = _compare_models(cfg, session, x, model_only, out_px, log, tile, tile_pad) if cfg.compare else None
+    compare = (_compare_models(cfg, session, x, model_only, out_px, log, tile, upscaler.tile_pad)
+               if cfg.compare else None)
     gflops = _gflops(cfg, session, results["model_only"], compare, log)
 
     if cfg.video is not None:
         results["video"] = _video_mode(cfg, upscaler, results["model_only"], log)
+    return _result(cfg, session, results, checksum, tile, upscaler.tile_pad, compare, gflops)
 
+
+def _model_only(session, x: np.ndarray, tile, tile_pad: int, batch: int) -> Callable[[], np.ndarray]:
+    """One model-only call on ``x``: ``session.infer``, or tile by tile when the tile is smaller than it."""
+    from .tiling import tiled_infer
+
+    if not _tiling_applies(tile, x.shape[2], x.shape[3]):
+        return lambda: session.infer(x)
+    return lambda: np.stack([tiled_infer(session, img, tile=tile, tile_pad=tile_pad, batch=batch) for img in x])
+
+
+def _result(cfg: BenchConfig, session, results: dict, checksum: float, tile, tile_pad: int,
+            compare: list[dict] | None, gflops: dict | None) -> dict:
+    """The result object of the schema from the measurements."""
     details = getattr(session, "details", {}) or {}
     # Thread counts as the adapter recorded them; absent = the backend's default (all cores).
     threads = {key: int(details[f"{key}_threads"]) for key in ("intra_op", "inter_op")
                if isinstance(details.get(f"{key}_threads"), int)}
     model_path = Path(cfg.model)
     model = {"path": str(model_path), "sha256": sha256_file(model_path) if model_path.is_file() else "",
-             "scale": int(scale)}
+             "scale": int(session.info.scale)}
     if getattr(session.info, "arch", ""):
         model["arch"] = session.info.arch
     # the schema (shared with the C++ srbench) has one tile size: a chosen (h, w) core records its larger side
-    input_ = {"batch": n, "channels": 3, "height": h, "width": w,
-              "tile": int(max(tile) if isinstance(tile, tuple) else tile or 0)}
-    if tile_pad is not None:
-        input_["tile_pad"] = int(tile_pad)
-    result = {
+    input_ = {"batch": cfg.batch, "channels": 3, "height": cfg.height, "width": cfg.width,
+              "tile": int(max(tile) if isinstance(tile, tuple) else tile or 0), "tile_pad": int(tile_pad)}
+    return {
         "schema": SCHEMA_ID,
         "tool": TOOL,
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
@@ -406,7 +233,6 @@ def _run(cfg: BenchConfig, session, torch_runner, log, progress: bool = False) -
         "machine": machine_info(session.device),
         "versions": library_versions({k: v for k, v in (details.get("versions") or {}).items()}),
     }
-    return result
 
 
 def _line(name: str, timing: dict) -> str:
@@ -422,7 +248,6 @@ def _compare_models(cfg, session, x, model_only, out_px, log, tile, tile_pad) ->
     comparison with its fps and speedup against the main model in this same run.
     """
     from .open import open_session
-    from .tiling import tiled_infer
 
     others = []
     try:
@@ -431,11 +256,7 @@ def _compare_models(cfg, session, x, model_only, out_px, log, tile, tile_pad) ->
             others.append((model, open_session(model, backend=backend, threads=cfg.threads)))
         fns = {"main": model_only}
         for i, (_, s) in enumerate(others):
-            if _tiling_applies(tile, cfg.height, cfg.width):
-                fns[f"c{i}"] = lambda s=s: np.stack([tiled_infer(s, img, tile=tile, tile_pad=tile_pad,
-                                                                 batch=cfg.batch) for img in x])
-            else:
-                fns[f"c{i}"] = lambda s=s: s.infer(x)
+            fns[f"c{i}"] = _model_only(s, x, tile, tile_pad, cfg.batch)
             fns[f"c{i}"]()  # first call (shape compilation) outside the timing
         log(f"bench: timing the main model and {len(others)} comparison(s) in alternating blocks "
             f"({cfg.iters} calls each)")
@@ -575,29 +396,6 @@ def _video_mode(cfg, upscaler, model_only: dict, log) -> dict:
             "model_only_fps": model_only["fps"], "ratio_to_model_only": ratio, "codec": stats.codec,
             "encoder": "ffmpeg", "encode_only_fps": encode_fps,
             "infer_seconds": busy[0], "model_only_fps_in_run": in_run, "ratio_in_run": busy_fraction}
-
-
-def write_json(result: dict, path: str | os.PathLike) -> None:
-    """Write ``result`` to ``path`` atomically (temporary file + rename)."""
-    with atomic_target(path) as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-
-
-def load_schema() -> dict:
-    """The shared benchmark JSON schema (``bench_schema.json``)."""
-    with open(SCHEMA_PATH, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def validate_result(result: dict) -> None:
-    """Validate against the schema with ``jsonschema`` (a ValueError listing what is wrong)."""
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(load_schema())
-    errors = sorted(validator.iter_errors(result), key=lambda e: list(e.path))
-    if errors:
-        raise ValueError("benchmark result does not follow bench_schema.json: " +
-                         "; ".join(f"{'/'.join(map(str, e.path)) or '<root>'}: {e.message}" for e in errors))
 
 
 def torch_reference(checkpoint: str, threads: int | None):

@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from .tiling import axis_cores, axis_window
 
 # Peak RSS of the process before the first tile: Python, numpy, OpenCV, ONNX Runtime and the
 # srdeploy CLI imported, session created, excluding the weights. Measured: VmHWM of
@@ -55,25 +56,6 @@ MIN_TILE = 16
 # The chooser fills this share of the budget: the rest absorbs the prediction's error
 # (measured / predicted peak was 0.99..1.06 in scripts/bench_memory.py runs).
 HEADROOM = 0.9
-
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """Bytes from a size such as "1G", "512M", "1.5GB", "800MiB" or "1073741824".
-
-    Units are binary (1K = 1024 bytes), as in ``free -h``, Docker's ``--memory`` and the
-    kernel's VmHWM. Raises ValueError with the accepted forms.
-    """
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?[bB])?\s*", str(text))
-    if not m:
-        raise ValueError(f"memory size {text!r}: expected a number with an optional unit K, M, G or T "
-                         "(binary: 1G = 1024 MiB), e.g. 1G, 512M, 1.5GB")
-    value = float(m.group(1)) * _UNITS[m.group(2).upper()]
-    if value < 1:
-        raise ValueError(f"memory size {text!r}: must be at least 1 byte")
-    return int(value)
-
 
 def format_size(n: float) -> str:
     """"612 MiB", "1.25 GiB": for the CLI's first line and messages."""
@@ -420,15 +402,6 @@ def _hw(tile: int | tuple[int, int]) -> tuple[int, int]:
     return (tile, tile) if isinstance(tile, int) else tile
 
 
-def _window(n: int, tile: int, pad: int) -> tuple[int, int]:
-    """(window, number of cores) along one axis, as tiling.plan_tiles cuts it."""
-    if tile == 0 or tile >= n:
-        return n, 1
-    k = math.ceil(n / tile)
-    core = math.ceil(n / k)
-    return min(core + 2 * pad, n), k
-
-
 def predict_peak(profile: GraphProfile, *, height: int, width: int, channels: int, itemsize: int, scale: int,
                  tile: int | tuple[int, int], tile_pad: int, weights_bytes: int = 0, streamed: bool = True,
                  passes: int = 1, batch: int = 1, gpu: bool = False, base_bytes: int | None = None,
@@ -448,9 +421,9 @@ def predict_peak(profile: GraphProfile, *, height: int, width: int, channels: in
             memory). The factor is the CPU one: not yet measured on a GPU.
     """
     th, tw = _hw(tile)
-    wh, kh = _window(height, th, tile_pad)
-    ww, _ = _window(width, tw, tile_pad)
-    core_h = math.ceil(height / kh)
+    wh, _ = axis_window(height, th, tile_pad)
+    ww, _ = axis_window(width, tw, tile_pad)
+    core_h = max(b - a for a, b in axis_cores(height, th))  # the tallest band of output rows
     out_w = width * scale
     acts = batch * profile.activation_bytes(wh, ww, factor=factor)
     base_bytes = BASE_BYTES if base_bytes is None else base_bytes
@@ -469,8 +442,8 @@ def predict_peak(profile: GraphProfile, *, height: int, width: int, channels: in
 def tile_overhead(height: int, width: int, tile: int | tuple[int, int], tile_pad: int) -> float:
     """Compute cost of tiling relative to one whole-image pass (window area / image area)."""
     th, tw = _hw(tile)
-    wh, kh = _window(height, th, tile_pad)
-    ww, kw = _window(width, tw, tile_pad)
+    wh, kh = axis_window(height, th, tile_pad)
+    ww, kw = axis_window(width, tw, tile_pad)
     return kh * kw * wh * ww / (height * width)
 
 

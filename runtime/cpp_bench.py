@@ -114,14 +114,10 @@ def build_cpp_bench(*, force: bool = False, cmake_args: list[str] | tuple[str, .
 
 
 def _parse_size(size) -> tuple[int, int]:
-    if isinstance(size, str):
-        from .cli._args import parse_size
+    """(width, height) from "WxH" or a pair, through the one parser."""
+    from .parsing import parse_wh
 
-        return parse_size(size, what="size")
-    w, h = (int(v) for v in size)
-    if w < 1 or h < 1:
-        raise ValueError(f"size must be positive, got {w}x{h}")
-    return w, h
+    return parse_wh(size if isinstance(size, str) else "x".join(str(v) for v in size), what="size")
 
 
 def run_cpp_bench(model, size, batch: int = 1, warmup: int = 5, iters: int = 30, json_path=None,

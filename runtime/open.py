@@ -120,6 +120,23 @@ def open_session(model: "str | os.PathLike | SessionRecipe", *, backend: str = "
                   threads=recipe.threads, options=recipe.options)
 
 
+def describe_session(session: Session, model, upscaler=None) -> str:
+    """The first line every runtime command prints: model, backend, providers, device, precision, tiling.
+
+    Args:
+        session: the open session.
+        model: the model path as the user gave it.
+        upscaler: the ``Upscaler`` (its ``describe()``, batch and feather), if the command tiles.
+    """
+    info = session.info
+    used = session.details.get("providers") or session.details.get("gpu") or ""
+    line = (f"model {model} (x{info.scale}, receptive radius {info.receptive_radius}) on {session.backend} "
+            f"{used} {session.device} {session.precision}")
+    if upscaler is not None:
+        line += f"; {upscaler.describe()}, batch {upscaler.batch}" + (f", feather {upscaler.feather}" if upscaler.feather else "")
+    return line
+
+
 def default_model_path() -> Path:
     """The bundled default model used when no ``--model`` is given.
 

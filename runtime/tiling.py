@@ -77,6 +77,24 @@ class TilePlan:
         return self.rows.window, self.cols.window
 
 
+def axis_cores(n: int, tile: int) -> tuple[tuple[int, int], ...]:
+    """The cores along an axis of ``n`` pixels: ``ceil(n / tile)`` near-equal (start, stop) ranges,
+    each at most ``tile``, that partition [0, n); tile 0 = one core, the whole axis."""
+    k = math.ceil(n / tile) if tile else 1
+    bounds = [(i * n) // k for i in range(k + 1)]
+    return tuple((bounds[i], bounds[i + 1]) for i in range(k))
+
+
+def axis_window(n: int, tile: int, pad: int, multiple: int = 1) -> tuple[int, int]:
+    """(window, number of cores) along an axis of ``n`` pixels, before any engine-profile limit:
+    the largest core plus ``pad`` on each side, at most ``n`` (``runtime.budget`` sizes tiles with it).
+    With a size ``multiple`` > 1, ``multiple - 1`` more (a window start rounded down to the multiple
+    still leaves ``pad`` after the core), rounded up to the multiple (see ``_plan_axis``)."""
+    cores = axis_cores(n, tile)
+    window = min(max(b - a for a, b in cores) + 2 * pad + (multiple - 1), n) if tile else n
+    return -(-window // multiple) * multiple, len(cores)
+
+
 def _plan_axis(n: int, tile: int, pad: int, lo: int, hi: int | None, name: str,
                notes: list[str], mult: int = 1) -> AxisPlan:
     if n < 1:
@@ -91,19 +109,16 @@ def _plan_axis(n: int, tile: int, pad: int, lo: int, hi: int | None, name: str,
         window = n
     else:
         t = tile
-        if hi is not None and t + 2 * pad > hi:
-            t = hi - 2 * pad
+        if hi is not None and t + 2 * pad + (mult - 1) > hi:
+            t = hi - 2 * pad - (mult - 1)
             if t < 1:
                 raise ValueError(f"tiling: tile_pad {pad} leaves no room in the model's maximum input {name} {hi} "
                                  f"(engine profile): need tile_pad < {hi // 2}; lower --tile-pad or rebuild the "
                                  "engine with a larger profile")
             notes.append(f"tile {name} reduced from {tile} to {t} to fit the model's largest input {hi} (engine "
                          f"profile or fixed window) with tile_pad {pad}")
-        k = math.ceil(n / t)
-        bounds = [(i * n) // k for i in range(k + 1)]  # near-equal cores, each <= t
-        cores = tuple((bounds[i], bounds[i + 1]) for i in range(k))
-        # mult - 1 more: a window start rounded down to the multiple still leaves ``pad`` after the core
-        window = min(max(b - a for a, b in cores) + 2 * pad + (mult - 1), n)
+        cores = axis_cores(n, t)
+        window, _ = axis_window(n, t, pad, mult)
     if window < lo:
         if n < lo:
             notes.append(f"image {name} {n} is below the engine profile minimum {lo}: edge-padded to {lo}")

@@ -24,89 +24,20 @@ whose predicted peak fits the memory budget (``runtime.budget``).
 from __future__ import annotations
 
 import dataclasses
-import glob
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
-from .media.images import IMAGE_EXTS
+from .pixels import PixelMap
 from .session import Session
+from .settings import DEFAULT_TILE, TileSettings
 from .tiling import TilePlan, iter_bands, plan_tiles
 
-# Chosen by measurement (scripts/bench_tiling.py, README "Tiling defaults"). On the trained
-# 16-block SRResNet x4 (radius 40; the bundled model's training run at step 6500, Set5 29.92 dB), max
-# deviation from the whole-image output over the 19 Set5 + Set14 images, in 1/255 units, by
-# margin: 8 -> 1.96, 10 -> 0.76, 12 -> 0.20, 16 -> 0.005 (step 2000 gave 3.2/0.93/0.19/0.003).
-# Compute cost is the tile overhead factor (window area / core area; measured time follows it):
-# on a 4000x3000 image, tile 256 costs 1.20x with margin 12 (1.74x with the full radius 40), and
-# 256 keeps ONNX Runtime's activation memory inside the 2 GB budget (scripts/bench_memory.py).
-DEFAULT_TILE = 256
-DEFAULT_MIN_TILE_PAD = 12       # LR pixels: 0.19/255 measured, 5x below the 1/255 goal
-DEFAULT_TILE_PAD_FRACTION = 0.3  # 12 / 40 for the paper's model; scales with deeper models
-ALPHA_MODES = ("model", "resize")
-# Containers `srdeploy video` reads; `upscale` points there instead of failing to decode them.
-VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".wmv", ".flv", ".mpg", ".mpeg", ".ts")
 # Outputs that cannot be written band by band and hold at least this much get a note up front.
 LARGE_OUTPUT_BYTES = 256 << 20
 _LUMA = (0.299, 0.587, 0.114)
-
-
-def default_tile_pad(receptive_radius: int) -> int:
-    """Default tile margin (LR pixels) for a model of this receptive radius.
-
-    The receptive radius gives exactly the whole-image result but is generous: a trained
-    SRResNet depends very weakly on far context. The default is the measured margin for the
-    paper's model (12 of 40, deviation 0.19/255) as a fraction of the radius, at least 12 LR
-    pixels, never more than the radius (``--tile-pad`` RADIUS for bit-exact tiling).
-    """
-    return min(receptive_radius, max(DEFAULT_MIN_TILE_PAD, math.ceil(DEFAULT_TILE_PAD_FRACTION * receptive_radius)))
-
-
-def model_tile_pad(info) -> int:
-    """A model's default tile margin: the margin measured for it at export (metadata
-    ``srdeploy.tile_margin``, see ``srdeploy.export.margin``), else ``default_tile_pad`` of its
-    radius. Never more than the radius (which is exact already)."""
-    if info.tile_margin is not None:
-        return min(info.tile_margin, info.receptive_radius)
-    return default_tile_pad(info.receptive_radius)
-
-
-class PixelMap:
-    """Pixels of one dtype <-> the model's value ranges: the one conversion for tiles, images and video.
-
-    Integer pixels map to the input range as ``value / max``; outputs map back from the output
-    range, rounded and clipped. float32 pixels are taken as [0, 1] and returned unclipped.
-
-    Args:
-        info: the session's ``ModelInfo`` (input_range, output_range).
-        dtype: pixel dtype (uint8, uint16 or float32).
-    """
-
-    def __init__(self, info, dtype) -> None:
-        self.dtype = np.dtype(dtype)
-        self.maxval = float(np.iinfo(self.dtype).max) if self.dtype.kind == "u" else 1.0
-        self.in_lo, in_hi = info.input_range
-        self.out_lo, out_hi = info.output_range
-        self.a_in = np.float32((in_hi - self.in_lo) / self.maxval)
-        self.a_out = self.maxval / (out_hi - self.out_lo)
-
-    def to_model(self, raw: np.ndarray) -> np.ndarray:
-        """Raw pixels (any layout) -> float32 in the model's input range."""
-        x = raw.astype(np.float32) * self.a_in
-        if self.in_lo:
-            x += np.float32(self.in_lo)
-        return x
-
-    def from_model(self, v: np.ndarray) -> np.ndarray:
-        """float32 model output (any layout) -> pixels of ``dtype``."""
-        if self.out_lo or self.a_out != 1.0:
-            v = (v - np.float32(self.out_lo)) * np.float32(self.a_out)
-        if self.dtype.kind == "u":
-            v = np.clip(np.rint(v), 0, self.maxval)
-        return v.astype(self.dtype, copy=False)
 
 
 class Upscaler:
@@ -114,52 +45,47 @@ class Upscaler:
 
     Args:
         session: an open Session (any backend).
-        tile: tile core size in LR pixels (int, or (height, width)); 0 = whole image in one pass;
-            "auto" = per image, the tiling with the least overhead whose predicted peak memory
-            fits ``max_memory`` (runtime.budget).
-        tile_pad: margin in LR pixels; None = ``model_tile_pad(session.info)`` (the margin measured
-            at export, else the radius rule).
-        batch: tiles per inference call.
-        feather: blending width between tiles in LR pixels (0 = hard crop; see tiling).
-        alpha: how RGBA alpha is upscaled: "model" or "resize" (see module doc).
-        max_memory: the budget for ``tile="auto"`` in bytes; None = ``budget.default_budget``
-            (1 GiB or half the available RAM; on a CUDA device its free memory).
+        settings: the ``TileSettings`` (tile, tile_pad, batch, feather, alpha, max_memory; see there).
+        **tiling: instead of ``settings``, its fields as keywords (library shorthand:
+            ``Upscaler(session, tile=64)``); here the tile defaults to ``DEFAULT_TILE``, a fixed
+            size, where ``TileSettings`` and the CLI default to "auto".
+
+    ``tile``, ``batch``, ``feather``, ``alpha`` and ``max_memory`` read the settings; ``tile_pad``
+    is the margin resolved for this session's model (``TileSettings.pad_for``: the margin
+    measured at export, else the radius rule).
     """
 
-    def __init__(self, session: Session, *, tile: int | tuple[int, int] | str = DEFAULT_TILE,
-                 tile_pad: int | None = None,
-                 batch: int = 1, feather: int = 0, alpha: str = "model", max_memory: int | None = None) -> None:
-        if alpha not in ALPHA_MODES:
-            raise ValueError(f"alpha must be one of {ALPHA_MODES}, got {alpha!r}")
-        sizes = tile if isinstance(tile, tuple) else (tile,)
-        if tile != "auto" and not (len(sizes) in (1, 2) and all(isinstance(t, int) and t >= 0 for t in sizes)) \
-                or batch < 1 or feather < 0 \
-                or (tile_pad is not None and tile_pad < 0) or (max_memory is not None and max_memory < 1):
-            raise ValueError(f"Upscaler: need tile >= 0 or 'auto', tile_pad >= 0, batch >= 1, feather >= 0, "
-                             f"max_memory >= 1; got tile={tile!r}, tile_pad={tile_pad}, batch={batch}, "
-                             f"feather={feather}, max_memory={max_memory}")
+    def __init__(self, session: Session, settings: TileSettings | None = None, **tiling) -> None:
+        if settings is None:
+            settings = TileSettings(**{"tile": DEFAULT_TILE, **tiling})
+        elif tiling or not isinstance(settings, TileSettings):
+            raise TypeError("Upscaler(session, settings): settings must be a TileSettings, and keyword settings "
+                            f"go in it (got {type(settings).__name__} and {sorted(tiling)})")
         self.session = session
+        self.settings = settings
         self.scale = session.info.scale
-        self.tile = tile
-        self.tile_pad = model_tile_pad(session.info) if tile_pad is None else tile_pad
-        self.batch = batch
-        self.feather = feather
-        self.alpha = alpha
-        self.max_memory = max_memory
+        self.tile_pad = settings.pad_for(session.info.receptive_radius, session.info.tile_margin)
         self.last_plan: TilePlan | None = None
         self.last_prediction = None  # budget.Prediction of the last plan (tile "auto" only)
+        # the tile the last plan used, as plan_tiles takes it: 0 (whole), an int or (core h, core w)
+        self.last_tile: int | tuple[int, int] | None = None
         self._profile = None
-        # the tile "auto" chose for the last planned image: 0 (whole), an int or (core h, core w)
-        self._auto_tile: int | tuple[int, int] | None = None
+        self._budget: int | None = settings.max_memory
+
+    tile = property(lambda self: self.settings.tile, doc="tile size, or \"auto\" (``TileSettings.tile``)")
+    batch = property(lambda self: self.settings.batch, doc="tiles per inference call")
+    feather = property(lambda self: self.settings.feather, doc="blending width in LR pixels")
+    alpha = property(lambda self: self.settings.alpha, doc="\"model\" or \"resize\" (RGBA alpha)")
+    max_memory = property(lambda self: self.settings.max_memory, doc="--max-memory as given (None = default)")
 
     @property
     def budget(self) -> int:
-        """The memory budget (bytes) ``tile="auto"`` fits."""
-        if self.max_memory is None:
+        """The memory budget (bytes) ``tile="auto"`` fits: ``max_memory``, else the default budget."""
+        if self._budget is None:
             from .budget import default_budget, gpu_free_memory
 
-            self.max_memory = default_budget(gpu_free=gpu_free_memory(self.session.device))
-        return self.max_memory
+            self._budget = default_budget(gpu_free=gpu_free_memory(self.session.device))
+        return self._budget
 
     def predict(self, height: int, width: int, *, channels: int = 3, itemsize: int = 1, streamed: bool = True,
                 tile: int | None = None):
@@ -177,7 +103,7 @@ class Upscaler:
                       weights_bytes=budget.weights_bytes(self.session))
         if tile is not None:
             return budget.predict_peak(self._profile, tile=tile, **kwargs)
-        if self.tile == "auto":
+        if self.settings.auto:
             return budget.choose_tile(self._profile, self.budget, **kwargs)
         return budget.predict_peak(self._profile, tile=self.tile, **kwargs)
 
@@ -192,43 +118,41 @@ class Upscaler:
         tile = self.tile
         notes: tuple[str, ...] = ()
         self.last_prediction = None
-        if tile == "auto":
+        if self.settings.auto:
             pred = self.predict(height, width, channels=channels, itemsize=itemsize, streamed=streamed)
             if pred is None:
-                tile = DEFAULT_TILE
-                notes = (f"tile auto: memory not predicted ({self._profile}); using tile {DEFAULT_TILE}",)
+                tile = self.settings.fixed_tile()
+                notes = (f"tile auto: memory not predicted ({self._profile}); using tile {tile}",)
             else:
                 tile = pred.tile
                 self.last_prediction = pred
                 if pred.total > self.budget:
                     notes = (f"tile auto: even tile {tile} is predicted to take {_size(pred.total)}, over the "
                              f"--max-memory budget of {_size(self.budget)}",)
+        info = self.session.info
         plan = plan_tiles(height, width, tile=tile, tile_pad=self.tile_pad, batch=self.batch,
-                          feather=self.feather, spec=self.session.input_spec,
-                          multiple=self.session.info.size_multiple, minimum=self.session.info.min_size)
+                          feather=self.feather, spec=self.session.input_spec, multiple=info.size_multiple,
+                          minimum=info.min_size)
         if notes:
             plan = dataclasses.replace(plan, notes=notes + plan.notes)
-        if self.tile == "auto":
-            self._auto_tile = tile
+        self.last_tile = tile
         return plan
 
     def resolve_tile(self, height: int, width: int, **kwargs) -> int | tuple[int, int]:
         """The tile ``plan`` uses for this image, as ``plan_tiles`` takes it (``tile="auto"``
         resolved: 0 = whole image, else (core height, core width))."""
         self.plan(height, width, **kwargs)
-        return self._auto_tile if self.tile == "auto" else self.tile
+        return self.last_tile
 
     def describe(self) -> str:
         """Tiling settings for the CLI's first line: with ``tile="auto"``, the tile chosen for the
         last planned image and its predicted peak against the budget."""
-        if self.tile != "auto":
-            t = self.tile
-            text = f"tile {t if isinstance(t, int) else f'{t[1]}x{t[0]}'}" if t else "tile whole image"
-        elif self._auto_tile is None:
+        if not self.settings.auto:
+            text = f"tile {_tile_text(self.tile)}" if self.tile else "tile whole image"
+        elif self.last_tile is None:
             text = f"tile auto (max memory {_size(self.budget)})"
         else:
-            t = self._auto_tile
-            text = f"tile auto -> {'whole image' if not t else t if isinstance(t, int) else f'{t[1]}x{t[0]}'}"
+            text = f"tile auto -> {_tile_text(self.last_tile) if self.last_tile else 'whole image'}"
             p = self.last_prediction
             text += (f" (predicted peak {_size(p.total)}, max memory {_size(self.budget)})" if p is not None
                      else " (memory not predicted: no ONNX graph)")
@@ -343,6 +267,11 @@ class Upscaler:
             del band
 
 
+def _tile_text(tile: int | tuple[int, int]) -> str:
+    """256, or (h, w) as the flags write sizes: WxH."""
+    return str(tile) if isinstance(tile, int) else f"{tile[1]}x{tile[0]}"
+
+
 def _size(n: int) -> str:
     from .budget import format_size
 
@@ -406,71 +335,7 @@ def _resize_rows(alpha: np.ndarray, y: int, n: int, s: int) -> np.ndarray:
     return strip[y - a0 * s:y - a0 * s + n]
 
 
-# ----------------------------------------------------------------------------- files and folders
-def _has_magic(s: str) -> bool:
-    return any(c in s for c in "*?[")
-
-
-def collect_inputs(items: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Expand files, folders and globs into a sorted, de-duplicated file list.
-
-    Returns:
-        (files, problems) where problems are (item, message) for items that matched nothing.
-    """
-    files: list[Path] = []
-    problems: list[tuple[str, str]] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS
-                           and not f.name.startswith("."))
-            if not found:
-                problems.append((item, f"{item}: folder contains no images ({', '.join(IMAGE_EXTS)})"))
-            files += found
-        elif p.exists():
-            if p.suffix.lower() in VIDEO_EXTS:  # read_image would only say "not an image"
-                problems.append((item, f"{item}: is a video; upscale it with `srdeploy video -i {item} -o OUT`"))
-                continue
-            files.append(p)
-        elif _has_magic(item):
-            found = sorted(Path(f) for f in glob.glob(item) if Path(f).is_file())
-            if not found:
-                problems.append((item, f"{item}: no files match this pattern"))
-            files += found
-        else:
-            problems.append((item, f"{item}: no such file or folder"))
-    seen: set[Path] = set()
-    unique = []
-    for f in files:
-        key = f.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(f)
-    return unique, problems
-
-
-def output_paths(files: list[Path], output: str, *, ext: str | None, suffix: str,
-                 single_item: bool) -> dict[Path, Path]:
-    """Map each input to its output path (see the ``-o`` help)."""
-    out = Path(output)
-    if ext is not None:
-        ext = "." + ext.lower().lstrip(".")
-        if ext not in IMAGE_EXTS:
-            raise ValueError(f"--ext {ext[1:]}: unsupported output format; use one of "
-                             + ", ".join(e[1:] for e in IMAGE_EXTS))
-    if single_item and len(files) == 1 and out.suffix.lower() in IMAGE_EXTS and not out.is_dir():
-        if ext is not None and ext != out.suffix.lower():
-            raise ValueError(f"-o {out} has extension {out.suffix} but --ext says {ext}; drop one of them")
-        return {files[0]: out}
-    if out.suffix.lower() in IMAGE_EXTS and not out.is_dir():
-        raise ValueError(f"-o {out}: an output file name needs exactly one input file ({len(files)} given, or a "
-                         "folder/glob); give an output folder instead")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"-o {out}: exists and is not a folder (a single output file needs exactly one "
-                         "input file and an image extension)")
-    return {f: out / f"{f.stem}{suffix}{ext or f.suffix}" for f in files}
-
-
+# ----------------------------------------------------------------------------- files
 @dataclass
 class FilesReport:
     """What ``upscale_files`` did: outputs written and one message per failed input."""
@@ -487,7 +352,8 @@ def upscale_files(upscaler: Upscaler, mapping: dict[Path, Path], *, overwrite: b
 
     Args:
         upscaler: the Upscaler (session + tiling).
-        mapping: input -> output path (``output_paths``).
+        mapping: input -> output path (``media.files.output_paths``); an output that would
+            replace an input or that two inputs share fails that file (``files.output_problem``).
         overwrite: replace existing outputs.
         quality: JPEG/WebP quality.
         progress: tqdm bars on stderr (files, and tiles of large images).
@@ -499,33 +365,25 @@ def upscale_files(upscaler: Upscaler, mapping: dict[Path, Path], *, overwrite: b
     Returns:
         A FilesReport; outputs are written atomically, never over an input.
     """
-    import sys
-
-    from tqdm import tqdm
-
+    from .media.files import output_problem
     from .media.images import check_writable, read_image
-    from .media.writers import held_output_bytes, streams, write_bands
+    from .media.writers import held_output_bytes, streams
+    from .progress import progress_bar, say as say_line
 
-    def say(msg: str) -> None:
-        (log or (lambda m: tqdm.write(m, file=sys.stderr)))(msg)
-
+    say = log or say_line
     report = FilesReport()
     last = None
-    planned: set[Path] = set()
+    inputs = {f.resolve() for f in mapping}
+    taken: dict[Path, Path] = {}
     files = list(mapping)
-    bar = tqdm(files, unit="img", disable=not progress or len(files) < 2, file=sys.stderr)
+    bar = progress_bar(files, unit="img", enabled=progress and len(files) >= 2)
     for src in bar:
         dst = mapping[src]
         bar.set_postfix_str(src.name)
         try:
-            key = dst.resolve()
-            if key == src.resolve():
-                raise ValueError(f"{src}: output {dst} would overwrite the input; choose another -o folder, "
-                                 "--suffix or --ext")
-            if key in planned:
-                raise ValueError(f"{src}: output {dst} is also the output of an earlier input; use --suffix "
-                                 "or separate runs")
-            planned.add(key)
+            problem = output_problem(src, dst, inputs, taken)
+            if problem:
+                raise ValueError(problem)
             if dst.exists() and not overwrite:
                 raise FileExistsError(f"{dst}: already exists; pass --overwrite to replace it")
             img, meta = read_image(src, order="BGR")
@@ -537,24 +395,14 @@ def upscale_files(upscaler: Upscaler, mapping: dict[Path, Path], *, overwrite: b
             if announce is not None:
                 announce(upscaler)
                 announce = None
-            elif upscaler.tile == "auto" and upscaler.describe() != last:
+            elif upscaler.settings.auto and upscaler.describe() != last:
                 say(f"srdeploy upscale: note: {src}: {upscaler.describe()}")
             last = upscaler.describe()
             if held >= LARGE_OUTPUT_BYTES:
                 say(f"srdeploy upscale: note: {dst}: {dst.suffix} cannot be written band by band, so the whole "
                     f"{w * sc}x{h * sc} output is held in memory ({_size(held)}); .png or .tiff stream it")
-            tiles = tqdm(total=plan.num_tiles, unit="tile", leave=False, file=sys.stderr,
-                         disable=not progress or plan.num_tiles < 4)
-            try:
-                def prog(done: int, total: int) -> None:
-                    tiles.total = total
-                    tiles.update(done - tiles.n)
-
-                bands = upscaler.bands(img, order="BGR", progress=prog, streamed=streamed)
-                write_bands(dst, bands, height=h * sc, width=w * sc, channels=meta.channels, dtype=img.dtype,
-                            order="BGR", overwrite=overwrite, quality=quality)
-            finally:
-                tiles.close()
+            _write_upscaled(upscaler, img, meta.channels, dst, plan.num_tiles, streamed=streamed,
+                            overwrite=overwrite, quality=quality, progress=progress)
             del img
             report.written.append(dst)
             for note in plan.notes:
@@ -565,3 +413,23 @@ def upscale_files(upscaler: Upscaler, mapping: dict[Path, Path], *, overwrite: b
             say(f"srdeploy upscale: error: {msg}")
     bar.close()
     return report
+
+
+def _write_upscaled(upscaler: Upscaler, img: np.ndarray, channels: int, dst: Path, num_tiles: int, *,
+                    streamed: bool, overwrite: bool, quality: int | None, progress: bool) -> None:
+    """Upscale ``img`` (BGR) band by band straight into ``dst``, with a tile bar for large images."""
+    from .media.writers import write_bands
+    from .progress import progress_bar
+
+    h, w, sc = img.shape[0], img.shape[1], upscaler.scale
+    tiles = progress_bar(total=num_tiles, unit="tile", leave=False, enabled=progress and num_tiles >= 4)
+    try:
+        def prog(done: int, total: int) -> None:
+            tiles.total = total
+            tiles.update(done - tiles.n)
+
+        bands = upscaler.bands(img, order="BGR", progress=prog, streamed=streamed)
+        write_bands(dst, bands, height=h * sc, width=w * sc, channels=channels, dtype=img.dtype,
+                    order="BGR", overwrite=overwrite, quality=quality)
+    finally:
+        tiles.close()

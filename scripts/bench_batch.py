@@ -66,7 +66,8 @@ def make_inputs(folder: Path, n: int, size: tuple[int, int], data: Path) -> list
 
 def run_upscale(model: str, files: list[Path], out: Path) -> dict:
     from srdeploy.runtime.open import open_session
-    from srdeploy.runtime.upscale import DEFAULT_TILE, Upscaler, upscale_files
+    from srdeploy.runtime.settings import DEFAULT_TILE
+    from srdeploy.runtime.upscale import Upscaler, upscale_files
 
     t0 = time.perf_counter()
     with open_session(model, threads=1) as session:
@@ -82,12 +83,12 @@ def run_batch_once(model: str, inputs: Path, out: Path, workers: int) -> dict:
     from srdeploy.runtime.batch.driver import BatchConfig, run_batch
     from srdeploy.runtime.batch.job import Settings
     from srdeploy.runtime.open import SessionRecipe
+    from srdeploy.runtime.settings import DEFAULT_TILE, RunSettings, TileSettings
 
-    settings = Settings(model=model, backend="onnxruntime", device="cpu", precision=None, tile=None, tile_pad=None,
-                        batch=1, feather=0, alpha="model", ext=None, suffix="", quality=None)
-    cfg = BatchConfig(inputs=[str(inputs)], outdir=str(out), recipe=SessionRecipe(model, threads=1),
-                      settings=settings, tiling={"tile": None, "tile_pad": None, "batch": 1, "feather": 0,
-                                                 "alpha": "model"},
+    settings = Settings(model=model, backend="onnxruntime", device="cpu", precision=None, tile=DEFAULT_TILE,
+                        tile_pad=None, batch=1, feather=0, alpha="model", ext=None, suffix="", quality=None)
+    run = RunSettings(SessionRecipe(model, threads=1), TileSettings(tile=DEFAULT_TILE))
+    cfg = BatchConfig(inputs=[str(inputs)], outdir=str(out), run=run, settings=settings,
                       workers=workers, threads_per_worker=1, progress=False)
     t0 = time.perf_counter()
     s = run_batch(cfg, log=lambda m: None)
@@ -107,6 +108,7 @@ def segment_cost(model: str, work: Path, frames: int = 48, short: int = 2) -> di
     from srdeploy.runtime.batch.job import Settings
     from srdeploy.runtime.media import ffmpeg as ff
     from srdeploy.runtime.open import SessionRecipe
+    from srdeploy.runtime.settings import DEFAULT_TILE, RunSettings, TileSettings
 
     src = work / "vid"
     src.mkdir()
@@ -116,12 +118,12 @@ def segment_cost(model: str, work: Path, frames: int = 48, short: int = 2) -> di
                     "yuv420p", str(clip)], check=True)
     res = {}
     for n in (frames, short):
-        settings = Settings(model=model, backend="onnxruntime", device="cpu", precision=None, tile=None,
+        settings = Settings(model=model, backend="onnxruntime", device="cpu", precision=None, tile=DEFAULT_TILE,
                             tile_pad=None, batch=1, feather=0, alpha="model", ext=None, suffix="", quality=None,
                             segment_frames=n)
-        cfg = BatchConfig(inputs=[str(clip)], outdir=str(work / f"vout{n}"), recipe=SessionRecipe(model, threads=1),
-                          settings=settings, tiling={"tile": None, "tile_pad": None, "batch": 1, "feather": 0,
-                                                     "alpha": "model"}, workers=1, progress=False)
+        run = RunSettings(SessionRecipe(model, threads=1), TileSettings(tile=DEFAULT_TILE))
+        cfg = BatchConfig(inputs=[str(clip)], outdir=str(work / f"vout{n}"), run=run, settings=settings, workers=1,
+                          progress=False)
         s = run_batch(cfg, log=lambda m: None)
         assert s.ok, s.failures
         res[n] = s.seconds - s.startup_s
@@ -177,9 +179,9 @@ def main() -> None:
 
     import ray
 
-    from srdeploy.runtime.cli._args import parse_size
+    from srdeploy.runtime.parsing import parse_wh
 
-    size = parse_size(args.size)
+    size = parse_wh(args.size)
     work = Path(tempfile.mkdtemp(prefix="bench_batch_"))
     inputs = work / "in"
     inputs.mkdir()

@@ -213,10 +213,10 @@ def main() -> int:
             failed |= not ok
             from srdeploy.runtime.budget import tile_overhead
             from srdeploy.runtime.open import open_session
-            from srdeploy.runtime.upscale import Upscaler
+            from srdeploy.runtime.settings import TileSettings
 
             with open_session(str(model)) as s:
-                pad = Upscaler(s, tile_pad=args.tile_pad).tile_pad
+                pad = TileSettings(tile_pad=args.tile_pad).pad_for(s.info.receptive_radius, s.info.tile_margin)
             shown = "whole" if not row["tile"] else "x".join(map(str, row["tile"][::-1])) if isinstance(
                 row["tile"], tuple) else row["tile"]
             line += (f"; tile {shown} (WxH), predicted {row['predicted']:.0f} MiB, measured/predicted "

@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from srdeploy.runtime.bench import BenchConfig, run_bench, torch_reference, write_json
-    from srdeploy.runtime.cli._args import parse_size
+    from srdeploy.runtime.open import SessionRecipe
+    from srdeploy.runtime.parsing import parse_wh
+    from srdeploy.runtime.settings import RunSettings, TileSettings
 
     torch_default_threads = torch.get_num_threads()
     rows = []
@@ -73,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(t or torch_default_threads)
             runner = torch_reference(str(ckpt), t)
             for size in args.sizes:
-                w, h = parse_size(size)
-                cfg = BenchConfig(model=str(onnx_path), width=w, height=h, threads=t, warmup=args.warmup,
+                w, h = parse_wh(size)
+                run = RunSettings(SessionRecipe(str(onnx_path), threads=t), TileSettings(tile=0))
+                cfg = BenchConfig(run, width=w, height=h, warmup=args.warmup,
                                   iters=args.iters, full_path=True, compare_torch=str(ckpt),
                                   video="" if args.video else None, video_frames=args.video_frames)
                 print(f"== {size}, threads {threads or 'default'}", file=sys.stderr)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Training speed: iterations/s of the real training step (srdeploy.train.trainer) for a model.
+"""Training speed: iterations/s of the real training step (srdeploy.train.steps) for a model.
 
 Default: SRResNet x4, 16 blocks, 64 channels, batch 16, HR crops 96 (LR 24x24), as the paper.
 Measures, in the same run:
@@ -46,20 +46,20 @@ def make_precision(name: str, device):
     """
     import torch
 
-    from srdeploy.train import trainer
+    from srdeploy.train import steps
 
     if name == "auto":
-        return trainer.resolve_precision(True, device)
+        return steps.resolve_precision(True, device)
     if name == "fp32":
-        return trainer.Precision("fp32", note="fp32")
+        return steps.Precision("fp32", note="fp32")
     if device.type != "cuda":
         raise SystemExit(f"bench_train: precision {name} runs on CUDA only (training autocasts on CUDA)")
     if name == "bf16":
         if not torch.cuda.is_bf16_supported():
             raise SystemExit("bench_train: this GPU has no bf16 support")
-        return trainer.Precision("bf16", torch.bfloat16, note="autocast bf16")
+        return steps.Precision("bf16", torch.bfloat16, note="autocast bf16")
     if name == "fp16":
-        return trainer.Precision("fp16", torch.float16, torch.amp.GradScaler("cuda"), note="autocast fp16 + GradScaler")
+        return steps.Precision("fp16", torch.float16, torch.amp.GradScaler("cuda"), note="autocast fp16 + GradScaler")
     raise SystemExit(f"bench_train: unknown precision {name!r}; choose auto, fp32, bf16 or fp16")
 
 
@@ -70,12 +70,14 @@ def bench_one(args, *, amp: bool, channels_last: bool, precision_name: str | Non
     """
     import torch
 
-    from srdeploy.train import trainer
+    from srdeploy.train import batches as train_batches
+    from srdeploy.train import steps
     from srdeploy.train.archs import Discriminator, SRResNet, VGGFeatures
     from srdeploy.train.config import TrainConfig
     from srdeploy.train.data import SRTrainDataset
+    from srdeploy.train.distributed import resolve_device
 
-    device = trainer.resolve_device(args.device)
+    device = resolve_device(args.device)
     cfg = TrainConfig(kind=args.kind, data=[args.data], out="unused", batch_size=args.batch_size, crop=args.crop,
                       num_blocks=args.num_blocks, channels=args.channels, scale=args.scale, amp=amp,
                       channels_last=channels_last, device=str(device), vgg_weights="random").resolved(args.kind)
@@ -96,22 +98,22 @@ def bench_one(args, *, amp: bool, channels_last: bool, precision_name: str | Non
         vgg = VGGFeatures(layer=cfg.vgg_layer, weights="random").to(device, memory_format=fmt)
         disc = Discriminator(base_channels=cfg.d_channels).to(device, memory_format=fmt)
         d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.lr)
-        step = trainer._SRGANStep(**common, vgg=vgg, disc=disc, d_train=disc, d_optimizer=d_opt,
-                                  d_scheduler=torch.optim.lr_scheduler.LambdaLR(d_opt, lambda s: 1.0))
+        step = steps.SRGANStep(**common, vgg=vgg, disc=disc, d_train=disc, d_optimizer=d_opt,
+                                d_scheduler=torch.optim.lr_scheduler.LambdaLR(d_opt, lambda s: 1.0))
     else:
-        step = trainer._SRResNetStep(**common)
+        step = steps.SRResNetStep(**common)
 
     dataset = SRTrainDataset(cfg.data, crop=cfg.crop, scale=cfg.scale, seed=0)
     total = args.warmup + args.steps
     gpu_crops = device.type == "cuda"
     if gpu_crops:
-        cropper = trainer.TensorCropper(dataset, device)
+        cropper = train_batches.TensorCropper(dataset, device)
 
         def batches(n):
-            return (cropper.batch(trainer.step_indices(s, cfg.batch_size)) for s in range(n))
+            return (cropper.batch(train_batches.step_indices(s, cfg.batch_size)) for s in range(n))
     else:
         def batches(n):
-            return iter(torch.utils.data.DataLoader(dataset, batch_sampler=trainer.StepBatches(0, n, cfg.batch_size),
+            return iter(torch.utils.data.DataLoader(dataset, batch_sampler=train_batches.StepBatches(0, n, cfg.batch_size),
                                                     num_workers=args.workers))
 
     def sync():
@@ -126,8 +128,8 @@ def bench_one(args, *, amp: bool, channels_last: bool, precision_name: str | Non
             sync()
             t0 = time.perf_counter()
         lr, hr = next(it)
-        lr = trainer._to_device(lr, device, cl)
-        hr = trainer._to_device(hr, device, cl)
+        lr = steps.to_device(lr, device, cl)
+        hr = steps.to_device(hr, device, cl)
         loss = step(lr, hr)["loss"]
     sync()
     full = time.perf_counter() - t0
@@ -182,7 +184,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from srdeploy.train.trainer import resolve_device
+    from srdeploy.train.distributed import resolve_device
 
     args.data = _images_folder(args.data)
     if args.threads:

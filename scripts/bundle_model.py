@@ -12,12 +12,16 @@ Steps (each one a public srdeploy command or function, so the bundle proves the 
      and an FP16 variant kept in a temp folder), srdeploy quantize -> models/<name>_int8.onnx, srdeploy
      eval of FP32/FP16/INT8 through the runtime (ONNX Runtime; INT8 and FP32 also on OpenVINO) and
      srdeploy bench --compare --peak at 128x128 and 256x256; the table goes into the card.
+  7. the TensorRT INT8 variant (``--trt-int8``; also run by ``--deploy``): srdeploy quantize --target
+     tensorrt -> models/<name>_int8_trt.onnx (symmetric int8, what TensorRT's parser takes), its loss on
+     Set5/Set14 through ONNX Runtime on the CPU recorded in the card.
 
 Usage:
   python scripts/bundle_model.py --run runs/srresnet_x4 --name srresnet_x4 \
       [--hardware "2-core CPU ..."] [--command "srdeploy train srresnet ..."]
   python scripts/bundle_model.py --card-only   # step 5 alone, from the existing model_card.json
   python scripts/bundle_model.py --deploy --threads 2   # step 6 alone, from the bundled checkpoint
+  python scripts/bundle_model.py --trt-int8 --threads 2   # step 7 alone, from the bundled FP32 ONNX
 
 The card records the run folder by its name (settings "out"), never a path of the training machine.
 """
@@ -49,7 +53,7 @@ def srdeploy(*args: str) -> subprocess.CompletedProcess:
     return res
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="training run folder (best.pt, metrics.csv, settings.json)")
     ap.add_argument("--card-only", action="store_true",
@@ -64,14 +68,26 @@ def main() -> int:
     ap.add_argument("--notes", default="", help="extra text for the card (Markdown)")
     ap.add_argument("--deploy", action="store_true",
                     help="step 6 alone: FP32/FP16/INT8 variants, their eval and benchmark, from the bundled checkpoint")
+    ap.add_argument("--trt-int8", action="store_true",
+                    help="step 7 alone: the TensorRT INT8 variant (quantize --target tensorrt) of the bundled FP32 ONNX")
     ap.add_argument("--no-deploy", action="store_true", help="after steps 1-5, skip step 6")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for step 6's quantize checks and benchmarks")
     ap.add_argument("--bench-iters", type=int, default=8, help="timed calls per model in step 6's benchmarks")
+    return ap
+
+
+def main() -> int:
+    ap = parser()
     args = ap.parse_args()
     if args.card_only:
         return rewrite_card(Path(args.out), args.notes)
     if args.deploy:
         return deploy(Path(args.out), args.name, threads=args.threads, iters=args.bench_iters)
+    if args.trt_int8:
+        out = Path(args.out)
+        card = trt_int8(out, args.name, json.loads((out / "model_card.json").read_text()), threads=args.threads)
+        write_card(out, card, card_notes(out))
+        return 0
     if not args.run:
         ap.error("--run is required (or --card-only)")
 
@@ -181,11 +197,36 @@ def deploy(out: Path, name: str, *, threads: int, iters: int) -> int:
                                       for s in ("Set5", "Set14")},
         "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    md = (out / "MODEL_CARD.md").read_text() if (out / "MODEL_CARD.md").is_file() else ""
-    notes = md.split("\n## Notes\n\n", 1)[1].split("\n\n## Deployment", 1)[0].split("\n\nReproduce the figures:", 1)[0] \
-        if "\n## Notes\n\n" in md else ""
-    write_card(out, card, notes)
+    card = trt_int8(out, name, card, threads=threads)
+    write_card(out, card, card_notes(out))
     return 0
+
+
+def trt_int8(out: Path, name: str, card: dict, *, threads: int) -> dict:
+    """Step 7: ``srdeploy quantize --target tensorrt`` of the bundled FP32 ONNX; returns the card with
+    ``onnx_int8_trt`` and ``trt_int8`` (loss through ONNX Runtime on the CPU, calibration, float layers)."""
+    fp32, trt = out / f"{name}.onnx", out / f"{name}_int8_trt.onnx"
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "quantize_trt.json"
+        srdeploy("quantize", str(fp32), "-o", str(trt), "--target", "tensorrt", "--threads", str(threads),
+                 "--overwrite", "--json", str(report))
+        quant = json.loads(report.read_text())
+    card["onnx_int8_trt"] = trt.name
+    card["trt_int8"] = {**{k: quant[k] for k in ("float_nodes", "loss_db", "fp32_psnr", "int8_psnr", "max_loss",
+                                                 "calibration", "seconds")},
+                        "command": f"srdeploy quantize models/{fp32.name} -o models/{trt.name} --target tensorrt "
+                                   f"--threads {threads}",
+                        "cpu": cpu_description(),
+                        "measured": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return card
+
+
+def card_notes(out: Path) -> str:
+    """The hand-written notes of the existing MODEL_CARD.md (kept when the card is rewritten)."""
+    md = (out / "MODEL_CARD.md").read_text() if (out / "MODEL_CARD.md").is_file() else ""
+    if "\n## Notes\n\n" not in md:
+        return ""
+    return md.split("\n## Notes\n\n", 1)[1].split("\n\n## Deployment", 1)[0].split("\n\nReproduce the figures:", 1)[0]
 
 
 def cpu_description() -> str:
@@ -222,12 +263,7 @@ def rewrite_card(out: Path, notes: str = "") -> int:
     """Re-run step 5 on an existing bundle (card format changes): same figures, same notes."""
     card = json.loads((out / "model_card.json").read_text())
     card["settings"] = card_settings(card.get("settings", {}))
-    if not notes:
-        md = (out / "MODEL_CARD.md").read_text() if (out / "MODEL_CARD.md").is_file() else ""
-        if "\n## Notes\n\n" in md:
-            notes = md.split("\n## Notes\n\n", 1)[1].split("\n\n## Deployment", 1)[0].split(
-                "\n\nReproduce the figures:", 1)[0]
-    write_card(out, card, notes)
+    write_card(out, card, notes or card_notes(out))
     return 0
 
 
@@ -248,7 +284,10 @@ def write_markdown(path: Path, card: dict, notes: str) -> None:
         f"| `{card['checkpoint']}` | srdeploy checkpoint (arch + kwargs + weights; `torch.load(weights_only=True)`) |",
         f"| `{card['onnx']}` | FP32 ONNX, BatchNorm folded, dynamic batch/height/width, srdeploy metadata |",
         *([f"| `{card['onnx_int8']}` | INT8 QDQ (`srdeploy quantize`): conv inputs int8, per-channel weights; "
-           "ONNX Runtime, OpenVINO, TensorRT |"] if card.get("onnx_int8") else []),
+           "ONNX Runtime, OpenVINO |"] if card.get("onnx_int8") else []),
+        *([f"| `{card['onnx_int8_trt']}` | INT8 QDQ for TensorRT (`srdeploy quantize --target tensorrt`): symmetric "
+           "int8 (zero points 0), float biases, exact input; `srdeploy build-engine` |"]
+          if card.get("onnx_int8_trt") else []),
         "| `model_card.json` | the figures below, machine-readable (tests check the Set5 gain) |",
         "",
         "## Results (Y channel, border crop 4, LR by MATLAB-style bicubic)",
@@ -282,14 +321,31 @@ def write_markdown(path: Path, card: dict, notes: str) -> None:
         lines += ["", "## Notes", "", notes]
     if card.get("deployment"):
         lines += deployment_markdown(card)
+    if card.get("trt_int8"):
+        lines += trt_int8_markdown(card)
     lines += ["", "Reproduce the figures:", "", "```bash",
               f"srdeploy eval models/{card['checkpoint']} ../shared/data/benchmark/Set5 ../shared/data/benchmark/Set14",
               "srdeploy eval --bicubic ../shared/data/benchmark/Set5 ../shared/data/benchmark/Set14",
               f"srdeploy verify models/{card['checkpoint']} models/{card['onnx']}",
               *(["python scripts/bundle_model.py --deploy --threads 2   # the deployment tables"]
                 if card.get("deployment") else []),
+              *(["python scripts/bundle_model.py --trt-int8 --threads 2   # the TensorRT INT8 file and its loss"]
+                if card.get("trt_int8") else []),
               "```", ""]
     path.write_text("\n".join(lines))
+
+
+def trt_int8_markdown(card: dict) -> list[str]:
+    """The card's TensorRT INT8 section: its loss through ONNX Runtime on the CPU."""
+    q = card["trt_int8"]
+    cal = q["calibration"]
+    loss = ", ".join(f"{s} {q['fp32_psnr'][s]:.3f} -> {q['int8_psnr'][s]:.3f} dB ({-q['loss_db'][s]:+.3f})"
+                     for s in q["loss_db"])
+    return ["", "## TensorRT INT8", "",
+            f"`{card['onnx_int8_trt']}`: `{q['command']}` ({q['measured'][:10]}; {q['cpu']}). Calibrated on "
+            f"{cal['images']} LR crops {cal['crop']}x{cal['crop']} of the training images ({cal['method']}); layers "
+            f"kept float: {', '.join(q['float_nodes']) or 'none'}; limit {q['max_loss']} dB. Y-PSNR through ONNX "
+            f"Runtime on the CPU (the eval protocol): {loss}. Not yet built or run by TensorRT in this project."]
 
 
 def deployment_markdown(card: dict) -> list[str]:

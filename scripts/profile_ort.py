@@ -55,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
 
     from bench_ort_vs_torch import build_default_model
-    from srdeploy.runtime.bench import deterministic_input
-    from srdeploy.runtime.cli._args import parse_size
+    from srdeploy.runtime.measure import deterministic_input
+    from srdeploy.runtime.parsing import parse_wh
 
-    w, h = parse_size(args.size)
+    w, h = parse_wh(args.size)
     x = deterministic_input((1, 3, h, w))
     levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}

@@ -147,6 +147,32 @@ def test_bad_file_is_reported_and_the_others_written(cluster, model, images, tmp
     assert again["skipped"] == 2 and again["failed"] == 1
 
 
+def test_max_memory_changes_the_chosen_tile(cluster, model, images, tmp_path, capsys):
+    """--max-memory reaches the workers' Upscaler: a tiny budget forces small tiles (the worker's note
+    says which), the output equals `srdeploy upscale` with the same budget, and plan.json pins it."""
+    import re
+
+    src = images / "im0.png"  # 40x56: whole in any real budget, tiles of at most 16 in 1 MiB
+    tiles = {}
+    for budget in ("1M", "4G"):
+        out = tmp_path / budget
+        assert main(["batch", "-q", "-i", str(src), "-o", str(out), "--model", str(model), "--max-memory", budget,
+                     "--workers", "1"]) == 0
+        tiles[budget] = re.findall(r"tile auto -> (whole image|\d+x\d+)", capsys.readouterr().err)
+        plan = json.loads((out / ".srdeploy-batch" / "plan.json").read_text())
+        assert plan["settings"]["tile"] == "auto" and plan["settings"]["max_memory"] in (1 << 20, 4 << 30)
+    assert tiles["4G"] == ["whole image"]
+    assert len(tiles["1M"]) == 1 and tiles["1M"][0] != "whole image"
+    assert max(int(v) for v in tiles["1M"][0].split("x")) <= 16
+    ref = tmp_path / "ref.png"
+    assert main(["upscale", "-q", "-i", str(src), "-o", str(ref), "--model", str(model), "--max-memory", "1M",
+                 "--threads", "1"]) == 0
+    assert _same_pixels(tmp_path / "1M" / "im0.png", ref)
+    # resuming with another budget would mix tilings in one job: refused by name
+    assert main(["batch", "-q", "-i", str(src), "-o", str(tmp_path / "1M"), "--model", str(model), "--resume"]) == 1
+    assert "different max_memory" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def bigger(set5, tmp_path_factory) -> Path:
     """Images large enough (with --tile 24) that a worker is mid-task most of the time."""

@@ -13,7 +13,9 @@ import pytest
 from srdeploy.cli import main
 from srdeploy.runtime import bench
 from srdeploy.runtime.bench import BenchConfig, deterministic_input, output_checksum, run_bench
-from srdeploy.runtime.cli._args import parse_size
+from srdeploy.runtime.open import SessionRecipe
+from srdeploy.runtime.parsing import parse_wh
+from srdeploy.runtime.settings import RunSettings, TileSettings
 
 jsonschema = pytest.importorskip("jsonschema")
 
@@ -64,16 +66,20 @@ def test_deterministic_input_formula():
     assert deterministic_input((1, 3, 1, 1 << 20)).flat[-1] == np.float32(((3 * (1 << 20) - 1) * 37 + 11) % 256 / 255)
 
 
-def test_summarize_and_parse_size():
+def _run(model, **tiling) -> RunSettings:
+    return RunSettings(SessionRecipe(str(model)), TileSettings(**{"tile": 0, **tiling}))
+
+
+def test_summarize_and_parse_wh():
     t = bench.summarize([0.1, 0.2, 0.3, 0.4, 1.0], frames=2, out_pixels_per_frame=1_000_000)
     assert t["latency_ms"]["median"] == pytest.approx(300.0)
     assert t["latency_ms"]["p90"] == pytest.approx(760.0)
     assert t["fps"] == pytest.approx(2 / 0.3)
     assert t["megapixels_per_s"] == pytest.approx(2 / 0.3)
-    assert parse_size("64x48") == (64, 48)
+    assert parse_wh("64x48") == (64, 48)
     for bad in ("64", "axb", "0x4", "64x48x2"):
         with pytest.raises(ValueError, match="--size"):
-            parse_size(bad)
+            parse_wh(bad)
 
 
 def test_time_alternating_interleaves():
@@ -86,7 +92,7 @@ def test_time_alternating_interleaves():
 
 def test_run_bench_result_is_schema_valid_and_checksum_is_real(tiny):
     onnx_path, _ = tiny
-    cfg = BenchConfig(model=str(onnx_path), width=20, height=12, batch=2, warmup=1, iters=3)
+    cfg = BenchConfig(_run(onnx_path, batch=2), width=20, height=12, warmup=1, iters=3)
     result = run_bench(cfg, log=lambda s: None)
     validate(result)
     bench.validate_result(result)
@@ -115,9 +121,9 @@ def test_bench_tiled_model_only_matches_whole(tiny, monkeypatch):
     outputs: list[np.ndarray] = []
     real = bench.output_checksum
     monkeypatch.setattr(bench, "output_checksum", lambda y: outputs.append(np.array(y)) or real(y))
-    whole = run_bench(BenchConfig(model=str(onnx_path), width=40, height=36, warmup=0, iters=1,
+    whole = run_bench(BenchConfig(_run(onnx_path), width=40, height=36, warmup=0, iters=1,
                                   full_path=False), log=lambda s: None)
-    tiled = run_bench(BenchConfig(model=str(onnx_path), width=40, height=36, warmup=0, iters=1, tile=16,
+    tiled = run_bench(BenchConfig(_run(onnx_path, tile=16), width=40, height=36, warmup=0, iters=1,
                                   full_path=False), log=lambda s: None)
     assert tiled["input"]["tile"] == 16 and tiled["input"]["tile_pad"] == 12
     # tile_pad defaults to 12 = the tiny model's receptive radius: tiled output == whole output
@@ -167,8 +173,11 @@ def test_bench_is_torch_free(tiny, tmp_path):
 import sys
 sys.modules["torch"] = None  # any `import torch` now raises ImportError
 import srdeploy.runtime.bench as b, srdeploy.runtime.media.video, srdeploy.runtime.plot, srdeploy.runtime.cli.bench
-r = b.run_bench(b.BenchConfig(model={str(onnx_path)!r}, width=8, height=8, warmup=0, iters=1, video="",
-                              video_frames=2), log=lambda s: None)
+from srdeploy.runtime.open import SessionRecipe
+from srdeploy.runtime.settings import RunSettings, TileSettings
+run = RunSettings(SessionRecipe({str(onnx_path)!r}), TileSettings(tile=0))
+r = b.run_bench(b.BenchConfig(run, width=8, height=8, warmup=0, iters=1, video="", video_frames=2),
+                log=lambda s: None)
 assert "torch" not in sys.modules or sys.modules["torch"] is None
 print("ok", r["results"]["video"]["frames"])
 """

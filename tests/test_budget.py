@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from srdeploy.runtime.budget import (HEADROOM, GraphProfile, ProfileError, choose_tile, format_size, parse_size,
+from srdeploy.runtime.budget import (HEADROOM, GraphProfile, ProfileError, choose_tile, format_size,
                                      predict_peak, profile_graph, profile_onnx, tile_overhead)
 from srdeploy.runtime.open import default_model_path
+from srdeploy.runtime.parsing import parse_bytes
 
 
 @pytest.mark.parametrize("text,expected", [("1G", 1 << 30), ("512M", 512 << 20), ("1.5GB", 3 << 29),
                                            ("800MiB", 800 << 20), ("4096", 4096), (" 2 g ", 2 << 30),
                                            ("64k", 64 << 10)])
-def test_parse_size(text, expected):
-    assert parse_size(text) == expected
+def test_parse_bytes(text, expected):
+    assert parse_bytes(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "G", "1X", "-1G", "1 GB extra", "0"])
-def test_parse_size_rejects(text):
+def test_parse_bytes_rejects(text):
     with pytest.raises(ValueError, match="memory size"):
-        parse_size(text)
+        parse_bytes(text)
 
 
 def test_format_size():

@@ -14,8 +14,8 @@ MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
 def _bundle():
-    # The INT8 model (``*_int8.onnx``) is an alternative beside the default FP32 model.
-    onnx_files = sorted(p for p in MODELS.glob("*.onnx") if not p.stem.endswith("_int8"))
+    # The INT8 models (``*_int8.onnx``, ``*_int8_trt.onnx``) are alternatives beside the default FP32 model.
+    onnx_files = sorted(p for p in MODELS.glob("*.onnx") if not p.stem.endswith(("_int8", "_int8_trt")))
     ckpts = sorted(MODELS.glob("*.pt"))
     card = MODELS / "model_card.json"
     if not onnx_files or not ckpts or not card.is_file():
@@ -57,6 +57,52 @@ def test_bundled_int8_model_comes_from_the_fp32_one_within_the_loss_target():
             assert dep["evals"]["FP32 onnxruntime"][s]["psnr"] - dep["evals"][f"INT8 {backend}"][s]["psnr"] <= 0.05
     assert all(abs(v) <= 0.01 for v in dep["checkpoint_vs_onnx_ort_db"].values())
     assert int8[0].stat().st_size < 3e6
+
+
+def test_bundled_tensorrt_int8_model_is_what_tensorrt_parses_within_0_1_db():
+    """Issue 23 item 4: models/*_int8_trt.onnx (bundle_model.py --trt-int8) from the bundled FP32 model:
+    every Q/DQ zero point 0 and int8, no int32 bias DequantizeLinear, loss <= 0.1 dB on Set5/Set14."""
+    import onnx
+
+    from srdeploy.export.int8_trt import tensorrt_int8_problems
+    from srdeploy.export.onnx_export import read_metadata, read_props, sha256_file
+    from srdeploy.export.quantize import KEY_INT8
+
+    onnx_files, _, card = _bundle()
+    trt = sorted(MODELS.glob("*_int8_trt.onnx"))
+    assert [p.name for p in trt] == [card["onnx_int8_trt"]]
+    model = onnx.load(str(trt[0]))
+    assert tensorrt_int8_problems(model) == []
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(qdq) == 3 * sum(n.op_type == "Conv" for n in model.graph.node)
+    assert all(inits[n.input[2]].dtype == np.int8 and not inits[n.input[2]].any() for n in qdq)
+    assert not any(n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None
+                   and inits[n.input[0]].dtype == np.int32 for n in qdq)
+    assert read_metadata(trt[0]).precision == "int8"
+    meta = json.loads(read_props(trt[0])[KEY_INT8])
+    assert meta["target"] == "tensorrt" and meta["fp32_sha256"] == sha256_file(onnx_files[0])
+    assert set(meta["validation"]) == {"Set5", "Set14"}
+    assert all(0 < v["loss_db"] <= 0.1 for v in meta["validation"].values())
+    assert card["trt_int8"]["loss_db"] == pytest.approx({k: v["loss_db"] for k, v in meta["validation"].items()},
+                                                        abs=1e-3)
+    assert trt[0].stat().st_size < 3e6
+
+
+@pytest.mark.slow
+def test_bundled_tensorrt_int8_loss_on_set5_through_onnxruntime(set5):
+    """The recorded Set5 loss of the TensorRT INT8 file, measured again through the runtime on the CPU."""
+    from srdeploy.export.runtime_eval import evaluate_model_file
+    from srdeploy.runtime.open import SessionRecipe
+    from srdeploy.runtime.settings import DEFAULT_TILE, RunSettings, TileSettings
+
+    _, _, card = _bundle()
+    run = RunSettings(SessionRecipe(str(MODELS / card["onnx_int8_trt"]), "onnxruntime", threads=2),
+                      TileSettings(tile=DEFAULT_TILE))
+    (result,), _ = evaluate_model_file(run, [set5])
+    loss = card["trt_int8"]["fp32_psnr"]["Set5"] - result.psnr
+    assert 0 < loss <= 0.1
+    assert result.psnr == pytest.approx(card["trt_int8"]["int8_psnr"]["Set5"], abs=0.002)
 
 
 def test_runtime_default_model_is_the_bundled_onnx():

@@ -64,7 +64,7 @@ def run(exe: Path, *args: str) -> subprocess.CompletedProcess:
 def python_output(model: Path, batch: int, height: int, width: int, threads: int) -> np.ndarray:
     import onnxruntime as ort
 
-    from srdeploy.runtime.bench import deterministic_input
+    from srdeploy.runtime.measure import deterministic_input
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads

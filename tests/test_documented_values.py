@@ -1,4 +1,4 @@
-"""The numbers the README documents, pinned as literals (not compared with the code's own constants).
+"""The numbers the docs state (README.md, docs/*.md), pinned as literals (not the code's own constants).
 
 Each value is checked as a constant and, where cheap, through the behaviour it controls, so a
 changed constant and a constant that is no longer used both fail here.
@@ -19,7 +19,7 @@ from srdeploy.cli import main
 from srdeploy.cli import build_parser
 
 
-# ---------------------------------------------------------------- verify tolerances (README "Export, verify")
+# ---------------------------------------------------------------- verify tolerances (docs/export.md "Verify")
 def test_verify_tolerances():
     from srdeploy.export.pipeline import FP16_TOLERANCE
     from srdeploy.export.verify import DEFAULT_SIZES, FP16_ATOL, FP16_MIN_PSNR, FP32_ATOL, Tolerance, judge
@@ -33,11 +33,11 @@ def test_verify_tolerances():
     assert judge(0.99e-4, 120.0, fp32)[0] and not judge(1.01e-4, 120.0, fp32)[0]
     assert judge(1.99 / 255, 46.0, fp16)[0] and not judge(2.01 / 255, 46.0, fp16)[0]
     assert not judge(1 / 255, 44.9, fp16)[0]
-    # README: random inputs 1x33x47, 2x40x64, 1x96x71 (odd, non-square, batch 2)
+    # docs/export.md: random inputs 1x33x47, 2x40x64, 1x96x71 (odd, non-square, batch 2)
     assert DEFAULT_SIZES == ((1, 33, 47), (2, 40, 64), (1, 96, 71))
 
 
-# ---------------------------------------------------------------- FP16 overflow threshold (README: 2^14)
+# ---------------------------------------------------------------- FP16 overflow threshold (docs/export.md: 2^14)
 def test_fp16_threshold_is_2_to_the_14():
     import torch
 
@@ -55,9 +55,9 @@ def test_fp16_threshold_is_2_to_the_14():
         assert ("0" in report.risky_out) is risky, (c, report.risky_out)
 
 
-# ---------------------------------------------------------------- tiling defaults (README "Tiling")
+# ---------------------------------------------------------------- tiling defaults (docs/runtime.md "Tiling")
 def test_default_tile_and_margin_formula():
-    from srdeploy.runtime.upscale import DEFAULT_TILE, default_tile_pad
+    from srdeploy.runtime.settings import DEFAULT_TILE, default_tile_pad
 
     assert DEFAULT_TILE == 256
     # max(12, ceil(0.3 x radius)), never more than the radius itself
@@ -110,7 +110,7 @@ def test_default_margin_of_a_model_with_radius_over_40(deep_model, tmp_path, cap
     assert "tile 256, tile-pad 15, batch 1" in capsys.readouterr().err
 
 
-# ---------------------------------------------------------------- other defaults the README and --help state
+# ---------------------------------------------------------------- other defaults the docs and --help state
 def test_cli_defaults():
     p = build_parser()
     up = p.parse_args(["upscale", "-i", "a.png", "-o", "out"])
@@ -155,3 +155,28 @@ def test_image_size_limit_200_megapixels(tmp_path):
         read_image(over)
     with pytest.raises(ValueError, match="under.png: truncated PNG"):
         read_image(under)
+
+
+# ---------------------------------------------------------------- the pages still state the pinned values
+ROOT = Path(__file__).resolve().parents[1]
+STATED = {  # page -> sentences (whitespace-normalised) that carry the values pinned above
+    "docs/export.md": ["exports opset 17", "exceeds 2^14 (a quarter of FP16's 65504)",
+                       "random inputs (1x33x47, 2x40x64, 1x96x71:",
+                       "Tolerances: FP32 max abs <= 1e-4; FP16 max abs <= 2/255 and PSNR >= 45 dB."],
+    "docs/runtime.md": ["The default margin is `max(12, ceil(0.3 x radius))`, at most the radius: 12 for the bundled model.",
+                        "(40 LR pixels for the x4 SRResNet, from its metadata)",
+                        "The library's `Upscaler` defaults to tile 256",
+                        "JPEG 0-100 / WebP 1-100 is an error (default 95)",
+                        "declared size > 200 MP: `SRDEPLOY_MAX_IMAGE_PIXELS`",
+                        "default 1 GiB or half the available RAM, whichever is smaller",
+                        "(`--alpha model`, default)", "default `auto`"],
+    "docs/train.md": ["**Set5 28.43 dB / 0.8113, Set14 26.09 dB / 0.7050**"],
+}
+
+
+@pytest.mark.parametrize("page", sorted(STATED))
+def test_the_docs_still_state_the_pinned_values(page):
+    """A value moved or reworded in the docs must be moved here too, so doc and pin cannot drift apart."""
+    text = " ".join((ROOT / page).read_text().split())
+    missing = [s for s in STATED[page] if s not in text]
+    assert not missing, f"{page} no longer states: {missing}"

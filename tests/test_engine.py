@@ -25,7 +25,7 @@ from srdeploy.export.fuse import fuse_bn, randomize_bn
 from srdeploy.export.onnx_export import export_onnx, read_metadata
 from srdeploy.export.pipeline import export_checkpoint
 from srdeploy.runtime.backends.trt import SIDECAR_KEYS, read_sidecar, sidecar_path, write_sidecar
-from srdeploy.runtime.cli._args import parse_shape
+from srdeploy.runtime.parsing import parse_shape
 from srdeploy.runtime.metadata import INPUT_NAME, ModelInfo
 from srdeploy.train.archs import SRResNet
 from srdeploy.train.checkpoint import save_checkpoint

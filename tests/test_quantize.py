@@ -154,3 +154,62 @@ def test_int8_verify_tolerance_and_engine_precision(tiny, tmp_path):
     with pytest.raises(ValueError, match="INT8 QDQ model.*without --fp16"):
         build_engine(q, tmp_path / "m.engine", profiles=profiles, fp16=True)
     assert not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- --target tensorrt (issue 23, item 4)
+
+def test_tensorrt_target_is_symmetric_int8_with_float_biases_and_an_exact_input(tiny):
+    import onnx
+
+    from srdeploy.export.int8_trt import CENTERED, tensorrt_int8_problems
+    from srdeploy.export.quantize import KEY_INT8
+
+    out = tiny["dir"] / "tiny_int8_trt.onnx"
+    rep = quantize_model(tiny["onnx"], out, _cfg(tiny, max_loss=10.0, target="tensorrt"), log=lambda m: None)
+    model = onnx.load(str(out))
+    assert tensorrt_int8_problems(model) == []
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert len(qdq) == 3 * len(convs)  # per conv: Q + DQ of its input, DQ of its weights; no bias DQ
+    for n in qdq:
+        zp = inits[n.input[2]]
+        assert zp.dtype == np.int8 and not zp.any(), n.name
+    assert all(inits[c.input[2]].dtype == np.float32 for c in convs)  # biases stay float
+    # The centred input is quantized exactly: int8, scale 1/255 (all 256 pixel levels), zero point 0.
+    q_in = next(n for n in qdq if n.op_type == "QuantizeLinear" and n.input[0] == CENTERED)
+    assert inits[q_in.input[1]] == pytest.approx(1 / 255)
+    meta = json.loads({p.key: p.value for p in model.metadata_props}[KEY_INT8])
+    assert meta["target"] == "tensorrt" and rep.target == "tensorrt" and rep.speed == {}
+    # Every 8-bit input level survives the int8 input quantization; the file stays close to FP32.
+    x = (np.arange(256, dtype=np.float32).reshape(1, 1, 16, 16).repeat(3, axis=1) / 255)
+    ref, q = _run(tiny["onnx"], x), _run(out, x)
+    assert 0 < np.abs(q - ref).max() / np.abs(ref).max() < 0.05
+
+
+def test_build_engine_refuses_a_cpu_target_int8_model_before_tensorrt(tiny, tmp_path):
+    from srdeploy.export.engine import build_engine, profiles_from_args
+
+    q = tiny["dir"] / "tiny_int8.onnx"
+    if not q.exists():
+        quantize_model(tiny["onnx"], q, _cfg(tiny, max_loss=10.0), log=lambda m: None)
+    profiles = profiles_from_args(["1x3x16x16"], ["1x3x32x32"], ["1x3x64x64"])
+    with pytest.raises(ValueError, match=r"quantized for CPUs.*uint8.*int32 bias.*--target tensorrt"):
+        build_engine(q, tmp_path / "m.engine", profiles=profiles)
+    assert not list(tmp_path.iterdir())
+
+
+def test_centred_input_computes_the_same_function(tiny):
+    import onnx
+    import onnxruntime as ort
+
+    from srdeploy.export.int8_trt import center_input
+
+    model = onnx.load(str(tiny["onnx"]))
+    centred = center_input(onnx.load(str(tiny["onnx"])), input_name="lr", step=1 / 255)
+    onnx.checker.check_model(centred, full_check=True)
+    x = np.random.default_rng(1).random((2, 3, 21, 17), dtype=np.float32)  # borders included
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(  # noqa: E731
+        None, {"lr": x})[0]
+    assert np.abs(run(centred) - run(model)).max() < 1e-5
+    assert sum(n.op_type == "Conv" and n.input[0] == "lr" for n in centred.graph.node) == 0

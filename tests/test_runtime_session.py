@@ -63,6 +63,19 @@ def test_torch_backend_through_entry_point(models):
         open_session(models["pt"], precision="fp16")
 
 
+def test_torch_backend_contract_is_the_exported_one(models, tmp_path):
+    # One ModelInfo builder: a checkpoint opened on the torch backend describes itself exactly as
+    # its `srdeploy export` does (only the exporter's own version and FLOP count are added there).
+    from dataclasses import replace
+
+    from srdeploy.export.pipeline import export_checkpoint
+
+    r = export_checkpoint(models["pt"], tmp_path / "e.onnx", log=lambda *a: None)
+    with open_session(models["pt"]) as t, open_session(r.onnx_path) as o:
+        assert t.info.checkpoint_sha256 and t.info.arch_kwargs == {"scale": 2, "num_blocks": 2, "channels": 16}
+        assert replace(t.info, version=o.info.version, flops_per_pixel=o.info.flops_per_pixel) == o.info
+
+
 def test_session_checks_input(models):
     with open_session(models["onnx"]) as s:
         with pytest.raises(TypeError, match="float32"):

@@ -19,12 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from srdeploy.train import trainer
+from srdeploy.train import batches, schedule, steps, trainer
 from srdeploy.train.archs import SRResNet
 from srdeploy.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from srdeploy.train.config import TrainConfig
 from srdeploy.train.data import SRTrainDataset, load_rgb
-from srdeploy.train.trainer import NonFiniteLossError, TensorCropper, train_srgan, train_srresnet
+from srdeploy.train.batches import TensorCropper
+from srdeploy.train.distributed import DistInfo
+from srdeploy.train.trainer import NonFiniteLossError, train_srgan, train_srresnet
 
 TINY = {"scale": 4, "num_blocks": 1, "channels": 8}
 
@@ -254,7 +256,7 @@ def test_nonfinite_loss_stops_with_message_and_keeps_last_good(images, tmp_path,
             loss = torch.nn.functional.mse_loss(sr, hr)
             return loss * float("nan") if NaNAfter.calls > 3 else loss
 
-    monkeypatch.setattr(trainer, "pixel_loss", lambda kind: NaNAfter())
+    monkeypatch.setattr(steps, "pixel_loss", lambda kind: NaNAfter())
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match=r"non-finite \(loss=nan\) at step 4.*last good checkpoint.*step 2"):
         train_srresnet(tiny_cfg(images, out, iters=8, save_every=2, val=[]))
@@ -372,7 +374,7 @@ def test_tensor_cropper_cuts_the_dataset_crops(images):
 
 
 def test_step_indices_give_each_rank_its_own_items():
-    seen = [i for step in range(3) for rank in range(2) for i in trainer.step_indices(step, 4, rank, 2)]
+    seen = [i for step in range(3) for rank in range(2) for i in batches.step_indices(step, 4, rank, 2)]
     assert sorted(seen) == list(range(24))
 
 
@@ -416,7 +418,7 @@ def test_config_errors_name_the_flag(overrides, message, tmp_path):
 
 
 def test_precision_is_fp32_on_cpu():
-    p = trainer.resolve_precision(True, torch.device("cpu"))
+    p = steps.resolve_precision(True, torch.device("cpu"))
     assert (p.name, p.dtype, p.scaler) == ("fp32", None, None)
 
 
@@ -442,7 +444,7 @@ def test_cuda_amp_run(images, init_ckpt, tmp_path):
     train_srresnet(tiny_cfg(images, tmp_path / "tb", device="cuda", iters=10**5, time_budget=3.0,
                             val_every=10**6, save_every=10**6, log_every=10**6))
     tb = json.loads((tmp_path / "tb" / "settings.json").read_text())["resolved"]["time_budget"]
-    assert tb["planned_iters"] >= tb["actual_iters"] > tb["warmup_steps"] >= 3 + trainer.BUDGET_WARMUP_MIN_STEPS
+    assert tb["planned_iters"] >= tb["actual_iters"] > tb["warmup_steps"] >= 3 + schedule.BUDGET_WARMUP_MIN_STEPS
 
 
 def test_bench_train_script_runs_tiny(images, tmp_path, capsys):
@@ -470,12 +472,12 @@ def test_resume_with_changed_lr_schedule_and_iters_applies_them_from_the_resumed
     out = tmp_path / "run"
     common = dict(val=[], save_every=3, log_every=1)
     train_srresnet(tiny_cfg(images, out, iters=6, lr=1e-3, **common), stop_at=3)
-    assert _row_lrs(out)[3] == pytest.approx(1e-3 * trainer.lr_factor(tiny_cfg(images, out).resolved("srresnet"), 3))
+    assert _row_lrs(out)[3] == pytest.approx(1e-3 * schedule.lr_factor(tiny_cfg(images, out).resolved("srresnet"), 3))
 
     # New lr only: the cosine over 6 steps continues from step 3 with base 5e-3 (not 1e-3).
     train_srresnet(tiny_cfg(images, out, iters=6, lr=5e-3, resume=True, **common), stop_at=4)
     cosine6 = tiny_cfg(images, out, iters=6).resolved("srresnet")
-    assert _row_lrs(out)[4] == pytest.approx(5e-3 * trainer.lr_factor(cosine6, 4), rel=1e-9)
+    assert _row_lrs(out)[4] == pytest.approx(5e-3 * schedule.lr_factor(cosine6, 4), rel=1e-9)
     assert "lr: 0.001 -> 0.005" in capsys.readouterr().err
     # New schedule and iters too: "step" over 10 steps -> x1 before step 5, x0.1 from it.
     train_srresnet(tiny_cfg(images, out, iters=10, lr=5e-3, schedule="step", resume=True, **common))
@@ -510,7 +512,7 @@ def test_srgan_resume_with_new_lr_moves_the_discriminator_schedule_too(images, i
 
 # --- issue 11 item 14: the run's named steps, alone ----------------------------------------------
 def _set_up_run(cfg: TrainConfig) -> "trainer._Run":
-    run = trainer._Run(cfg.resolved(cfg.kind), trainer.DistInfo("cpu"))
+    run = trainer._Run(cfg.resolved(cfg.kind), DistInfo("cpu"))
     run.set_up()
     return run
 
@@ -538,7 +540,7 @@ def test_run_steps_set_up_one_step_validate_save_resume_alone(images, tmp_path):
 
 # --- issue 16 item 1: --time-budget -----------------------------------------------------------------
 def test_plan_iterations_counts_steps_validations_and_checkpoints():
-    plan = trainer.plan_iterations
+    plan = schedule.plan_iterations
     common = dict(its=10.0, cap=10**6, val_every=100, save_every=50, val_s=1.0, save_s=0.5)
     # 10 s at 10 it/s, nothing else: 100 steps; with checkpoints (0.5 s) at step 50 and the end: 90.
     assert plan(step=0, remaining_s=10.0, **{**common, "save_s": 0.0}, validate=False) == 100
@@ -566,7 +568,7 @@ class _FakeClock:
 def test_time_budget_plans_iters_records_them_and_the_schedule_spans_the_plan(images, tmp_path, capsys,
                                                                               monkeypatch):
     """Not timed (a fake clock): what is recorded, and the schedule spans the plan."""
-    monkeypatch.setattr(trainer, "_now", _FakeClock())
+    monkeypatch.setattr(schedule, "now", _FakeClock())
     out = tmp_path / "run"
     train_srresnet(tiny_cfg(images, out, iters=100_000, time_budget=1.2, val_every=10**6, save_every=10**6,
                             log_every=10**6))
@@ -575,7 +577,7 @@ def test_time_budget_plans_iters_records_them_and_the_schedule_spans_the_plan(im
     planned, actual = tb["planned_iters"], tb["actual_iters"]
     assert settings["iters"] == planned and settings["time_budget"] == 1.2 and tb["iters_cap"] == 100_000
     # Warm-up: 1 untimed step on the CPU, then at least BUDGET_WARMUP_MIN_STEPS timed ones and 5% of 1.2 s.
-    assert tb["warmup_steps"] >= 1 + trainer.BUDGET_WARMUP_MIN_STEPS and tb["its"] > 0
+    assert tb["warmup_steps"] >= 1 + schedule.BUDGET_WARMUP_MIN_STEPS and tb["its"] > 0
     assert 5 < planned == actual < 100 and tb["elapsed_s"] <= 1.2
     ckpt = load_checkpoint(out / "last.pt")
     assert (ckpt["step"], ckpt["planned_iters"], ckpt["settings"]["iters"]) == (actual, planned, planned)
@@ -583,7 +585,7 @@ def test_time_budget_plans_iters_records_them_and_the_schedule_spans_the_plan(im
     # Rows: the warm-up's validation/checkpoint step and the last step, both validated.
     assert [int(r["step"]) for r in rows] == [tb["warmup_steps"], actual] and rows[-1]["val_psnr"] != ""
     plan_cfg = tiny_cfg(images, out, iters=planned).resolved("srresnet")
-    assert float(rows[-1]["lr"]) == pytest.approx(1e-3 * trainer.lr_factor(plan_cfg, actual), rel=1e-9)
+    assert float(rows[-1]["lr"]) == pytest.approx(1e-3 * schedule.lr_factor(plan_cfg, actual), rel=1e-9)
     if actual == planned:  # the cosine reached its end with the budget
         assert float(rows[-1]["lr"]) == pytest.approx(1e-3 * 0.01)
     assert f"-> {planned} iterations" in capsys.readouterr().err
@@ -597,7 +599,7 @@ def test_time_budget_plans_iters_records_them_and_the_schedule_spans_the_plan(im
     lrs = _row_lrs(out)
     again = tiny_cfg(images, out, iters=tb2["planned_iters"]).resolved("srresnet")
     step = tb2["actual_iters"]
-    assert lrs[step] == pytest.approx(1e-3 * trainer.lr_factor(again, step), rel=1e-9)
+    assert lrs[step] == pytest.approx(1e-3 * schedule.lr_factor(again, step), rel=1e-9)
 
 
 def test_time_budget_flag_parses_durations():
@@ -667,7 +669,7 @@ def test_ema_equals_a_hand_computation_after_k_steps():
     with torch.no_grad():
         for p in model.parameters():
             p.fill_(1.0)
-    ema = trainer.EMA(model, 0.9)
+    ema = steps.EMA(model, 0.9)
     expected = 1.0
     for k, value in enumerate([3.0, -1.0, 5.0], 1):
         with torch.no_grad():
@@ -683,9 +685,9 @@ def test_ema_equals_a_hand_computation_after_k_steps():
 
 
 def test_schedules_give_these_learning_rates():
-    def lrs(schedule, steps):
-        cfg = TrainConfig(data=["d"], iters=100, schedule=schedule, lr_min_ratio=0.01).resolved("srresnet")
-        return [trainer.lr_factor(cfg, s) for s in steps]
+    def lrs(kind, at):
+        cfg = TrainConfig(data=["d"], iters=100, schedule=kind, lr_min_ratio=0.01).resolved("srresnet")
+        return [schedule.lr_factor(cfg, s) for s in at]
 
     assert lrs("cosine", [0, 25, 50, 75, 100]) == pytest.approx([1.0, 0.8550179, 0.505, 0.1549821, 0.01], abs=1e-7)
     assert lrs("step", [0, 49, 50, 99]) == [1.0, 1.0, 0.1, 0.1]

@@ -48,8 +48,32 @@ class Recorder:
         return {dev for name, dev, _ in self.calls if name in names}
 
 
+class StreamHandle:
+    """Like cuda-python's ``cudaStream_t``: an object, not an int; ``int()`` gives the address that
+    TensorRT's ``execute_async_v3`` / ``set_optimization_profile_async`` take."""
+
+    def __init__(self, address: int) -> None:
+        self._address = address
+
+    def __int__(self) -> int:
+        return self._address
+
+    __index__ = __int__
+
+    def __repr__(self) -> str:
+        return f"<cudaStream_t {self._address:#x}>"
+
+
+def _stream(s):
+    """cudart calls take the handle (cuda-python also converts an int, but srdeploy passes the handle)."""
+    if not isinstance(s, StreamHandle):
+        raise TypeError(f"stand-in cudart: expected the cudaStream_t from cudaStreamCreate, got {type(s).__name__}")
+    return s
+
+
 def stand_in_cudart(rec: Recorder, count: int = 2):
-    """A recording stand-in for ``cuda.bindings.runtime``: (error, value) tuples as cuda-python returns."""
+    """A recording stand-in for ``cuda.bindings.runtime``: (error, value) tuples as cuda-python returns.
+    Every name it defines exists in the real module (test_cuda_bindings.py checks)."""
     ok = "cudaSuccess"
     handles = iter(range(0x1000, 0x100000, 0x100))
     pinned: dict[int, object] = {}  # host addresses must be readable by numpy: keep real ctypes blocks alive
@@ -74,11 +98,12 @@ def stand_in_cudart(rec: Recorder, count: int = 2):
         return call("cudaMalloc", h, arg=h)
 
     def stream_create():
-        h = next(handles)
+        h = StreamHandle(next(handles))
         return call("cudaStreamCreate", h, arg=h)
 
     return types.SimpleNamespace(
-        cudaError_t=types.SimpleNamespace(cudaSuccess=ok),
+        cudaError_t=types.SimpleNamespace(cudaSuccess=ok, cudaErrorNoDevice="cudaErrorNoDevice",
+                                          cudaErrorInsufficientDriver="cudaErrorInsufficientDriver"),
         cudaGetErrorString=lambda e: (ok, b"stand-in error"),
         cudaGetDeviceCount=lambda: (ok, count),
         cudaSetDevice=set_device,
@@ -86,19 +111,30 @@ def stand_in_cudart(rec: Recorder, count: int = 2):
                                                                        minor=0)),
         cudaDriverGetVersion=lambda: (ok, 12080),
         cudaStreamCreate=stream_create,
-        cudaStreamDestroy=lambda s: call("cudaStreamDestroy", arg=s),
-        cudaStreamSynchronize=lambda s: call("cudaStreamSynchronize", arg=s),
+        cudaStreamDestroy=lambda s: call("cudaStreamDestroy", arg=_stream(s)),
+        cudaStreamSynchronize=lambda s: call("cudaStreamSynchronize", arg=_stream(s)),
         cudaMalloc=malloc,
         cudaMallocHost=malloc_host,
         cudaFree=lambda p: call("cudaFree", arg=p),
         cudaFreeHost=lambda p: (pinned.pop(p, None), call("cudaFreeHost", arg=p))[1],
-        cudaMemcpyAsync=lambda dst, src, n, kind, s: call("cudaMemcpyAsync", arg=kind),
+        cudaMemcpyAsync=lambda dst, src, n, kind, s: (_stream(s), call("cudaMemcpyAsync", arg=kind))[1],
         cudaMemcpyKind=types.SimpleNamespace(cudaMemcpyHostToDevice="H2D", cudaMemcpyDeviceToHost="D2H"),
     )
 
 
-def stand_in_tensorrt(rec: Recorder, *, refuse_profile: bool = False, plan: bytes = b"stand-in plan"):
-    """A recording stand-in for ``tensorrt`` (runtime and builder calls srdeploy makes)."""
+PROFILE = [(1, 3, 16, 16), (1, 3, 64, 64), (2, 3, 64, 64)]  # the stand-in engine's profiles (min, opt, max)
+CACHE_HEADER = b"stand-in timing cache v1;"
+
+
+def _address(value, what: str) -> int:
+    """TensorRT's Python API takes CUDA streams as ints (pybind ``size_t``), not cuda-python handles."""
+    if not isinstance(value, int):
+        raise TypeError(f"stand-in tensorrt: {what} takes the stream as an int, got {type(value).__name__}")
+    return value
+
+
+def _runtime_stand_in(rec: Recorder, refuse_profile: bool):
+    """The stand-in ``tensorrt.Runtime`` (engine, execution context), as the real binding behaves."""
 
     class Context:
         def __init__(self):
@@ -106,11 +142,16 @@ def stand_in_tensorrt(rec: Recorder, *, refuse_profile: bool = False, plan: byte
 
         def set_optimization_profile_async(self, index, stream):
             rec.add("set_optimization_profile_async", index)
+            _address(stream, "set_optimization_profile_async")
             if refuse_profile:  # what the real binding does: raise, never return False
                 raise RuntimeError("stand-in: profile refused")
             return True
 
         def set_input_shape(self, name, shape):
+            # The real call returns False for a shape outside the optimisation profile.
+            mn, _, mx = PROFILE
+            if len(shape) != 4 or not all(a <= v <= b for a, v, b in zip(mn, shape, mx)):
+                return False
             self.shape = shape
             return True
 
@@ -122,7 +163,7 @@ def stand_in_tensorrt(rec: Recorder, *, refuse_profile: bool = False, plan: byte
             return True
 
         def execute_async_v3(self, stream):
-            rec.add("execute_async_v3", stream)
+            rec.add("execute_async_v3", _address(stream, "execute_async_v3"))
             return True
 
     class Engine:
@@ -139,7 +180,7 @@ def stand_in_tensorrt(rec: Recorder, *, refuse_profile: bool = False, plan: byte
             return "float32"
 
         def get_tensor_profile_shape(self, name, index):
-            return [(1, 3, 16, 16), (1, 3, 64, 64), (2, 3, 64, 64)]
+            return list(PROFILE)
 
         def create_execution_context(self):
             rec.add("create_execution_context")
@@ -163,9 +204,39 @@ def stand_in_tensorrt(rec: Recorder, *, refuse_profile: bool = False, plan: byte
             rec.add("deserialize_cuda_engine")
             return Engine()
 
+    return Runtime
+
+
+def _builder_stand_in(rec: Recorder, plan: bytes, corrupt_cache: str):
+    """The stand-in ``tensorrt.Builder`` and ``OnnxParser`` (config, timing cache, network)."""
+
+    class TimingCache:
+        def __init__(self, entries: bytes = b""):
+            self.entries = entries
+
+        def serialize(self):
+            return memoryview(CACHE_HEADER + self.entries)
+
     class Config:
         def __init__(self):
             self.hardware_compatibility_level = None
+            self.cache = None
+
+        def create_timing_cache(self, blob):
+            blob = bytes(blob)
+            if not blob or blob.startswith(CACHE_HEADER):
+                return TimingCache(blob[len(CACHE_HEADER):])
+            rec.add("timing cache unreadable")  # TensorRT logs an error, then:
+            return None if corrupt_cache == "none" else TimingCache()
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            if corrupt_cache == "mismatch" and cache.entries and not ignore_mismatch:
+                return False
+            self.cache = cache
+            return True
+
+        def get_timing_cache(self):
+            return self.cache
 
         def set_memory_pool_limit(self, pool, size):
             pass
@@ -184,18 +255,12 @@ def stand_in_tensorrt(rec: Recorder, *, refuse_profile: bool = False, plan: byte
                 rec.add("hardware_compatibility_level", value)
             object.__setattr__(self, name, value)
 
-    class Network:
-        num_inputs = 1
-
-        def get_input(self, i):
-            return types.SimpleNamespace(name="lr")
-
     class Builder:
         def __init__(self, logger):
             rec.add("Builder")
 
         def create_network(self, flags):
-            return Network()
+            return types.SimpleNamespace(num_inputs=1, get_input=lambda i: types.SimpleNamespace(name="lr"))
 
         def create_builder_config(self):
             return Config()
@@ -205,6 +270,8 @@ def stand_in_tensorrt(rec: Recorder, *, refuse_profile: bool = False, plan: byte
 
         def build_serialized_network(self, network, config):
             rec.add("build_serialized_network")
+            if config.cache is not None:  # the build times tactics into the attached cache
+                config.cache.entries += b"tactic;"
             return plan
 
     class Parser:
@@ -214,6 +281,20 @@ def stand_in_tensorrt(rec: Recorder, *, refuse_profile: bool = False, plan: byte
         def parse_from_file(self, path):
             return True
 
+    return Builder, Parser
+
+
+def stand_in_tensorrt(rec: Recorder, *, refuse_profile: bool = False, plan: bytes = b"stand-in plan",
+                      corrupt_cache: str = "none"):
+    """A recording stand-in for ``tensorrt`` (runtime and builder calls srdeploy makes).
+
+    ``corrupt_cache``: what ``create_timing_cache`` returns for bytes it cannot read, as TensorRT
+    releases differ: "none" (None) or "empty" (an empty cache); "mismatch": the bytes read, but
+    ``set_timing_cache(..., ignore_mismatch=False)`` returns False (another GPU / version).
+    """
+
+    Runtime = _runtime_stand_in(rec, refuse_profile)
+    Builder, Parser = _builder_stand_in(rec, plan, corrupt_cache)
     logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level=None: None})
     return types.SimpleNamespace(
         __version__=TRT_VERSION, Logger=logger, Runtime=Runtime, Builder=Builder, OnnxParser=Parser,
@@ -381,17 +462,59 @@ def test_build_engine_selects_the_device_before_the_builder(tmp_path, monkeypatc
         engine_mod.build_engine(BUNDLED, tmp_path / "n.engine", profiles=[profile], hardware_compatibility="ampere+")
 
 
+def test_input_shape_outside_the_profile_is_refused(tmp_path, monkeypatch):
+    rec = Recorder()
+    _inject(monkeypatch, rec)
+    with open_session(_engine(tmp_path), device="cuda:1") as session:
+        with pytest.raises(RuntimeError, match=r"refused input shape \(1, 3, 80, 16\)"):
+            session._infer(np.zeros((1, 3, 80, 16), np.float32))  # the tiler never sends this: the call checks
+    assert "execute_async_v3" not in rec.names()
+
+
+@pytest.mark.parametrize("corrupt", ["none", "empty", "mismatch"])
+def test_timing_cache_is_reused_and_an_unusable_one_refused(tmp_path, monkeypatch, corrupt):
+    engine_mod = pytest.importorskip("srdeploy.export.engine")
+    pytest.importorskip("onnx")
+    rec = Recorder()
+    monkeypatch.setattr(engine_mod, "import_tensorrt", lambda: stand_in_tensorrt(rec, corrupt_cache=corrupt))
+    monkeypatch.setattr(engine_mod, "import_cudart", lambda purpose=None: stand_in_cudart(rec))
+    profile = engine_mod.ShapeProfile.parse("1x3x16x16", "1x3x64x64", "2x3x64x64")
+    cache = tmp_path / "timing.cache"
+
+    def build(name: str):
+        return engine_mod.build_engine(BUNDLED, tmp_path / name, profiles=[profile], timing_cache=cache, force=True,
+                                       log=lambda *a: None)
+
+    build("a.engine")  # no cache yet: starts empty, written after the build
+    assert cache.read_bytes() == CACHE_HEADER + b"tactic;"
+    if corrupt != "mismatch":
+        build("b.engine")  # read back and attached: the second build extends it
+        assert cache.read_bytes() == CACHE_HEADER + b"tactic;tactic;"
+        cache.write_bytes(b"\x00garbage from another release")
+    keep = cache.read_bytes()
+    why = {"none": "could not read it", "empty": "read it as an empty cache", "mismatch": "does not match"}[corrupt]
+    with pytest.raises(RuntimeError, match=f"timing.cache: timing cache refused: TensorRT {why}|{why}"):
+        build("c.engine")
+    assert cache.read_bytes() == keep and not (tmp_path / "c.engine").exists()  # the user's cache is not lost
+    assert rec.names().count("build_serialized_network") == (1 if corrupt == "mismatch" else 2)
+
+
 # ----------------------------------------------------------------------------- items 3, 4, 8, 9: ORT provider
 
 def test_trt_provider_profile_from_tile_plan_and_options():
     from srdeploy.runtime.backends.ort import trt_profile
-    from srdeploy.runtime.upscale import DEFAULT_TILE, default_tile_pad
+    from srdeploy.runtime.settings import DEFAULT_TILE, TileSettings, default_tile_pad
 
     info = ModelInfo(scale=4, receptive_radius=40)
-    assert DEFAULT_TRT_TILE_PLAN[0] == DEFAULT_TILE
+    assert DEFAULT_TRT_TILE_PLAN == TileSettings() and DEFAULT_TRT_TILE_PLAN.fixed_tile() == DEFAULT_TILE
     window = DEFAULT_TILE + 2 * default_tile_pad(40)
     assert trt_profile(OrtOptions(), info) == ((1, 3, 1, 1), (1, 3, window, window), (1, 3, window, window))
     assert trt_profile(OrtOptions(trt_tile_plan=(128, 20, 4)), info)[2] == (4, 3, 168, 168)
+    # the settings value itself; a (height, width) tile gives a non-square window
+    assert OrtOptions(trt_tile_plan=(128, 20, 4)).trt_tile_plan == TileSettings(tile=128, tile_pad=20, batch=4)
+    assert trt_profile(OrtOptions(trt_tile_plan=TileSettings(tile=(64, 96), batch=2)), info)[2] == (2, 3, 88, 120)
+    with pytest.raises(ValueError, match="tile settings"):
+        OrtOptions(trt_tile_plan=(128, -1, 1))
     explicit = OrtOptions(trt_profile_min="1x3x8x8", trt_profile_opt=(1, 3, 64, 64), trt_profile_max="2x3x96x96")
     assert trt_profile(explicit, info) == ((1, 3, 8, 8), (1, 3, 64, 64), (2, 3, 96, 96))
     with pytest.raises(ValueError, match="whole-image"):
@@ -413,7 +536,7 @@ def trt_provider_listed(monkeypatch):
 
     real, seen = ort.InferenceSession, []
 
-    def session(path, sess_options=None, providers=None):
+    def session(path, sess_options=None, providers=None, **kwargs):
         seen.append(providers)
         if providers and providers[0][0] == "TensorrtExecutionProvider":
             raise EPFail("stand-in: TensorRT EP could not build an engine")
@@ -457,14 +580,17 @@ def test_unparsable_model_is_still_called_invalid(tmp_path):
 def test_cli_tile_flags_give_the_trt_provider_profile():
     import argparse
 
-    from srdeploy.runtime.cli._args import add_session_args, add_tile_args, session_recipe
+    from srdeploy.runtime.cli import add_session_args, add_tile_args, settings_from_args
+    from srdeploy.runtime.settings import TileSettings
 
     p = argparse.ArgumentParser()
     add_session_args(p)
     add_tile_args(p)
     args = p.parse_args(["--model", str(BUNDLED), "--backend", "ort-trt", "--tile", "192", "--tile-pad", "16",
                          "--batch", "4"])
-    assert session_recipe(args).options.trt_tile_plan == (192, 16, 4)
+    run = settings_from_args(args)
+    assert run.recipe.options.trt_tile_plan == run.tiling == TileSettings(tile=192, tile_pad=16, batch=4)
     args = p.parse_args(["--model", str(BUNDLED), "--backend", "ort-trt"])
-    assert session_recipe(args).options.trt_tile_plan == DEFAULT_TRT_TILE_PLAN
-    assert session_recipe(p.parse_args(["--model", str(BUNDLED)])).options.trt_tile_plan == DEFAULT_TRT_TILE_PLAN
+    assert settings_from_args(args).recipe.options.trt_tile_plan == DEFAULT_TRT_TILE_PLAN
+    assert settings_from_args(p.parse_args(["--model", str(BUNDLED)])).recipe.options.trt_tile_plan == \
+        DEFAULT_TRT_TILE_PLAN

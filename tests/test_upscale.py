@@ -231,7 +231,8 @@ for mod in pkgutil.walk_packages(rt.__path__, prefix="srdeploy.runtime."):
     seen.add(mod.name)
 expected = {"srdeploy.runtime.backends.ort", "srdeploy.runtime.backends.trt", "srdeploy.runtime.backends._cuda",
             "srdeploy.runtime.media.images", "srdeploy.runtime.media.video", "srdeploy.runtime.cli.upscale",
-            "srdeploy.runtime.cli._args", "srdeploy.runtime.open", "srdeploy.runtime.tiling"}
+            "srdeploy.runtime.cli._args", "srdeploy.runtime.open", "srdeploy.runtime.tiling",
+            "srdeploy.runtime.settings", "srdeploy.runtime.parsing", "srdeploy.runtime.pixels"}
 assert expected <= seen, f"modules not walked: {sorted(expected - seen)}"
 from srdeploy.cli import main
 rc = main(sys.argv[1:])

@@ -14,7 +14,7 @@ from srdeploy.export.fuse import randomize_bn
 from srdeploy.export.pipeline import export_checkpoint
 from srdeploy.export.verify import (FP16_ATOL, FP32_ATOL, Tolerance, compare, fit_sizes, judge,
                                     verify)
-from srdeploy.runtime.cli._args import parse_batch_hw
+from srdeploy.runtime.parsing import parse_batch_hw
 from srdeploy.runtime.session import InputSpec
 from srdeploy.train.archs import SRResNet
 from srdeploy.train.checkpoint import save_checkpoint

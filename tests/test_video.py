@@ -11,11 +11,11 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 
 from srdeploy.cli import main  # noqa: E402
-from srdeploy.runtime.media import video as video_mod  # noqa: E402
+from srdeploy.runtime.media import ffmpeg as ff  # noqa: E402
 from srdeploy.runtime.open import open_session  # noqa: E402
 from srdeploy.runtime.upscale import Upscaler  # noqa: E402
-from srdeploy.runtime.media.video import (probe_video, upscale_frames, upscale_video,  # noqa: E402
-                                    write_test_video)
+from srdeploy.runtime.media.pipeline import upscale_frames  # noqa: E402
+from srdeploy.runtime.media.video import probe_video, upscale_video, write_test_video  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -283,8 +283,12 @@ def test_opencv_encoder_warns_about_audio_only_when_there_is_audio(session, odd_
     assert stats.audio == "none" and messages == []
 
 
-def _ffmpeg() -> str | None:
-    return video_mod.find_ffmpeg()
+def _ffmpeg() -> str:
+    return ff.ffmpeg_exe()
+
+
+def has_audio(path: Path) -> bool:
+    return bool(ff.probe(path).audio)
 
 
 @pytest.mark.parametrize("ext", [".mp4", ".mkv"])
@@ -295,11 +299,11 @@ def test_ffmpeg_copies_audio(session, tmp_path, ext):
     subprocess.run([ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=16x12:rate=10:duration=1",
                     "-f", "lavfi", "-i", "sine=frequency=440:duration=1", "-c:v", "mpeg4", "-c:a", "aac",
                     "-pix_fmt", "yuv420p", str(src)], check=True)
-    assert video_mod.has_audio(src, ffmpeg)
+    assert has_audio(src)
     out = tmp_path / f"out{ext}"
     stats = upscale_video(Upscaler(session, tile=0), src, out, progress=False)
     assert stats.audio in ("copied", "re-encoded")
-    assert video_mod.has_audio(out, ffmpeg)
+    assert has_audio(out)
     info = probe_video(out)
     assert (info.width, info.height, info.frame_count) == (64, 48, 10)
     assert no_leftovers(tmp_path) == []

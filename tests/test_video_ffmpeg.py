@@ -416,3 +416,126 @@ def test_unwritable_output_folder_says_permission_denied(copy_model, bframes_mp4
     assert r.returncode == 1
     assert "permission denied" in r.stderr and str(ro) in r.stderr, r.stderr
     assert list(ro.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- containers (issue 24 item 7)
+def _avi_clip(path: Path) -> Path:
+    """12 frames of MJPEG with PCM audio in AVI, 32x24 at 12 fps: an old camera's file."""
+    return make(path, "-f", "lavfi", "-i", "testsrc2=size=32x24:rate=12:duration=1", "-f", "lavfi", "-i",
+                "sine=frequency=330:duration=1", "-c:v", "mjpeg", "-q:v", "2", "-pix_fmt", "yuvj420p",
+                "-c:a", "pcm_s16le")
+
+
+def test_avi_in_avi_out_by_default(copy_model, tmp_path, capsys):
+    """`srdeploy video -i x.avi -o y.avi` worked with the OpenCV encoder and must work by default."""
+    from srdeploy.cli import main
+
+    src = _avi_clip(tmp_path / "x.avi")
+    out = tmp_path / "y.avi"
+    assert main(["video", "-i", str(src), "-o", str(out), "--model", str(copy_model), "--tile", "0", "-q"]) == 0
+    assert "libx264" in capsys.readouterr().err
+    info = ff.probe(out)
+    assert info.format == "avi"
+    assert [(s.kind, s.codec) for s in info.streams] == [("video", "h264"), ("audio", "pcm_s16le")]
+    got, want = decode(out).astype(float), reference(src).astype(float)
+    assert got.shape == want.shape == (12, 48, 64, 3)
+    assert np.abs(got - want).mean() < 3.0  # CRF 18 4:2:0: a few 8-bit levels
+    assert not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.parametrize("ext, muxer, codec", [(".ts", "mpegts", "h264"), (".flv", "flv", "h264"),
+                                               (".mpg", "mpeg", "mpeg2video"), (".wmv", "asf", "wmv2"),
+                                               (".m4v", "mov,mp4,m4a,3gp,3g2,mj2", "h264")])
+def test_every_container_ffmpeg_writes_works_by_default(upscaler, bframes_mp4, tmp_path, ext, muxer, codec):
+    out = tmp_path / f"out{ext}"
+    stats = seg.upscale_video_ffmpeg(upscaler, bframes_mp4, out, segment_frames=8, progress=False, log=lambda s: None)
+    info = ff.probe(out)
+    assert info.format == muxer and info.streams[info.video].codec == codec
+    assert stats.frames == 20 and len(info.audio) == 1  # the AAC track kept (re-encoded where needed)
+    got, want = decode(out).astype(float), reference(bframes_mp4).astype(float)
+    assert got.shape == want.shape == (20, 48, 64, 3)
+    assert np.abs(got - want).mean() < 12.0  # MPEG-2/WMV at q 3 on a 64x48 test pattern
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--codec", "h264", "-o", "{d}/o.webm"], "webm container cannot hold libx264"),
+    (["--codec", "mpeg4", "-o", "{d}/o.ts"], "mpegts container cannot hold mpeg4"),
+    (["--codec", "h264", "-o", "{d}/o.mpg"], "holds only mpeg1video, mpeg2video"),
+    (["--pix-fmt", "rgb24", "-o", "{d}/o.mp4"], "encoder libx264 cannot write it"),
+    (["--crf", "52", "-o", "{d}/o.mkv"], "out of range for libx264 (0-51"),
+    (["--codec", "nosuch", "-o", "{d}/o.mkv"], "no encoder 'nosuch'"),
+    (["-o", "{d}/o.xyz"], "unknown video extension '.xyz'"),
+    (["--encoder", "opencv", "--codec", "ZZZZ", "-o", "{d}/o.avi"], "cannot encode FourCC 'ZZZZ'"),
+], ids=["webm-h264", "ts-mpeg4", "mpg-h264", "pix-fmt", "crf", "codec", "extension", "opencv-fourcc"])
+def test_bad_output_settings_fail_before_the_model_is_opened(copy_model, bframes_mp4, tmp_path, capsys, monkeypatch,
+                                                              args, message):
+    import srdeploy.runtime.open as open_mod
+    from srdeploy.cli import main
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was opened before the output settings were checked")
+
+    monkeypatch.setattr(open_mod, "open_session", no_model)
+    argv = ["video", "-i", str(bframes_mp4), "--model", str(copy_model), "-q"] + [a.format(d=tmp_path) for a in args]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error" in err[0] and message in err[0], err
+    assert list(tmp_path.iterdir()) == []  # no output, no work folder
+
+
+def test_failure_cause_skips_ffmpegs_wind_down():
+    tail = ("[h264_nvenc @ 0x55b5c394a580] Cannot load libcuda.so.1\n"
+            "[vost#0:0/h264_nvenc @ 0x55b5c3949ac0] [enc:h264_nvenc @ 0x55b5c394a480] Error while opening encoder - "
+            "maybe incorrect parameters such as bit_rate, rate, width or height.\n"
+            "[vf#0:0 @ 0x55b5c3966500] Task finished with error code: -1 (Operation not permitted)\n"
+            "[out#0/mov @ 0x55b5c3948d40] Nothing was written into output file, because at least one of its "
+            "streams received no packets.\n")
+    assert ff.failure_cause(tail) == "Cannot load libcuda.so.1"
+    assert ff.failure_cause("x\nav_interleaved_write_frame(): No space left on device\nConversion failed!") == \
+        "No space left on device"
+
+
+def test_resume_refuses_other_settings_and_names_them(upscaler, bframes_mp4, tmp_path):
+    """A work folder made with other settings is never mixed into this run: refused, naming what changed."""
+    out = tmp_path / "out.mkv"
+    work = seg.work_folder(out)
+    work.mkdir()
+    source, settings = seg.probe_request(bframes_mp4, out)
+    job = seg.plan_job(source, out, 2, settings, segment_frames=8, work=work)
+    seg.pin_job(job, {"model": "m.onnx", "tile": 0}, refusal="x", hint="y")
+    seg.process_segment(job.tasks[0], upscaler)
+    with pytest.raises(ValueError, match=r"--resume: the unfinished run in .* was made with different segments, "
+                                         r"settings; rerun it with the same settings"):
+        seg.upscale_video_ffmpeg(upscaler, bframes_mp4, out, crf=20, segment_frames=7, resume=True,
+                                 progress=False, fingerprint={"model": "m.onnx", "tile": 0})
+    assert job.tasks[0].path.is_file()  # the finished segment is kept for a resume with the first settings
+    stats = seg.upscale_video_ffmpeg(upscaler, bframes_mp4, out, segment_frames=8, resume=True, progress=False,
+                                     fingerprint={"model": "m.onnx", "tile": 0}, log=lambda s: None)
+    assert stats.reused == 1 and stats.frames == 20 and not work.exists()
+
+
+def test_batch_refuses_a_container_codec_mismatch_before_any_worker(copy_model, bframes_mp4, tmp_path, capsys,
+                                                                    monkeypatch):
+    """batch: output settings are checked per container by the driver; no Ray, no model for a refused video."""
+    import shutil
+
+    import srdeploy.runtime.batch.driver as driver
+    from srdeploy.cli import main
+
+    def no_ray(cfg):
+        raise AssertionError("Ray was started for a job whose every task was refused")
+
+    monkeypatch.setattr(driver, "_start_ray", no_ray)
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(bframes_mp4, src / "a.webm")  # the output keeps the container: webm holds no H.264
+    out = tmp_path / "out"
+    assert main(["batch", "-q", "-i", str(src), "-o", str(out), "--model", str(copy_model), "--codec", "h264",
+                 "--json", str(tmp_path / "s.json")]) == 1
+    err = capsys.readouterr().err
+    assert f"{src / 'a.webm'}: the webm container cannot hold libx264 video" in err
+    import json
+
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["failed"] == 1 and summary["failures"][0]["input"] == str(src / "a.webm")
+    assert not (out / "a.webm").exists()

@@ -14,8 +14,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_train(sub)
 
 
-def run_checkpoint_eval(args: argparse.Namespace) -> int:
-    """``srdeploy eval CHECKPOINT FOLDER...`` and ``--bicubic``: the training code's PyTorch model, whole images."""
+def run_checkpoint_eval(args: argparse.Namespace, read=None) -> int:
+    """``srdeploy eval CHECKPOINT FOLDER...`` and ``--bicubic``: the training code's PyTorch model, whole images.
+
+    Args:
+        args: the parsed ``srdeploy eval`` flags.
+        read: image reader ``path -> uint8 RGB HxWx3`` (None: ``data.load_rgb``, Pillow).
+    """
+    from .data import load_rgb, resolve_folder
     from .evaluate import bicubic_upscale, evaluate, format_table
 
     # One positional list: "CHECKPOINT FOLDER..." or, with --bicubic, "FOLDER...".
@@ -30,7 +36,7 @@ def run_checkpoint_eval(args: argparse.Namespace) -> int:
             raise ValueError("eval: give a checkpoint then at least one folder "
                              "(srdeploy eval CHECKPOINT FOLDER...), or --bicubic FOLDER...")
         args.checkpoint, folders = args.paths[0], list(args.paths[1:])
-    folders = [_resolve_folder(f) for f in folders]  # before loading a model: a typo fails at once
+    folders = [resolve_folder(f) for f in folders]  # before loading a model: a typo fails at once
     if args.bicubic:
         scale = args.scale or 4
         title = f"bicubic x{scale}"
@@ -38,7 +44,7 @@ def run_checkpoint_eval(args: argparse.Namespace) -> int:
     else:
         from .checkpoint import load_generator
         from .evaluate import model_upscale
-        from .trainer import resolve_device
+        from .distributed import resolve_device
 
         model, ckpt = load_generator(args.checkpoint, use_ema=not args.no_ema)
         scale = int(model.scale)
@@ -48,7 +54,7 @@ def run_checkpoint_eval(args: argparse.Namespace) -> int:
         model = model.to(device)
         title = f"{args.checkpoint} ({ckpt['arch']} x{scale}, step {ckpt.get('step', '?')})"
         upscale = lambda lr: model_upscale(model, lr, device)  # noqa: E731
-    results = evaluate(upscale, folders, scale=scale, progress=not args.quiet)
+    results = evaluate(upscale, folders, scale=scale, progress=not args.quiet, read=read or load_rgb)
     print(format_table(results, title))
     if args.json:
         record = {"model": None if args.bicubic else str(args.checkpoint),
@@ -58,22 +64,3 @@ def run_checkpoint_eval(args: argparse.Namespace) -> int:
                                                "sets": [r.as_dict() for r in results]}, indent=2) + "\n")
     return 0
 
-
-def _resolve_folder(name: str) -> str:
-    """A folder as given, else under the data root (``Set5`` -> ``$SRDEPLOY_DATA/benchmark/Set5``);
-    an error listing every path tried."""
-    import os
-    from pathlib import Path
-
-    from .data import DATA_ENV, data_root
-
-    given = Path(name)
-    if given.is_dir():
-        return name
-    root = data_root()
-    tried = [given] if given.is_absolute() else [given, root / given, root / "benchmark" / given]
-    for path in tried[1:]:
-        if path.is_dir():
-            return str(path)
-    raise FileNotFoundError(f"eval: {name}: not a folder of images; tried {', '.join(str(p) for p in tried)} "
-                            f"({DATA_ENV} is {os.environ.get(DATA_ENV) or 'unset'})")

@@ -14,6 +14,7 @@ import math
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -33,6 +34,27 @@ def data_root() -> Path:
         return beside_checkout
     return Path.cwd().parent / "shared" / "data"
 
+
+def resolve_folder(name: str, what: str = "eval") -> str:
+    """A folder of images as given, else under the data root (``Set5`` -> ``$SRDEPLOY_DATA/benchmark/Set5``).
+
+    Args:
+        name: the folder as the user wrote it.
+        what: the command named in the error message.
+
+    Raises:
+        FileNotFoundError: listing every path tried.
+    """
+    given = Path(name)
+    if given.is_dir():
+        return name
+    root = data_root()
+    tried = [given] if given.is_absolute() else [given, root / given, root / "benchmark" / given]
+    for path in tried[1:]:
+        if path.is_dir():
+            return str(path)
+    raise FileNotFoundError(f"{what}: {name}: not a folder of images; tried {', '.join(str(p) for p in tried)} "
+                            f"({DATA_ENV} is {os.environ.get(DATA_ENV) or 'unset'})")
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Sorted image files in a folder (not recursive); an error if there are none."""
@@ -220,12 +242,19 @@ class EvalSet:
     """Whole images of a benchmark folder: HR cropped to a multiple of ``scale``, LR by ``degrade``.
 
     Iterating yields ``(name, lr_uint8, hr_uint8)``.
+
+    Args:
+        folder: a folder of HR images.
+        scale: the downscaling factor.
+        read: image reader, ``path -> uint8 RGB HxWx3`` (default ``load_rgb``, Pillow; evaluation
+            of deployed model files passes the runtime's OpenCV reader, which gives the same pixels).
     """
 
-    def __init__(self, folder, *, scale: int = 4):
+    def __init__(self, folder, *, scale: int = 4, read: Callable[[Path], np.ndarray] = load_rgb):
         self.folder = Path(folder)
         self.name = self.folder.name
         self.scale = scale
+        self.read = read
         self.files = list_images(folder)
 
     def __len__(self) -> int:
@@ -233,7 +262,7 @@ class EvalSet:
 
     def __iter__(self):
         for path in self.files:
-            hr = load_rgb(path)
+            hr = self.read(path)
             # The metrics crop `scale` pixels per border and SSIM needs an 11x11 window after that.
             need = -(-(11 + 2 * self.scale) // self.scale) * self.scale
             if min(hr.shape[:2]) < need:

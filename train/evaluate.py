@@ -8,7 +8,7 @@ from dataclasses import dataclass, asdict
 
 import numpy as np
 
-from .data import EvalSet, imresize, to_chw_float, to_hwc_uint8
+from .data import EvalSet, imresize, load_rgb, to_chw_float, to_hwc_uint8
 from .metrics import psnr, ssim
 
 
@@ -46,7 +46,7 @@ def model_upscale(model, lr: np.ndarray, device="cpu") -> np.ndarray:
     return to_hwc_uint8(y[0].cpu().numpy())
 
 
-def evaluate(upscale, folders, *, scale: int = 4, progress: bool = False) -> list[SetResult]:
+def evaluate(upscale, folders, *, scale: int = 4, progress: bool = False, read=load_rgb) -> list[SetResult]:
     """Evaluate an upscaling function on image folders.
 
     Args:
@@ -54,9 +54,10 @@ def evaluate(upscale, folders, *, scale: int = 4, progress: bool = False) -> lis
         folders: benchmark folders of HR images; LR is made by bicubic downscaling.
         scale: upscaling factor; also the border crop of the metrics.
         progress: show a progress bar.
+        read: image reader ``path -> uint8 RGB HxWx3`` (default ``data.load_rgb``: Pillow).
     """
     results = []
-    sets = [EvalSet(folder, scale=scale) for folder in ([folders] if isinstance(folders, (str, os.PathLike)) else folders)]
+    sets = [EvalSet(folder, scale=scale, read=read) for folder in ([folders] if isinstance(folders, (str, os.PathLike)) else folders)]
     bar = None
     if progress:
         from tqdm import tqdm
@@ -85,6 +86,28 @@ def evaluate(upscale, folders, *, scale: int = 4, progress: bool = False) -> lis
         if bar is not None:
             bar.close()
     return results
+
+
+def validate(model, folders, scale: int, device) -> dict:
+    """PSNR/SSIM per validation folder during training: {"<set>_psnr": .., "<set>_ssim": ..}.
+
+    Args:
+        model: the generator (a torch module; in eval mode for the call, then restored).
+        folders: validation folders of HR images.
+        scale: the model's scale (also the metrics' border crop).
+        device: the torch device the model is on.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        results = evaluate(lambda lr: model_upscale(model, lr, device), folders, scale=scale)
+    finally:
+        model.train(was_training)
+    out = {}
+    for r in results:
+        out[f"{r.name}_psnr"] = round(r.psnr, 4)
+        out[f"{r.name}_ssim"] = round(r.ssim, 5)
+    return out
 
 
 def format_table(results: list[SetResult], title: str = "") -> str:

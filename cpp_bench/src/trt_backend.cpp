@@ -5,7 +5,12 @@
 // (a JSON sidecar or the source .onnx), else the sidecar `srdeploy build-engine` writes
 // (ENGINE.json, or ENGINE-stem.json; format srdeploy.trt-engine/1, model metadata under
 // "metadata"), else ENGINE-stem.onnx. A build-engine sidecar is checked like the Python adapter
-// (runtime/trt_backend.py) does: engine sha256, TensorRT version, GPU name and compute capability.
+// (runtime/backends/trt.py, check_sidecar) does: engine sha256, TensorRT version (a
+// version-compatible engine loads on the same major version, never on an older runtime than the
+// one that built it), GPU name and compute capability, or the hardware-compatibility level it was
+// built for (ampere_plus: compute capability >= 8.0; same_compute_capability). A
+// version-compatible plan embeds its lean runtime (host code), which TensorRT only deserializes
+// after IRuntime::setEngineHostCodeAllowed(true).
 
 #include <NvInfer.h>
 #include <cuda_runtime_api.h>
@@ -142,47 +147,98 @@ ModelInfo engine_model_info(const Options& opt, bool& precision_known, Json& sid
 
 std::string text_of(const Json* j) { return j ? j->scalar_text() : ""; }
 
+// "10.16.1.11" -> {10, 16, 1, 11}.
+std::vector<int> version_parts(const std::string& v) {
+  std::vector<int> parts;
+  std::stringstream in(v);
+  std::string item;
+  while (std::getline(in, item, '.')) {
+    if (item.empty() || !std::all_of(item.begin(), item.end(), [](unsigned char c) { return std::isdigit(c); })) break;
+    parts.push_back(std::stoi(item));
+  }
+  return parts;
+}
+
+// <0, 0, >0 over the parts both versions have ("10.16.1" equals "10.16.1.11").
+int compare_versions(const std::vector<int>& a, const std::vector<int>& b) {
+  for (std::size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    if (a[i] != b[i]) return a[i] < b[i] ? -1 : 1;
+  }
+  return 0;
+}
+
+// What a checked sidecar asks of the runtime.
+struct SidecarRules {
+  bool version_compatible = false;  // setEngineHostCodeAllowed(true) before deserializing
+};
+
 // A build-engine sidecar must describe this engine, this TensorRT and this GPU (engines are
-// specific to both); same rules and fixes as check_sidecar() in runtime/trt_backend.py.
-void check_sidecar(const Json& side, const std::string& engine, const std::string& engine_sha,
-                   const std::string& trt_version, const std::string& gpu_name, const std::string& cc) {
-  if (!side.is_object()) return;
+// specific to both unless built compatible); same rules and fixes as check_sidecar() in
+// runtime/backends/trt.py.
+SidecarRules check_sidecar(const Json& side, const std::string& engine, const std::string& engine_sha,
+                           const std::string& trt_version, const std::string& gpu_name, int cc_major, int cc_minor) {
+  SidecarRules rules;
+  if (!side.is_object()) return rules;
   const std::string rebuild = "rebuild the engine on this machine with `srdeploy build-engine MODEL.onnx -o " +
                               engine + "`";
   const Json* format = side.find("format");
   if (format && text_of(format) != "srdeploy.trt-engine/1") {
     throw UserError(engine + ": sidecar format '" + text_of(format) + "' is not 'srdeploy.trt-engine/1'; " + rebuild);
   }
-  if (!format) return;  // a plain metadata JSON (no build record): nothing more to check
+  if (!format) return rules;  // a plain metadata JSON (no build record): nothing more to check
   const std::string sha = text_of(side.find("engine_sha256"));
   if (!sha.empty() && sha != engine_sha) {
     throw UserError(engine + ": its sidecar describes a different engine (sha256 mismatch); " + rebuild);
   }
   const std::string built = text_of(side.find("tensorrt_version"));
-  const bool version_compatible = text_of(side.find("version_compatible")) == "true";
-  // The library reports major.minor.patch; Python's tensorrt.__version__ may add a build number.
-  const bool same = built == trt_version || built.rfind(trt_version + ".", 0) == 0;
-  const bool same_major = built.substr(0, built.find('.')) == trt_version.substr(0, trt_version.find('.'));
-  if (!built.empty() && !same && !(version_compatible && same_major)) {
-    throw UserError(engine + ": built with TensorRT " + built + ", this is TensorRT " + trt_version +
-                    "; engines only load on the TensorRT version that built them: " + rebuild);
+  rules.version_compatible = text_of(side.find("version_compatible")) == "true";
+  const std::vector<int> b = version_parts(built), r = version_parts(trt_version);
+  if (!built.empty() && (b.empty() || compare_versions(b, r) != 0)) {
+    const bool same_major = !b.empty() && !r.empty() && b[0] == r[0];
+    if (!rules.version_compatible) {
+      throw UserError(engine + ": built with TensorRT " + built + ", this is TensorRT " + trt_version +
+                      "; engines only load on the TensorRT version that built them (unless built with "
+                      "--version-compatible): " + rebuild);
+    }
+    if (!same_major || compare_versions(b, r) > 0) {
+      throw UserError(engine + ": built with TensorRT " + built + ", this is TensorRT " + trt_version +
+                      "; version-compatible engines load on the same major version, at or after the one that "
+                      "built them: " + rebuild);
+    }
   }
   std::string hw = text_of(side.find("hardware_compatibility"));
   for (auto& ch : hw) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  const bool hw_compat = !(hw.empty() || hw == "none" || hw == "false" || hw == "0");
+  const std::string cc = std::to_string(cc_major) + "." + std::to_string(cc_minor);
   const std::string built_gpu = text_of(side.find("gpu_name"));
-  std::string built_cc = text_of(side.find("compute_capability"));
-  if (!hw_compat && !built_gpu.empty() && !built_cc.empty() && (built_gpu != gpu_name || built_cc != cc)) {
-    throw UserError(engine + ": built for " + built_gpu + " (compute capability " + built_cc + "), this GPU is " +
-                    gpu_name + " (" + cc + "); engines are specific to the GPU that built them: " + rebuild);
+  const std::string built_cc = text_of(side.find("compute_capability"));
+  if (hw == "ampere_plus") {
+    if (cc_major < 8) {
+      throw UserError(engine + ": built hardware-compatible for Ampere and newer GPUs (compute capability >= 8.0), "
+                      "this GPU is " + gpu_name + " (" + cc + "): " + rebuild);
+    }
+  } else if (hw == "same_compute_capability") {
+    if (built_cc != cc) {
+      throw UserError(engine + ": built for GPUs of compute capability " + built_cc + ", this GPU is " + gpu_name +
+                      " (" + cc + "): " + rebuild);
+    }
+  } else if (hw.empty() || hw == "none") {
+    if (!built_gpu.empty() && !built_cc.empty() && (built_gpu != gpu_name || built_cc != cc)) {
+      throw UserError(engine + ": built for " + built_gpu + " (compute capability " + built_cc + "), this GPU is " +
+                      gpu_name + " (" + cc + "); engines are specific to the GPU that built them (unless built with "
+                      "--hardware-compatible): " + rebuild);
+    }
+  } else {
+    throw UserError(engine + ": unknown hardware_compatibility '" + hw + "' in its sidecar (expected none, "
+                    "ampere_plus or same_compute_capability); " + rebuild);
   }
+  return rules;
 }
 
+// The library's own version, major.minor.patch.build like Python's tensorrt.__version__ (these
+// functions exist since TensorRT 10.0; getInferLibVersion() has no build number).
 std::string trt_version_string() {
-  // getInferLibVersion(): major*10000 + minor*100 + patch since TensorRT 10 (major*1000 before).
-  const int v = getInferLibVersion();
-  const int major = v >= 100000 ? v / 10000 : v / 1000;
-  return std::to_string(major) + "." + std::to_string((v / 100) % 100) + "." + std::to_string(v % 100);
+  return std::to_string(getInferLibMajorVersion()) + "." + std::to_string(getInferLibMinorVersion()) + "." +
+         std::to_string(getInferLibPatchVersion()) + "." + std::to_string(getInferLibBuildVersion());
 }
 
 std::string cuda_version_string(int v) { return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10); }
@@ -228,11 +284,14 @@ class TrtBackend final : public Backend {
     if (blob.empty()) throw UserError("TensorRT engine " + opt.model + " is empty");
     Sha256 sha;
     sha.update(blob.data(), blob.size());
-    check_sidecar(sidecar, opt.model, sha.hexdigest(), versions["tensorrt"], gpu,
-                  std::to_string(prop.major) + "." + std::to_string(prop.minor));
+    const SidecarRules rules =
+        check_sidecar(sidecar, opt.model, sha.hexdigest(), versions["tensorrt"], gpu, prop.major, prop.minor);
 
     runtime_.reset(nvinfer1::createInferRuntime(logger()));
     if (!runtime_) throw UserError("cannot create the TensorRT runtime: " + logger().last_error());
+    // A version-compatible plan carries the lean runtime that runs it: TensorRT refuses to
+    // deserialize that host code unless the runtime allows it.
+    if (rules.version_compatible) runtime_->setEngineHostCodeAllowed(true);
     engine_.reset(runtime_->deserializeCudaEngine(blob.data(), blob.size()));
     if (!engine_) {
       throw UserError("cannot load TensorRT engine " + opt.model + ": " + logger().last_error() +

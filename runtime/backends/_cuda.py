@@ -31,13 +31,24 @@ class Cuda:
     def __call__(self, what: str, result):
         err, rest = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
         if err != self.rt.cudaError_t.cudaSuccess:
-            _, msg = self.rt.cudaGetErrorString(err)
-            text = msg.decode() if isinstance(msg, bytes) else str(msg)
-            raise RuntimeError(f"CUDA {what} failed: {getattr(err, 'name', err)}: {text}")
+            raise RuntimeError(f"CUDA {what} failed: {self._describe(err)}")
         return rest[0] if len(rest) == 1 else (rest or None)
 
+    def _describe(self, err) -> str:
+        _, msg = self.rt.cudaGetErrorString(err)
+        text = msg.decode() if isinstance(msg, bytes) else str(msg)
+        return f"{getattr(err, 'name', err)}: {text}"
+
     def device_count(self) -> int:
-        return int(self("cudaGetDeviceCount", self.rt.cudaGetDeviceCount()))
+        """Number of CUDA devices; a machine without a GPU or driver is one clear error."""
+        result = self.rt.cudaGetDeviceCount()
+        err = result[0] if isinstance(result, tuple) else result
+        errors = self.rt.cudaError_t
+        # No driver (libcuda missing: InsufficientDriver) or no device: cuda-python reports these here.
+        if err in (getattr(errors, "cudaErrorNoDevice", None), getattr(errors, "cudaErrorInsufficientDriver", None)):
+            raise RuntimeError(f"no CUDA device: cudaGetDeviceCount says {self._describe(err)}; this needs an NVIDIA "
+                               "GPU with its driver installed (nvidia-smi lists it)")
+        return int(self("cudaGetDeviceCount", result))
 
     def select(self, device: int) -> None:
         """Make ``device`` current for this thread (checked against the device count)."""

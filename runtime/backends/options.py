@@ -9,25 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ..parsing import parse_shape
+from ..settings import TileSettings
+
 GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
-#: The tile plan a TensorRT-provider shape profile is derived from when none is given:
-#: (tile, tile_pad, batch); tile_pad None = the model's default margin. 256 = upscale.DEFAULT_TILE
-#: (not imported: this module stays free of numpy; a test keeps the two equal).
-DEFAULT_TRT_TILE_PLAN = (256, None, 1)
+#: The tiling a TensorRT-provider shape profile is derived from when none is given: tile "auto"
+#: (the profile holds ``DEFAULT_TILE`` windows), the model's default margin, one tile per call.
+DEFAULT_TRT_TILE_PLAN = TileSettings()
 
 
 def _shape(value, what: str) -> tuple[int, int, int, int] | None:
-    """An NCHW shape from a tuple or an 'NxCxHxW' string (None stays None)."""
+    """An NCHW shape from a tuple or an 'NxCxHxW' string (None stays None), through ``parse_shape``."""
     if value is None:
         return None
-    parts = value.lower().split("x") if isinstance(value, str) else list(value)
-    try:
-        shape = tuple(int(v) for v in parts)
-    except (TypeError, ValueError):
-        shape = ()
-    if len(shape) != 4 or min(shape) < 1:
-        raise ValueError(f"{what} must be four positive dims NxCxHxW (e.g. 1x3x32x32), got {value!r}")
-    return shape
+    text = "x".join(str(v) for v in value) if isinstance(value, (tuple, list)) else str(value)
+    return parse_shape(text, what=what)
 
 
 @dataclass(frozen=True)
@@ -45,10 +41,11 @@ class OrtOptions:
             profile the provider builds an engine for the first input shape and rebuilds whenever
             a shape falls outside it, so one is always passed: these, or one derived from
             ``trt_tile_plan``.
-        trt_tile_plan: (tile, tile_pad, batch) of the tiling the session will serve, used for the
-            profile when no explicit one is given: windows up to tile + 2 * tile_pad pixels,
-            1..batch tiles per call (tile_pad None = the model's default margin; tile 0 = whole
-            images, which needs an explicit profile).
+        trt_tile_plan: the ``TileSettings`` the session will serve (a (tile, tile_pad, batch)
+            tuple is taken too), used for the profile when no explicit one is given: windows up to
+            tile + 2 * margin pixels, 1..batch tiles per call (``TileSettings.fixed_tile`` and
+            ``pad_for`` resolve "auto" and the margin; tile 0 = whole images, which needs an
+            explicit profile).
         mem_pattern: ORT's memory-pattern planner (``enable_mem_pattern``); off by default: it
             took 1.5x the activation memory for no speed gain (measured, see backends/ort.py).
     """
@@ -60,7 +57,7 @@ class OrtOptions:
     trt_profile_min: tuple[int, int, int, int] | None = None
     trt_profile_opt: tuple[int, int, int, int] | None = None
     trt_profile_max: tuple[int, int, int, int] | None = None
-    trt_tile_plan: tuple[int, int | None, int] = DEFAULT_TRT_TILE_PLAN
+    trt_tile_plan: TileSettings = DEFAULT_TRT_TILE_PLAN
     mem_pattern: bool = False
 
     def __post_init__(self) -> None:
@@ -78,11 +75,9 @@ class OrtOptions:
             if mn[1] != opt[1] or opt[1] != mx[1] or not all(a <= b <= c for a, b, c in zip(mn, opt, mx)):
                 raise ValueError(f"TensorRT profile needs min <= opt <= max per dim and one channel count, got "
                                  f"{mn}, {opt}, {mx}")
-        tile, pad, batch = tuple(self.trt_tile_plan)
-        if tile < 0 or (pad is not None and pad < 0) or batch < 1:
-            raise ValueError(f"trt_tile_plan (tile, tile_pad, batch) needs tile >= 0, tile_pad >= 0, batch >= 1, "
-                             f"got {self.trt_tile_plan}")
-        object.__setattr__(self, "trt_tile_plan", (int(tile), None if pad is None else int(pad), int(batch)))
+        if not isinstance(self.trt_tile_plan, TileSettings):
+            tile, pad, batch = self.trt_tile_plan
+            object.__setattr__(self, "trt_tile_plan", TileSettings(tile=tile, tile_pad=pad, batch=batch))
         if self.graph_optimization not in GRAPH_OPT_LEVELS:
             raise ValueError(f"graph_optimization must be one of {GRAPH_OPT_LEVELS}, got {self.graph_optimization!r}")
         if self.inter_op_threads is not None and self.inter_op_threads < 1:

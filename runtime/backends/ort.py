@@ -4,7 +4,9 @@ The model's contract (scale, ranges, receptive radius) is read from the ONNX fil
 ``metadata_props`` through ONNX Runtime itself, so the ``onnx`` package is not needed.
 A requested provider that ONNX Runtime cannot use is an error: ONNX Runtime itself silently
 falls back to the CPU when a GPU provider fails to load, so the providers actually attached to
-the session are checked after creation and recorded in ``details["providers"]``.
+the session are checked after creation and recorded in ``details["providers"]``. Before a GPU
+session: one ORT distribution, the CUDA/TensorRT libraries loaded, ORT's fallback off and its own
+error captured (``_ortgpu``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from ..metadata import INPUT_NAME, OUTPUT_NAME, ModelInfo
 from ..session import InputSpec, Session
 from . import parse_device
+from ._ortgpu import check_distributions, create_session, load_provider_libraries, ort_cuda_major, ort_error
 from .options import GRAPH_OPT_LEVELS, OrtOptions
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -33,21 +36,25 @@ _REDUCED_PRECISION_FLAGS = ("trt_fp16_enable", "trt_bf16_enable")
 def trt_profile(options: OrtOptions, info: ModelInfo, channels: int = 3):
     """(min, opt, max) NCHW shapes of the TensorRT provider's profile for ``lr``.
 
-    The explicit ``trt_profile_*`` options, else the profile that holds every window of the tile
-    plan ``options.trt_tile_plan``: 1..batch tiles of up to tile + 2 * tile_pad pixels (smaller
-    images give smaller windows, so the minimum is 1x1), optimised for full tiles.
+    The explicit ``trt_profile_*`` options, else the profile that holds every window of the
+    tiling ``options.trt_tile_plan`` (a ``TileSettings``): 1..batch tiles of up to tile + 2 * margin
+    pixels (smaller images give smaller windows, so the minimum is 1x1), optimised for full tiles.
+    The profile exists before any image is seen, so tile "auto" profiles ``DEFAULT_TILE``
+    (``TileSettings.fixed_tile``); the auto chooser then stays inside it (the session's
+    ``input_spec`` caps the window).
     """
     if options.trt_profile_min is not None:
         return options.trt_profile_min, options.trt_profile_opt, options.trt_profile_max
-    from ..upscale import model_tile_pad
-
-    tile, pad, batch = options.trt_tile_plan
-    if tile == 0:
+    tiling = options.trt_tile_plan
+    tile = tiling.fixed_tile()
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
+    if th == 0 or tw == 0:
         raise ValueError("the TensorRT provider needs a bounded shape profile, and whole-image runs (tile 0) have "
                          "none: tile the input (--tile N), or pass OrtOptions(trt_profile_min=..., "
                          "trt_profile_opt=..., trt_profile_max=...)")
-    window = tile + 2 * (model_tile_pad(info) if pad is None else pad)
-    return (1, channels, 1, 1), (batch, channels, window, window), (batch, channels, window, window)
+    pad = tiling.pad_for(info.receptive_radius, info.tile_margin)
+    full = (tiling.batch, channels, th + 2 * pad, tw + 2 * pad)
+    return (1, channels, 1, 1), full, full
 
 
 class OrtSession(Session):
@@ -71,7 +78,11 @@ class OrtSession(Session):
     def __init__(self, path: str | os.PathLike, *, backend: str = "onnxruntime", device: str = "cpu",
                  precision: str | None = None, threads: int | None = None, options: OrtOptions | None = None) -> None:
         super().__init__()
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # the base install has none: it comes from the cpu or a gpu extra
+            raise ModuleNotFoundError("ONNX Runtime is not installed: pip install 'srdeploy[cpu]' (or 'srdeploy[gpu]' "
+                                      "on an NVIDIA GPU; never both)", name="onnxruntime") from exc
 
         options = options or OrtOptions()
         path = Path(path)
@@ -80,24 +91,28 @@ class OrtSession(Session):
         kind, index = parse_device(device, backend=backend)
         provider = "tensorrt" if backend == "onnxruntime-tensorrt" else kind
         wanted = PROVIDERS[provider]
+        distributions = check_distributions(path, gpu=provider != "cpu")
         self._check_available(ort, path, device, wanted)
+        if provider != "cpu":
+            load_provider_libraries(ort, provider, path)
         opts = self._session_options(ort, threads, options)
         profile = None
         if provider == "tensorrt":
             # The TensorRT provider needs the model's precision and receptive radius before the
             # session exists (FP16 check, shape profile): read the contract on the CPU first.
-            contract = self._create(ort, path, "CPUExecutionProvider", self._session_options(ort, None, OrtOptions(
+            contract, _ = self._create(ort, path, "CPUExecutionProvider", self._session_options(ort, None, OrtOptions(
                 graph_optimization="disable")), ["CPUExecutionProvider"])
             info = ModelInfo.from_props(dict(contract.get_modelmeta().custom_metadata_map), source=str(path))
             del contract
             self._check_trt_precision(path, info, precision, dict(options.provider_options))
             profile = trt_profile(options, info)
         providers = self._providers(provider, wanted, index, options, profile)
-        self._sess = self._create(ort, path, wanted, opts, providers)
+        self._sess, captured = self._create(ort, path, wanted, opts, providers, capture=provider != "cpu")
         used = self._sess.get_providers()
-        if used[0] != wanted:
-            raise RuntimeError(f"{path}: ONNX Runtime did not attach {wanted} (attached: {used}); "
-                               "check the CUDA/cuDNN/TensorRT libraries onnxruntime-gpu needs")
+        if used[0] != wanted:  # ORT created the session on a fallback provider: never run there
+            raise RuntimeError(f"{path}: ONNX Runtime did not attach {wanted} (attached: {used}): " + (
+                ort_error(captured, ort_cuda_major()) or "it logged no error; check the CUDA/cuDNN/TensorRT "
+                "libraries onnxruntime-gpu needs"))
         self.info = ModelInfo.from_props(dict(self._sess.get_modelmeta().custom_metadata_map), source=str(path))
         self._check_io(path)
         self.precision = self._precision(path, precision, wanted)
@@ -109,6 +124,7 @@ class OrtSession(Session):
             "provider_options": {k: v for k, v in self._sess.get_provider_options().items()
                                  if k in used[:1]},
             "onnxruntime_version": ort.__version__,
+            "onnxruntime_distributions": distributions,
             "intra_op_threads": threads,
             "inter_op_threads": options.inter_op_threads,
             "graph_optimization": options.graph_optimization,
@@ -125,8 +141,8 @@ class OrtSession(Session):
         if wanted not in available:
             raise RuntimeError(
                 f"{path}: device {device!r} needs ONNX Runtime's {wanted}, but this onnxruntime "
-                f"{ort.__version__} only has {', '.join(available)}. Install onnxruntime-gpu "
-                "(pip install 'srdeploy[gpu]') or choose --device cpu.")
+                f"{ort.__version__} only has {', '.join(available)}. Install onnxruntime-gpu instead of "
+                "onnxruntime (pip uninstall -y onnxruntime && pip install 'srdeploy[gpu]') or choose --device cpu.")
 
     @staticmethod
     def _session_options(ort, threads: int | None, options: OrtOptions):
@@ -146,18 +162,22 @@ class OrtSession(Session):
         return opts
 
     @staticmethod
-    def _create(ort, path: Path, wanted: str, opts, providers: list):
-        """``ort.InferenceSession``; a file ONNX Runtime cannot parse is reported as such, any other
-        failure (bad provider option, missing library, TensorRT build error) with the provider's
-        own message."""
+    def _create(ort, path: Path, wanted: str, opts, providers: list, capture: bool = False):
+        """``(ort.InferenceSession, captured ORT output)``; a file ONNX Runtime cannot parse is reported
+        as such, any other failure (bad provider option, missing library, TensorRT build error) with
+        the provider's own message. ``capture`` (GPU providers): no CPU fallback, ORT's output kept."""
         try:
-            return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            if capture:
+                return create_session(ort, path, opts, providers)
+            return ort.InferenceSession(str(path), sess_options=opts, providers=providers), ""
         except Exception as exc:  # ORT raises its own exception types (InvalidProtobuf, Fail, EPFail, ...)
             if type(exc).__name__ in _LOAD_ERRORS:
                 raise ValueError(f"{path}: ONNX Runtime cannot load this model ({type(exc).__name__}: {exc}); "
                                  "is it a valid ONNX file? Re-export it with `srdeploy export`.") from exc
+            logged = ort_error(getattr(exc, "ort_output", ""), ort_cuda_major())
             raise RuntimeError(f"{path}: ONNX Runtime could not create a session on {wanted} "
-                               f"({type(exc).__name__}: {exc})") from exc
+                               f"({type(exc).__name__}: {exc})"
+                               + (f"; ORT logged: {logged}" if logged and logged not in str(exc) else "")) from exc
 
     @staticmethod
     def _check_trt_precision(path: Path, info: ModelInfo, precision: str | None, popts: dict) -> None:

@@ -19,16 +19,19 @@ Ray is imported here only, inside functions.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .job import (JobFolder, Settings, Summary, WorkerStats, collect, is_finished, open_job, plan_tasks,
-                  update_plan_units, write_json)
-from .video import unavailable_reason
+from ..atomic import write_json
+from ..jobs import JobFolder
+from ..media.files import collect
+from ..progress import progress_bar, say
+from ..settings import RunSettings
+from .job import Settings, Summary, WorkerStats, job_folder, open_job, plan_tasks, update_plan_units
+from .video import output_problems, unavailable_reason
 
 
 @dataclass
@@ -37,8 +40,8 @@ class BatchConfig:
 
     Attributes:
         inputs: files, folders, globs, manifests.  outdir: output folder (holds the job folder).
-        recipe: the ``SessionRecipe`` each worker opens.  settings: what decides outputs (plan.json).
-        tiling: ``Upscaler`` keyword arguments.
+        run: the ``RunSettings``: the ``SessionRecipe`` each worker opens and its ``TileSettings``.
+        settings: what decides outputs (plan.json).
         workers: actors.  threads_per_worker: CPUs each actor reserves (and ONNX Runtime threads).
         gpus_per_worker: GPUs each actor reserves (Ray pins it via CUDA_VISIBLE_DEVICES); 0 = none.
         address: Ray cluster to attach to ("auto", "HOST:PORT"); None = start a local one (or use
@@ -49,9 +52,8 @@ class BatchConfig:
 
     inputs: list[str]
     outdir: str
-    recipe: object
+    run: RunSettings
     settings: Settings
-    tiling: dict
     workers: int = 1
     threads_per_worker: int = 1
     gpus_per_worker: float = 0.0
@@ -64,12 +66,6 @@ class BatchConfig:
     progress: bool = True
     quality: int | None = None
     ray_init: dict = field(default_factory=dict)
-
-
-def _say(msg: str) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(msg, file=sys.stderr)
 
 
 def _cause(exc: BaseException) -> str:
@@ -97,7 +93,7 @@ class _Pool:
             self.actors.append(self._new(i))
 
     def _new(self, slot: int):
-        return self.remote.remote(self.cfg.recipe, self.cfg.tiling, str(self.job.root), self.stats[slot].name,
+        return self.remote.remote(self.cfg.run, str(self.job.root), self.stats[slot].name,
                                   {"quality": self.cfg.quality, "codec": self.cfg.settings.codec,
                                    "crf": self.cfg.settings.crf, "segment_frames": self.cfg.settings.segment_frames})
 
@@ -126,7 +122,7 @@ class _Pool:
                 info = self.ray.get(actor.describe.remote())
             except self.ray.exceptions.RayError as exc:
                 raise RuntimeError(f"batch: worker {self.stats[slot].name} could not open the model "
-                                   f"{self.cfg.recipe.model}: {_cause(exc)}") from None
+                                   f"{self.cfg.run.recipe.model}: {_cause(exc)}") from None
             self.stats[slot].pid, self.stats[slot].node = info["pid"], info["node"]
             infos.append(info)
         return infos
@@ -176,7 +172,7 @@ def _start_ray(cfg: BatchConfig):
     return ray, True
 
 
-def run_batch(cfg: BatchConfig, *, log: Callable[[str], None] = _say) -> Summary:
+def run_batch(cfg: BatchConfig, *, log: Callable[[str], None] = say) -> Summary:
     """Run (or resume) a batch job; returns its summary (also written to the job folder).
 
     Raises:
@@ -190,14 +186,14 @@ def run_batch(cfg: BatchConfig, *, log: Callable[[str], None] = _say) -> Summary
     outdir = Path(cfg.outdir)
     if outdir.exists() and not outdir.is_dir():
         raise ValueError(f"-o {outdir}: exists and is not a folder; batch writes into an output folder")
-    pairs, problems = collect(cfg.inputs, recursive=cfg.recursive)
+    pairs, problems = collect(cfg.inputs, recursive=cfg.recursive, manifests=True)
     tasks, clashes = plan_tasks(pairs, outdir, cfg.settings)
     problems += clashes
     if not tasks:
         for msg in problems:
             log(f"srdeploy batch: error: {msg}")
         raise ValueError("batch: no input images or videos")
-    job = JobFolder.of(outdir)
+    job = job_folder(outdir)
     tasks = open_job(job, cfg.settings, tasks, resume=cfg.resume)
 
     summary = Summary(tasks=len(tasks), settings=asdict(cfg.settings))
@@ -205,14 +201,18 @@ def run_batch(cfg: BatchConfig, *, log: Callable[[str], None] = _say) -> Summary
     todo: list[dict] = []
     skipped_units = 0
     why_no_video = unavailable_reason()
+    # Output settings a video's container cannot take fail that video now, not on a worker after the model loads.
+    bad_output = output_problems(tasks, codec=cfg.settings.codec, crf=cfg.settings.crf) if not why_no_video else {}
     for t in tasks:
-        if is_finished(job, t):
+        if job.is_finished(t["id"], t["dst"]):
             summary.skipped += 1
             skipped_units += t["units"]
         elif t["preexisting"] and not cfg.overwrite:
             _fail(job, summary, t, f"{t['dst']}: already exists; pass --overwrite to replace it", 0)
         elif t["kind"] == "video" and why_no_video:
             _fail(job, summary, t, f"{t['src']}: {why_no_video}", 0)
+        elif t["id"] in bad_output:
+            _fail(job, summary, t, bad_output[t["id"]], 0)
         else:
             job.clear_state(t["id"])
             if t["kind"] == "video":  # planned by a worker, which queues its segments, then the join
@@ -236,14 +236,12 @@ def run_batch(cfg: BatchConfig, *, log: Callable[[str], None] = _say) -> Summary
 
 
 def _fail(job: JobFolder, summary: Summary, task: dict, error: str, attempts: int) -> None:
-    job.write_state(task["id"], {"state": "failed", "attempts": attempts, "error": error})
+    job.mark_failed(task["id"], error, attempts)
     summary.failures.append({"input": task["src"], "error": error})
 
 
 def _run_tasks(cfg: BatchConfig, job: JobFolder, todo: list[dict], summary: Summary, skipped_units: int,
                log: Callable[[str], None]) -> None:
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
     ray, started_here = _start_ray(cfg)
     pool = None
@@ -262,8 +260,8 @@ def _run_tasks(cfg: BatchConfig, job: JobFolder, todo: list[dict], summary: Summ
             + (f" x {cfg.gpus_per_worker:g} GPU" if cfg.gpus_per_worker else "")
             + f", Ray ready in {summary.startup_s:.1f} s")
         total = skipped_units + sum(t["units"] for t in todo)
-        bar = tqdm(total=total, initial=skipped_units, unit="item", desc="images+frames", file=sys.stderr,
-                   disable=not cfg.progress, dynamic_ncols=True, smoothing=0.1)
+        bar = progress_bar(total=total, initial=skipped_units, unit="item", desc="images+frames",
+                           enabled=cfg.progress)
         _Scheduler(ray, pool, job, deque(todo), cfg.retries, summary, bar, log).run()
     finally:
         if bar is not None:

@@ -11,14 +11,13 @@ A segment is the layer's ``SegmentTask`` (small, picklable; it names its own fil
 ``process_segment`` returns at once for a finished segment, so a retried or resumed segment is
 either reused or redone, never half-used. Planning again on resume gives the same segments
 (the plan depends only on the source and the settings, which ``job.json`` in the work folder
-pins, exactly as ``srdeploy video --resume`` does), so nothing about a video needs to survive
-in driver memory.
+pins through ``jobs.JobFolder``, exactly as ``srdeploy video --resume`` does), so nothing about a
+video needs to survive in driver memory. Output settings (``--codec``, ``--crf`` for each output
+container) are checked by the driver before the workers start (``output_problems``).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 UNAVAILABLE = ("batch: videos need the ffmpeg segment layer (srdeploy.runtime.media.segments: process segment k, "
@@ -34,11 +33,27 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def fingerprint(upscaler, model: str) -> dict:
-    """What job.json records besides the source and encoder (the same keys as ``srdeploy video``)."""
-    session = upscaler.session
-    return {"model": str(os.path.abspath(model)), "model_size": os.path.getsize(model), "backend": session.backend,
-            "precision": session.precision, "tile": upscaler.tile, "tile_pad": upscaler.tile_pad}
+def output_problems(tasks: list[dict], *, codec: str | None, crf: int | None) -> dict[str, str]:
+    """Video tasks whose output settings ffmpeg cannot write (``--codec``/``--crf`` for that
+    container), checked once per extension before any worker opens the model: task id -> the
+    one-line error, named by the task's input."""
+    from ..media import ffmpeg as ff
+
+    verdicts: dict[str, str | None] = {}
+    problems = {}
+    for t in tasks:
+        if t["kind"] != "video":
+            continue
+        ext = Path(t["dst"]).suffix.lower()
+        if ext not in verdicts:
+            try:
+                ff.check_output(t["dst"], ff.encoder_settings(t["dst"], codec=codec, crf=crf))
+                verdicts[ext] = None
+            except ValueError as exc:
+                verdicts[ext] = str(exc).replace(f"{t['dst']}: ", "")
+        if verdicts[ext]:
+            problems[t["id"]] = f"{t['src']}: {verdicts[ext]}"
+    return problems
 
 
 def plan_video(src: str, dst: str, upscaler, model: str, *, codec: str | None, crf: int | None,
@@ -51,27 +66,19 @@ def plan_video(src: str, dst: str, upscaler, model: str, *, codec: str | None, c
     Raises:
         ValueError/OSError (bad input, one line naming the file), FFmpegError.
     """
+    from ..jobs import model_fingerprint
     from ..media import segments
-    from .job import read_json, write_json
 
     src_p, dst_p = Path(src), Path(dst)
     segments.check_source(src_p)
     source, settings = segments.probe_request(src_p, dst_p, codec=codec, crf=crf)
     work = segments.work_folder(dst_p)
     work.mkdir(parents=True, exist_ok=True)
-    for stale in work.glob(".seg-*.tmp.*"):  # a killed attempt's partial segment
-        stale.unlink(missing_ok=True)
+    segments.drop_partial_segments(work)  # a killed attempt's
     job = segments.plan_job(source, dst_p, upscaler.scale, settings, segment_frames=segment_frames, work=work)
-    record = segments.job_record(job, fingerprint(upscaler, model))
-    job_file = work / segments.JOB_FILE
-    if job_file.is_file():
-        old = read_json(job_file)
-        changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
-        if changed:
-            raise ValueError(f"{dst}: the work folder {work} holds segments made with different {', '.join(changed)}; "
-                             "delete that folder to start this video again")
-    else:
-        write_json(job_file, record)
+    segments.pin_job(job, model_fingerprint(upscaler, model),
+                     refusal=f"{dst}: the work folder {work} holds segments made with",
+                     hint="delete that folder to start this video again")
     return {"job": job, "frames": job.frames, "done": [segments.segment_done(t) for t in job.tasks],
             "notices": list(job.notices)}
 
@@ -90,13 +97,9 @@ def join_video(job) -> list[str]:
     Returns:
         The muxer's notices (streams converted or dropped).
     """
-    from ..atomic import atomic_target
     from ..media import segments
 
-    with atomic_target(job.dst, keep_suffix=True, create=False) as tmp:
-        mux = segments.join_segments(job, tmp, audio=True)
-    shutil.rmtree(job.work, ignore_errors=True)
-    return list(mux.notices)
+    return list(segments.finish_job(job, audio=True).notices)
 
 
 def input_errors() -> tuple[type[BaseException], ...]:

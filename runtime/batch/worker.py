@@ -19,7 +19,8 @@ import socket
 import time
 from pathlib import Path
 
-from .job import JobFolder, output_stamp
+from ..jobs import JobFolder
+from .job import PLAN_FILE
 
 INPUT_ERRORS = (ValueError, OSError, MemoryError)
 
@@ -28,30 +29,26 @@ class BatchWorker:
     """One worker: a session, an ``Upscaler`` and the job folder.
 
     Args:
-        recipe: ``SessionRecipe`` to open.
-        tiling: ``Upscaler`` keyword arguments (tile, tile_pad, batch, feather, alpha).
+        run: the ``RunSettings``: the ``SessionRecipe`` to open and the ``TileSettings``.
         job_root: the job folder (``OUTDIR/.srdeploy-batch``).
         name: the worker's name in the report.
         options: output options: quality (images), codec/crf/segment_frames (videos).
     """
 
-    def __init__(self, recipe, tiling: dict, job_root: str, name: str, options: dict) -> None:
+    def __init__(self, run, job_root: str, name: str, options: dict) -> None:
         from ..open import open_session
-        from ..upscale import DEFAULT_TILE, Upscaler
+        from ..upscale import Upscaler
 
         self.name = name
-        self.job = JobFolder(Path(job_root))
+        self.job = JobFolder(Path(job_root), PLAN_FILE)
         self.options = options
-        self.model = recipe.model
-        self.session = open_session(recipe)
-        tiling = dict(tiling)
-        if tiling.get("tile") is None:
-            tiling["tile"] = DEFAULT_TILE
-        self.upscaler = Upscaler(self.session, **tiling)
+        self.model = run.recipe.model
+        self.session = open_session(run.recipe)
+        self.upscaler = Upscaler(self.session, run.tiling)
 
     def describe(self) -> dict:
         """Who and where this worker is, and the session line every runtime command prints."""
-        from ..cli._args import describe_session
+        from ..open import describe_session
 
         return {"name": self.name, "pid": os.getpid(), "node": socket.gethostname(),
                 "line": describe_session(self.session, self.model, self.upscaler),
@@ -88,9 +85,8 @@ class BatchWorker:
                     "notes": notes, "pid": os.getpid()}
         seconds = time.perf_counter() - t0
         if task["kind"] in ("image", "join"):  # the task that writes the job's output records it as done
-            self.job.write_state(task["id"], {"state": "done", "attempts": task.get("attempt", 1),
-                                              "worker": self.name, "seconds": round(seconds, 4),
-                                              **output_stamp(task["dst"])})
+            self.job.mark_done(task["id"], task["dst"], attempts=task.get("attempt", 1), worker=self.name,
+                               seconds=round(seconds, 4))
         return {"id": task["id"], "ok": True, "seconds": seconds, "units": units, "notes": notes,
                 "pid": os.getpid(), **extra}
 

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import argparse
 
+# The shared flags and ``settings_from_args``, for the other packages' CLI modules (export, the
+# top-level cli), which must not reach into the private ``_args``.
+from ._args import (PRECISIONS, add_session_args, add_tile_args, backend_arg,  # noqa: F401
+                    settings_from_args)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from . import batch, bench, upscale, video

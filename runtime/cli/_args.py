@@ -1,60 +1,18 @@
-"""Flags shared by the runtime commands (upscale, video, bench, and later batch/eval), declared once.
+"""Flags shared by the runtime commands (upscale, video, bench, batch, eval), declared once, and
+``settings_from_args``: the one place they become a ``RunSettings`` (recipe + tiling).
 
-Also the one parser for "WxH"-style sizes and shapes, used by every command that takes them
-(bench, verify, build-engine, the C++ benchmark wrapper). Parsers only: nothing heavy is imported.
+Parsers only: nothing heavy is imported. The text parsers themselves (sizes, shapes, bytes) are
+library code in ``srdeploy.runtime.parsing``; ``describe_session`` is in ``srdeploy.runtime.open``.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 
 from ..backends import NAMES, canonical, help_text, model_help
+from ..settings import DEFAULT_TILE, RunSettings, TileSettings
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-
-
-# ----------------------------------------------------------------------------- sizes
-def parse_dims(text: str, *, names: tuple[str, ...], example: str, optional_lead: int | None = None,
-               what: str = "size") -> tuple[int, ...]:
-    """Parse 'AxBx...' (also 'A*B', 'AXB') into positive integers.
-
-    Args:
-        text: the string.
-        names: what each dimension is, e.g. ("width", "height") or ("N", "C", "H", "W").
-        example: a valid example for the message.
-        optional_lead: when given, one fewer dimension may be written and this value is put
-            first (e.g. batch 1 for "HxW" given where "BxHxW" is expected).
-        what: the flag or thing being parsed, for the message.
-    """
-    parts = re.split(r"[xX*]", str(text).strip())
-    try:
-        dims = tuple(int(p) for p in parts)
-    except ValueError:
-        dims = ()
-    if optional_lead is not None and len(dims) == len(names) - 1:
-        dims = (optional_lead, *dims)
-    if len(dims) != len(names) or min(dims, default=0) < 1:
-        short, long = "x".join(n[0].upper() for n in names), "x".join(n.upper() for n in names)
-        form = short if short == long else f"{short} ({long})"
-        raise ValueError(f"{what} {text!r} is not {form} with positive integers (e.g. {example})")
-    return dims
-
-
-def parse_size(text: str, what: str = "--size") -> tuple[int, int]:
-    """'WxH' -> (width, height)."""
-    w, h = parse_dims(text, names=("width", "height"), example="128x128", what=what)
-    return w, h
-
-
-def parse_shape(text: str, what: str = "shape") -> tuple[int, int, int, int]:
-    """'NxCxHxW' -> (N, C, H, W)."""
-    return parse_dims(text, names=("N", "C", "H", "W"), example="1x3x256x256", what=what)  # type: ignore[return-value]
-
-
-def parse_batch_hw(text: str, what: str = "size") -> tuple[int, int, int]:
-    """'BxHxW' or 'HxW' (batch 1) -> (batch, H, W)."""
-    return parse_dims(text, names=("B", "H", "W"), example="2x33x47", optional_lead=1, what=what)  # type: ignore
 
 
 # ----------------------------------------------------------------------------- session flags
@@ -98,7 +56,7 @@ def parse_tile(text: str) -> int | str:
 
 def parse_memory(text: str) -> int:
     """--max-memory: "1G", "512M", ... (binary units) in bytes."""
-    from ..budget import parse_size as parse_bytes
+    from ..parsing import parse_bytes
 
     try:
         return parse_bytes(text)
@@ -122,11 +80,32 @@ def add_tile_args(p: argparse.ArgumentParser, *, tile_default: int | str = "auto
     p.add_argument("--batch", type=int, default=1, metavar="N", help=batch_help)
 
 
-def check_tile_args(args: argparse.Namespace) -> None:
-    """One message for out-of-range tile flags."""
-    feather = getattr(args, "feather", 0) or 0
-    if args.batch < 1 or (args.tile_pad is not None and args.tile_pad < 0) or feather < 0:
-        raise ValueError("--tile-pad and --feather must be >= 0 and --batch >= 1")
+def tile_settings(args: argparse.Namespace) -> TileSettings:
+    """The ``TileSettings`` the tile flags describe (one message for out-of-range values).
+
+    A command whose ``--tile`` defaults to None (eval: fixed tiles, reproducible figures) gets
+    ``DEFAULT_TILE``, or "auto" when ``--max-memory`` asks for a budget.
+    """
+    tile = args.tile
+    if tile is None:
+        tile = DEFAULT_TILE if args.max_memory is None else "auto"
+    return TileSettings(tile=tile, tile_pad=args.tile_pad,
+                        batch=args.batch,
+                        feather=getattr(args, "feather", 0),
+                        alpha=getattr(args, "alpha", "model"),
+                        max_memory=args.max_memory)
+
+
+def settings_from_args(args: argparse.Namespace, *, model: str | None = None, **options) -> RunSettings:
+    """The ``RunSettings`` of a command's session and tile flags, built once.
+
+    Args:
+        args: the parsed flags (``add_session_args`` or the same names, and ``add_tile_args``).
+        model: the model file when the command takes it positionally (eval); default ``--model``.
+        options: backend option fields, e.g. ``inter_op_threads``.
+    """
+    tiling = tile_settings(args)
+    return RunSettings(session_recipe(args, tiling=tiling, model=model, **options), tiling)
 
 
 def model_path(args: argparse.Namespace) -> str:
@@ -138,32 +117,21 @@ def model_path(args: argparse.Namespace) -> str:
     return str(default_model_path())
 
 
-def session_recipe(args: argparse.Namespace, **options):
-    """The ``SessionRecipe`` the session flags describe (``options``: backend option fields)."""
+def session_recipe(args: argparse.Namespace, *, tiling: TileSettings | None = None, model: str | None = None,
+                   **options):
+    """The ``SessionRecipe`` the session flags describe (``options``: backend option fields).
+
+    ``tiling``: what the session will serve; ONNX Runtime's TensorRT provider derives its shape
+    profile from it (no engine rebuilds for these windows), as ``trt_tile_plan``. ``model``:
+    instead of ``--model``.
+    """
     from ..backends import backend_for
     from ..backends.options import make_options
     from ..open import SessionRecipe
 
-    model = model_path(args)
+    model = model or model_path(args)
     backend = backend_for(model, args.backend)
-    if backend == "onnxruntime-tensorrt" and hasattr(args, "tile") and "trt_tile_plan" not in options:
-        # The provider's shape profile covers the windows these tile flags produce (no engine rebuilds).
-        # The profile must exist before the session opens, so --tile auto profiles the default tile;
-        # the auto chooser then stays inside it (the session's input_spec caps the window).
-        from ..upscale import DEFAULT_TILE
-
-        tile = DEFAULT_TILE if args.tile in (None, "auto") else args.tile
-        options["trt_tile_plan"] = (tile, args.tile_pad, args.batch)
+    if backend == "onnxruntime-tensorrt" and tiling is not None and "trt_tile_plan" not in options:
+        options["trt_tile_plan"] = tiling
     return SessionRecipe(model, args.backend, args.device, args.precision, getattr(args, "threads", None),
                          make_options(backend, options))
-
-
-def describe_session(session, model, upscaler=None) -> str:
-    """The first line every runtime command prints: model, backend, providers, device, precision, tiling."""
-    info = session.info
-    used = session.details.get("providers") or session.details.get("gpu") or ""
-    line = (f"model {model} (x{info.scale}, receptive radius {info.receptive_radius}) on {session.backend} "
-            f"{used} {session.device} {session.precision}")
-    if upscaler is not None:
-        line += f"; {upscaler.describe()}, batch {upscaler.batch}" + (f", feather {upscaler.feather}" if upscaler.feather else "")
-    return line

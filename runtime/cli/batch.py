@@ -7,10 +7,9 @@ Parser only at import time (no ray, numpy or onnxruntime); the handler imports
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
-from ._args import add_session_args, add_tile_args, check_tile_args, model_path, session_recipe
+from ._args import add_session_args, add_tile_args, settings_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,49 +64,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_batch_cli)
 
 
-class _Terminated(Exception):
-    """SIGTERM, turned into an exception so the driver's cleanup (Ray shutdown) runs."""
-
-
-def _on_sigterm(signum, frame):
-    raise _Terminated()
-
-
 def run_batch_cli(args: argparse.Namespace) -> int:
     from ..batch.driver import BatchConfig, report_lines, run_batch
     from ..batch.job import Settings
+    from ..interrupt import Terminated, sigterm_as_interrupt
 
-    check_tile_args(args)
     if args.segment_frames is not None and args.segment_frames < 1:
         raise ValueError(f"--segment-frames must be >= 1, got {args.segment_frames}")
     args.threads = args.threads_per_worker
-    recipe = session_recipe(args)
-    resolved = recipe.resolved()
+    run = settings_from_args(args)
+    resolved = run.recipe.resolved()
     _check_devices(resolved.device, args.gpus_per_worker)
-    settings = Settings(model=str(model_path(args)), backend=resolved.backend, device=resolved.device,
-                        precision=args.precision, tile=args.tile, tile_pad=args.tile_pad, batch=args.batch,
-                        feather=args.feather, alpha=args.alpha, ext=args.ext, suffix=args.suffix,
-                        quality=args.quality, codec=args.codec, crf=args.crf, segment_frames=args.segment_frames)
-    cfg = BatchConfig(inputs=args.input, outdir=args.output, recipe=recipe, settings=settings,
-                      tiling={"tile": args.tile, "tile_pad": args.tile_pad, "batch": args.batch,
-                              "feather": args.feather, "alpha": args.alpha},
+    tiling = run.tiling
+    settings = Settings(model=str(run.recipe.model), backend=resolved.backend, device=resolved.device,
+                        precision=args.precision, tile=tiling.tile, tile_pad=tiling.tile_pad, batch=tiling.batch,
+                        feather=tiling.feather, alpha=tiling.alpha, ext=args.ext, suffix=args.suffix,
+                        quality=args.quality, codec=args.codec, crf=args.crf, segment_frames=args.segment_frames,
+                        max_memory=tiling.max_memory)
+    cfg = BatchConfig(inputs=args.input, outdir=args.output, run=run, settings=settings,
                       workers=args.workers, threads_per_worker=args.threads_per_worker,
                       gpus_per_worker=args.gpus_per_worker, address=args.address, recursive=args.recursive,
                       resume=args.resume, retries=args.retries, overwrite=args.overwrite, json=args.json,
                       progress=not args.quiet, quality=args.quality)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    # SIGTERM arrives as KeyboardInterrupt (runtime.interrupt, installed by the srdeploy entry point
+    # and here for library callers), so the driver's finally blocks (Ray shutdown) run either way.
     try:
-        summary = run_batch(cfg)
-    except _Terminated:
-        print("srdeploy batch: terminated; finished tasks are recorded, rerun with --resume to continue",
-              file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print("srdeploy batch: interrupted; finished tasks are recorded, rerun with --resume to continue",
-              file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        with sigterm_as_interrupt():
+            summary = run_batch(cfg)
+    except KeyboardInterrupt as exc:
+        term = isinstance(exc, Terminated)
+        print(f"srdeploy batch: {'terminated' if term else 'interrupted'}; finished tasks are recorded, rerun with "
+              "--resume to continue", file=sys.stderr)
+        return 143 if term else 130
     for line in report_lines(summary):
         print(line, file=sys.stderr)
     return 0 if summary.ok else 1

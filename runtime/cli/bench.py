@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._args import add_session_args, add_tile_args, model_path, parse_size
+from ._args import add_session_args, add_tile_args, settings_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -72,19 +72,18 @@ def _run_bench(args: argparse.Namespace) -> int:
         raise ValueError(f"bench: unexpected arguments {args.jsons} (result files are only read with --plot)")
 
     from ..bench import BenchConfig, run_bench, torch_reference, write_json
+    from ..parsing import parse_wh
 
-    w, h = parse_size(args.size)
+    w, h = parse_wh(args.size)
     options = {}
     if args.inter_op_threads is not None:
         options["inter_op_threads"] = args.inter_op_threads
     if args.graph_opt is not None:
         options["graph_optimization"] = args.graph_opt
-    cfg = BenchConfig(model=model_path(args), width=w, height=h, batch=args.batch, backend=args.backend,
-                      device=args.device, precision=args.precision, threads=args.threads, warmup=args.warmup,
-                      iters=args.iters, tile=args.tile, tile_pad=args.tile_pad, max_memory=args.max_memory,
+    cfg = BenchConfig(settings_from_args(args, **options), width=w, height=h, warmup=args.warmup, iters=args.iters,
                       full_path=not args.no_full_path,
                       video=args.video, video_frames=args.video_frames, compare_torch=args.compare_torch,
-                      options=options, compare=tuple(args.compare), peak=args.peak)
+                      compare=tuple(args.compare), peak=args.peak)
     cfg.validate()
     torch_runner = torch_reference(args.compare_torch, args.threads) if args.compare_torch else None
     if not args.quiet:

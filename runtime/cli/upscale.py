@@ -1,8 +1,8 @@
 """``srdeploy upscale``: super-resolve image files, folders and globs.
 
 Parser only at import time (no numpy/OpenCV/onnxruntime); the handler imports them when it runs.
-The work itself (input discovery, output names, the per-file loop) is library code in
-``srdeploy.runtime.upscale``.
+The work itself is library code: input discovery and output names in ``srdeploy.runtime.media.files``,
+the per-file loop in ``srdeploy.runtime.upscale``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._args import add_session_args, add_tile_args, check_tile_args, describe_session, session_recipe
+from ._args import add_session_args, add_tile_args, settings_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,15 +44,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_upscale(args: argparse.Namespace) -> int:
-    from ..open import open_session
-    from ..upscale import DEFAULT_TILE, Upscaler, collect_inputs, output_paths, upscale_files
+    from ..media.files import collect, output_paths
+    from ..open import describe_session, open_session
+    from ..upscale import Upscaler, upscale_files
 
     t0 = time.perf_counter()
-    check_tile_args(args)
-    files, problems = collect_inputs(args.input)
-    failures: list[str] = [msg for _, msg in problems]
+    run = settings_from_args(args)
+    pairs, failures = collect(args.input, kinds=("image",))
+    files = [f for f, _ in pairs]
     single = len(args.input) == 1 and Path(args.input[0]).is_file()
-    mapping = output_paths(files, args.output, ext=args.ext, suffix=args.suffix, single_item=single)
+    mapping = output_paths(pairs, args.output, ext=args.ext, suffix=args.suffix, single_item=single)
     from ..media.images import check_quality, pixel_limit
 
     pixel_limit()  # a bad $SRDEPLOY_MAX_IMAGE_PIXELS is one error up front, not one per file
@@ -65,10 +66,9 @@ def run_upscale(args: argparse.Namespace) -> int:
             print("srdeploy upscale: no input images", file=sys.stderr)
         return 1
 
-    recipe = session_recipe(args)
+    recipe = run.recipe
     with open_session(recipe) as session:
-        up = Upscaler(session, tile=DEFAULT_TILE if args.tile is None else args.tile, tile_pad=args.tile_pad,
-                      batch=args.batch, feather=args.feather, alpha=args.alpha, max_memory=args.max_memory)
+        up = Upscaler(session, run.tiling)
         announced = []
 
         def announce(upscaler) -> None:  # the first line, once the first image's tile is chosen

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from ._args import add_session_args, add_tile_args, check_tile_args, describe_session, session_recipe
+from ._args import add_session_args, add_tile_args, settings_from_args
 
 ENCODERS = ("ffmpeg", "opencv")
 
@@ -19,14 +18,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(imageio-ffmpeg) through pipes, in segments of --segment-frames frames kept in a hidden "
                     "folder beside the output, so --resume continues an interrupted run; the segments are then "
                     "joined without re-encoding and every other stream of the source (audio tracks, subtitles, "
-                    "chapters, attachments, metadata) is copied in. Defaults by container: .mp4/.mov/.mkv H.264 "
-                    "yuv420p CRF 18 preset medium, .webm AV1 (SVT-AV1) CRF 30. Output goes to a temporary file "
-                    "renamed at the end, so a failure leaves nothing under the output name. --encoder opencv "
-                    "uses OpenCV's VideoWriter instead (FourCC codecs, audio only).")
+                    "chapters, attachments, metadata) is copied in. Defaults by container: .mp4/.m4v/.mov/.mkv/"
+                    ".avi/.flv/.ts H.264 yuv420p CRF 18 preset medium, .webm AV1 (SVT-AV1) CRF 30, .mpg MPEG-2, "
+                    ".wmv WMV 8. Output settings are checked with ffmpeg before the model loads. Output goes to a "
+                    "temporary file renamed at the end, so a failure leaves nothing under the output name. "
+                    "--encoder opencv uses OpenCV's VideoWriter instead (FourCC codecs, audio only).")
     v.add_argument("-i", "--input", required=True, metavar="IN", help="input video")
     v.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output video; the container follows the extension (.mp4, .mov, .mkv, .webm; "
-                        ".avi with --encoder opencv)")
+                   help="output video; the container follows the extension (.mp4, .m4v, .mov, .mkv, .webm, .avi, "
+                        ".flv, .ts, .mts, .m2ts, .mpg, .mpeg, .wmv)")
     add_session_args(v)
     add_tile_args(v, tile_help="tile size in LR pixels; auto (default) = the largest tile whose predicted peak memory "
                                  "fits --max-memory (the whole frame when it fits); 0 = whole frame in one pass",
@@ -35,11 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--encoder", choices=ENCODERS, default="ffmpeg",
                    help="ffmpeg (default: bundled ffmpeg, all streams, segments) or opencv (VideoWriter)")
     v.add_argument("--codec", default=None, metavar="CODEC",
-                   help="ffmpeg: h264, hevc, av1, ffv1 (lossless) or any ffmpeg encoder name (libx264rgb, "
-                        "h264_nvenc...); default by extension (H.264; AV1 for .webm). opencv: a FourCC "
-                        "(default .mp4/.mov mp4v, .mkv FFV1, .avi MJPG)")
+                   help="ffmpeg: h264, hevc, av1, ffv1 (lossless), mpeg2, mpeg4, wmv or any ffmpeg encoder name "
+                        "(libx264rgb, h264_nvenc...); default by extension (H.264; AV1 for .webm, MPEG-2 for .mpg, "
+                        "WMV 8 for .wmv). opencv: a FourCC (default .mp4/.mov mp4v, .mkv FFV1, .avi MJPG)")
     v.add_argument("--crf", type=int, default=None, metavar="N",
-                   help="quality, lower = better (default: H.264 18, HEVC 20, AV1 30; 0 = lossless for H.264)")
+                   help="quality, lower = better (default: H.264 18, HEVC 20, AV1 30; 0 = lossless for H.264; "
+                        "MPEG-2/MPEG-4/WMV: -q:v 1-31, default 3)")
     v.add_argument("--preset", default=None, metavar="P",
                    help="encoder speed preset (x264/x265: ultrafast..veryslow, default medium; SVT-AV1: 0-13, "
                         "default 8)")
@@ -52,33 +53,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--overwrite", action="store_true", help="replace an existing output")
     v.add_argument("--no-audio", action="store_true", help="leave the audio tracks out")
     v.add_argument("--ffmpeg", default=None, metavar="PATH",
-                   help="ffmpeg executable (default: $SRDEPLOY_FFMPEG, else the one bundled by imageio-ffmpeg)")
+                   help="ffmpeg executable, a path or a name on PATH (default: $SRDEPLOY_FFMPEG, else the one "
+                        "bundled by imageio-ffmpeg)")
     v.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     v.set_defaults(func=run_video)
 
 
 def run_video(args: argparse.Namespace) -> int:
+    from ..jobs import model_fingerprint
     from ..media import segments
-    from ..open import open_session
+    from ..open import describe_session, open_session
     from ..upscale import Upscaler
 
-    check_tile_args(args)
+    run = settings_from_args(args)
     ffmpeg_only = [flag for flag, value in (("--crf", args.crf), ("--preset", args.preset),
                                             ("--pix-fmt", args.pix_fmt), ("--segment-frames", args.segment_frames),
                                             ("--resume", args.resume)) if value not in (None, False)]
     if args.encoder == "opencv" and ffmpeg_only:
         raise ValueError(f"{', '.join(ffmpeg_only)}: only with --encoder ffmpeg (the default)")
     if args.ffmpeg:
-        if not os.path.isfile(args.ffmpeg):
-            raise FileNotFoundError(f"--ffmpeg {args.ffmpeg}: no such executable")
-        os.environ["SRDEPLOY_FFMPEG"] = args.ffmpeg  # read by media.ffmpeg.ffmpeg_exe in this process
-    src = args.input
-    segments.check_source(Path(src))  # folder / still image / missing: before the model loads
-    kwargs = {} if args.tile is None else {"tile": args.tile}
-    recipe = session_recipe(args)
+        from ..media.ffmpeg import use_ffmpeg
+
+        use_ffmpeg(args.ffmpeg)  # the one way it travels: $SRDEPLOY_FFMPEG, for this process and its children
+    _check_request(args)  # source, output name and output settings: before the model loads
+    recipe = run.recipe
     with open_session(recipe) as session:
-        upscaler = Upscaler(session, tile_pad=args.tile_pad, batch=args.batch, max_memory=args.max_memory, **kwargs)
-        if upscaler.tile == "auto":  # choose for the frame size, so the first line shows it
+        upscaler = Upscaler(session, run.tiling)
+        if upscaler.settings.auto:  # choose for the frame size, so the first line shows it
             import cv2
 
             cap = cv2.VideoCapture(args.input)
@@ -89,13 +90,11 @@ def run_video(args: argparse.Namespace) -> int:
         print(describe_session(session, recipe.model, upscaler), file=sys.stderr)
         if args.encoder == "opencv":
             return _opencv(args, upscaler)
-        fingerprint = {"model": str(os.path.abspath(recipe.model)), "model_size": os.path.getsize(recipe.model),
-                       "backend": session.backend, "precision": session.precision, "tile": upscaler.tile,
-                       "tile_pad": upscaler.tile_pad}
         stats = segments.upscale_video_ffmpeg(
-            upscaler, src, args.output, codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt,
-            segment_frames=args.segment_frames, resume=args.resume, overwrite=args.overwrite, batch=args.batch,
-            progress=not args.quiet, audio=not args.no_audio, fingerprint=fingerprint)
+            upscaler, args.input, args.output, codec=args.codec, crf=args.crf, preset=args.preset,
+            pix_fmt=args.pix_fmt, segment_frames=args.segment_frames, resume=args.resume, overwrite=args.overwrite,
+            batch=upscaler.batch, progress=not args.quiet, audio=not args.no_audio,
+            fingerprint=model_fingerprint(upscaler, recipe.model))
     audio = {"none": "no audio in source", "copied": "all audio copied", "disabled": "audio left out (--no-audio)",
              "changed": "audio converted or dropped, see notes"}[stats.audio]
     reused = f", reused {stats.reused} of {stats.segments} segments" if stats.reused else ""
@@ -105,12 +104,24 @@ def run_video(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_request(args: argparse.Namespace) -> None:
+    """Refuse a bad source, output name or output setting in one line, before a model is opened."""
+    from ..media import segments, video
+
+    src, dst = Path(args.input), Path(args.output)
+    if args.encoder == "opencv":
+        segments.check_source(src)  # a folder or a still image by name
+        video.check_request(src, dst, args.codec, batch=args.batch, overwrite=args.overwrite)
+    else:
+        segments.check_request(src, dst, codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt,
+                               segment_frames=args.segment_frames, batch=args.batch, overwrite=args.overwrite)
+
+
 def _opencv(args: argparse.Namespace, upscaler) -> int:
     from ..media.video import upscale_video
 
-    stats = upscale_video(upscaler, args.input, args.output, codec=args.codec, batch=args.batch,
-                          overwrite=args.overwrite, progress=not args.quiet, audio=not args.no_audio,
-                          ffmpeg=args.ffmpeg)
+    stats = upscale_video(upscaler, args.input, args.output, codec=args.codec, batch=upscaler.batch,
+                          overwrite=args.overwrite, progress=not args.quiet, audio=not args.no_audio)
     audio = {"copied": "audio copied", "re-encoded": "audio re-encoded", "none": "no audio in source",
              "dropped": "audio dropped", "disabled": "audio not copied (--no-audio)"}[stats.audio]
     print(f"{args.output}: {stats.frames} frames {stats.width}x{stats.height} at {stats.source_fps:g} fps "

@@ -1,4 +1,5 @@
-"""Image and video files: reading, writing and the video pipeline (OpenCV decode, encoders).
+"""Image and video files: which files (``files``), reading and writing them (``images``, ``writers``), and the
+video pipeline (``pipeline``; the ffmpeg encoder in ``ffmpeg`` and ``segments``, the OpenCV one in ``video``).
 
 Named ``media`` because ``io`` would shadow the standard library module.
 """

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_target
+from .files import IMAGE_EXTS
 
 # 200 megapixels: well above any camera, far below what would exhaust memory in decoding.
 MAX_PIXELS = 200_000_000
@@ -62,7 +63,6 @@ def check_quality(quality: int | None, path: str | os.PathLike) -> None:
     if not lo <= quality <= hi:
         raise ValueError(f"--quality {quality}: out of range for {ext} ({lo}-{hi})")
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
 _EXT_16BIT = {".png", ".tif", ".tiff", ".ppm", ".pgm", ".pnm"}
 _EXT_ALPHA = {".png", ".tif", ".tiff", ".webp", ".bmp"}
 _EXT_FLOAT = {".tif", ".tiff"}

@@ -8,14 +8,20 @@ them into an ffmpeg encoder writing a temporary file in the work folder, checks 
 and renames it to ``seg-0000k.mov``. A finished segment is never rewritten: running the task
 again returns at once, so retry and resume are the same code, and segments can run in any order,
 in parallel, on other machines that see the same folder (the Ray batch does that).
-``join_segments(job)`` then joins them without re-encoding (ffmpeg concat demuxer) and muxes
-every other stream of the source into a temporary file beside the output, renamed at the end.
+``finish_job(job)`` then joins them without re-encoding (ffmpeg concat demuxer, ``join_segments``)
+and muxes every other stream of the source into a temporary file beside the output, renamed at
+the end (``atomic_target``, as every file here).
+
+Before any of it, ``check_request`` refuses what can be refused without a model: the source (a
+folder, a still image, no video stream), the output name and the output settings
+(``ffmpeg.check_output``: container, codec, quality, pixel format).
 
 The work folder is hidden beside the output: ``.OUT_NAME.srdeploy-video/``. It holds
 ``job.json`` (what the segments were made from: source size and mtime, encoder settings,
 segment length, model), the finished segments and one ffmpeg log per process. It is removed
 after a successful join and kept after a failure, so ``--resume`` continues from the first
-unfinished segment; a job.json that does not match the new command is refused, never mixed.
+unfinished segment; a job.json that does not match the new command is refused, naming what
+changed, never mixed (``jobs.JobFolder``, the batch's job folder too).
 
 Timing. A constant-frame-rate source keeps its exact rate (snapped from the timestamps, e.g.
 24000/1001, see ``ffmpeg.analyse_timing``). A variable-frame-rate source is written at its mean
@@ -26,9 +32,7 @@ printed drift away from its source time.
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
 import shutil
 import sys
 import time
@@ -37,9 +41,13 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
-
+from ..atomic import atomic_target
+from ..jobs import JobFolder
+from ..progress import progress_bar
 from . import ffmpeg as ff
-from .video import VideoStats, run_pipeline
+from .files import IMAGE_EXTS
+from .pipeline import run_pipeline
+from .video import VideoStats
 
 DEFAULT_SEGMENT_SECONDS = 10
 WORK_SUFFIX = ".srdeploy-video"
@@ -115,31 +123,27 @@ def process_segment(task: SegmentTask, upscaler, *, batch: int = 1,
         return task.path
     info = ff.MediaInfo(path=Path(task.source), format="", start=0.0, duration=None, streams=(),
                         video=task.video_stream)
-    tmp = task.path.with_name(f".{task.path.stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp{task.path.suffix}")
-    decoder = ff.FrameDecoder(info, task.width, task.height, task.seek, task.count, task.log)
-    encoder = None
-    try:
-        encoder = ff.FrameEncoder(tmp, task.width * task.scale, task.height * task.scale, task.rate, task.settings,
-                                  task.log, sar=task.sar)
-        run_pipeline(upscaler, decoder, encoder.write, batch=batch, on_frame=on_frame)
-        if encoder.frames != task.count:
+    # A hidden temporary name per attempt (two workers may retry the same segment), renamed when whole.
+    with atomic_target(task.path, keep_suffix=True, create=False) as tmp:
+        decoder = ff.FrameDecoder(info, task.width, task.height, task.seek, task.count, task.log)
+        encoder = None
+        try:
+            encoder = ff.FrameEncoder(tmp, task.width * task.scale, task.height * task.scale, task.rate,
+                                      task.settings, task.log, sar=task.sar)
+            run_pipeline(upscaler, decoder, encoder.write, batch=batch, on_frame=on_frame)
+            if encoder.frames != task.count:
+                raise ValueError(f"{task.source}: segment {task.index} decoded {encoder.frames} of {task.count} "
+                                 f"frames (from frame {task.start}); the file is damaged there (ffmpeg log: {task.log})")
             decoder.close()
-            raise ValueError(f"{task.source}: segment {task.index} decoded {encoder.frames} of {task.count} frames "
-                             f"(from frame {task.start}); the file is damaged there (ffmpeg log: {task.log})")
-        decoder.close()
-        encoder.close()
+            encoder.close()
+        except BaseException:
+            if encoder is not None:
+                encoder.abort()
+            decoder.close()
+            raise
         written = ff.count_packets(tmp, task.log)
         if written != task.count:
             raise ff.FFmpegError(f"{tmp}: holds {written} frames, expected {task.count} (ffmpeg log: {task.log})")
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, task.path)
-    except BaseException:
-        if encoder is not None:
-            encoder.abort()
-        decoder.close()
-        tmp.unlink(missing_ok=True)
-        raise
     return task.path
 
 
@@ -210,10 +214,15 @@ def plan_job(source: ff.MediaInfo, dst: Path, scale: int, settings: ff.EncoderSe
 def job_record(job: VideoJob, fingerprint: dict) -> dict:
     """What job.json stores: everything that decides the segment files' content."""
     st = job.source.path.stat()
-    record = {"source": str(job.source.path.resolve()), "source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns,
+    return {"source": str(job.source.path.resolve()), "source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns,
             "settings": asdict(job.settings), "segments": [[t.start, t.count] for t in job.tasks],
             "rate": str(job.timing.rate), "size": [job.times.width, job.times.height], **fingerprint}
-    return json.loads(json.dumps(record))  # as it reads back from job.json (tuples become lists)
+
+
+def pin_job(job: VideoJob, fingerprint: dict, *, refusal: str, hint: str) -> None:
+    """Write job.json in the work folder, or refuse when the one there records other settings
+    (``jobs.JobFolder.pin``: the message lists every one that changed)."""
+    JobFolder(job.work, JOB_FILE).pin(job_record(job, fingerprint), refusal=refusal, hint=hint)
 
 
 def join_segments(job: VideoJob, tmp: Path, *, audio: bool = True) -> ff.MuxPlan:
@@ -229,6 +238,18 @@ def join_segments(job: VideoJob, tmp: Path, *, audio: bool = True) -> ff.MuxPlan
         raise ff.FFmpegError(f"{job.dst}: the joined video holds {got} frames, expected {job.frames} "
                              f"(ffmpeg log: {job.work / 'join.log'})")
     return plan
+
+
+def finish_job(job: VideoJob, *, audio: bool = True, overwrite: bool = True) -> ff.MuxPlan:
+    """Join into ``job.dst`` (a hidden temporary file renamed when whole), then remove the work folder.
+
+    Raises:
+        FFmpegError: the join failed; the segments stay in the work folder for a resume.
+    """
+    with atomic_target(job.dst, keep_suffix=True, create=False, overwrite=overwrite) as tmp:
+        mux = join_segments(job, tmp, audio=audio)
+    shutil.rmtree(job.work, ignore_errors=True)
+    return mux
 
 
 @dataclass
@@ -259,14 +280,36 @@ def upscale_video_ffmpeg(upscaler, src: str | os.PathLike, dst: str | os.PathLik
         resume: continue the unfinished job in the work folder (finished segments reused).
         overwrite: replace an existing ``dst``.  batch: frames per inference call.
         progress: progress bar on stderr (probe, frames, join).  audio: False leaves audio tracks out.
-        fingerprint: extra identity of the job (model, tile settings) stored in job.json.
+        fingerprint: extra identity of the job (``jobs.model_fingerprint``) stored in job.json.
         log: where notices go.
 
     Raises:
-        FileNotFoundError, IsADirectoryError, ValueError: bad input (one line).
+        FileNotFoundError, IsADirectoryError, ValueError: bad input or output settings (one line).
         FileExistsError: dst exists without overwrite, or an unfinished job without ``resume``.
         PermissionError: the output folder is not writable.
         FFmpegError: a write failed (cause and log named; finished segments kept for --resume).
+    """
+    src, dst = Path(src), Path(dst)
+    source, settings = check_request(src, dst, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt,
+                                     segment_frames=segment_frames, batch=batch, overwrite=overwrite)
+    work = _open_work(dst, resume)
+    try:
+        return _run_job(upscaler, source, dst, work, settings, fingerprint or {}, segment_frames=segment_frames,
+                        batch=batch, progress=progress, overwrite=overwrite, audio=audio, log=log)
+    except BaseException as exc:
+        _tidy_failed(work, keep_logs=isinstance(exc, ff.FFmpegError))
+        raise
+
+
+def check_request(src: str | os.PathLike, dst: str | os.PathLike, *, codec: str | None = None,
+                  crf: int | None = None, preset: str | None = None, pix_fmt: str | None = None,
+                  segment_frames: int | None = None, batch: int = 1,
+                  overwrite: bool = False) -> tuple[ff.MediaInfo, ff.EncoderSettings]:
+    """Everything about a request that can be refused before a model is opened (the CLI calls it
+    first): the numbers, the source, the output name and the output settings (``probe_request``).
+
+    Returns:
+        (the probed source, the encoder settings).
     """
     src, dst = Path(src), Path(dst)
     if batch < 1:
@@ -280,27 +323,23 @@ def upscale_video_ffmpeg(upscaler, src: str | os.PathLike, dst: str | os.PathLik
         raise ValueError(f"{dst}: the output would overwrite the input video; choose another output name")
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst}: output exists; pass --overwrite to replace it")
-    source, settings = probe_request(src, dst, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
-    work = _open_work(dst, resume)
-    try:
-        return _run_job(upscaler, source, dst, work, settings, segment_frames, resume, batch, progress,
-                        fingerprint or {}, log, audio)
-    except BaseException as exc:
-        _tidy_failed(work, keep_logs=isinstance(exc, ff.FFmpegError))
-        raise
+    return probe_request(src, dst, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
 
 
 def probe_request(src: Path, dst: Path, *, codec: str | None = None, crf: int | None = None,
                   preset: str | None = None, pix_fmt: str | None = None):
     """Probe ``src`` for an upscale into ``dst``: (MediaInfo, EncoderSettings); one-line errors for
-    an output container ffmpeg cannot write, a still image or a file without video."""
+    an output container, codec or option ffmpeg cannot write (``ffmpeg.check_output``), a still
+    image or a file without video."""
     ff.container_for(dst)
     source = ff.probe(src)
     if source.is_still_image:
         raise ValueError(f"{src}: is a still image, not a video; use srdeploy upscale for images")
     if source.video is None:
         raise ValueError(f"{src}: has no video stream")
-    return source, ff.encoder_settings(dst, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, source=source)
+    settings = ff.encoder_settings(dst, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, source=source)
+    ff.check_output(dst, settings)
+    return source, settings
 
 
 def check_source(src: Path) -> None:
@@ -310,7 +349,7 @@ def check_source(src: Path) -> None:
                                 "srdeploy upscale)")
     if not src.is_file():
         raise FileNotFoundError(f"{src}: video file does not exist")
-    if src.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"):
+    if src.suffix.lower() in IMAGE_EXTS:
         raise ValueError(f"{src}: is a still image, not a video; use srdeploy upscale for images")
 
 
@@ -324,14 +363,20 @@ def _open_work(dst: Path, resume: bool) -> Path:
                                       f"in {work}; pass --resume to continue it, or delete that folder to start again")
             shutil.rmtree(work)  # only logs of a failed run: nothing to resume
         work.mkdir(exist_ok=True)
-        for stale in work.glob(".seg-*.tmp.*"):  # a killed run's partial segment
-            stale.unlink(missing_ok=True)
+        drop_partial_segments(work)
         probe = work / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()
     except PermissionError:
         raise PermissionError(f"{dst}: permission denied: cannot write in {dst.parent}") from None
     return work
+
+
+def drop_partial_segments(work: Path) -> None:
+    """Remove the partial segments a killed run left (``atomic_target``'s hidden temporary names);
+    a clean failure removes its own, a SIGKILLed process cannot."""
+    for stale in work.glob(".seg-*.tmp*"):
+        stale.unlink(missing_ok=True)
 
 
 def _finished(work: Path) -> list[Path]:
@@ -347,87 +392,56 @@ def _tidy_failed(work: Path, *, keep_logs: bool) -> None:
         pass
 
 
-def _run_job(upscaler, source, dst, work, settings, segment_frames, resume, batch, progress, fingerprint,
-             log, audio) -> FFmpegVideoStats:
+def _run_job(upscaler, source: ff.MediaInfo, dst: Path, work: Path, settings: ff.EncoderSettings,
+             fingerprint: dict, *, segment_frames: int | None, batch: int, progress: bool, overwrite: bool,
+             audio: bool, log: Callable[[str], None]) -> FFmpegVideoStats:
+    """Plan (or re-plan on resume), process the unfinished segments, join; the stats of the run."""
     scale = upscaler.session.info.scale
     t_start = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=None, unit="frame", desc=f"{source.path.name}: probing", dynamic_ncols=True,
-                   file=sys.stderr, smoothing=0.1)
-    try:
+    with progress_bar(unit="frame", desc=f"{source.path.name}: probing", enabled=progress) as bar:
         job = plan_job(source, dst, scale, settings, segment_frames=segment_frames, work=work)
-        record = job_record(job, fingerprint)
-        job_file = work / JOB_FILE
-        if resume and job_file.is_file():
-            old = json.loads(job_file.read_text(encoding="utf-8"))
-            changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
-            if changed:
-                raise ValueError(f"{dst}: --resume: the unfinished run in {work} was made with different "
-                                 f"{', '.join(changed)}; rerun it with the same settings, or delete that folder")
-        else:
-            _write_json(job_file, record)
+        pin_job(job, fingerprint, refusal=f"{dst}: --resume: the unfinished run in {work} was made with",
+                hint="rerun it with the same settings, or delete that folder")
         for note in job.notices:
             log(f"note: {note}")
-        if bar is not None:
-            bar.reset(total=job.frames)
-            bar.set_description(source.path.name)
-        reused = 0
-        t0 = time.perf_counter()
-        done_frames = 0
-        for task in job.tasks:
-            if segment_done(task):
-                reused += 1
-                if bar is not None:
-                    bar.update(task.count)
-                continue
-            try:
-                process_segment(task, upscaler, batch=batch, on_frame=bar.update if bar is not None else None)
-            except ff.FFmpegError as exc:
-                finished = sum(1 for t in job.tasks if t.path.is_file())
-                raise ff.FFmpegError(f"{dst}: segment {task.index} failed: {exc.cause} (ffmpeg log: {exc.log}); "
-                                     f"{finished} finished segment(s) kept in {work} for --resume",
-                                     exc.cause, exc.log) from None
-            done_frames += task.count
-        seconds = time.perf_counter() - t0
-        if bar is not None:
-            bar.set_description(f"{source.path.name}: joining")
-            bar.refresh()
-        tmp = dst.with_name(f".{dst.stem}.{os.getpid()}-{secrets.token_hex(4)}.partial{dst.suffix}")
+        bar.reset(total=job.frames)
+        bar.set_description(source.path.name)
+        reused, done_frames, seconds = _run_segments(job, upscaler, batch, bar)
+        bar.set_description(f"{source.path.name}: joining")
+        bar.refresh()
         try:
-            mux = join_segments(job, tmp, audio=audio)
-            os.replace(tmp, dst)
+            mux = finish_job(job, audio=audio, overwrite=overwrite)
         except ff.FFmpegError as exc:
-            tmp.unlink(missing_ok=True)
             raise ff.FFmpegError(f"{dst}: joining the segments failed: {exc.cause} (ffmpeg log: {exc.log}); the "
                                  f"{len(job.tasks)} finished segments are kept in {work} for --resume",
                                  exc.cause, exc.log) from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    finally:
-        if bar is not None:
-            bar.close()
-    shutil.rmtree(work, ignore_errors=True)
     for note in mux.notices:
         log(f"note: {note}")
-    audio = "none" if not source.audio else "disabled" if not audio else (
+    audio_state = "none" if not source.audio else "disabled" if not audio else (
         "copied" if all(s.index not in mux.encode and s.index not in mux.dropped for s in source.audio) else "changed")
     return FFmpegVideoStats(frames=job.frames, width=job.times.width * scale, height=job.times.height * scale,
                             source_width=job.times.width, source_height=job.times.height,
                             fps=done_frames / seconds if seconds > 0 else 0.0, seconds=seconds,
-                            source_fps=float(job.timing.rate), codec=settings.describe(), audio=audio,
+                            source_fps=float(job.timing.rate), codec=settings.describe(), audio=audio_state,
                             segments=len(job.tasks), reused=reused, notices=job.notices + mux.notices,
                             total_seconds=time.perf_counter() - t_start)
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _run_segments(job: VideoJob, upscaler, batch: int, bar) -> tuple[int, int, float]:
+    """Process every unfinished segment in order: (segments reused, frames processed, seconds)."""
+    reused = done_frames = 0
+    t0 = time.perf_counter()
+    for task in job.tasks:
+        if segment_done(task):
+            reused += 1
+            bar.update(task.count)
+            continue
+        try:
+            process_segment(task, upscaler, batch=batch, on_frame=bar.update)
+        except ff.FFmpegError as exc:
+            finished = sum(1 for t in job.tasks if t.path.is_file())
+            raise ff.FFmpegError(f"{job.dst}: segment {task.index} failed: {exc.cause} (ffmpeg log: {exc.log}); "
+                                 f"{finished} finished segment(s) kept in {job.work} for --resume",
+                                 exc.cause, exc.log) from None
+        done_frames += task.count
+    return reused, done_frames, time.perf_counter() - t0

@@ -1,24 +1,13 @@
-"""Video super-resolution: the decode | infer | encode pipeline, and the OpenCV encoder.
+"""Video super-resolution with OpenCV's decoder and ``VideoWriter`` (``srdeploy video --encoder opencv``).
 
 ``srdeploy video`` encodes with ffmpeg by default (``media.ffmpeg`` and ``media.segments``:
-H.264/HEVC/AV1/FFV1, every stream kept, resumable segments); ``--encoder opencv`` runs
-``upscale_video`` below, OpenCV's decoder and ``VideoWriter``. Both feed ``run_pipeline``.
-
-``upscale_video`` runs three stages concurrently, joined by bounded queues (so memory stays
-flat however long the video is):
-
-    decoder thread:  VideoCapture.read (BGR uint8) -> queue
-    calling thread:  frames in batches -> model (RGB contract; tiled when a frame exceeds the tile) -> queue
-    encoder thread:  VideoWriter.write (BGR uint8)
-
-OpenCV's decode/encode and colour conversion and ONNX Runtime / TensorRT inference all release
-the GIL, so the stages overlap and end-to-end fps approaches model-only fps (``srdeploy bench
---video`` measures the ratio). Inference stays on the calling thread so Ctrl-C
-(KeyboardInterrupt, delivered to the main thread) stops it promptly; the other threads are then
-told to stop, the partial file is deleted, and nothing is left under the output name.
+H.264/HEVC/AV1/FFV1..., every stream kept, resumable segments); ``--encoder opencv`` runs
+``upscale_video`` below: OpenCV decodes, ``media.pipeline.run_pipeline`` upscales (decode,
+inference and encode overlapped), OpenCV's ``VideoWriter`` encodes. Ctrl-C or SIGTERM stops it
+promptly; the partial file is deleted and nothing is left under the output name.
 
 Output is written to a temporary name in the destination folder (same extension, so OpenCV
-picks the same container) and renamed at the end.
+picks the same container) and renamed at the end (``atomic_target``).
 
 Colour. OpenCV decodes every source to 8-bit BGR: it hands the stream's YUV to libswscale with
 swscale's default coefficients, i.e. the BT.601 matrix whatever the stream is tagged with
@@ -32,35 +21,32 @@ no colour metadata (primaries, transfer, matrix, range) and no HDR side data. So
 source comes back consistent; a BT.709 (HD) or full-range source can shift slightly in hue/level
 because the matrix used to decode and the one a player assumes for the output may differ, and
 HDR/10-bit sources are tone-clipped to 8 bits. We accept this because OpenCV exposes neither the
-matrix nor the range of its conversions; where exact colour handling matters, decode/encode
-with ffmpeg (pipe raw RGB frames) and keep the colour tags there. Rotation metadata is applied
+matrix nor the range of its conversions; where exact colour handling matters, use the ffmpeg
+encoder (the default), which keeps the colour tags. Rotation metadata is applied
 by OpenCV while decoding (frames come out upright), so the output carries no rotation tag.
 
-Audio and other streams (OpenCV encoder): OpenCV writes video only, so the source's audio streams
-are copied in afterwards with the bundled ffmpeg (re-encoded with the container's default
-encoder if the codec does not fit the container); subtitles, data streams and metadata are not
-carried (the ffmpeg encoder carries them).
+Audio and other streams: OpenCV writes video only, so the source's audio streams are muxed in
+afterwards through the ffmpeg front-end (``media.ffmpeg.add_audio``: copied, or re-encoded to
+the container's usual codec when the codec does not fit); subtitles, data streams and metadata
+are not carried (the ffmpeg encoder carries them).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import queue
-import re
-import shutil
-import subprocess
 import sys
-import threading
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
 from ..atomic import atomic_target
-from ..upscale import PixelMap
+from ..progress import progress_bar
+from .pipeline import run_pipeline, upscale_frames  # noqa: F401  (upscale_frames: bench imports it from here)
 
 # Default FourCC by container. The PyPI OpenCV builds ship FFmpeg without x264/x265 (licensing),
 # so H.264 ("avc1") is usually unavailable: MPEG-4 Part 2 is the widely playable choice for
@@ -194,104 +180,9 @@ def _open_writer(path: Path, codec: str, fps: float, size: tuple[int, int], fina
     return writer
 
 
-# --------------------------------------------------------------------------- frames -> model
-def upscale_frames(upscaler, frames: list[np.ndarray], *, order: str = "RGB") -> list[np.ndarray]:
-    """Upscale uint8 HWC frames of one size, stacked into one inference call where possible.
-
-    Frames that each fit in one tile (or ``tile`` 0) are stacked into (N, 3, H, W) batches of up
-    to ``upscaler.batch`` frames and go through ``session.infer`` directly, with exactly the
-    Upscaler's pre/post-processing arithmetic (a test checks equality with per-frame
-    ``Upscaler.upscale``). Larger frames go one by one through ``Upscaler.upscale`` (tiled), whose
-    ``batch`` then groups tiles.
-
-    Args:
-        upscaler: a ``srdeploy.runtime.upscale.Upscaler``.
-        frames: uint8 (H, W, 3) arrays, all the same size.
-        order: channel order of ``frames`` and of the results, "RGB" or "BGR" (OpenCV); the
-            model always sees its RGB contract.
-    """
-    if not frames:
-        return []
-    h, w = frames[0].shape[:2]
-    chunk = _stack_size(upscaler, h, w)
-    if len(frames) == 1 or chunk <= 1 or any(f.shape != frames[0].shape or f.dtype != np.uint8 or f.ndim != 3
-                                             or f.shape[2] != 3 for f in frames):
-        return [upscaler.upscale(f, order=order) for f in frames]
-    out: list[np.ndarray] = []
-    for i in range(0, len(frames), chunk):
-        out.extend(_infer_stack(upscaler.session, frames[i:i + chunk], order))
-    return out
-
-
-def _stack_size(upscaler, h: int, w: int, batch: int | None = None) -> int:
-    """How many whole frames one inference call may take; 0 = frames must go through the tiler.
-
-    Args:
-        upscaler: the Upscaler (its tile settings decide whether a frame is one tile).
-        h, w: frame size.
-        batch: frames wanted per call (default: ``upscaler.batch``); capped by the session's
-            batch range (a TensorRT profile).
-    """
-    plan = upscaler.plan(h, w, streamed=False)  # a whole output frame is held (and queued)
-    if plan.num_tiles != 1 or plan.notes or plan.window != (h, w) or plan.feather:
-        return 0
-    lo, hi = upscaler.session.input_spec.batch
-    n = upscaler.batch if batch is None else batch
-    n = n if hi is None else min(n, hi)
-    return n if n >= lo else 0
-
-
-def _preprocess(info, frames: list[np.ndarray], order: str) -> np.ndarray:
-    """uint8 HWC frames -> float32 (N, 3, H, W) in the model's input range, RGB (``PixelMap``,
-    the Upscaler's own conversion, so stacked results equal per-frame ones)."""
-    rgb = [2, 1, 0] if order == "BGR" else [0, 1, 2]  # model channel k <- frame channel rgb[k]
-    return PixelMap(info, np.uint8).to_model(np.stack(frames)[..., rgb].transpose(0, 3, 1, 2))
-
-
-def _postprocess(info, y: np.ndarray, order: str) -> list[np.ndarray]:
-    """float32 (N, 3, H, W) model output -> uint8 HWC frames in ``order``."""
-    rgb = [2, 1, 0] if order == "BGR" else [0, 1, 2]
-    y = PixelMap(info, np.uint8).from_model(y)
-    y = y.transpose(0, 2, 3, 1)[..., rgb]  # rgb is its own inverse (identity or a swap)
-    return [np.ascontiguousarray(f) for f in y]
-
-
-def _infer_stack(session, frames: list[np.ndarray], order: str) -> list[np.ndarray]:
-    return _postprocess(session.info, session.infer(_preprocess(session.info, frames, order)), order)
-
-
-# --------------------------------------------------------------------------- pipeline
-_END = object()
-
-
-class _Failed:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
-    """Blocking put that gives up when ``stop`` is set (so no thread hangs on a full queue)."""
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-def _get(q: queue.Queue, stop: threading.Event):
-    while True:
-        try:
-            return q.get(timeout=0.1)
-        except queue.Empty:
-            if stop.is_set():
-                return _END
-
-
 def upscale_video(upscaler, src: str | os.PathLike, dst: str | os.PathLike, *, codec: str | None = None,
                   batch: int = 1, overwrite: bool = False, progress: bool = True, audio: bool = True,
-                  ffmpeg: str | None = None, queue_frames: int | None = None,
+                  queue_frames: int | None = None,
                   log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> VideoStats:
     """Upscale every frame of ``src`` into ``dst`` at the source frame rate.
 
@@ -303,8 +194,8 @@ def upscale_video(upscaler, src: str | os.PathLike, dst: str | os.PathLike, *, c
         batch: frames per inference call (frames that fit in one tile are stacked).
         overwrite: replace an existing ``dst``.
         progress: show a progress bar (frames, fps, ETA) on stderr.
-        audio: copy the source's audio with ffmpeg where it exists (False: do not try).
-        ffmpeg: the ffmpeg executable (default: ``ffmpeg`` on PATH, or $SRDEPLOY_FFMPEG).
+        audio: copy the source's audio with ffmpeg where it exists (False: do not try; the
+            executable is ``media.ffmpeg.ffmpeg_exe``'s, chosen with ``use_ffmpeg``).
         queue_frames: frames buffered between stages (default 2 * batch + 2).
         log: where warnings go (stderr by default).
 
@@ -317,7 +208,7 @@ def upscale_video(upscaler, src: str | os.PathLike, dst: str | os.PathLike, *, c
         KeyboardInterrupt: re-raised after cleaning up (no file left under ``dst``).
     """
     src, dst = Path(src), Path(dst)
-    codec = _check_request(src, dst, codec, batch, overwrite)
+    codec = check_request(src, dst, codec, batch=batch, overwrite=overwrite)
     warnings: list[str] = []
 
     def warn(msg: str) -> None:
@@ -346,7 +237,7 @@ def upscale_video(upscaler, src: str | os.PathLike, dst: str | os.PathLike, *, c
                                                  queue_frames=queue_frames)
             finally:
                 writer.release()
-            audio_state = _finish(src, dst, tmp, info, written, (out_w, out_h), codec, audio, ffmpeg, warn)
+            audio_state = _finish(src, dst, tmp, info, written, (out_w, out_h), codec, audio, warn)
     finally:
         cap.release()
     return VideoStats(frames=written, width=out_w, height=out_h, source_width=w, source_height=h,
@@ -354,8 +245,16 @@ def upscale_video(upscaler, src: str | os.PathLike, dst: str | os.PathLike, *, c
                       audio=audio_state, warnings=warnings)
 
 
-def _check_request(src: Path, dst: Path, codec: str | None, batch: int, overwrite: bool) -> str:
-    """Validate paths and options before any work; returns the FourCC to use."""
+def check_request(src: Path, dst: Path, codec: str | None, *, batch: int = 1, overwrite: bool = False) -> str:
+    """Validate paths and output settings before any work (the CLI calls it before the model loads).
+
+    The FourCC is tried on a small file of ``dst``'s type in a temporary folder, so a codec this
+    OpenCV build cannot write into that container fails here, in one line, not after the model
+    has loaded.
+
+    Returns:
+        The FourCC to use.
+    """
     if batch < 1:
         raise ValueError(f"--batch must be >= 1, got {batch}")
     if not src.is_file():
@@ -367,7 +266,8 @@ def _check_request(src: Path, dst: Path, codec: str | None, batch: int, overwrit
     if dst.is_dir():
         raise IsADirectoryError(f"{dst}: output is a folder; give a video file name (e.g. out.mp4)")
     codec = codec or default_codec(dst)
-    _fourcc(codec)  # validate the FourCC text before any work
+    with tempfile.TemporaryDirectory(prefix="srdeploy-check-") as tmp:
+        _open_writer(Path(tmp) / f"check{dst.suffix}", codec, 25.0, (64, 64), dst).release()
     dst.parent.mkdir(parents=True, exist_ok=True)
     return codec
 
@@ -419,141 +319,14 @@ def _run_pipeline(upscaler, cap, first: np.ndarray, info: VideoInfo, writer, src
             raise RuntimeError(f"upscaler returned {frame.shape} {frame.dtype}, expected ({out_h}, {out_w}, 3) uint8")
         writer.write(frame)
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=info.frame_count, unit="frame", desc=src.name, dynamic_ncols=True, file=sys.stderr,
-                   smoothing=0.1)
     t0 = time.perf_counter()
-    try:
-        written = run_pipeline(upscaler, frames(), write, batch=batch, on_frame=bar.update if bar else None,
-                               queue_groups=queue_frames)
-    finally:
-        if bar is not None:
-            bar.close()
+    with progress_bar(total=info.frame_count, unit="frame", desc=src.name, enabled=progress) as bar:
+        written = run_pipeline(upscaler, frames(), write, batch=batch, on_frame=bar.update, queue_groups=queue_frames)
     return written, time.perf_counter() - t0
 
 
-def run_pipeline(upscaler, frames: Iterable[np.ndarray], write: Callable[[np.ndarray], None], *, batch: int = 1,
-                 on_frame: Callable[[int], None] | None = None, order: str = "BGR",
-                 queue_groups: int | None = None) -> int:
-    """Upscale ``frames`` into ``write`` with decoding, inference and encoding overlapped.
-
-    Used by both encoders (OpenCV writer here, ffmpeg segments in ``media.segments``). Work
-    split: a reader thread pulls frames and converts groups of ``batch`` whole frames to the
-    model's float32 NCHW input; the calling thread only runs the session (so Ctrl-C lands there
-    and the thread that holds the model does nothing else); a writer thread converts outputs
-    back to uint8 and calls ``write``. Frames larger than a tile go one by one through
-    ``Upscaler.upscale`` (tiled; its tile batch applies) on the calling thread. Queues are
-    bounded, so memory stays flat however long the video. On any error or interrupt both
-    threads stop before this returns.
-
-    Args:
-        upscaler: ``Upscaler`` on an open session.
-        frames: uint8 (H, W, 3) frames of one size, in ``order``; iterated on the reader thread.
-        write: receives each upscaled uint8 frame, in order, on the writer thread.
-        batch: frames per inference call.  on_frame: called with 1 after each ``write``.
-        order: "BGR" or "RGB" (channel order of frames and results).
-        queue_groups: groups buffered between stages (default ``max(2, 8 // batch)``).
-
-    Returns:
-        Frames written.
-    """
-    it = iter(frames)
-    try:
-        first = next(it)
-    except StopIteration:
-        return 0
-    h, w = first.shape[:2]
-    chunk = _stack_size(upscaler, h, w, batch)
-    stacked = chunk >= 1
-    group = chunk if stacked else 1
-    model_info = upscaler.session.info
-    stop = threading.Event()
-    qsize = queue_groups or max(2, 8 // group)
-    q_in: queue.Queue = queue.Queue(maxsize=qsize)
-    q_out: queue.Queue = queue.Queue(maxsize=qsize)
-    errors: list[BaseException] = []
-    written = [0]
-
-    def emit(group_frames: list[np.ndarray]) -> bool:
-        item = ("x", _preprocess(model_info, group_frames, order)) if stacked else ("frames", group_frames)
-        return _put(q_in, item, stop)
-
-    def reader() -> None:
-        try:
-            pending = [first]
-            for frame in it:
-                if stop.is_set():
-                    return
-                if len(pending) == group:
-                    if not emit(pending):
-                        return
-                    pending = []
-                pending.append(frame)
-            if pending and not stop.is_set() and not emit(pending):
-                return
-            _put(q_in, _END, stop)
-        except BaseException as exc:  # handed to the calling thread
-            _put(q_in, _Failed(exc), stop)
-
-    def writer() -> None:
-        try:
-            while True:
-                item = _get(q_out, stop)
-                if item is _END:
-                    return
-                kind, data = item
-                for frame in (_postprocess(model_info, data, order) if kind == "y" else data):
-                    write(frame)
-                    written[0] += 1
-                    if on_frame is not None:
-                        on_frame(1)
-        except BaseException as exc:
-            errors.append(exc)
-            stop.set()
-
-    threads = [threading.Thread(target=reader, name="srdeploy-decode", daemon=True),
-               threading.Thread(target=writer, name="srdeploy-encode", daemon=True)]
-    for t in threads:
-        t.start()
-    try:
-        while True:
-            try:
-                item = q_in.get(timeout=0.1)
-            except queue.Empty:
-                if errors:
-                    raise errors[0]
-                continue
-            if item is _END:
-                break
-            if isinstance(item, _Failed):
-                raise item.exc
-            if errors:
-                raise errors[0]
-            kind, data = item
-            out = ("y", upscaler.session.infer(data)) if kind == "x" else \
-                ("frames", [upscaler.upscale(f, order=order) for f in data])
-            if not _put(q_out, out, stop):
-                break
-        _put(q_out, _END, stop)
-        threads[1].join()
-        if errors:
-            raise errors[0]
-    except BaseException:
-        stop.set()
-        _drain(q_in)
-        _drain(q_out)
-        raise
-    finally:
-        for t in threads:
-            t.join()
-    return written[0]
-
-
 def _finish(src: Path, dst: Path, tmp: Path, info: VideoInfo, written: int, out_size: tuple[int, int], codec: str,
-            audio: bool, ffmpeg: str | None, warn: Callable[[str], None]) -> str:
+            audio: bool, warn: Callable[[str], None]) -> str:
     """Check the encoded file and add the audio; returns the audio outcome (see VideoStats)."""
     out_w, out_h = out_size
     if info.frame_count is not None and written != info.frame_count:
@@ -569,15 +342,26 @@ def _finish(src: Path, dst: Path, tmp: Path, info: VideoInfo, written: int, out_
                            f"unusable in {dst.suffix}?); nothing was written")
     if check.frame_count is not None and check.frame_count != written:
         warn(f"{dst}: {written} frames were written but the file reports {check.frame_count}")
-    return _remux_audio(src, tmp, ffmpeg, warn) if audio else "disabled"
+    return _add_audio(src, dst, tmp, warn) if audio else "disabled"
 
 
-def _drain(q: queue.Queue) -> None:
-    while True:
-        try:
-            q.get_nowait()
-        except queue.Empty:
-            return
+def _add_audio(src: Path, dst: Path, tmp: Path, warn: Callable[[str], None]) -> str:
+    """The source's audio into the encoded file ``tmp``; "none", "copied", "re-encoded" or "dropped"
+    (a failure is a warning naming ffmpeg's cause and its log, kept beside ``dst``)."""
+    from . import ffmpeg as ff
+
+    log = dst.with_name(f".{dst.name}.audio.log")
+    try:
+        state = ff.add_audio(ff.probe(src, log), tmp, log)
+    except (ff.FFmpegError, ValueError) as exc:
+        cause = exc.cause if isinstance(exc, ff.FFmpegError) else str(exc)
+        warn(f"{src}: ffmpeg could not add the audio to the {dst.suffix} output ({cause}; ffmpeg log: {log}); "
+             "audio was dropped")
+        return "dropped"
+    log.unlink(missing_ok=True)
+    if state == "re-encoded":
+        warn(f"{src}: the audio codec does not fit a {dst.suffix} container; audio was re-encoded")
+    return state
 
 
 def _to_bgr(frame: np.ndarray, src: Path, index: int) -> np.ndarray:
@@ -590,55 +374,6 @@ def _to_bgr(frame: np.ndarray, src: Path, index: int) -> np.ndarray:
     if frame.shape[2] == 4:
         return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
     return frame
-
-
-# --------------------------------------------------------------------------- audio
-def find_ffmpeg(ffmpeg: str | None = None) -> str | None:
-    """The ffmpeg executable: ``ffmpeg`` if given (a path or a name on PATH), else the bundled one
-    (``srdeploy.runtime.media.ffmpeg.ffmpeg_exe``: $SRDEPLOY_FFMPEG or imageio-ffmpeg's)."""
-    if ffmpeg:
-        return shutil.which(ffmpeg)
-    from .ffmpeg import ffmpeg_exe
-
-    return ffmpeg_exe()
-
-
-_AUDIO_LINE = re.compile(r"^\s*Stream #\d+:\d+.*?: Audio:", re.MULTILINE)
-
-
-def has_audio(src: str | os.PathLike, ffmpeg: str) -> bool:
-    """Whether ffmpeg sees an audio stream in ``src`` (parsed from ``ffmpeg -i`` stream listing)."""
-    r = subprocess.run([ffmpeg, "-hide_banner", "-nostdin", "-i", str(src)], capture_output=True, text=True,
-                       errors="replace", timeout=60)
-    return bool(_AUDIO_LINE.search(r.stderr))
-
-
-def _remux_audio(src: Path, video: Path, ffmpeg: str | None, warn: Callable[[str], None]) -> str:
-    exe = find_ffmpeg(ffmpeg)
-    if exe is None:
-        if ffmpeg:
-            raise FileNotFoundError(f"--ffmpeg {ffmpeg}: no such executable")
-        return "dropped"  # not reached: the bundled ffmpeg is a dependency
-    if not has_audio(src, exe):
-        return "none"
-    out = video.with_name(video.stem + ".audio" + video.suffix)
-    base = [exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(video), "-i", str(src),
-            "-map", "0:v:0", "-map", "1:a", "-c:v", "copy"]
-    attempts = (("copied", ["-c:a", "copy"]), ("re-encoded", []))  # [] = the container's default encoder
-    err = ""
-    try:
-        for state, codec_args in attempts:
-            r = subprocess.run(base + codec_args + [str(out)], capture_output=True, text=True, errors="replace")
-            if r.returncode == 0:
-                os.replace(out, video)
-                if state == "re-encoded":
-                    warn(f"{src}: the audio codec does not fit a {video.suffix} container; audio was re-encoded")
-                return state
-            err = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit code {r.returncode}"
-    finally:
-        out.unlink(missing_ok=True)
-    warn(f"{src}: ffmpeg could not add the audio to the {video.suffix} output ({err}); audio was dropped")
-    return "dropped"
 
 
 # --------------------------------------------------------------------------- test/bench input
