@@ -311,19 +311,27 @@ def verify(checkpoint: str | os.PathLike, model_path: str | os.PathLike, *, imag
         for b, h, w in fitted:
             run(f"random {b}x{h}x{w}", "random", rng.random((b, channels, h, w), dtype=np.float32))
         if folder is not None:
-            spec = sess.input_spec
-            for name, lr in real_image_cases(folder, sess.info.scale, image_limit, channels=channels,
-                                             multiple=sess.info.size_multiple):
-                h, w = lr.shape[2:]
-                hmax = spec.height[1] or h
-                wmax = spec.width[1] or w
-                if h < spec.height[0] or w < spec.width[0]:
-                    report.notes.append(f"{name}: LR {h}x{w} is below the model's minimum input; skipped")
-                    continue
-                if h > hmax or w > wmax:
-                    top, left = (h - min(h, hmax)) // 2, (w - min(w, wmax)) // 2
-                    lr = np.ascontiguousarray(lr[:, :, top:top + min(h, hmax), left:left + min(w, wmax)])
-                    report.notes.append(f"{name}: LR {h}x{w} exceeds the model's maximum input; tested the centre "
-                                        f"{lr.shape[2]}x{lr.shape[3]}")
+            for name, lr in _fitted_image_cases(sess, folder, image_limit, report.notes):
                 run(f"image {name}", "image", lr)
     return report
+
+
+def _fitted_image_cases(sess, folder: Path, limit: int | None, notes: list[str]):
+    """``real_image_cases`` in the session's channels and size multiple, each fitted into its input
+    range (a TensorRT profile, a fixed window): too small is skipped, too large is centre-cropped;
+    both noted."""
+    spec = sess.input_spec
+    for name, lr in real_image_cases(folder, sess.info.scale, limit, channels=sess.info.channels,
+                                     multiple=sess.info.size_multiple):
+        h, w = lr.shape[2:]
+        hmax = spec.height[1] or h
+        wmax = spec.width[1] or w
+        if h < spec.height[0] or w < spec.width[0]:
+            notes.append(f"{name}: LR {h}x{w} is below the model's minimum input; skipped")
+            continue
+        if h > hmax or w > wmax:
+            top, left = (h - min(h, hmax)) // 2, (w - min(w, wmax)) // 2
+            lr = np.ascontiguousarray(lr[:, :, top:top + min(h, hmax), left:left + min(w, wmax)])
+            notes.append(f"{name}: LR {h}x{w} exceeds the model's maximum input; tested the centre "
+                         f"{lr.shape[2]}x{lr.shape[3]}")
+        yield name, lr
