@@ -53,6 +53,7 @@ TILING_T = ("tests/test_tiling.py", "tests/test_bench.py::test_bench_tiled_model
             "tests/test_upscale_flags.py")
 UPSCALE_T = ("tests/test_upscale_flags.py", "tests/test_upscale.py", "tests/test_documented_values.py")
 TRAIN_T = ("tests/test_train.py",)
+FAMILIES_T = "tests/test_families.py::test_deployable_model_is_the_original_under_its_conventions"
 
 MUTANTS: tuple[Mutant, ...] = (
     # --- issue 19's list: documented numbers
@@ -175,6 +176,32 @@ MUTANTS: tuple[Mutant, ...] = (
            "    pass  # source", ("tests/test_video_ffmpeg.py",)),
     Mutant("video-avi-unknown", "runtime/media/ffmpeg/codecs.py", ' ".avi": ("avi", "h264"),', "",
            ("tests/test_video_ffmpeg.py", "tests/test_files.py")),
+    # --- issue 22: model families, srdeploy import, per-model tiling
+    Mutant("families-kwargs-unchecked", "train/families.py", "wrong = [k for k in found if effective.get(k) != found[k]]",
+           "wrong = []", ("tests/test_checkpoint.py",), "issue 25 item 5: kwargs trusted over the weights' shapes"),
+    Mutant("pytorch-gan-eps-default", "train/foreign_archs.py", "eps = 0.8 if prelu else 1e-5", "eps = 1e-5",
+           (FAMILIES_T,), "BatchNorm2d(64, 0.8) read as the momentum"),
+    Mutant("conventions-no-denorm", "train/families.py", "y = torch.tanh(y) * self.std + self.mean",
+           "y = torch.tanh(y)", (FAMILIES_T,)),
+    Mutant("conventions-tanh-unit-dropped", "train/families.py", "y = (torch.tanh(y) + 1.0) * 0.5", "y = y",
+           (FAMILIES_T,)),
+    Mutant("import-prefix-kept", "train/importer.py", "sd = {k[len(p):]: v for k, v in sd.items()}", "pass",
+           ("tests/test_families.py::test_import_records_where_the_weights_came_from", "tests/test_import_cli.py")),
+    Mutant("import-params-before-ema", "train/importer.py", 'WRAPPERS = ("params_ema", "params",',
+           'WRAPPERS = ("params", "params_ema",',
+           ("tests/test_families.py::test_import_records_where_the_weights_came_from",)),
+    Mutant("tiler-windows-not-aligned", "runtime/tiling.py", "starts = tuple((s - s % mult) for s in",
+           "starts = tuple((s - 0) for s in", ("tests/test_tiling.py",), "a pixel-unshuffle model sees other blocks"),
+    Mutant("gray-model-colour-as-gray", "runtime/upscale.py",
+           "sess = _PerChannel(self.session) if model_channels == 1 and channels > 2 and k == 0 else self.session",
+           "sess = self.session", ("tests/test_families.py::test_a_gray_model_upscales_gray_colour_and_alpha",)),
+    Mutant("margin-threshold-loose", "export/margin.py", "        if worst < threshold:", "        if worst < 10 * threshold:",
+           ("tests/test_radius_margin.py",)),
+    Mutant("radius-probe-no-growth", "train/radius.py", "        if not touches:\n            return RadiusResult(r, \"probe\", n)",
+           "        if True:\n            return RadiusResult(r, \"probe\", n)", ("tests/test_radius_margin.py",),
+           "mixing beyond the convolutions (pooling, attention) cut at the first probe size"),
+    Mutant("margin-default-ignored", "runtime/settings.py", "            return min(measured, receptive_radius)",
+           "            return default_tile_pad(receptive_radius)", ("tests/test_settings.py",)),
 )
 
 

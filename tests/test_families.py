@@ -328,3 +328,29 @@ def test_a_gray_model_upscales_gray_colour_and_alpha(tmp_path):
     for c in range(4):
         assert np.abs(out[:, :, c].astype(int) - model(rgba[:, :, c])).max() <= 1, c
     assert np.abs(gray.astype(int) - model(rgba[:, :, 0])).max() <= 1
+
+
+@pytest.mark.parametrize("name", ["pytorch-gan", "msrresnet-x3", "lornatang-x8", "leftthomas-x2"])
+def test_deployable_model_is_the_original_under_its_conventions(name):
+    """In PyTorch, before any export: the family's network with its conventions (Deployed) computes
+    what the original code computes (the independent references of _foreign), including
+    PyTorch-GAN's eps 0.8 BatchNorms and Tanh in ImageNet-normalised space."""
+    from srdeploy.train.families import deployable
+
+    case = CASES[name]
+    module = case.build()
+    spread_output(module, mean=case.mean, std=case.std)
+    sd = module.state_dict()
+    model = deployable(case.family, _detected(case.family, sd), sd)
+    x = torch.rand(2, 3, 11, 13, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got, want = model(x), case.reference(sd, x)
+    assert got.shape == (2, 3, 11 * case.scale, 13 * case.scale)
+    assert float((got - want).abs().max()) <= 1e-5
+    assert float(want.std()) > 0.05
+
+
+def _detected(family_name: str, sd) -> dict:
+    from srdeploy.train.families import family
+
+    return family(family_name).detect(sd)
