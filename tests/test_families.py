@@ -354,3 +354,23 @@ def _detected(family_name: str, sd) -> dict:
     from srdeploy.train.families import family
 
     return family(family_name).detect(sd)
+
+
+@pytest.mark.parametrize("edit, needle", [
+    ({"scale": 8}, "checkpoint kwargs ['scale'] disagree with the weights (scale is 8, the weights say 4)"),
+    ({"architecture": "SwinIR"}, "the weights are a Compact, but the checkpoint says 'SwinIR'"),
+])
+def test_an_edited_spandrel_checkpoint_is_refused(tmp_path, edit, needle):
+    """spandrel builds from the weights, never from the file's kwargs; a record that disagrees with
+    the weights is one line naming the file."""
+    from srdeploy.train.checkpoint import load_generator
+    from srdeploy.train.importer import import_weights
+
+    case = CASES["compact-x4"]
+    import_weights(case.save(case.build().state_dict(), tmp_path), tmp_path / "c.pt")
+    ckpt = torch.load(tmp_path / "c.pt", weights_only=True)
+    ckpt["kwargs"].update(edit)
+    torch.save(ckpt, tmp_path / "edited.pt")
+    with pytest.raises(ValueError) as info:
+        load_generator(tmp_path / "edited.pt")
+    assert str(info.value).startswith(f"{tmp_path / 'edited.pt'}: ") and needle in str(info.value)

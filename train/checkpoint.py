@@ -177,9 +177,7 @@ def _training_model(arch: str, kwargs: dict, state: Any, name: Any) -> nn.Module
     if not isinstance(state, dict):
         raise ValueError(f"{name}: weights do not match {arch}({kwargs}): the weights are a "
                          f"{type(state).__name__}, not a state dict")
-    fam = families.Family(arch, "srdeploy train", "", (), DETECT[arch], ARCHS[arch], lambda kw: None,
-                          families.Conventions(output="as_is"))
-    families.check_kwargs_fit(fam, kwargs, state, str(name))
+    families.check_fit(arch, DETECT[arch], ARCHS[arch], kwargs, state, str(name))
     model = ARCHS[arch](**kwargs)
     model.load_state_dict(state)
     return model
@@ -220,10 +218,11 @@ def model_from_checkpoint(ckpt: dict | str | os.PathLike, *, use_ema: bool = Tru
     except (TypeError, KeyError) as exc:
         raise ValueError(f"{name}: cannot build {arch} from the checkpoint's kwargs {kwargs} ({exc}); the file is "
                          "damaged or was not written by srdeploy") from None
-    except RuntimeError:  # load_state_dict: missing, unexpected or wrongly shaped tensors
-        probe = families.BY_NAME[arch].build(**kwargs) if arch in families.BY_NAME and \
-            families.BY_NAME[arch].build is not None else ARCHS.get(arch, nn.Module)(**kwargs)
-        raise ValueError(f"{name}: weights do not match {arch}({kwargs}): {_shape_mismatch(probe, state)} ({key}); "
+    except RuntimeError as exc:  # load_state_dict: missing, unexpected or wrongly shaped tensors
+        # kwargs already fit the weights' shapes, so building again for the account is bounded
+        build = families.BY_NAME[arch].build if arch in families.BY_NAME else ARCHS[arch]
+        why = _shape_mismatch(build(**kwargs), state) if build is not None else str(exc).splitlines()[0]
+        raise ValueError(f"{name}: weights do not match {arch}({kwargs}): {why} ({key}); "
                          "the file is damaged or its kwargs were edited: use the checkpoint as it was written") from None
     except ValueError as exc:
         msg = str(exc)

@@ -186,32 +186,42 @@ def accepted_kwargs(fam: Family) -> set[str]:
             if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
 
-def _defaults(fam: Family) -> dict:
-    if fam.build is None:
-        return {}
-    return {p.name: p.default for p in inspect.signature(fam.build).parameters.values()
-            if p.default is not inspect.Parameter.empty}
-
-
 def check_kwargs_fit(fam: Family, kwargs: dict, sd: StateDict, name: str = "checkpoint") -> None:
     """Refuse kwargs that disagree with the state dict's own shapes and counts, before anything is built.
 
     Detection reads keys and shapes only, so a checkpoint whose kwargs ask for 10**9 blocks is
     refused in microseconds instead of allocating until the OOM killer stops it.
     """
+    check_fit(fam.name, fam.detect, fam.build, kwargs, sd, name, keys=fam.keys)
+
+
+def check_fit(arch: str, detect: Callable[[StateDict], dict | None], build: Callable | None, kwargs: dict,
+              sd: StateDict, name: str = "checkpoint", *, keys: str = "") -> None:
+    """``check_kwargs_fit`` for any architecture with a ``detect`` (the training ones too).
+
+    Args:
+        arch: its name, for messages.
+        detect: state dict -> the kwargs its shapes imply, or None for another layout.
+        build: the constructor (its defaults stand for kwargs a checkpoint leaves out).
+        kwargs, sd: the checkpoint's kwargs and weights.
+        name: the file, for messages.
+        keys: the layout's identifying keys, for messages.
+    """
     try:
-        found = fam.detect(sd)
+        found = detect(sd)
     except ValueError as exc:
         raise ValueError(f"{name}: {exc}") from None
     if found is None:
-        raise ValueError(f"{name}: the weights are not a {fam.name} state dict (its keys: {fam.keys}); the file is "
-                         "damaged or not what its 'arch' says")
-    effective = {**_defaults(fam), **kwargs}
+        raise ValueError(f"{name}: the weights are not a {arch} state dict" + (f" (its keys: {keys})" if keys else "")
+                         + "; the file is damaged or not what its 'arch' says")
+    defaults = {} if build is None else {p.name: p.default for p in inspect.signature(build).parameters.values()
+                                         if p.default is not inspect.Parameter.empty}
+    effective = {**defaults, **kwargs}
     wrong = [k for k in found if effective.get(k) != found[k]]
     if wrong:
         shown = ", ".join(f"{k}={effective.get(k)!r}" for k in wrong)
         weights = ", ".join(f"{k}={found[k]!r}" for k in wrong)
-        raise ValueError(f"{name}: weights do not match {fam.name}({kwargs}): the kwargs say {shown} but the weights' "
+        raise ValueError(f"{name}: weights do not match {arch}({kwargs}): the kwargs say {shown} but the weights' "
                          f"shapes say {weights}; the file is damaged or its kwargs were edited: use the checkpoint as "
                          "it was written")
 
