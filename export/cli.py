@@ -46,7 +46,8 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
                    help="export at one fixed N x N LR input (no dynamic H/W; the runtime tiles at exactly that size). "
                         "Default for window-attention families (SwinIR, ...): 128")
     p.add_argument("--margin-images", metavar="DIR",
-                   help="LR images for the tile-margin measurement (default: Set5 LR, as --calib)")
+                   help="LR images for the tile-margin measurement (default: the --calib folder, else Set5 LR; "
+                        "without either the margin is not measured and the runtime uses its radius rule)")
     p.add_argument("--no-margin", action="store_true",
                    help="skip the tile-margin measurement (the runtime then uses its radius rule for --tile-pad)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")

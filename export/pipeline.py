@@ -196,7 +196,9 @@ class MarginSettings:
 
     Attributes:
         measure: False skips it (the runtime then uses the radius rule).
-        images: folder of LR images (default: Set5 LR, as the FP16 calibration).
+        images: folder of LR images (default: the ``--calib`` folder when given, else Set5 LR; when
+            neither exists the margin is not measured, said in the log, and the runtime uses the
+            radius rule: an export must not need the benchmark data).
         tile: tile core of the measurement.
     """
 
@@ -257,7 +259,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
         tmp, raw, simp, ort_err, info = _write_fp32(fused, Path(tmpdir), output.name, info, extra, opset=opset,
                                                     simplify=simplify, probe=(x, ref), shape=shape, log=log)
         if margin.measure:
-            info = _add_margin(tmp, fused, info, extra, shape, margin, log)
+            info = _add_margin(tmp, fused, info, extra, shape, margin.images or calib, margin.tile, log)
         result = ExportResult(onnx_path=output, info=info, seconds=0.0, fold_max_abs=fold_err, ort_max_abs=ort_err,
                               simplify=simp, window=shape.window)
         if fp16:
@@ -272,15 +274,22 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     return result
 
 
-def _add_margin(tmp: Path, fused, info: ModelInfo, extra: dict, shape: ExportShape, settings: MarginSettings, log):
-    """Measure the tile margin on the checked ONNX file (as deployed) and record it; returns the new info."""
+def _add_margin(tmp: Path, fused, info: ModelInfo, extra: dict, shape: ExportShape, images, tile: int, log):
+    """Measure the tile margin on the checked ONNX file (as deployed) and record it; returns the new info
+    (unchanged, with a log line, when there are no calibration images)."""
     from srdeploy.runtime.open import open_session
 
     from .calib import calibration_inputs
     from .margin import KEY_MARGIN_CURVE, measure_margin
 
-    inputs, names = calibration_inputs(settings.images, scale=info.scale, channels=shape.channels,
-                                       multiple=info.size_multiple)
+    try:
+        inputs, names = calibration_inputs(images, scale=info.scale, channels=shape.channels,
+                                           multiple=info.size_multiple)
+    except FileNotFoundError as exc:
+        if images is not None:
+            raise
+        log(f"tile margin not measured ({exc}); the runtime will use its radius rule for --tile-pad")
+        return info
     radius = info.receptive_radius
     whole = None
     if shape.window is not None:
@@ -291,7 +300,7 @@ def _add_margin(tmp: Path, fused, info: ModelInfo, extra: dict, shape: ExportSha
         def whole(x: np.ndarray) -> np.ndarray:
             return _torch_run(fused, x[None])[0]
     with open_session(tmp, backend="onnxruntime") as sess:
-        result = measure_margin(sess, inputs, names, radius=radius, whole=whole, tile=settings.tile)
+        result = measure_margin(sess, inputs, names, radius=radius, whole=whole, tile=tile)
     for line in result.lines():
         log(line)
     info = dataclasses.replace(info, tile_margin=result.margin)
