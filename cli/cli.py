@@ -26,7 +26,8 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
 DEBUG_ENV = "SRDEPLOY_DEBUG"
 _EXTRAS = {"torch": "train", "torchvision": "train", "onnx": "export", "onnxscript": "export", "PIL": "train",
            "tensorrt": "gpu", "cuda": "gpu", "matplotlib": "plot", "onnxslim": "simplify", "skimage": "dev",
-           "ray": "cluster", "onnxruntime": "cpu", "spandrel": "import", "safetensors": "import"}
+           "ray": "cluster", "onnxruntime": "cpu", "starlette": "serve", "uvicorn": "serve", "multipart": "serve",
+           "spandrel": "import", "safetensors": "import"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         # a message that names the file and says what to do; print it without a traceback.
         if debug:
             raise
-        print(f"{prefix}: error: {one_line(exc)}", file=sys.stderr)
+        # Library messages name their step ("eval: --scale ..."); the prefix already says it once.
+        print(f"{prefix}: error: {one_line(exc).removeprefix(f'{args.command}: ')}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as exc:  # last resort: anything else is still one line, not a traceback
         if debug:

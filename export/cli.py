@@ -268,12 +268,13 @@ def _run_quantize(args: argparse.Namespace) -> int:
                          method=args.method, exclude=tuple(args.exclude), max_loss=args.max_loss,
                          val=tuple(args.val or ()), threads=args.threads, target=args.target)
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    rep = quantize_model(args.model, args.output, cfg, overwrite=args.overwrite, log=log)
+    rep = quantize_model(args.model, args.output, cfg, overwrite=args.overwrite, log=log, progress=not args.quiet)
     print(f"wrote {rep.output} (INT8 QDQ for {rep.target}, {rep.calibration['images']} calibration crops, "
           f"{rep.method})")
     print("kept float: " + (", ".join(rep.float_nodes) if rep.float_nodes else "none"))
-    print("Y-PSNR loss vs FP32: " + ", ".join(f"{k} {rep.fp32_psnr[k]:.3f} -> {rep.int8_psnr[k]:.3f} dB "
-                                              f"({-rep.loss_db[k]:+.3f})" for k in rep.loss_db))
+    # the progress lines' convention: loss = FP32 - INT8 Y-PSNR, positive = worse
+    print("Y-PSNR loss vs FP32: " + ", ".join(f"{k} {rep.loss_db[k]:.3f} dB ({rep.fp32_psnr[k]:.3f} -> "
+                                              f"{rep.int8_psnr[k]:.3f} dB)" for k in rep.loss_db))
     if rep.speed:
         print("speed (same run, " + rep.speed["input"] + f", {rep.speed['threads'] or 'default'} threads): " +
               ", ".join(f"{k} {v:.2f}x" for k, v in rep.speed["speedup_vs_ort_fp32"].items()))

@@ -194,14 +194,18 @@ def default_val_folders() -> list[Path]:
 # ----------------------------------------------------------------------------- quantize one graph
 
 class _Reader:
-    """ONNX Runtime CalibrationDataReader over a list of inputs (a fresh one per use)."""
+    """ONNX Runtime CalibrationDataReader over a list of inputs (a fresh one per use); ``bar`` (a
+    progress bar) counts the inputs handed out, which is calibration's progress."""
 
-    def __init__(self, inputs: list[np.ndarray], name: str):
+    def __init__(self, inputs: list[np.ndarray], name: str, bar=None):
         self._it = iter(inputs)
         self._name = name
+        self._bar = bar
 
     def get_next(self):
         x = next(self._it, None)
+        if x is not None and self._bar is not None:
+            self._bar.update(1)
         return None if x is None else {self._name: x}
 
     def __len__(self) -> int:  # pragma: no cover - used by strided calibration only
@@ -217,7 +221,8 @@ def _method(name: str):
 
 def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, *, calib: list[np.ndarray] | None,
                  cache: str | os.PathLike, method: str = "percentile", percentile: float = DEFAULT_PERCENTILE,
-                 exclude=(), input_range: tuple[float, float] = (0.0, 1.0), target: str = "cpu") -> None:
+                 exclude=(), input_range: tuple[float, float] = (0.0, 1.0), target: str = "cpu",
+                 progress: bool = False) -> None:
     """Write the QDQ INT8 model of ``src`` to ``dst`` (ranges from ``cache``, computed if missing).
 
     Args:
@@ -230,12 +235,16 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, *, calib: list[
         exclude: node names left in float.
         input_range: the model input's range (metadata); quantized exactly as 8-bit pixels.
         target: "cpu" or "tensorrt" (``TARGETS``).
+        progress: a bar over the calibration inputs (on stderr).
     """
+    import contextlib
+    import io
     import logging
 
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     from srdeploy.runtime.metadata import INPUT_NAME
+    from srdeploy.runtime.progress import progress_bar
 
     lo, hi = input_range
     if lo != 0:
@@ -249,12 +258,19 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, *, calib: list[
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
+    bar = progress_bar(total=len(calib or ()), unit="crop", desc="quantize: calibrating", leave=False,
+                       enabled=progress and calib is not None)
+    reader = _Reader(calib, INPUT_NAME, bar) if calib is not None else None
     try:
-        quantize_static(str(src), str(dst), _Reader(calib, INPUT_NAME) if calib is not None else None,
-                        quant_format=QuantFormat.QDQ, per_channel=True, op_types_to_quantize=["Conv"],
-                        activation_type=activations, weight_type=QuantType.QInt8, calibrate_method=_method(method),
-                        nodes_to_exclude=list(exclude), extra_options=extra, calibration_cache_path=str(cache))
+        # ONNX Runtime's calibrators print() their steps ("Collecting tensor data and making
+        # histogram ...") to stdout, where the command's result lines go, even with -q.
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                            op_types_to_quantize=["Conv"], activation_type=activations, weight_type=QuantType.QInt8,
+                            calibrate_method=_method(method), nodes_to_exclude=list(exclude), extra_options=extra,
+                            calibration_cache_path=str(cache))
     finally:
+        bar.close()
         root.setLevel(level)
 
 
@@ -300,20 +316,23 @@ def _mse(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 
 
 def conv_sensitivity(src, quantize, *, probe: list[np.ndarray], candidates, exclude=(), threads=None,
-                     workdir) -> list[tuple[str, float]]:
+                     workdir, progress: bool = False) -> list[tuple[str, float]]:
     """Rank convolutions by what keeping each one in float recovers.
 
     For each candidate, the model is quantized (``quantize(dst, exclude=...)``, ranges from the
     calibration cache) with that node (plus ``exclude``) left in float and its output compared
     with the FP32 output on ``probe``. The score is the PSNR gain (dB, on [0, 1] outputs) over
     the model with only ``exclude`` in float. Returns ``(node, gain)``, largest gain first.
+    ``progress``: a bar over the candidates (on stderr).
     """
+    from srdeploy.runtime.progress import progress_bar
+
     ref = _outputs(src, probe, threads)
     p = Path(workdir) / "sensitivity.onnx"
     quantize(p, exclude=list(exclude))
     base = _mse(_outputs(p, probe, threads), ref)
     scores = []
-    for node in candidates:
+    for node in progress_bar(candidates, unit="conv", desc="quantize: ranking", leave=False, enabled=progress):
         quantize(p, exclude=[*exclude, node])
         err = _mse(_outputs(p, probe, threads), ref)
         scores.append((node, 10 * math.log10(max(base, 1e-20) / max(err, 1e-20))))
@@ -364,14 +383,14 @@ def _input_sides(model, info, cfg) -> tuple[int, int]:
     return fit(cfg.crop), fit(cfg.speed_size)
 
 
-def _psnr_by_set(path, folders, threads) -> dict[str, float]:
+def _psnr_by_set(path, folders, threads, progress: bool = False) -> dict[str, float]:
     from srdeploy.runtime.open import SessionRecipe
     from srdeploy.runtime.settings import DEFAULT_TILE, RunSettings, TileSettings
 
     from .runtime_eval import evaluate_model_file
 
     run = RunSettings(SessionRecipe(str(path), "onnxruntime", threads=threads), TileSettings(tile=DEFAULT_TILE))
-    results, _ = evaluate_model_file(run, folders)
+    results, _ = evaluate_model_file(run, folders, progress=progress)
     return {r.name: r.psnr for r in results}
 
 
@@ -447,19 +466,19 @@ class _Search:
 
 
 def _search(src: Path, quantize, trial: Path, *, val: list[Path], probe: list[np.ndarray], convs: list[str],
-            cfg: QuantizeConfig, workdir: Path, log) -> _Search:
+            cfg: QuantizeConfig, workdir: Path, log, progress: bool = False) -> _Search:
     """Quantize with ``cfg.exclude`` in float; while a validation folder loses more than the limit,
     rank the convolutions by sensitivity and keep 1, 2, 3, 4, 6, ... of the most sensitive float."""
-    fp32 = _psnr_by_set(src, val, cfg.threads)
+    fp32 = _psnr_by_set(src, val, cfg.threads, progress)
     trials: list[dict] = []
 
     def measure(float_nodes: list[str]) -> dict:
         quantize(trial, exclude=float_nodes)
-        int8 = _psnr_by_set(trial, val, cfg.threads)
+        int8 = _psnr_by_set(trial, val, cfg.threads, progress)
         loss = {k: fp32[k] - int8[k] for k in fp32}
         trials.append({"float_nodes": list(float_nodes), "int8_psnr": int8, "loss_db": loss})
-        log(f"quantize: {len(float_nodes)} node(s) in float: loss " +
-            ", ".join(f"{k} {v:+.3f} dB" for k, v in loss.items()))
+        log(f"quantize: {len(float_nodes)} node(s) in float: loss " +  # dB lost: positive = worse
+            ", ".join(f"{k} {v:.3f} dB" for k, v in loss.items()))
         return trials[-1]
 
     limit, exclude = cfg.loss_limit, list(cfg.exclude)
@@ -468,7 +487,7 @@ def _search(src: Path, quantize, trial: Path, *, val: list[Path], probe: list[np
     if max(best["loss_db"].values()) > limit:
         log(f"quantize: loss above {limit} dB; ranking {len(convs)} convolutions by sensitivity")
         ranking = conv_sensitivity(src, quantize, probe=probe, candidates=convs, exclude=exclude,
-                                   threads=cfg.threads, workdir=workdir)
+                                   threads=cfg.threads, workdir=workdir, progress=progress)
         log("quantize: most sensitive: " + ", ".join(f"{n} {g:+.2f} dB" for n, g in ranking[:6]))
         order = [n for n, _ in ranking]
         for k in _steps(len(order))[1:]:
@@ -499,8 +518,11 @@ def _with_metadata(quantized: Path, model, out: Path, record: dict) -> None:
 
 
 def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, cfg: QuantizeConfig = QuantizeConfig(), *,
-                   overwrite: bool = False, log=print) -> QuantizeReport:
+                   overwrite: bool = False, log=print, progress: bool = False) -> QuantizeReport:
     """Quantize ``src`` (srdeploy FP32 ONNX) to an INT8 QDQ model at ``dst``, accuracy-aware.
+
+    ``log`` gets one line per step; ``progress`` shows bars (stderr) for the long ones:
+    calibration, each validation run, the sensitivity ranking.
 
     Raises QuantizeError (nothing written) for bad input, an existing ``dst`` without
     ``overwrite``, or a loss above ``cfg.loss_limit`` even with every convolution in float.
@@ -529,12 +551,12 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, cfg: Quantize
         tmp = Path(tmp)
         quantize = partial(quantize_qdq, _quantize_source(src, model, info, cfg.target, tmp), calib=None,
                            cache=tmp / "calibration.json", method=cfg.method, percentile=cfg.percentile,
-                           input_range=info.input_range, target=cfg.target)
+                           input_range=info.input_range, target=cfg.target, progress=progress)
         log(f"quantize: calibrating on {len(crops)} LR crops {crop}x{crop} from "
             f"{', '.join(str(f) for f in calib_folders)} ({cfg.method}, target {cfg.target})")
         quantize(tmp / "int8.onnx", calib=crops, exclude=list(cfg.exclude))  # fills the cache
         found = _search(src, quantize, tmp / "int8.onnx", val=val_folders, probe=crops[:cfg.probe_images],
-                        convs=convs, cfg=cfg, workdir=tmp, log=log)
+                        convs=convs, cfg=cfg, workdir=tmp, log=log, progress=progress)
         best = found.best
         # Re-write the chosen model (the last trial may be a different one) with its metadata.
         quantize(tmp / "int8.onnx", exclude=best["float_nodes"])

@@ -13,6 +13,16 @@ from pathlib import Path
 from typing import Iterator
 
 
+def occupied(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names something, a dangling symlink included (``Path.exists`` follows links,
+    so a link to nowhere would count as free and be replaced without ``--overwrite``).
+
+    Args:
+        path: an output path about to be written.
+    """
+    return os.path.lexists(path)
+
+
 @contextmanager
 def atomic_target(path: str | os.PathLike, *, fsync: bool = True, keep_suffix: bool = False,
                   overwrite: bool = True, create: bool = True) -> Iterator[Path]:
@@ -35,11 +45,14 @@ def atomic_target(path: str | os.PathLike, *, fsync: bool = True, keep_suffix: b
             that refuse to open an existing file.
     """
     path = Path(path)
-    if not overwrite and path.exists():
+    if not overwrite and occupied(path):
         raise FileExistsError(f"{path}: already exists; pass --overwrite to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".tmp" + (path.suffix if keep_suffix else "")
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as exc:  # a read-only folder: say so of the output, not of a random hidden name
+        raise _about(exc, path) from exc
     os.close(fd)
     tmp = Path(name)
     if not create:
@@ -56,8 +69,19 @@ def atomic_target(path: str | os.PathLike, *, fsync: bool = True, keep_suffix: b
             os.replace(tmp, path)
         else:
             _link_no_clobber(tmp, path)
+    except OSError as exc:
+        # A failed write (disk full: errno and no file name) or a failure on the temporary file is
+        # the output's failure; errors about other files keep their own names.
+        if exc.errno is not None and exc.filename in (None, str(tmp)):
+            raise _about(exc, path) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _about(exc: OSError, path: Path) -> OSError:
+    """``exc`` (same type and errno) restated about ``path``: "[Errno 28] No space left on device: 'out.png'"."""
+    return type(exc)(exc.errno, exc.strerror, str(path))
 
 
 def _link_no_clobber(tmp: Path, path: Path) -> None:
@@ -67,7 +91,7 @@ def _link_no_clobber(tmp: Path, path: Path) -> None:
     except FileExistsError:
         raise FileExistsError(f"{path}: already exists; pass --overwrite to replace it") from None
     except OSError:  # filesystems without hard links
-        if path.exists():
+        if occupied(path):
             raise FileExistsError(f"{path}: already exists; pass --overwrite to replace it") from None
         os.replace(tmp, path)
 

@@ -31,6 +31,7 @@ needed at run time.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -58,10 +59,15 @@ MIN_TILE = 16
 HEADROOM = 0.9
 
 def format_size(n: float) -> str:
-    """"612 MiB", "1.25 GiB": for the CLI's first line and messages."""
+    """"612 MiB", "1.25 GiB", "1 KiB", "512 B": for the CLI's first line and messages (a budget
+    under a MiB is shown in its own unit, not as "0 MiB")."""
     if n >= 1 << 30:
         return f"{n / (1 << 30):.2f} GiB"
-    return f"{n / (1 << 20):.0f} MiB"
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.0f} MiB"
+    if n >= 1 << 10:
+        return f"{n / (1 << 10):.0f} KiB"
+    return f"{n:.0f} B"
 
 
 def available_ram() -> int | None:
@@ -237,6 +243,29 @@ def _read_graph(data: bytes):
     return nodes, inits, values, ins, outs
 
 
+# Nodes a weight passes through between its initializer and the Conv that uses it: a QDQ (INT8)
+# model stores int8 weights and dequantizes them in the graph.
+_WEIGHT_PATH = {"DequantizeLinear", "QuantizeLinear", "Identity", "Cast"}
+
+
+def weight_dims(name: str, inits: dict[str, tuple[int, ...]], producers: dict) -> tuple[int, ...] | None:
+    """Dims of a weight tensor: an initializer, or one reached back through DequantizeLinear/Cast/Identity.
+
+    Args:
+        name: the tensor (a Conv's second input).
+        inits: initializer dims by name (``_read_graph``).
+        producers: the node producing each tensor, by output name.
+    """
+    for _ in range(8):  # a weight is at most a few nodes from its initializer
+        if name in inits:
+            return inits[name]
+        node = producers.get(name)
+        if node is None or node.op not in _WEIGHT_PATH or not node.inputs:
+            return None
+        name = node.inputs[0]
+    return None
+
+
 # Operators whose output has the shape of their first activation input.
 _SAME_SHAPE = {"Add", "Sub", "Mul", "Div", "Relu", "PRelu", "LeakyRelu", "Clip", "Sigmoid", "Tanh",
                "Identity", "Elu", "Selu", "HardSigmoid", "HardSwish", "Gelu", "Mish", "Softplus",
@@ -273,7 +302,7 @@ _RESHAPE = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", 
 _SHAPE_OPS = {"Shape", "Size"}
 
 
-def _step(node: _Node, act: list[str], shape: dict, inits: dict, values: dict, source: str):
+def _step(node: _Node, act: list[str], shape: dict, inits: dict, values: dict, producers: dict, source: str):
     """(elements per LR pixel, channels, resolution factor, element bytes) of ``node``'s output.
 
     Channels and factor are None after a reshape (only the element count is known then)."""
@@ -284,13 +313,13 @@ def _step(node: _Node, act: list[str], shape: dict, inits: dict, values: dict, s
         return f if f is not None else math.sqrt(n / (w[1] * a.get("group", 1)))  # after a reshape
 
     if node.op == "Conv":
-        w = inits.get(node.inputs[1])
+        w = weight_dims(node.inputs[1], inits, producers)
         if w is None:
             raise ProfileError(f"{source}: Conv {node.outputs[0]} has a computed weight; cannot size it")
         fo = conv_input_factor(w) / (a.get("strides") or (1,))[0]
         return w[0] * fo * fo, w[0], fo, e
     if node.op == "ConvTranspose":
-        w = inits.get(node.inputs[1])
+        w = weight_dims(node.inputs[1], inits, producers)
         if w is None:
             raise ProfileError(f"{source}: ConvTranspose {node.outputs[0]} has a computed weight")
         co, fo = w[1] * a.get("group", 1), f * (a.get("strides") or (1,))[0]
@@ -332,13 +361,14 @@ def profile_graph(data: bytes, *, source: str = "model") -> GraphProfile:
             last_use[t] = k
     for t in outs:
         last_use[t] = len(nodes)
+    producers = {o: node for node in nodes for o in node.outputs}
     live: dict[str, float] = {t: v[0] * v[3] for t, v in shape.items()}
     peak, peak_op = sum(live.values()), "input"
     for k, node in enumerate(nodes):
         acts = [t for t in node.inputs if t in shape]
         if node.op == "Constant" or node.op in _SHAPE_OPS or not acts:
             continue
-        out = _step(node, acts, shape, inits, values, source)
+        out = _step(node, acts, shape, inits, values, producers, source)
         for t in node.outputs[:1]:
             shape[t] = out
             live[t] = out[0] * out[3]
@@ -352,8 +382,14 @@ def profile_graph(data: bytes, *, source: str = "model") -> GraphProfile:
 
 
 def profile_onnx(path: str | os.PathLike) -> GraphProfile:
-    """``profile_graph`` of an ONNX file."""
-    return profile_graph(Path(path).read_bytes(), source=str(path))
+    """``profile_graph`` of an ONNX file (cached per file version: a server plans every request with it)."""
+    st = Path(path).stat()
+    return _profile_file(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _profile_file(path: str, mtime_ns: int, size: int) -> GraphProfile:
+    return profile_graph(Path(path).read_bytes(), source=path)
 
 
 def session_profile(session) -> GraphProfile | ProfileError:

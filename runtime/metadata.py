@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -31,13 +32,28 @@ KEY_TILE_MARGIN = "srdeploy.tile_margin"          # LR pixels, e.g. "12"
 KEY_SIZE_MULTIPLE = "srdeploy.size_multiple"      # input sides must be a multiple of this; the tiler pads
 KEY_MIN_SIZE = "srdeploy.min_size"                # smallest input side; the tiler pads smaller images
 FORMAT = "srdeploy.sr-model/1"
-CHANNEL_ORDERS = ("RGB", "GRAY")  # GRAY: a 1-channel model (input and output N x 1 x H x W)
 
 INPUT_NAME = "lr"   # float32 (N, 3, H, W), RGB in [0, 1] (N x 1 x H x W for a GRAY model)
 OUTPUT_NAME = "sr"  # float32 (N, 3, scale*H, scale*W), RGB in [0, 1]
 
 REQUIRED_KEYS = (KEY_FORMAT, KEY_SCALE, KEY_INPUT_RANGE, KEY_OUTPUT_RANGE, KEY_CHANNEL_ORDER,
                  KEY_LAYOUT, KEY_RADIUS)
+
+# Sane bounds for the values a model file claims (metadata is input like any other file: a
+# receptive radius of 10**9 became a 300,000,000-pixel tile margin, scale 0 failed only after
+# inference). Super-resolution models scale by 1 (restoration) to 8; 16 leaves room. The radius is
+# in LR pixels; SRResNet x4 has 40, and past 1024 (budget.MAX_TILE) a margin is larger than any
+# tile the runtime chooses. A radius is also checked against the graph's own receptive field
+# when the model opens (srdeploy.runtime.contract).
+MAX_SCALE = 16
+MAX_RECEPTIVE_RADIUS = 1024
+MAX_SIZE_REQUIREMENT = 1024  # size multiple / minimum side: a window of 1024 LR pixels is already large
+MAX_RANGE = 65535.0  # |range ends|: 16-bit pixel values at most
+# What the runtime feeds (a BGR model would be fed the wrong order); GRAY: a 1-channel model (input
+# and output N x 1 x H x W).
+CHANNEL_ORDERS = ("RGB", "GRAY")
+LAYOUTS = ("NCHW",)
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -132,11 +148,40 @@ class ModelInfo:
                 size_multiple=int(props.get(KEY_SIZE_MULTIPLE) or 1),
                 min_size=int(props.get(KEY_MIN_SIZE) or 1),
             )
-            if info.channel_order not in CHANNEL_ORDERS or info.size_multiple < 1 or info.min_size < 1 \
-                    or (info.tile_margin is not None and info.tile_margin < 0):
-                raise ValueError(f"channel order {info.channel_order!r} (expected {'/'.join(CHANNEL_ORDERS)}), size "
-                                 f"multiple {info.size_multiple}, minimum {info.min_size} and tile margin "
-                                 f"{info.tile_margin} must be sane")
-            return info
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: deeply nested JSON
             raise MetadataError(f"{source}: malformed srdeploy metadata ({exc}); re-export the model") from exc
+        info.check(source)
+        return info
+
+    def check(self, source: str = "model") -> None:
+        """Raise MetadataError (naming ``source`` and the key) for a value outside its sane range.
+
+        Args:
+            source: the model file, for the message.
+        """
+        def bad(key: str, value, want: str) -> MetadataError:
+            return MetadataError(f"{source}: metadata {key}={value!r} is not {want}; the file is damaged or was "
+                                 "not written by srdeploy export: re-export the model")
+
+        if not 1 <= self.scale <= MAX_SCALE:
+            raise bad(KEY_SCALE, self.scale, f"an integer scale from 1 to {MAX_SCALE}")
+        if not 0 <= self.receptive_radius <= MAX_RECEPTIVE_RADIUS:
+            raise bad(KEY_RADIUS, self.receptive_radius, f"a radius from 0 to {MAX_RECEPTIVE_RADIUS} LR pixels")
+        for key, (lo, hi) in ((KEY_INPUT_RANGE, self.input_range), (KEY_OUTPUT_RANGE, self.output_range)):
+            if not (math.isfinite(lo) and math.isfinite(hi) and -MAX_RANGE <= lo < hi <= MAX_RANGE):
+                raise bad(key, f"{lo:g},{hi:g}", f"a value range lo,hi with lo < hi, both within +-{MAX_RANGE:g}")
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise bad(KEY_CHANNEL_ORDER, self.channel_order, " or ".join(CHANNEL_ORDERS))
+        if self.layout not in LAYOUTS:
+            raise bad(KEY_LAYOUT, self.layout, " or ".join(LAYOUTS))
+        if self.precision not in PRECISIONS:
+            raise bad(KEY_PRECISION, self.precision, "one of " + ", ".join(PRECISIONS))
+        if not isinstance(self.arch_kwargs, dict):
+            raise bad(KEY_ARCH_KWARGS, self.arch_kwargs, "a JSON object")
+        if not (math.isfinite(self.flops_per_pixel) and self.flops_per_pixel >= 0):
+            raise bad(KEY_FLOPS, self.flops_per_pixel, "a finite count >= 0")
+        if self.tile_margin is not None and not 0 <= self.tile_margin <= self.receptive_radius:
+            raise bad(KEY_TILE_MARGIN, self.tile_margin, f"a margin from 0 to the receptive radius {self.receptive_radius}")
+        for key, value in ((KEY_SIZE_MULTIPLE, self.size_multiple), (KEY_MIN_SIZE, self.min_size)):
+            if not 1 <= value <= MAX_SIZE_REQUIREMENT:
+                raise bad(key, value, f"a size from 1 to {MAX_SIZE_REQUIREMENT} pixels")

@@ -21,9 +21,9 @@ from typing import Any
 
 from .backends import BY_NAME, ENTRY_POINT_GROUP, backend_for, parse_device
 from .backends.options import make_options
+from .contract import check_contract
+from .metadata import PRECISIONS
 from .session import Session
-
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 @dataclass(frozen=True)
@@ -114,10 +114,17 @@ def open_session(model: "str | os.PathLike | SessionRecipe", *, backend: str = "
     if recipe.backend == "tensorrt" and recipe.threads is not None:
         raise ValueError("threads does not apply to the TensorRT backend")
     if recipe.backend == "torch":
-        return opener(path, device=recipe.device, precision=recipe.precision or "fp32", threads=recipe.threads,
-                      options=recipe.options)
-    return opener(path, backend=recipe.backend, device=recipe.device, precision=recipe.precision,
-                  threads=recipe.threads, options=recipe.options)
+        session = opener(path, device=recipe.device, precision=recipe.precision or "fp32", threads=recipe.threads,
+                         options=recipe.options)
+    else:
+        session = opener(path, backend=recipe.backend, device=recipe.device, precision=recipe.precision,
+                         threads=recipe.threads, options=recipe.options)
+    try:  # the metadata against the graph: a wrong scale or radius is refused here, not after a run
+        check_contract(session)
+    except BaseException:
+        session.close()
+        raise
+    return session
 
 
 def describe_session(session: Session, model, upscaler=None) -> str:
@@ -130,8 +137,8 @@ def describe_session(session: Session, model, upscaler=None) -> str:
     """
     info = session.info
     used = session.details.get("providers") or session.details.get("gpu") or ""
-    line = (f"model {model} (x{info.scale}, receptive radius {info.receptive_radius}) on {session.backend} "
-            f"{used} {session.device} {session.precision}")
+    where = " ".join(str(part) for part in (session.backend, used, session.device, session.precision) if part)
+    line = f"model {model} (x{info.scale}, receptive radius {info.receptive_radius}) on {where}"
     if upscaler is not None:
         line += f"; {upscaler.describe()}, batch {upscaler.batch}" + (f", feather {upscaler.feather}" if upscaler.feather else "")
     return line

@@ -72,8 +72,9 @@ class Session:
         s = self.info.scale
         expected = (x.shape[0], x.shape[1], x.shape[2] * s, x.shape[3] * s)
         if y.shape != expected:
-            raise RuntimeError(f"{type(self).__name__}: model returned {y.shape}, expected {expected} "
-                               f"(scale {s} from metadata); the model file and its metadata disagree")
+            raise RuntimeError(f"{getattr(self, 'path', None) or type(self).__name__}: model returned {y.shape}, "
+                               f"expected {expected} (scale {s} from metadata); the model file and its metadata "
+                               "disagree")
         return y
 
     def _infer(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract

@@ -127,8 +127,8 @@ class Upscaler:
                 tile = pred.tile
                 self.last_prediction = pred
                 if pred.total > self.budget:
-                    notes = (f"tile auto: even tile {tile} is predicted to take {_size(pred.total)}, over the "
-                             f"--max-memory budget of {_size(self.budget)}",)
+                    notes = (f"tile auto: even tile {_tile_text(tile)} is predicted to take {_size(pred.total)}, "
+                             f"over the --max-memory budget of {_size(self.budget)}",)
         info = self.session.info
         plan = plan_tiles(height, width, tile=tile, tile_pad=self.tile_pad, batch=self.batch,
                           feather=self.feather, spec=self.session.input_spec, multiple=info.size_multiple,
@@ -365,6 +365,7 @@ def upscale_files(upscaler: Upscaler, mapping: dict[Path, Path], *, overwrite: b
     Returns:
         A FilesReport; outputs are written atomically, never over an input.
     """
+    from .atomic import occupied
     from .media.files import output_problem
     from .media.images import check_writable, read_image
     from .media.writers import held_output_bytes, streams
@@ -384,7 +385,7 @@ def upscale_files(upscaler: Upscaler, mapping: dict[Path, Path], *, overwrite: b
             problem = output_problem(src, dst, inputs, taken)
             if problem:
                 raise ValueError(problem)
-            if dst.exists() and not overwrite:
+            if not overwrite and occupied(dst):
                 raise FileExistsError(f"{dst}: already exists; pass --overwrite to replace it")
             img, meta = read_image(src, order="BGR")
             check_writable(dst, dtype=img.dtype, channels=meta.channels)
@@ -395,14 +396,17 @@ def upscale_files(upscaler: Upscaler, mapping: dict[Path, Path], *, overwrite: b
             if announce is not None:
                 announce(upscaler)
                 announce = None
-            elif upscaler.settings.auto and upscaler.describe() != last:
+            elif upscaler.settings.auto and upscaler.last_tile != last:  # the tile, not its predicted peak
                 say(f"srdeploy upscale: note: {src}: {upscaler.describe()}")
-            last = upscaler.describe()
+            last = upscaler.last_tile
             if held >= LARGE_OUTPUT_BYTES:
                 say(f"srdeploy upscale: note: {dst}: {dst.suffix} cannot be written band by band, so the whole "
                     f"{w * sc}x{h * sc} output is held in memory ({_size(held)}); .png or .tiff stream it")
+            # A tile bar for every single image (one image can take minutes); in a folder run, for
+            # images of more than one tile (the images bar moves for the others).
             _write_upscaled(upscaler, img, meta.channels, dst, plan.num_tiles, streamed=streamed,
-                            overwrite=overwrite, quality=quality, progress=progress)
+                            overwrite=overwrite, quality=quality,
+                            progress=progress and (plan.num_tiles >= 2 or len(files) == 1))
             del img
             report.written.append(dst)
             for note in plan.notes:
@@ -417,12 +421,12 @@ def upscale_files(upscaler: Upscaler, mapping: dict[Path, Path], *, overwrite: b
 
 def _write_upscaled(upscaler: Upscaler, img: np.ndarray, channels: int, dst: Path, num_tiles: int, *,
                     streamed: bool, overwrite: bool, quality: int | None, progress: bool) -> None:
-    """Upscale ``img`` (BGR) band by band straight into ``dst``, with a tile bar for large images."""
+    """Upscale ``img`` (BGR) band by band straight into ``dst``, with a tile bar when ``progress``."""
     from .media.writers import write_bands
     from .progress import progress_bar
 
     h, w, sc = img.shape[0], img.shape[1], upscaler.scale
-    tiles = progress_bar(total=num_tiles, unit="tile", leave=False, enabled=progress and num_tiles >= 4)
+    tiles = progress_bar(total=num_tiles, unit="tile", leave=False, enabled=progress)
     try:
         def prog(done: int, total: int) -> None:
             tiles.total = total

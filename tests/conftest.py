@@ -46,3 +46,42 @@ def tiny_srresnet_x2(tmp_path_factory) -> Path:
     (d / "tiny.onnx").write_bytes((d / "bare.onnx").read_bytes())
     add_metadata(d / "tiny.onnx", ModelInfo(scale=2, receptive_radius=receptive_radius(m), arch="SRResNet"))
     return d / "tiny.onnx"
+
+
+@pytest.fixture()
+def full_disk(tmp_path):
+    """A 1 MiB tmpfs (root only; skipped with the reason elsewhere), unmounted after the test: the
+    full-disk checks of video (test_video_ffmpeg) and the image writers (test_reliability3_misc)."""
+    import os
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a 1 MiB tmpfs needs root (mount -t tmpfs -o size=1m)")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"mount -t tmpfs not permitted here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.fixture()
+def unprivileged():
+    """A function giving a command that runs without the right to ignore file permissions: for root,
+    under ``setpriv`` without CAP_DAC_OVERRIDE (root writes into a 0555 folder otherwise); skipped
+    with the reason where that is not possible. Used by the read-only folder tests."""
+    import os
+    import shutil
+
+    def wrap(cmd: list[str]) -> list[str]:
+        if os.geteuid() != 0:
+            return cmd
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root and setpriv (util-linux) is missing: cannot make a folder unwritable")
+        return [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--", *cmd]
+
+    return wrap

@@ -22,15 +22,26 @@ ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "models" / "srresnet_x4.onnx"
 KW = {"scale": 4, "num_blocks": 1, "channels": 8}
 
-# Runs `srdeploy ARGS` after arranging for a signal to arrive at a chosen moment (a real signal,
-# sent by the process to itself, so the moment is exact): "imwrite" once OpenCV has written the
-# whole temporary image (formats written whole), "png" once the streaming PNG writer has written
-# every band to the temporary file, "onnx" once the temporary ONNX file has its metadata.
+# Runs `srdeploy ARGS` after arranging for a signal to arrive at a chosen moment: "imwrite" once
+# OpenCV has written the whole temporary image (formats written whole), "png" once the streaming
+# PNG writer has written every band to the temporary file, "onnx" once the temporary ONNX file has
+# its metadata. The hook raises a real signal in the main thread and waits there until the handler
+# has run, so the moment is exact and a signal that never interrupts fails loudly.
+# SIGINT gets Python's own handler first, as an interactive Ctrl-C finds it: a test run started in
+# the background of a non-interactive shell (`pytest ... &`, nohup) passes SIGINT down as ignored,
+# Python then installs no KeyboardInterrupt handler, and the signal did nothing (exit 0, "1 of 1
+# image(s) written": the flaky failure of issue 25 item 20).
 RUNNER = r"""
-import os, signal, sys
+import os, signal, sys, time
 where, sig = sys.argv[1], getattr(signal, sys.argv[2])
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 def hit():
-    os.kill(os.getpid(), sig)
+    signal.raise_signal(sig)
+    t = time.monotonic()
+    while time.monotonic() - t < 20:  # the handler raises out of this loop
+        time.sleep(0.01)
+    raise SystemExit("the signal was not delivered within 20 s")
 if where == "imwrite":
     import cv2
     real = cv2.imwrite
@@ -66,9 +77,11 @@ def _srdeploy(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
                           env=env, timeout=timeout)
 
 
-def _with_signal(where: str, sig: str, *args) -> subprocess.CompletedProcess:
+def _with_signal(where: str, sig: str, *args, sigint_ignored: bool = False) -> subprocess.CompletedProcess:
+    # sigint_ignored: start the child as a background job of a non-interactive shell starts it
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
     return subprocess.run([sys.executable, "-c", RUNNER, where, sig, *map(str, args)], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, preexec_fn=ignore)
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -125,6 +138,16 @@ def test_item2_signal_during_the_image_write_leaves_no_temp_file(small_png, tmp_
     assert proc.returncode == status, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["keep.png"]  # no temp file, no partial output
     assert "Traceback" not in proc.stderr
+
+
+def test_item2_sigint_runner_does_not_depend_on_how_the_suite_was_started(small_png, tmp_path):
+    """Issue 25 item 20: the SIGINT case failed (exit 0) whenever the test run had inherited an
+    ignored SIGINT (`pytest &` from a script); the runner restores Ctrl-C's handler itself."""
+    out = tmp_path / "out"
+    proc = _with_signal("png", "SIGINT", "upscale", "-q", "-i", small_png, "-o", out, "--model", BUNDLED,
+                        "--tile", "0", sigint_ignored=True)
+    assert proc.returncode == 130, proc.stderr
+    assert not out.exists() or list(out.iterdir()) == []
 
 
 @pytest.mark.slow

@@ -176,3 +176,38 @@ def test_write_is_atomic_and_does_not_clobber(tmp_path, monkeypatch):
     write_image(path, np.full((4, 4, 3), 9, np.uint8), overwrite=True)
     assert read_image(path)[0][0, 0, 0] == 9
     assert (path.stat().st_mode & 0o777) != 0o600  # not mkstemp's private mode
+
+
+def test_decode_image_reads_bytes_as_read_image_reads_files(tmp_path, asym):
+    """Uploads (``decode_image``) and files (``read_image``): the same pixels, metadata and refusals."""
+    import tifffile
+    from PIL import Image
+
+    from srdeploy.runtime.media.images import (ImageTooLargeError, NotAnImageError, decode_image, encode_image,
+                                               image_header)
+
+    files = {"o.jpg": _jpeg_with_exif(asym, 6), "o.png": _png_with_exif(asym, 3),
+             "a.png": cv2.imencode(".png", np.dstack([asym, asym[..., :1]]))[1].tobytes()}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        want, wmeta = read_image(tmp_path / name)
+        got, meta = decode_image(data, name=name)
+        np.testing.assert_array_equal(got, want)
+        assert meta == wmeta.__class__(**{**wmeta.__dict__, "path": name})
+        assert encode_image(got, ".png") == cv2.imencode(".png", want[..., [2, 1, 0, 3][:want.shape[2]]])[1].tobytes()
+    frames = [Image.new("RGB", (12, 10), (40 * i, 90, 200)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    tifffile.imwrite(tmp_path / "pages.tif", np.zeros((2, 8, 9), np.uint8), photometric="minisblack",
+                     metadata=None)  # two pages
+    for name, what in (("anim.gif", "animated GIF with 3 frames"), ("pages.tif", "multi-page TIFF with 2 frames")):
+        assert cv2.imcount(str(tmp_path / name)) == int(what.split(" with ")[1].split()[0])  # counted as OpenCV does
+        with pytest.raises(ValueError, match=what):
+            decode_image((tmp_path / name).read_bytes(), name=name)
+    with pytest.raises(NotAnImageError, match="^up: not a readable image"):
+        decode_image(b"hello, not an image", name="up")
+    with pytest.raises(NotAnImageError, match="^up: not a readable image"):  # refused from its bytes
+        image_header(b"\x00\x00\x00\x18ftypisom" + b"\0" * 40, name="up", known_only=True)  # an MP4
+    assert image_header(b"\x00\x00\x00\x18ftypavif" + b"\0" * 40, name="up", known_only=True)[0] == "other"
+    bomb = files["o.png"][:16] + struct.pack(">II", 50_000, 50_000) + files["o.png"][24:]
+    with pytest.raises(ImageTooLargeError, match="declared image size 50000x50000"):
+        image_header(bomb, name="up")

@@ -65,6 +65,8 @@ class TrainConfig:
         gpu_crops: on CUDA, hold the training images on the GPU and cut / downscale the crops
             there (same crops as the CPU path); False uses a DataLoader with ``workers``.
         tensorboard: also log to TensorBoard (``out/tb``) when the package is installed.
+        progress: a progress bar on stderr (``-q`` turns it off; the status lines and validation
+            rows are printed either way).
         resume: continue from ``out/last.pt``. Changed optimisation settings (lr, d_lr,
             schedule, lr_min_ratio, iters, loss weights, ...) apply from the resumed step on;
             the schedule continues from that step with the new values.
@@ -109,6 +111,7 @@ class TrainConfig:
     channels_last: bool = True
     gpu_crops: bool = True
     tensorboard: bool = True
+    progress: bool = True
     resume: bool = False
     time_budget: float | None = None
 

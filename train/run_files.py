@@ -21,7 +21,7 @@ from .config import TrainConfig
 
 BASE_COLUMNS = ["step", "loss", "lr", "its"]
 # Settings whose change on --resume does not alter the optimisation (no note printed).
-RESUME_NEUTRAL = {"resume", "device", "workers", "out", "tensorboard", "gpu_crops", "init",
+RESUME_NEUTRAL = {"resume", "device", "workers", "out", "tensorboard", "progress", "gpu_crops", "init",
                   "log_every", "val_every", "save_every", "val", "resolved", "time_budget"}
 
 

@@ -43,6 +43,8 @@ def _add_optim_and_run(p: argparse.ArgumentParser, *, lr: float, schedule: str) 
                    help="on CUDA, cut crops on the CPU in a DataLoader (--workers) instead of on the GPU")
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
                    help="do not log to OUT/tb even when tensorboard is installed")
+    p.add_argument("-q", "--quiet", dest="progress", action="store_false",
+                   help="no progress bar (status lines and validation rows are still printed)")
     p.add_argument("--resume", action="store_true",
                    help="continue OUT/last.pt: same step, optimizer, scheduler and RNG state; changed "
                         "--lr/--schedule/--iters apply from the resumed step")

@@ -466,7 +466,7 @@ class _Run:
             from tqdm import tqdm
 
             self.bar = tqdm(total=self.settings["iters"], initial=self.start_step, desc=f"train {cfg.kind}",
-                            unit="it", dynamic_ncols=True, mininterval=1.0)
+                            unit="it", dynamic_ncols=True, mininterval=1.0, disable=not cfg.progress)
         try:
             self._loop()
             self.finish_budget()

@@ -22,6 +22,7 @@ FP16           None / "fp16"   ``f16`` hint; an error where the device lacks FP1
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -35,6 +36,7 @@ SUFFIXES = (".onnx", ".xml")
 _RT_KEY = "framework"  # where OpenVINO's ONNX frontend puts metadata_props
 _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 _CAPS = {"bf16": "BF16", "fp16": "FP16", "fp32": "FP32"}
+_SOURCE_LINE = re.compile(r"^(Exception from \S+:\d+:?|Check '.*' failed at \S+:\d+:?)$")
 
 
 def _import_openvino():
@@ -59,6 +61,39 @@ def device_name(device: str, available: list[str]) -> str:
         raise RuntimeError(f"openvino: device {device!r} not available; OpenVINO reports "
                            f"{', '.join(a.lower() for a in available) or 'no devices'}")
     return name
+
+
+def _reason(exc: BaseException) -> str:
+    """OpenVINO's message without its source-location lines, on one line.
+
+    OpenVINO exceptions open with "Exception from src/...cpp:84:" and "Check 'false' failed at
+    src/...cpp:47:" lines and put the reason after them; the first line alone says nothing.
+    """
+    lines = [line.strip() for line in str(exc).splitlines()]
+    kept = [line for line in lines if line and not _SOURCE_LINE.match(line)]
+    return f"{type(exc).__name__}: {'; '.join(kept) or '(no message)'}"
+
+
+def check_weights_inside(path: Path) -> None:
+    """Refuse an IR whose ``.bin`` resolves outside the model's folder (a symlink to anywhere).
+
+    The rule ONNX Runtime applies to ONNX external data, and OpenVINO's own ONNX frontend too:
+    a model file must not make the runtime read an arbitrary file. OpenVINO reads ``NAME.bin``
+    beside ``NAME.xml`` and follows symlinks, so this is checked before it reads anything.
+
+    Args:
+        path: the ``.xml`` (other suffixes carry no separate weights file and pass).
+    """
+    if path.suffix.lower() != ".xml":
+        return
+    weights = path.with_suffix(".bin")
+    if not os.path.lexists(weights):
+        return  # OpenVINO says the weights are missing
+    folder, target = path.parent.resolve(), weights.resolve()
+    if not target.is_relative_to(folder):
+        raise ValueError(f"{path}: its weights file {weights.name} resolves to {target}, outside the model's folder "
+                         f"{folder}; put the real .bin beside the .xml (model files may not point elsewhere, as "
+                         "ONNX Runtime requires of ONNX external data)")
 
 
 def read_metadata(model, source: str) -> ModelInfo:
@@ -102,11 +137,11 @@ class OpenVinoSession(Session):
         is_cpu = name.split(".")[0] == "CPU"
         if threads is not None and (threads < 1 or not is_cpu):
             raise ValueError(f"threads must be >= 1 and applies to the CPU only (device {device!r}, threads {threads})")
+        check_weights_inside(path)
         try:
             model = core.read_model(str(path))
         except Exception as exc:  # OpenVINO raises its own RuntimeError subclasses
-            raise ValueError(f"{path}: OpenVINO cannot read this model ({type(exc).__name__}: "
-                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); re-export it with "
+            raise ValueError(f"{path}: OpenVINO cannot read this model ({_reason(exc)}); re-export it with "
                              "`srdeploy export`") from exc
         self.info = read_metadata(model, str(path))
         self._check_io(model, path)
@@ -128,8 +163,7 @@ class OpenVinoSession(Session):
         try:
             self._compiled = core.compile_model(model, name, config)
         except Exception as exc:
-            raise RuntimeError(f"{path}: OpenVINO cannot compile this model for {name} "
-                               f"({type(exc).__name__}: {str(exc).strip()[:300]})") from exc
+            raise RuntimeError(f"{path}: OpenVINO cannot compile this model for {name} ({_reason(exc)})") from exc
         used_hint = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         int8_layers = self._int8_layers()
         if computed == "int8" and int8_layers == 0:

@@ -19,6 +19,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..atomic import occupied
 from ..jobs import JobFolder
 from ..media.files import kind_of, plan_outputs
 
@@ -61,7 +62,7 @@ def plan_tasks(pairs: list[tuple[Path, Path]], outdir: Path, settings: Settings)
     for f, dst in planned:
         kind = kind_of(f)
         tasks.append({"id": f"{len(tasks):06d}", "kind": kind, "src": str(f), "dst": str(dst),
-                      "units": 1 if kind == "image" else 0, "preexisting": dst.exists()})
+                      "units": 1 if kind == "image" else 0, "preexisting": occupied(dst)})
     return tasks, problems
 
 

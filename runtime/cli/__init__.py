@@ -14,9 +14,10 @@ from ._args import (PRECISIONS, add_session_args, add_tile_args, backend_arg,  #
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from . import batch, bench, upscale, video
+    from . import batch, bench, serve, upscale, video
 
     upscale.register(sub)
     video.register(sub)
     bench.register(sub)
     batch.register(sub)
+    serve.register(sub)

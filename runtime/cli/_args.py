@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from ..backends import NAMES, canonical, help_text, model_help
-from ..settings import DEFAULT_TILE, RunSettings, TileSettings
+from ..settings import ALPHA_MODES, DEFAULT_TILE, RunSettings, TileSettings
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
@@ -54,14 +54,17 @@ def parse_tile(text: str) -> int | str:
     return value
 
 
-def parse_memory(text: str) -> int:
-    """--max-memory: "1G", "512M", ... (binary units) in bytes."""
-    from ..parsing import parse_bytes
+def bytes_arg(flag: str):
+    """argparse ``type`` for a size flag: "1G", "512M", ... (binary units) in bytes; errors name ``flag``."""
+    def parse(text: str) -> int:
+        from ..parsing import parse_bytes
 
-    try:
-        return parse_bytes(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--max-memory: {exc}") from None
+        try:
+            return parse_bytes(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{flag}: {exc}") from None
+
+    return parse
 
 
 def add_tile_args(p: argparse.ArgumentParser, *, tile_default: int | str = "auto", tile_help: str | None = None,
@@ -70,7 +73,7 @@ def add_tile_args(p: argparse.ArgumentParser, *, tile_default: int | str = "auto
     p.add_argument("--tile", type=parse_tile, default=tile_default, metavar="N|auto",
                    help=tile_help or "tile size in input pixels; auto (default) = per image, the largest tile whose "
                                      "predicted peak memory fits --max-memory; 0 = whole image in one pass")
-    p.add_argument("--max-memory", type=parse_memory, default=None, metavar="SIZE",
+    p.add_argument("--max-memory", type=bytes_arg("--max-memory"), default=None, metavar="SIZE",
                    help="memory budget for --tile auto, e.g. 1G or 512M (binary units; default: 1G or half the "
                         "available RAM, whichever is smaller; on CUDA: the GPU's free memory)")
     p.add_argument("--tile-pad", type=int, default=None, metavar="N",
@@ -78,6 +81,14 @@ def add_tile_args(p: argparse.ArgumentParser, *, tile_default: int | str = "auto
                         "metadata srdeploy.tile_margin: deviation < 0.5/255; for models without it 0.3 x the "
                         "receptive radius, at least 12; the radius itself gives exactly the whole-image result)")
     p.add_argument("--batch", type=int, default=1, metavar="N", help=batch_help)
+
+
+def add_blend_args(p: argparse.ArgumentParser, *, alpha_help: str = "") -> None:
+    """--feather --alpha: the image commands' remaining ``TileSettings`` fields (``alpha_help``: appended)."""
+    p.add_argument("--feather", type=int, default=0, metavar="N",
+                   help="blend tiles over N input pixels instead of a hard crop (<= --tile-pad; default 0)")
+    p.add_argument("--alpha", default="model", choices=ALPHA_MODES,
+                   help="RGBA: upscale alpha with the model (gray pass, default) or bicubic resize" + alpha_help)
 
 
 def tile_settings(args: argparse.Namespace) -> TileSettings:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._args import add_session_args, add_tile_args, settings_from_args
+from ._args import add_blend_args, add_session_args, add_tile_args, settings_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,10 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_session_args(p, threads=False)
     add_tile_args(p, batch_help="tiles per inference call (default 1); for videos, frames per call when a frame "
                                 "fits in one tile")
-    p.add_argument("--feather", type=int, default=0, metavar="N",
-                   help="blend tiles over N input pixels instead of a hard crop (<= --tile-pad; default 0)")
-    p.add_argument("--alpha", default="model", choices=("model", "resize"),
-                   help="RGBA: upscale alpha with the model (gray pass, default) or bicubic resize")
+    add_blend_args(p)
     g = p.add_argument_group("cluster")
     g.add_argument("--workers", type=int, default=1, metavar="N", help="workers (Ray actors, one model each; default 1)")
     g.add_argument("--threads-per-worker", type=int, default=1, metavar="N",

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._args import add_session_args, add_tile_args, settings_from_args
+from ._args import add_blend_args, add_session_args, add_tile_args, settings_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,10 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "has an image extension")
     add_session_args(p)
     add_tile_args(p)
-    p.add_argument("--feather", type=int, default=0, metavar="N",
-                   help="blend tiles over N input pixels instead of a hard crop (<= --tile-pad; default 0)")
-    p.add_argument("--alpha", default="model", choices=("model", "resize"),
-                   help="RGBA: upscale alpha with the model (gray pass, default) or bicubic resize")
+    add_blend_args(p)
     p.add_argument("--ext", default=None, metavar="EXT",
                    help="output format/extension, e.g. png, jpg, webp, tiff (default: the input's)")
     p.add_argument("--suffix", default="", metavar="S",

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_target
+from ..atomic import atomic_target, occupied
 from .files import IMAGE_EXTS
 
 # 200 megapixels: well above any camera, far below what would exhaust memory in decoding.
@@ -258,16 +258,54 @@ def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     return img
 
 
-def _frame_count(path: Path, fmt: str) -> int:
-    """Frames/pages in a GIF or TIFF (1 for everything else, or when OpenCV cannot count)."""
-    if fmt not in ("gif", "tiff"):
-        return 1
-    import cv2
-
+def _frame_count(data: bytes, fmt: str) -> int:
+    """Frames/pages in a GIF or TIFF, counted from the bytes (1 for everything else, or when the
+    structure cannot be followed: the decoder then reports the file)."""
     try:
-        return int(cv2.imcount(str(path)))
-    except (cv2.error, AttributeError):
-        return 1
+        if fmt == "tiff":
+            return _tiff_pages(data)
+        if fmt == "gif":
+            return _gif_frames(data)
+    except (struct.error, IndexError):
+        pass
+    return 1
+
+
+def _tiff_pages(data: bytes) -> int:
+    """Image file directories in the IFD0 -> next chain (pages; sub-IFDs are not pages)."""
+    bo = "<" if data[:2] == b"II" else ">"
+    (off,) = struct.unpack(bo + "I", data[4:8])
+    seen: set[int] = set()
+    while off and off not in seen and off + 2 <= len(data):  # a loop in the chain ends the count
+        seen.add(off)
+        (count,) = struct.unpack(bo + "H", data[off:off + 2])
+        nxt = off + 2 + 12 * count
+        (off,) = struct.unpack(bo + "I", data[nxt:nxt + 4]) if nxt + 4 <= len(data) else (0,)
+    return max(1, len(seen))
+
+
+def _gif_frames(data: bytes) -> int:
+    """Image descriptors in a GIF (frames), walking its blocks (GIF89a specification, section 17-27)."""
+
+    def skip_sub_blocks(i: int) -> int:
+        while data[i]:
+            i += data[i] + 1
+        return i + 1
+
+    flags = data[10]
+    i = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # header, screen descriptor, global colours
+    frames = 0
+    while i < len(data) and data[i] != 0x3B:  # trailer
+        if data[i] == 0x21:  # extension: label, then sub-blocks
+            i = skip_sub_blocks(i + 2)
+        elif data[i] == 0x2C:  # image descriptor, local colours, LZW code size, sub-blocks
+            frames += 1
+            local = data[i + 9]
+            i += 10 + (3 << ((local & 7) + 1) if local & 0x80 else 0)
+            i = skip_sub_blocks(i + 1)
+        else:
+            break
+    return max(1, frames)
 
 
 def _truncated(data: bytes, fmt: str) -> bool:
@@ -284,6 +322,60 @@ def _truncated(data: bytes, fmt: str) -> bool:
     return False
 
 
+class ImageTooLargeError(ValueError):
+    """The image's declared (or decoded) size exceeds the pixel limit: refused before decoding."""
+
+
+class NotAnImageError(ValueError):
+    """The bytes are empty or no image format OpenCV can decode."""
+
+
+# Signatures of the other formats OpenCV can decode, which _sniff does not name: JPEG 2000
+# (codestream, JP2 box), OpenEXR, Radiance HDR, Sun raster, PFM, PAM, JPEG XL (codestream, box)
+# and ISO BMFF images (AVIF/HEIF: an image brand after "ftyp" at offset 4, checked apart).
+_OTHER_SIGNATURES = (b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ", b"v/1\x01", b"#?RADIANCE", b"#?RGBE",
+                     b"\x59\xa6\x6a\x95", b"PF\n", b"Pf\n", b"P7\n", b"\xff\x0a", b"\x00\x00\x00\x0cJXL ")
+_BMFF_IMAGE_BRANDS = (b"avif", b"avis", b"heic", b"heix", b"mif1", b"msf1")
+
+
+def image_header(data: bytes, *, name: str, max_pixels: int | None = None,
+                 known_only: bool = False) -> tuple[str, tuple[int, int] | None]:
+    """The checks that need no decoding, on a file's bytes: (format, declared (width, height) or None).
+
+    Raises ``NotAnImageError`` (empty; with ``known_only``, no image signature OpenCV decodes),
+    ``ImageTooLargeError`` (declared size over the limit: a decompression bomb never allocates) or
+    ``ValueError`` (empty declared size, truncated file), each message starting with ``name``.
+
+    Args:
+        data: the whole file.
+        name: what the messages call it (a path, or a label for bytes that came from elsewhere).
+        max_pixels: the limit (default ``pixel_limit()``).
+        known_only: refuse bytes that start like no image format now, with the message the decoder
+            would give after trying (a server answers garbage without reserving memory for it).
+    """
+    limit = pixel_limit() if max_pixels is None else max_pixels
+    if not data:
+        raise NotAnImageError(f"{name}: empty file (0 bytes), not an image")
+    fmt = _sniff(data)
+    bmff_image = data[4:8] == b"ftyp" and data[8:12] in _BMFF_IMAGE_BRANDS
+    if known_only and fmt == "other" and not (data.startswith(_OTHER_SIGNATURES) or bmff_image):
+        raise _not_readable(name)
+    size = _declared_size(data, fmt)
+    if size is not None and size[0] * size[1] > limit:
+        raise ImageTooLargeError(
+            f"{name}: declared image size {size[0]}x{size[1]} ({size[0] * size[1] / 1e6:.0f} MP) exceeds the limit "
+            f"of {limit / 1e6:.0f} MP; if the image is genuine, raise the limit with SRDEPLOY_MAX_IMAGE_PIXELS")
+    if size is not None and (size[0] == 0 or size[1] == 0):
+        raise ValueError(f"{name}: declared image size {size[0]}x{size[1]} is empty; the file is corrupt")
+    if _truncated(data, fmt):
+        raise ValueError(f"{name}: truncated {fmt.upper()} file (no end-of-image marker); the file is incomplete")
+    return fmt, size
+
+
+def _not_readable(name: str) -> NotAnImageError:
+    return NotAnImageError(f"{name}: not a readable image (OpenCV could not decode it)")
+
+
 def read_image(path: str | os.PathLike, *, order: str = "RGB",
                max_pixels: int | None = None) -> tuple[np.ndarray, ImageMeta]:
     """Read an image file.
@@ -298,44 +390,51 @@ def read_image(path: str | os.PathLike, *, order: str = "RGB",
         (pixels, ImageMeta). Pixels are uint8, uint16 or float32 as stored, EXIF orientation
         applied, C-contiguous; gray + alpha is H x W x 2 (gray, alpha) in either order.
     """
-    import cv2
-
     if order not in ("RGB", "BGR"):
         raise ValueError(f"order must be 'RGB' or 'BGR', got {order!r}")
     path = Path(path)
-    limit = pixel_limit() if max_pixels is None else max_pixels
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     if path.is_dir():
         raise ValueError(f"{path}: is a folder, not an image")
-    data = path.read_bytes()
-    if not data:
-        raise ValueError(f"{path}: empty file (0 bytes), not an image")
-    fmt = _sniff(data)
-    size = _declared_size(data, fmt)
-    if size is not None and size[0] * size[1] > limit:
-        raise ValueError(f"{path}: declared image size {size[0]}x{size[1]} ({size[0] * size[1] / 1e6:.0f} MP) "
-                         f"exceeds the limit of {limit / 1e6:.0f} MP; if the image is genuine, raise the limit "
-                         "with SRDEPLOY_MAX_IMAGE_PIXELS")
-    if size is not None and (size[0] == 0 or size[1] == 0):
-        raise ValueError(f"{path}: declared image size {size[0]}x{size[1]} is empty; the file is corrupt")
-    if _truncated(data, fmt):
-        raise ValueError(f"{path}: truncated {fmt.upper()} file (no end-of-image marker); the file is incomplete")
-    frames = _frame_count(path, fmt)
+    return decode_image(path.read_bytes(), name=str(path), order=order, max_pixels=max_pixels)
+
+
+def decode_image(data: bytes, *, name: str, order: str = "RGB",
+                 max_pixels: int | None = None) -> tuple[np.ndarray, ImageMeta]:
+    """``read_image`` on a file's bytes (an upload): the same checks, pixels and messages.
+
+    Args:
+        data: the whole file.
+        name: what messages and ``ImageMeta.path`` call it; never opened.
+        order, max_pixels: as ``read_image``.
+
+    Raises:
+        ``NotAnImageError`` (415-like: empty or not an image), ``ImageTooLargeError`` (over the
+        pixel limit) or ``ValueError`` (truncated, corrupt, animated, unsupported layout).
+    """
+    import cv2
+
+    if order not in ("RGB", "BGR"):
+        raise ValueError(f"order must be 'RGB' or 'BGR', got {order!r}")
+    limit = pixel_limit() if max_pixels is None else max_pixels
+    fmt, _ = image_header(data, name=name, max_pixels=limit)
+    frames = _frame_count(data, fmt)
     if frames > 1:
         what = "animated GIF" if fmt == "gif" else f"multi-page {fmt.upper()}"
-        raise ValueError(f"{path}: {what} with {frames} frames; srdeploy upscale writes still images and would keep "
-                         f"only the first: upscale the animation with `srdeploy video -i {path} -o OUT.mkv`, or "
+        raise ValueError(f"{name}: {what} with {frames} frames; srdeploy upscale writes still images and would keep "
+                         f"only the first: upscale the animation with `srdeploy video -i {name} -o OUT.mkv`, or "
                          "split it into frames first")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
-        what = "not a readable image" if fmt == "other" else f"corrupt {fmt.upper()} file"
-        raise ValueError(f"{path}: {what} (OpenCV could not decode it)")
+        if fmt == "other":
+            raise _not_readable(name)
+        raise ValueError(f"{name}: corrupt {fmt.upper()} file (OpenCV could not decode it)")
     if img.shape[0] * img.shape[1] > limit:
-        raise ValueError(f"{path}: image size {img.shape[1]}x{img.shape[0]} exceeds the limit of "
-                         f"{limit / 1e6:.0f} MP; raise it with SRDEPLOY_MAX_IMAGE_PIXELS")
+        raise ImageTooLargeError(f"{name}: image size {img.shape[1]}x{img.shape[0]} exceeds the limit of "
+                                 f"{limit / 1e6:.0f} MP; raise it with SRDEPLOY_MAX_IMAGE_PIXELS")
     if img.dtype not in (np.uint8, np.uint16, np.float32):
-        raise ValueError(f"{path}: unsupported pixel type {img.dtype}; convert it to 8/16-bit")
+        raise ValueError(f"{name}: unsupported pixel type {img.dtype}; convert it to 8/16-bit")
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     if img.ndim == 3 and img.shape[2] == 4 and (fmt == "png" and data[25:26] == b"\x04"):
@@ -343,14 +442,14 @@ def read_image(path: str | os.PathLike, *, order: str = "RGB",
     if img.ndim == 3 and img.shape[2] == 4 and fmt == "gif" and img[:, :, 3].min() == img[:, :, 3].max() == 255:
         img = img[:, :, :3]  # a GIF decodes as BGRA; without transparent pixels it is plain colour
     if img.ndim == 3 and img.shape[2] not in (2, 3, 4):
-        raise ValueError(f"{path}: {img.shape[2]}-channel images are not supported (gray, gray + alpha, RGB or "
+        raise ValueError(f"{name}: {img.shape[2]}-channel images are not supported (gray, gray + alpha, RGB or "
                          "RGBA only)")
     orientation = _exif_orientation(data, fmt)
     img = _apply_orientation(img, orientation)
     if order == "RGB" and img.ndim == 3 and img.shape[2] in (3, 4):
         img = img[:, :, [2, 1, 0, 3][: img.shape[2]]]
     img = np.ascontiguousarray(img)
-    meta = ImageMeta(path=str(path), format=fmt, width=img.shape[1], height=img.shape[0],
+    meta = ImageMeta(path=name, format=fmt, width=img.shape[1], height=img.shape[0],
                      channels=1 if img.ndim == 2 else img.shape[2], dtype=img.dtype.name,
                      orientation=orientation)
     return img, meta
@@ -408,15 +507,46 @@ def write_image(path: str | os.PathLike, img: np.ndarray, *, order: str = "RGB",
     path = Path(path)
     channels = 1 if img.ndim == 2 else img.shape[2]
     check_writable(path, dtype=img.dtype, channels=channels)
-    if not overwrite and path.exists():
+    if not overwrite and occupied(path):
         raise FileExistsError(f"{path}: already exists; pass --overwrite (overwrite=True) to replace it")
-    if order == "RGB" and channels in (3, 4):
-        img = img[:, :, [2, 1, 0, 3][:channels]]
-    if channels == 2:  # OpenCV encodes 1, 3 or 4 channels: gray + alpha goes out as RGBA, R = G = B
-        img = img[:, :, [0, 0, 0, 1]]
+    img = _opencv_layout(img, order)
     params = _write_params(path.suffix.lower(), quality)
     # Keep the real extension last: OpenCV picks the encoder from it.
     with atomic_target(path, keep_suffix=True, overwrite=overwrite) as tmp:
         if not cv2.imwrite(str(tmp), img, params):
             raise OSError(f"{path}: OpenCV failed to write the image (disk full or unsupported format?)")
     return path
+
+
+def _opencv_layout(img: np.ndarray, order: str) -> np.ndarray:
+    """``img`` as OpenCV's encoders take it: BGR(A), and gray + alpha as RGBA with R = G = B."""
+    channels = 1 if img.ndim == 2 else img.shape[2]
+    if order == "RGB" and channels in (3, 4):
+        img = img[:, :, [2, 1, 0, 3][:channels]]
+    if channels == 2:  # OpenCV encodes 1, 3 or 4 channels: gray + alpha goes out as RGBA, R = G = B
+        img = img[:, :, [0, 0, 0, 1]]
+    return img
+
+
+def encode_image(img: np.ndarray, ext: str, *, order: str = "RGB", quality: int | None = None,
+                 name: str = "image") -> bytes:
+    """``write_image``'s file contents as bytes (same encoder and parameters), for a response body.
+
+    Args:
+        img: as ``write_image`` takes it.
+        ext: the format as a file extension (".png", ".jpg", ...).
+        order: channel order of ``img``: "RGB" or "BGR".
+        quality: JPEG/WebP quality (default 95).
+        name: what messages call the output.
+    """
+    import cv2
+
+    if order not in ("RGB", "BGR"):
+        raise ValueError(f"order must be 'RGB' or 'BGR', got {order!r}")
+    ext = ext.lower()
+    channels = 1 if img.ndim == 2 else img.shape[2]
+    check_writable(Path(f"{name}{ext}"), dtype=img.dtype, channels=channels)
+    ok, buf = cv2.imencode(ext, _opencv_layout(img, order), _write_params(ext, quality))
+    if not ok:
+        raise OSError(f"{name}{ext}: OpenCV failed to encode the image")
+    return buf.tobytes()

@@ -41,7 +41,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
-from ..atomic import atomic_target
+from ..atomic import atomic_target, occupied
 from ..jobs import JobFolder
 from ..progress import progress_bar
 from . import ffmpeg as ff
@@ -143,7 +143,8 @@ def process_segment(task: SegmentTask, upscaler, *, batch: int = 1,
             raise
         written = ff.count_packets(tmp, task.log)
         if written != task.count:
-            raise ff.FFmpegError(f"{tmp}: holds {written} frames, expected {task.count} (ffmpeg log: {task.log})")
+            cause = f"the encoded segment holds {written} frames, expected {task.count}"
+            raise ff.FFmpegError(f"{task.path}: {cause} (ffmpeg log: {task.log})", cause, task.log)
     return task.path
 
 
@@ -235,8 +236,8 @@ def join_segments(job: VideoJob, tmp: Path, *, audio: bool = True) -> ff.MuxPlan
                            job.timing.offset, job.work, hevc_tag=job.settings.encoder == "libx265", audio=audio)
     got = ff.count_packets(tmp, job.work / "join.log")
     if got != job.frames:
-        raise ff.FFmpegError(f"{job.dst}: the joined video holds {got} frames, expected {job.frames} "
-                             f"(ffmpeg log: {job.work / 'join.log'})")
+        cause = f"the joined video holds {got} frames, expected {job.frames}"
+        raise ff.FFmpegError(f"{job.dst}: {cause} (ffmpeg log: {job.work / 'join.log'})", cause, job.work / "join.log")
     return plan
 
 
@@ -321,7 +322,7 @@ def check_request(src: str | os.PathLike, dst: str | os.PathLike, *, codec: str 
         raise IsADirectoryError(f"{dst}: output is a folder; give a video file name (e.g. out.mp4)")
     if dst.exists() and dst.resolve() == src.resolve():
         raise ValueError(f"{dst}: the output would overwrite the input video; choose another output name")
-    if dst.exists() and not overwrite:
+    if not overwrite and occupied(dst):  # a dangling symlink too
         raise FileExistsError(f"{dst}: output exists; pass --overwrite to replace it")
     return probe_request(src, dst, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
 
@@ -412,7 +413,7 @@ def _run_job(upscaler, source: ff.MediaInfo, dst: Path, work: Path, settings: ff
         try:
             mux = finish_job(job, audio=audio, overwrite=overwrite)
         except ff.FFmpegError as exc:
-            raise ff.FFmpegError(f"{dst}: joining the segments failed: {exc.cause} (ffmpeg log: {exc.log}); the "
+            raise ff.FFmpegError(f"{dst}: joining the segments failed: {exc.cause}{exc.log_note}; the "
                                  f"{len(job.tasks)} finished segments are kept in {work} for --resume",
                                  exc.cause, exc.log) from None
     for note in mux.notices:
@@ -440,7 +441,7 @@ def _run_segments(job: VideoJob, upscaler, batch: int, bar) -> tuple[int, int, f
             process_segment(task, upscaler, batch=batch, on_frame=bar.update)
         except ff.FFmpegError as exc:
             finished = sum(1 for t in job.tasks if t.path.is_file())
-            raise ff.FFmpegError(f"{job.dst}: segment {task.index} failed: {exc.cause} (ffmpeg log: {exc.log}); "
+            raise ff.FFmpegError(f"{job.dst}: segment {task.index} failed: {exc.cause}{exc.log_note}; "
                                  f"{finished} finished segment(s) kept in {job.work} for --resume",
                                  exc.cause, exc.log) from None
         done_frames += task.count

@@ -44,7 +44,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..atomic import atomic_target
+from ..atomic import atomic_target, occupied
 from ..progress import progress_bar
 from .pipeline import run_pipeline, upscale_frames  # noqa: F401  (upscale_frames: bench imports it from here)
 
@@ -261,7 +261,7 @@ def check_request(src: Path, dst: Path, codec: str | None, *, batch: int = 1, ov
         raise FileNotFoundError(f"{src}: video file does not exist")
     if dst.exists() and dst.resolve() == src.resolve():
         raise ValueError(f"{dst}: the output would overwrite the input video; choose another output name")
-    if dst.exists() and not overwrite:
+    if not overwrite and occupied(dst):  # a dangling symlink too
         raise FileExistsError(f"{dst}: output exists; pass --overwrite to replace it")
     if dst.is_dir():
         raise IsADirectoryError(f"{dst}: output is a folder; give a video file name (e.g. out.mp4)")

@@ -24,11 +24,11 @@ from __future__ import annotations
 import os
 import zlib
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 
-from ..atomic import atomic_target
+from ..atomic import atomic_target, occupied
 
 STREAMED_EXTS = (".png", ".tif", ".tiff")
 _BIGTIFF_OVER = (1 << 32) - (1 << 25)  # tifffile's own threshold: 4 GB less room for tags
@@ -162,33 +162,75 @@ def write_bands(path: str | os.PathLike, bands: Iterable[np.ndarray], *, height:
         quality: JPEG/WebP quality for the formats written whole (default 95).
     """
     path = Path(path)
+    _check_layout(path, order, channels)
+    if not overwrite and occupied(path):
+        raise FileExistsError(f"{path}: already exists; pass --overwrite (overwrite=True) to replace it")
+    size = dict(height=height, width=width, channels=channels, dtype=dtype)
+    if not streams(path):
+        from .images import write_image
+
+        img = _assemble(_checked(bands, path, height, width, channels, np.dtype(dtype)), **size)
+        return write_image(path, img, order=order, overwrite=overwrite, quality=quality)
+    _check_streamed(path, dtype)
+    # Without overwrite the name is claimed by a hard link at the end, as write_image does: a
+    # concurrent run that finished first keeps its file and this one fails, instead of both
+    # reporting success and one silently replacing the other.
+    with atomic_target(path, overwrite=overwrite) as tmp:
+        with open(tmp, "wb") as f:
+            encode_bands(f, bands, ext=path.suffix, name=str(path), order=order, **size)
+    return path
+
+
+def encode_bands(f: BinaryIO, bands: Iterable[np.ndarray], *, ext: str, height: int, width: int, channels: int,
+                 dtype, order: str = "RGB", quality: int | None = None, name: str = "image") -> None:
+    """``write_bands``'s file contents, written to the binary file object ``f`` (a response body).
+
+    PNG and TIFF go out band by band; the other formats are assembled and encoded whole, with the
+    encoder and parameters ``write_image`` uses, so the bytes equal the file ``write_bands`` writes.
+
+    Args:
+        f: where the encoded bytes go (``write``, and ``seek``/``tell`` for TIFF).
+        ext: the format as a file extension (".png", ".jpg", ...).
+        name: what messages call the output (never opened).
+        bands, height, width, channels, dtype, order, quality: as ``write_bands``.
+    """
+    ext = ext.lower()
+    label = Path(f"{name}{ext}") if not name.lower().endswith(ext) else Path(name)
+    _check_layout(label, order, channels)
     dtype = np.dtype(dtype)
+    checked = _checked(bands, label, height, width, channels, dtype)
+    if ext not in STREAMED_EXTS:
+        from .images import encode_image
+
+        img = _assemble(checked, height=height, width=width, channels=channels, dtype=dtype)
+        f.write(encode_image(img, ext, order=order, quality=quality, name=str(label.with_suffix(""))))
+        return
+    _check_streamed(label, dtype)
+    if channels == 2 and ext != ".png":  # TIFF: gray + alpha as RGBA with R = G = B, as write_image does
+        checked, channels = (np.ascontiguousarray(b[:, :, [0, 0, 0, 1]]) for b in checked), 4
+    (_write_png if ext == ".png" else _write_tiff)(f, checked, height, width, channels, dtype, order == "BGR")
+
+
+def _check_layout(path: Path, order: str, channels: int) -> None:
     if order not in ("RGB", "BGR"):
         raise ValueError(f"order must be 'RGB' or 'BGR', got {order!r}")
     if channels not in (1, 2, 3, 4):
         raise ValueError(f"{path}: {channels}-channel images are not supported (gray, gray + alpha, RGB or RGBA)")
-    if not overwrite and path.exists():
-        raise FileExistsError(f"{path}: already exists; pass --overwrite (overwrite=True) to replace it")
-    ext = path.suffix.lower()
-    checked = _checked(bands, path, height, width, channels, dtype)
-    bgr = order == "BGR"
-    if ext not in STREAMED_EXTS:
-        from .images import write_image
 
-        shape = (height, width) if channels == 1 else (height, width, channels)
-        img = np.empty(shape, dtype)
-        y = 0
-        for band in checked:
-            img[y:y + band.shape[0]] = band
-            y += band.shape[0]
-        return write_image(path, img, order=order, overwrite=overwrite, quality=quality)
-    if ext == ".png" and dtype not in (np.uint8, np.uint16):
+
+def _check_streamed(path: Path, dtype) -> None:
+    dtype = np.dtype(dtype)
+    if path.suffix.lower() == ".png" and dtype not in (np.uint8, np.uint16):
         raise ValueError(f"{path}: PNG stores 8- or 16-bit pixels, not {dtype}; write .tiff for float images")
     if dtype not in (np.uint8, np.uint16, np.float32):
         raise ValueError(f"{path}: unsupported pixel type {dtype} (uint8, uint16 or float32)")
-    if channels == 2 and ext != ".png":  # TIFF: gray + alpha as RGBA with R = G = B, as write_image does
-        checked, channels = (np.ascontiguousarray(b[:, :, [0, 0, 0, 1]]) for b in checked), 4
-    with atomic_target(path) as tmp:
-        with open(tmp, "wb") as f:
-            (_write_png if ext == ".png" else _write_tiff)(f, checked, height, width, channels, dtype, bgr)
-    return path
+
+
+def _assemble(bands: Iterable[np.ndarray], *, height: int, width: int, channels: int, dtype) -> np.ndarray:
+    """The whole image from its bands (for the formats OpenCV encodes whole)."""
+    img = np.empty((height, width) if channels == 1 else (height, width, channels), dtype)
+    y = 0
+    for band in bands:
+        img[y:y + band.shape[0]] = band
+        y += band.shape[0]
+    return img

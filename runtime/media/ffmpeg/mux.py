@@ -80,7 +80,8 @@ def join_and_mux(segments: Sequence[Path], durations: Sequence[Fraction], source
         _convert_or_drop(plan, refused, container)
         dst_tmp.unlink(missing_ok=True)
     else:
-        raise FFmpegError(f"{dst_tmp}: joining the segments failed (ffmpeg log: {log})")
+        raise FFmpegError(f"{dst_tmp}: joining the segments failed (ffmpeg log: {log})",
+                          f"a stream was still refused after {len(source.streams) + 1} attempts", log)
     for s in source.streams:
         if s.index in plan.encode:
             plan.notices.append(f"stream #{s.index} ({s.kind} {s.codec}) re-encoded to {plan.encode[s.index]}: "

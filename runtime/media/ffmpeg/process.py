@@ -74,6 +74,11 @@ class FFmpegError(RuntimeError):
         self.cause = cause or message
         self.log = log
 
+    @property
+    def log_note(self) -> str:
+        """" (ffmpeg log: LOG)" for a message that re-states this error, or "" when there is no log."""
+        return f" (ffmpeg log: {self.log})" if self.log else ""
+
 
 # Causes worth naming on their own (searched in ffmpeg's stderr, first match wins).
 _CAUSES = ("No space left on device", "Disk quota exceeded", "Permission denied", "Read-only file system",
