@@ -100,15 +100,16 @@ def gpu_free_memory(device: str) -> int | None:
                            "pass --max-memory SIZE or --tile N") from exc
 
 
-def default_budget(*, gpu_free: int | None = None) -> int:
+def default_budget(*, gpu_free: int | None = None, avail: int | None = None) -> int:
     """The default ``--max-memory``: 1 GiB or half the available RAM, whichever is smaller.
 
     On CUDA backends pass the GPU's free memory as ``gpu_free``: activations live there, so
-    that is the budget they must fit.
+    that is the budget they must fit. ``avail``: the available RAM when the caller has read it
+    already (one reading for the budget and a check against it); None reads it here.
     """
     if gpu_free is not None:
         return gpu_free
-    avail = available_ram()
+    avail = available_ram() if avail is None else avail
     return min(1 << 30, avail // 2) if avail else 1 << 30
 
 

@@ -5,6 +5,11 @@ at once, which leaves temporary files and half-written outputs behind and skips 
 blocks (a Ray shutdown, an ffmpeg process to stop). Inside ``sigterm_as_interrupt`` SIGTERM raises
 ``Terminated``, a ``KeyboardInterrupt``: every ``finally`` and ``atomic_target`` cleans up as for
 Ctrl-C, and the caller tells the two apart by type (exit status 143 instead of 130).
+
+A library may replace the handler: ``ray.init`` installs Ray's own (exit status 15) and Ray's
+C++ core adds a stack dump on SIGTERM. Whoever calls such a library enters
+``sigterm_as_interrupt`` again right after it (the batch driver does, after ``ray.init``): the
+handler installed last is the one that runs, at the C level too.
 """
 
 from __future__ import annotations

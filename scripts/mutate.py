@@ -196,6 +196,12 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("serve-ledger-not-fifo", "runtime/serve/ledger.py",
            "while self._queue[0] is not me or self.reserved + nbytes > self.capacity:",
            "while self.reserved + nbytes > self.capacity:", ("tests/test_serve.py",)),
+    Mutant("collect-takes-outdir", "runtime/media/files.py",
+           "    return skip if skip != top and skip.is_relative_to(top) else None", "    return None",
+           ("tests/test_files.py",)),
+    Mutant("batch-sized-to-request", "runtime/batch/resources.py",
+           "    fit = demand.slots(cores, gpus=math.inf, memory=ram)", "    fit = max(workers, cores)",
+           ("tests/test_batch_resources.py",)),
     # --- issue 22: model families, srdeploy import, per-model tiling
     Mutant("families-kwargs-unchecked", "train/families.py", "wrong = [k for k in found if effective.get(k) != found[k]]",
            "wrong = []", ("tests/test_checkpoint.py",), "issue 25 item 5: kwargs trusted over the weights' shapes"),

@@ -301,12 +301,6 @@ raise SystemExit(main(sys.argv[1:]))
 """
 
 
-def test_without_ray_says_which_extra(model, images, tmp_path):
-    proc = subprocess.run([sys.executable, "-c", NO_RAY, "batch", "-q", "-i", str(images / "im0.png"), "-o",
-                           str(tmp_path / "out"), "--model", str(model)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and "pip install 'srdeploy[cluster]'" in proc.stderr, proc.stderr
-
-
 def test_gpu_flags_are_checked_before_work(model, images, tmp_path, capsys):
     base = ["batch", "-q", "-i", str(images / "im0.png"), "-o", str(tmp_path / "out"), "--model", str(model)]
     assert main(base + ["--device", "cuda"]) == 1
@@ -316,7 +310,140 @@ def test_gpu_flags_are_checked_before_work(model, images, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_more_workers_than_the_cluster_fits_is_refused(cluster, model, images, tmp_path, capsys):
-    rc = main(["batch", "-q", "-i", str(images / "im0.png"), "-o", str(tmp_path / "out"), "--model", str(model),
-               "--workers", "3"])  # the module's cluster has 2 CPUs: a third actor would wait forever
-    assert rc == 1 and "fits 2 worker(s) of 1 CPU each, not --workers 3" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ issue 25, items 12-15
+def _only_our_lines(err: str) -> list[str]:
+    """stderr's lines, each checked to be srdeploy's own (no Ray log line, WARNING or C++ stack dump)."""
+    lines = err.splitlines()
+    assert lines and all(ln.startswith("srdeploy batch: ") for ln in lines), err
+    return lines
+
+
+def _wait_for(cond, proc: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None and not cond():
+        time.sleep(0.01)
+
+
+def test_item12_sigterm_mid_job_exits_143_with_one_line_and_resume_finishes(cluster, model, bigger, tmp_path):
+    """The driver attaches to the module's Ray, which installs Ray's own SIGTERM handler (exit 15) and
+    its C++ stack dump; srdeploy's handler must be back: status 143, one line, the job resumable."""
+    out = tmp_path / "out"
+    args = ["-i", str(bigger), "-o", str(out), "--model", str(model), "--tile", "24", "--workers", "1"]
+    proc = _driver(args, cluster)
+    tasks = out / ".srdeploy-batch" / "tasks"
+    _wait_for(lambda: tasks.exists() and len(list(tasks.glob("*.json"))) >= 2, proc)
+    assert proc.poll() is None, "the job ended before the signal: " + proc.communicate()[1]
+    proc.send_signal(signal.SIGTERM)
+    out_, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and out_ == "", err + out_  # Ray's "(raylet) ..." lines go to stdout
+    lines = _only_our_lines(err)
+    assert [ln for ln in lines if "terminated" in ln] == [lines[-1]]
+    assert lines[-1] == "srdeploy batch: terminated; finished tasks are recorded, rerun with --resume to continue"
+    plan = json.loads((out / ".srdeploy-batch" / "plan.json").read_text())
+    states = [json.loads(f.read_text()) for f in tasks.glob("*.json")]
+    done = sum(s["state"] == "done" for s in states)
+    assert 2 <= done < 10 and len(plan["tasks"]) == 10 and all(s["state"] == "done" for s in states)
+    assert main(["batch", "-q", "--resume", *args, "--json", str(tmp_path / "s.json")]) == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["skipped"] == done and summary["done"] == 10 - done  # every recorded output was kept
+
+
+LOOPBACK = """
+import functools, sys
+import ray
+ray.init = functools.partial(ray.init, _node_ip_address="127.0.0.1")  # the test's Ray stays on loopback
+from srdeploy.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def test_item12_sigterm_while_the_local_ray_starts_exits_143_and_leaves_no_plan(cluster, model, images, tmp_path):
+    """Without --address the driver starts its own Ray; SIGTERM while it starts is one line and status
+    143, Ray's processes are stopped, and the same command runs again without --resume."""
+    out = tmp_path / "out"
+    args = ["batch", "-q", "-i", str(images / "im0.png"), "-o", str(out), "--model", str(model), "--tile", "16"]
+    proc = subprocess.Popen([sys.executable, "-c", LOOPBACK, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    ray_procs: dict[int, str] = {}
+
+    def raylet_started() -> bool:
+        ray_procs.update({pid: cmd for pid, cmd in _descendants(proc.pid).items() if "raylet" in cmd})
+        return bool(ray_procs)
+
+    _wait_for(raylet_started, proc)
+    assert proc.poll() is None and ray_procs, "Ray was not seen starting: " + proc.communicate()[1]
+    proc.send_signal(signal.SIGTERM)
+    out_, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and out_ == "", err + out_
+    assert _only_our_lines(err)[-1].startswith("srdeploy batch: terminated;")
+    assert not (out / ".srdeploy-batch" / "plan.json").exists()
+    deadline = time.monotonic() + 30
+    while not all(_gone(pid) for pid in ray_procs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_gone(pid) for pid in ray_procs), ray_procs
+    assert main(args) == 0 and (out / "im0.png").is_file()
+
+
+def test_item13_more_workers_than_this_machine_has_cores_is_refused_before_ray_starts(model, images, tmp_path):
+    """The local instance is sized to the machine, not to the request: one worker per core fits, one
+    more is refused with the numbers, before any Ray process starts."""
+    cores = len(os.sched_getaffinity(0))
+    args = ["batch", "-q", "-i", str(images / "im0.png"), "-o", str(tmp_path / "out"), "--model", str(model),
+            "--tile", "16", "--workers", str(cores + 1)]
+    proc = subprocess.Popen([sys.executable, "-c", LOOPBACK, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    started: list[str] = []
+    _wait_for(lambda: started.extend(c for c in _descendants(proc.pid).values() if "raylet" in c) or False, proc)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and not started, err
+    assert _only_our_lines(err) == [
+        f"srdeploy batch: error: --workers {cores + 1} do not fit this machine: each worker reserves 1 CPU "
+        f"(--threads-per-worker); this machine has {cores} usable core(s), room for {cores}; use --workers {cores} "
+        "or fewer, or attach to a larger Ray cluster with --address"]
+    assert not (tmp_path / "out" / ".srdeploy-batch" / "plan.json").exists()
+
+
+def test_item13_more_workers_than_the_attached_cluster_fits_is_refused(cluster, model, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["batch", "-q", "-i", str(images / "im0.png"), "-o", str(out), "--model", str(model), "--tile", "16"]
+    assert main(args + ["--workers", "3"]) == 1  # the module's cluster has 2 CPUs: a third actor would wait forever
+    assert ("--workers 3 do not fit the Ray instance this process is attached to: each worker reserves 1 CPU "
+            "(--threads-per-worker); its 1 node(s) have 2 CPU/0 GPU, room for 2; use --workers 2 or fewer"
+            in capsys.readouterr().err)
+    # item 15: refused before it started, so the same job runs without --resume
+    assert not (out / ".srdeploy-batch" / "plan.json").exists()
+    assert main(args + ["--workers", "2"]) == 0 and (out / "im0.png").is_file()
+
+
+def test_item14_outdir_inside_the_recursive_input_tree_resumes(cluster, model, images, tmp_path):
+    for case, out, extra in (("inside", "out", []), ("same", ".", ["--suffix", "_x2"])):  # OUTDIR in the tree; = it
+        tree = tmp_path / case
+        (tree / "sub").mkdir(parents=True)
+        for name in ("im0.png", "sub/im5.png"):
+            (tree / name).write_bytes((images / name).read_bytes())
+        args = ["batch", "-q", "-i", str(tree), "-o", str(tree / out), "--model", str(model), "--tile", "16",
+                "--recursive", *extra]
+        assert main(args + ["--json", str(tmp_path / "s.json")]) == 0
+        first = json.loads((tmp_path / "s.json").read_text())
+        assert (first["done"], first["tasks"]) == (2, 2), first
+        assert main(args + ["--resume", "--json", str(tmp_path / "s.json")]) == 0  # was: "the inputs differ"
+        again = json.loads((tmp_path / "s.json").read_text())
+        assert (again["skipped"], again["done"], again["tasks"]) == (2, 0, 2), again
+
+
+def test_item15_batch_without_ray_leaves_no_plan(cluster, model, images, tmp_path):
+    args = ["batch", "-q", "-i", str(images / "im0.png"), "-o", str(tmp_path / "out"), "--model", str(model),
+            "--tile", "16"]
+    proc = subprocess.run([sys.executable, "-c", NO_RAY, *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "pip install 'srdeploy[cluster]'" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out" / ".srdeploy-batch" / "plan.json").exists()
+    assert main(args) == 0  # with Ray: the same command, no --resume needed

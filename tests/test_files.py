@@ -94,3 +94,19 @@ def test_upscale_output_paths(tree, tmp_path):
         output_paths(pairs, tmp_path / "many.png", ext=None, suffix="", single_item=False)
     assert output_paths(pairs, tmp_path / "o", ext="tif", suffix="_2", single_item=False) == \
         {tree / "a.png": tmp_path / "o" / "a_2.tif", tree / "b.jpg": tmp_path / "o" / "b_2.tif"}
+
+
+def test_the_output_folder_is_not_an_input(tree):
+    """An output folder inside a scanned tree is skipped (a rerun must not take the outputs as inputs);
+    where it is the input folder itself, or a file is named directly, the inputs stay."""
+    out = tree / "sub"
+    pairs, _ = collect([str(tree)], recursive=True, exclude=out)
+    assert _rel(pairs) == ["a.png", "b.jpg", "clip.avi"]
+    pairs, _ = collect([str(tree / "**" / "*.png")], recursive=True, exclude=out)
+    assert _rel(pairs) == ["a.png"]
+    pairs, _ = collect([str(tree)], recursive=True, exclude=tree)  # outputs beside the inputs
+    assert _rel(pairs) == ["a.png", "b.jpg", "clip.avi", "sub/c.png", "sub/d.mts"]
+    pairs, _ = collect([str(out)], exclude=out)
+    assert _rel(pairs) == ["c.png", "d.mts"]
+    pairs, _ = collect([str(out / "c.png")], exclude=out)
+    assert _rel(pairs) == ["c.png"]

@@ -496,7 +496,7 @@ def test_batch_refuses_a_container_codec_mismatch_before_any_worker(copy_model, 
     import srdeploy.runtime.batch.driver as driver
     from srdeploy.cli import main
 
-    def no_ray(cfg):
+    def no_ray(*args):
         raise AssertionError("Ray was started for a job whose every task was refused")
 
     monkeypatch.setattr(driver, "_start_ray", no_ray)

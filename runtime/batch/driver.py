@@ -13,12 +13,17 @@ Failures:
   runs again, up to ``retries`` more times;
 * any other exception inside a task: retried the same way (the actor stays).
 
+Before any actor exists, the request is checked against the slots (``resources``): a local Ray
+instance is started with the machine's cores, never more, and a request above the machine or
+above an attached cluster's nodes is refused with the numbers. ``ray.init`` replaces the SIGTERM
+handler; the driver puts srdeploy's back (``runtime.interrupt``) for the job and Ray's shutdown.
+
 Ray is imported here only, inside functions.
 """
 
 from __future__ import annotations
 
-import os
+import signal
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -26,11 +31,14 @@ from pathlib import Path
 from typing import Callable
 
 from ..atomic import write_json
+from ..interrupt import Terminated, sigterm_as_interrupt
 from ..jobs import JobFolder
 from ..media.files import collect
 from ..progress import progress_bar, say
 from ..settings import RunSettings
-from .job import Settings, Summary, WorkerStats, job_folder, open_job, plan_tasks, update_plan_units
+from .job import (Settings, Summary, WorkerStats, check_job, job_folder, plan_tasks, recorded_outputs, start_job,
+                  update_plan_units)
+from .resources import Demand, check_cluster, check_machine, worker_demand
 from .video import output_problems, unavailable_reason
 
 
@@ -97,23 +105,6 @@ class _Pool:
                                   {"quality": self.cfg.quality, "codec": self.cfg.settings.codec,
                                    "crf": self.cfg.settings.crf, "segment_frames": self.cfg.settings.segment_frames})
 
-    @staticmethod
-    def check_fits(ray, cfg: BatchConfig) -> None:
-        """Refuse a request the cluster cannot place: waiting actors would wait forever (all ours run to the end)."""
-        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-        gpus = cfg.gpus_per_worker
-
-        def slots(res: dict) -> int:
-            n = int(res.get("CPU", 0) // cfg.threads_per_worker)
-            return min(n, int(res.get("GPU", 0) // gpus)) if gpus else n
-
-        fit = sum(slots(r) for r in nodes)
-        if fit < cfg.workers:
-            have = ", ".join(f"{r.get('CPU', 0):g} CPU/{r.get('GPU', 0):g} GPU" for r in nodes) or "no live nodes"
-            raise RuntimeError(f"batch: the Ray cluster fits {fit} worker(s) of {cfg.threads_per_worker} CPU"
-                               + (f" and {gpus:g} GPU" if gpus else "") + f" each, not --workers {cfg.workers} "
-                               f"(nodes: {have}); lower --workers, --threads-per-worker or --gpus-per-worker")
-
     def ready(self) -> list[dict]:
         """Wait until every actor has opened its session; an actor that cannot is an error."""
         infos = []
@@ -145,39 +136,66 @@ class _Pool:
 
 
 def _start_ray(cfg: BatchConfig):
-    """Attach to ``cfg.address``, reuse this process's Ray, or start a local instance.
+    """Attach to ``cfg.address``, reuse this process's Ray, or start a local instance sized to the machine.
 
     Returns:
-        (ray, started_here).
+        (ray, started_here, demand): started_here is False when this process's Ray was reused (it
+        is not shut down here); demand is what each worker reserves (``resources.worker_demand``).
+
+    Raises:
+        RuntimeError: a local instance would not fit the workers (``resources.check_machine``).
+        Terminated: SIGTERM while Ray starts.
     """
     try:
         import ray
     except ModuleNotFoundError as exc:
         raise ModuleNotFoundError("srdeploy batch needs Ray: pip install 'srdeploy[cluster]'", name="ray") from exc
+    demand = _demand(cfg, ram=None)
     if ray.is_initialized():
-        return ray, False
+        return ray, False, demand
     import logging
 
-    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+    # ERROR, not WARNING: Ray's start-up notes (its token-authentication WARNING among them) ask
+    # nothing of the user; its errors still show.
+    kwargs = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
                   configure_logging=True)
     kwargs.update(cfg.ray_init)
-    if cfg.address:
-        ray.init(address=cfg.address, **kwargs)
-    else:
-        # A local instance sized to the request: Ray's CPU count is a scheduling budget, so ask
-        # for at least what the workers reserve (more threads than cores is the user's choice).
-        need = cfg.workers * cfg.threads_per_worker
-        kwargs.setdefault("num_cpus", max(need, os.cpu_count() or 1))
-        ray.init(address="local", **kwargs)
-    return ray, True
+    if not cfg.address:
+        # Sized to the machine, never to the request (a raylet given more CPUs than the machine
+        # has dies under the workers): a request above the machine's slots is refused first.
+        from ..budget import available_ram
+
+        ram = available_ram()  # one reading for the default tile budget and the check against it
+        demand = _demand(cfg, ram=ram)
+        kwargs.setdefault("num_cpus", check_machine(demand, cfg.workers, ram))
+    try:
+        ray.init(address=cfg.address or "local", **kwargs)
+    except SystemExit as exc:
+        # ray.init installs its own SIGTERM handler (exit status 15) before ours can come back:
+        # a SIGTERM while Ray starts lands there. Stop what it started and report it as ours (143).
+        if exc.code != signal.SIGTERM:
+            raise
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once only, as runtime.interrupt does
+        ray.shutdown()
+        raise Terminated() from None
+    return ray, True, demand
+
+
+def _demand(cfg: BatchConfig, ram: int | None) -> Demand:
+    return worker_demand(cfg.threads_per_worker, cfg.gpus_per_worker, cfg.settings.device or "cpu", cfg.run.tiling,
+                         ram=ram)
 
 
 def run_batch(cfg: BatchConfig, *, log: Callable[[str], None] = say) -> Summary:
     """Run (or resume) a batch job; returns its summary (also written to the job folder).
 
+    The plan is recorded only once the job can start (``job.start_job``), so a batch that fails
+    before (Ray missing, too many workers, a model the workers cannot open) leaves nothing that
+    blocks the same command.
+
     Raises:
         ValueError/OSError: bad flags, nothing to do, or a job folder that does not match.
-        RuntimeError: no worker could open the model.
+        RuntimeError: the workers do not fit, or no worker could open the model.
         KeyboardInterrupt: Ctrl-C/SIGTERM (the states on disk stay; rerun with --resume).
     """
     t_start = time.perf_counter()
@@ -186,44 +204,36 @@ def run_batch(cfg: BatchConfig, *, log: Callable[[str], None] = say) -> Summary:
     outdir = Path(cfg.outdir)
     if outdir.exists() and not outdir.is_dir():
         raise ValueError(f"-o {outdir}: exists and is not a folder; batch writes into an output folder")
-    pairs, problems = collect(cfg.inputs, recursive=cfg.recursive, manifests=True)
+    job = job_folder(outdir)
+    # Outputs are never inputs: OUTDIR inside an input tree is skipped, and so are the recorded
+    # job's outputs (OUTDIR = an input folder), else a rerun's inputs would differ from the job's.
+    pairs, problems = collect(cfg.inputs, recursive=cfg.recursive, manifests=True, exclude=outdir)
+    recorded = recorded_outputs(job)
+    pairs = [(f, rel) for f, rel in pairs if f.resolve() not in recorded]
     tasks, clashes = plan_tasks(pairs, outdir, cfg.settings)
     problems += clashes
     if not tasks:
         for msg in problems:
             log(f"srdeploy batch: error: {msg}")
         raise ValueError("batch: no input images or videos")
-    job = job_folder(outdir)
-    tasks = open_job(job, cfg.settings, tasks, resume=cfg.resume)
+    tasks, record = check_job(job, cfg.settings, tasks, resume=cfg.resume)
 
     summary = Summary(tasks=len(tasks), settings=asdict(cfg.settings))
     summary.failures += [{"input": msg.split(":", 1)[0], "error": msg} for msg in problems]
-    todo: list[dict] = []
-    skipped_units = 0
-    why_no_video = unavailable_reason()
-    # Output settings a video's container cannot take fail that video now, not on a worker after the model loads.
-    bad_output = output_problems(tasks, codec=cfg.settings.codec, crf=cfg.settings.crf) if not why_no_video else {}
-    for t in tasks:
-        if job.is_finished(t["id"], t["dst"]):
-            summary.skipped += 1
-            skipped_units += t["units"]
-        elif t["preexisting"] and not cfg.overwrite:
-            _fail(job, summary, t, f"{t['dst']}: already exists; pass --overwrite to replace it", 0)
-        elif t["kind"] == "video" and why_no_video:
-            _fail(job, summary, t, f"{t['src']}: {why_no_video}", 0)
-        elif t["id"] in bad_output:
-            _fail(job, summary, t, bad_output[t["id"]], 0)
-        else:
-            job.clear_state(t["id"])
-            if t["kind"] == "video":  # planned by a worker, which queues its segments, then the join
-                todo.append({**t, "id": f"{t['id']}.plan", "kind": "video-plan", "video": t["id"], "units": 0})
-            else:
-                todo.append(dict(t))
-    if summary.skipped:
-        log(f"srdeploy batch: --resume: {summary.skipped} finished task(s) kept (outputs checked)")
+    todo, early, skipped_units = _triage(cfg, job, tasks, summary, log)
+
+    def start() -> None:
+        """The job can start: record the plan and the failures found before it, clear stale states."""
+        start_job(job, record)
+        for task, error in early:
+            _fail(job, summary, task, error, 0)
+        for t in todo:
+            job.clear_state(t.get("video") or t["id"])
 
     if todo:
-        _run_tasks(cfg, job, todo, summary, skipped_units, log)
+        _run_tasks(cfg, job, todo, summary, skipped_units, log, start)
+    else:
+        start()
     summary.seconds = time.perf_counter() - t_start
     summary.failed = len(summary.failures)
     summary.ok = not summary.failures
@@ -235,42 +245,85 @@ def run_batch(cfg: BatchConfig, *, log: Callable[[str], None] = say) -> Summary:
     return summary
 
 
+def _triage(cfg: BatchConfig, job: JobFolder, tasks: list[dict], summary: Summary,
+            log: Callable[[str], None]) -> tuple[list[dict], list[tuple[dict, str]], int]:
+    """Sort the tasks, writing nothing: finished (kept), failed before any worker runs, to do.
+
+    Returns:
+        (todo, early failures as (task, error), progress units of the finished tasks).
+    """
+    todo: list[dict] = []
+    early: list[tuple[dict, str]] = []
+    skipped_units = 0
+    why_no_video = unavailable_reason()
+    # Output settings a video's container cannot take fail that video now, not on a worker after the model loads.
+    bad_output = output_problems(tasks, codec=cfg.settings.codec, crf=cfg.settings.crf) if not why_no_video else {}
+    for t in tasks:
+        if job.is_finished(t["id"], t["dst"]):
+            summary.skipped += 1
+            skipped_units += t["units"]
+        elif t["preexisting"] and not cfg.overwrite:
+            early.append((t, f"{t['dst']}: already exists; pass --overwrite to replace it"))
+        elif t["kind"] == "video" and why_no_video:
+            early.append((t, f"{t['src']}: {why_no_video}"))
+        elif t["id"] in bad_output:
+            early.append((t, bad_output[t["id"]]))
+        elif t["kind"] == "video":  # planned by a worker, which queues its segments, then the join
+            todo.append({**t, "id": f"{t['id']}.plan", "kind": "video-plan", "video": t["id"], "units": 0})
+        else:
+            todo.append(dict(t))
+    if summary.skipped:
+        log(f"srdeploy batch: --resume: {summary.skipped} finished task(s) kept (outputs checked)")
+    return todo, early, skipped_units
+
+
 def _fail(job: JobFolder, summary: Summary, task: dict, error: str, attempts: int) -> None:
     job.mark_failed(task["id"], error, attempts)
     summary.failures.append({"input": task["src"], "error": error})
 
 
+def _where(cfg: BatchConfig, started_here: bool) -> str:
+    if cfg.address:
+        return f"the Ray cluster at {cfg.address}"
+    return "the local Ray instance" if started_here else "the Ray instance this process is attached to"
+
+
 def _run_tasks(cfg: BatchConfig, job: JobFolder, todo: list[dict], summary: Summary, skipped_units: int,
-               log: Callable[[str], None]) -> None:
+               log: Callable[[str], None], start: Callable[[], None]) -> None:
     t0 = time.perf_counter()
-    ray, started_here = _start_ray(cfg)
+    ray, started_here, demand = _start_ray(cfg)
     pool = None
     bar = None
-    try:
-        _Pool.check_fits(ray, cfg)
-        pool = _Pool(ray, cfg, job)
-        infos = pool.ready()
-        summary.startup_s = time.perf_counter() - t0
-        summary.cluster = {"address": cfg.address or ("local" if started_here else "attached"),
-                           "resources": {k: v for k, v in ray.cluster_resources().items()
-                                         if k in ("CPU", "GPU", "memory")},
-                           "nodes": len({i["node"] for i in infos})}
-        log(f"srdeploy batch: {infos[0]['line']}")
-        log(f"srdeploy batch: {len(todo)} task(s) on {cfg.workers} worker(s) x {cfg.threads_per_worker} thread(s)"
-            + (f" x {cfg.gpus_per_worker:g} GPU" if cfg.gpus_per_worker else "")
-            + f", Ray ready in {summary.startup_s:.1f} s")
-        total = skipped_units + sum(t["units"] for t in todo)
-        bar = progress_bar(total=total, initial=skipped_units, unit="item", desc="images+frames",
-                           enabled=cfg.progress)
-        _Scheduler(ray, pool, job, deque(todo), cfg.retries, summary, bar, log).run()
-    finally:
-        if bar is not None:
-            bar.close()
-        if pool is not None:
-            summary.workers = [s.as_dict() for s in pool.stats]
-            pool.close()
-        if started_here:
-            ray.shutdown()
+    # ray.init replaced the SIGTERM handler (Ray's exits with status 15, and its C++ core prints a
+    # stack dump first): srdeploy's again, for the job and Ray's shutdown, so SIGTERM gives one
+    # line and status 143 (runtime.interrupt), with every state on disk kept for --resume.
+    with sigterm_as_interrupt():
+        try:
+            check_cluster(ray.nodes(), demand, cfg.workers, _where(cfg, started_here))
+            pool = _Pool(ray, cfg, job)
+            infos = pool.ready()
+            start()
+            summary.startup_s = time.perf_counter() - t0
+            summary.cluster = {"address": cfg.address or ("local" if started_here else "attached"),
+                               "resources": {k: v for k, v in ray.cluster_resources().items()
+                                             if k in ("CPU", "GPU", "memory")},
+                               "nodes": len({i["node"] for i in infos})}
+            log(f"srdeploy batch: {infos[0]['line']}")
+            log(f"srdeploy batch: {len(todo)} task(s) on {cfg.workers} worker(s) x {cfg.threads_per_worker} "
+                f"thread(s)" + (f" x {cfg.gpus_per_worker:g} GPU" if cfg.gpus_per_worker else "")
+                + f", Ray ready in {summary.startup_s:.1f} s")
+            total = skipped_units + sum(t["units"] for t in todo)
+            bar = progress_bar(total=total, initial=skipped_units, unit="item", desc="images+frames",
+                               enabled=cfg.progress)
+            _Scheduler(ray, pool, job, deque(todo), cfg.retries, summary, bar, log).run()
+        finally:
+            if bar is not None:
+                bar.close()
+            if pool is not None:
+                summary.workers = [s.as_dict() for s in pool.stats]
+                pool.close()
+            if started_here:
+                ray.shutdown()
 
 
 class _Scheduler:

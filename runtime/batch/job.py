@@ -72,25 +72,52 @@ def job_folder(outdir: str | os.PathLike) -> JobFolder:
     return JobFolder(Path(outdir) / JOB_DIR, PLAN_FILE)
 
 
-def open_job(job: JobFolder, settings: Settings, tasks: list[dict], *, resume: bool) -> list[dict]:
-    """Create the job folder with its plan, or (``resume``) check the stored plan matches.
+def check_job(job: JobFolder, settings: Settings, tasks: list[dict], *, resume: bool) -> tuple[list[dict], dict]:
+    """Check the job folder against this run, writing nothing (``start_job`` writes the plan).
 
     Returns:
-        The tasks to use: on resume, the stored ones (their ``preexisting`` flags and video frame
-        counts are the first run's).
+        (tasks, record): the tasks to use (on resume, the stored ones: their ``preexisting``
+        flags and video frame counts are the first run's) and the plan ``start_job`` records.
+
+    Raises:
+        FileExistsError: a job is recorded here and ``resume`` is off.
+        ValueError: ``resume`` with other settings or inputs than the recorded job's.
     """
     record = {"version": 1, "settings": asdict(settings),
               "tasks": [{k: t[k] for k in ("id", "kind", "src", "dst", "units", "preexisting")} for t in tasks]}
-    if job.exists() and not resume:
+    if not job.exists():
+        return tasks, record
+    if not resume:
         raise FileExistsError(f"{job.root}: an earlier batch job is recorded here; pass --resume to continue it "
                               "(finished outputs are kept), or delete that folder to start again")
-    stored = job.pin(record, part="settings", refusal=f"{job.root}: --resume: the recorded job used",
-                     hint="rerun with the same settings, or delete that folder to start again")
+    stored = _pin(job, record)  # a plan is stored: this only compares
     if [(t["src"], t["dst"]) for t in stored["tasks"]] != [(t["src"], t["dst"]) for t in tasks]:
         raise ValueError(f"{job.root}: --resume: the inputs differ from the recorded job's "
                          f"({len(stored['tasks'])} task(s) recorded, {len(tasks)} now); rerun with the same inputs, "
                          "or delete that folder to start again")
-    return stored["tasks"]
+    return stored["tasks"], record
+
+
+def start_job(job: JobFolder, record: dict) -> None:
+    """Record the plan (``check_job``'s), once the job can start: its workers have opened the model.
+
+    A batch that fails before (Ray missing, too many workers, a model no worker can open, a
+    signal while Ray starts) leaves no plan, so the same command runs again without ``--resume``.
+    """
+    _pin(job, record)
+
+
+def _pin(job: JobFolder, record: dict) -> dict:
+    return job.pin(record, part="settings", refusal=f"{job.root}: --resume: the recorded job used",
+                   hint="rerun with the same settings, or delete that folder to start again")
+
+
+def recorded_outputs(job: JobFolder) -> set[Path]:
+    """The outputs the recorded plan names (resolved; empty without a plan): never inputs of a rerun,
+    even where the output folder is the input folder (outputs beside inputs, with ``--suffix``)."""
+    if not job.exists():
+        return set()
+    return {Path(t["dst"]).resolve() for t in job.read_record().get("tasks", [])}
 
 
 def update_plan_units(job: JobFolder, units: dict[str, int]) -> None:

@@ -32,7 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                 "fits in one tile")
     add_blend_args(p)
     g = p.add_argument_group("cluster")
-    g.add_argument("--workers", type=int, default=1, metavar="N", help="workers (Ray actors, one model each; default 1)")
+    g.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="workers (Ray actors, one model each; default 1); more than the slots (this machine's cores, "
+                        "or the cluster's CPUs/GPUs, over --threads-per-worker/--gpus-per-worker) is refused")
     g.add_argument("--threads-per-worker", type=int, default=1, metavar="N",
                    help="CPUs each worker reserves and ONNX Runtime threads it uses (default 1)")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="F",
@@ -40,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default 0: CPU workers; 0.5 puts two workers on one GPU)")
     g.add_argument("--address", default=None, metavar="auto|HOST:PORT",
                    help="attach to a running Ray cluster (`ray start --head` / `ray start --address`); default: "
-                        "start a local one for this job. Every node must see the inputs and OUTDIR at the same paths")
+                        "start a local one for this job, sized to this machine. Every node must see the inputs and "
+                        "OUTDIR at the same paths")
     g.add_argument("--retries", type=int, default=2, metavar="N",
                    help="run a task again up to N times when its worker dies or it fails unexpectedly (default 2); "
                         "a bad input is not retried")

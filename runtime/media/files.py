@@ -12,7 +12,9 @@ One set of rules for ``srdeploy upscale``, ``video`` and ``batch``:
   sub-folders too, hidden ones skipped); a glob pattern gives the matching files with a wanted
   extension (``**`` with ``recursive``); a manifest gives the inputs it lists, one a line,
   relative to the manifest's folder, ``#`` comments. Hidden files are never collected from a
-  folder or a glob (work folders and temporary files are hidden).
+  folder or a glob (work folders and temporary files are hidden), nor is anything in the
+  command's own output folder where it lies inside a scanned folder or below a glob's folder
+  (``exclude``: a rerun must not take the first run's outputs as inputs).
 * **Output names** mirror the input tree: a file found in folder ``D`` at ``D/a/b.png`` goes to
   ``OUTDIR/a/b.png`` (a glob's folder is the part of the pattern before the first wildcard; a
   manifest's is the manifest's folder); a file named directly goes to ``OUTDIR/NAME``. The name
@@ -61,7 +63,7 @@ def glob_base(pattern: str) -> Path:
 
 
 def collect(items: list[str], *, kinds: tuple[str, ...] = ("image", "video"), recursive: bool | None = None,
-            manifests: bool = False) -> tuple[Pairs, list[str]]:
+            manifests: bool = False, exclude: str | os.PathLike | None = None) -> tuple[Pairs, list[str]]:
     """Expand inputs into (file, path relative to the output folder) pairs, in a stable order, each file once.
 
     Args:
@@ -70,11 +72,15 @@ def collect(items: list[str], *, kinds: tuple[str, ...] = ("image", "video"), re
         recursive: take sub-folders (and ``**`` in globs); None = the command has no such
             option (so no message suggests one).
         manifests: read ``MANIFEST_EXTS`` files as lists of inputs.
+        exclude: the output folder: skipped where it lies strictly inside a folder or below a glob's
+            folder (where it is that folder or above it, it holds the inputs themselves); files
+            named directly are always taken.
 
     Returns:
         (pairs, problems): problems are one-line messages for inputs that matched nothing.
     """
-    pairs, problems = _collect(items, kinds, bool(recursive), manifests, 0, hint=recursive is False)
+    skip = Path(exclude).resolve() if exclude is not None else None
+    pairs, problems = _collect(items, kinds, bool(recursive), manifests, 0, hint=recursive is False, skip=skip)
     seen: set[Path] = set()
     unique = []
     for f, rel in pairs:
@@ -86,7 +92,7 @@ def collect(items: list[str], *, kinds: tuple[str, ...] = ("image", "video"), re
 
 
 def _collect(items: list[str], kinds: tuple[str, ...], recursive: bool, manifests: bool, depth: int, *,
-             hint: bool) -> tuple[Pairs, list[str]]:
+             hint: bool, skip: Path | None = None) -> tuple[Pairs, list[str]]:
     noun = _NOUNS[tuple(sorted(kinds))]
     exts = tuple(e for k in kinds for e in _KINDS[k])
     pairs: Pairs = []
@@ -94,13 +100,13 @@ def _collect(items: list[str], kinds: tuple[str, ...], recursive: bool, manifest
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = _scan(p, exts, recursive)
+            found = _scan(p, exts, recursive, _below(skip, p))
             if not found:
                 problems.append(f"{item}: folder contains no {noun} ({', '.join(exts)})"
                                 + (" (pass --recursive for its sub-folders)" if hint else ""))
             pairs += [(f, f.relative_to(p)) for f in found]
         elif manifests and p.is_file() and p.suffix.lower() in MANIFEST_EXTS:
-            found, bad = _manifest(p, item, kinds, recursive, depth, hint=hint)
+            found, bad = _manifest(p, item, kinds, recursive, depth, hint=hint, skip=skip)
             pairs += found
             problems += bad
         elif p.exists():
@@ -111,7 +117,9 @@ def _collect(items: list[str], kinds: tuple[str, ...], recursive: bool, manifest
             pairs.append((p, Path(p.name)))
         elif has_wildcards(item):
             base = glob_base(item)
-            found = sorted(Path(f) for f in glob.glob(item, recursive=recursive) if _wanted(Path(f), exts))
+            out = _below(skip, base)
+            found = sorted(Path(f) for f in glob.glob(item, recursive=recursive)
+                           if _wanted(Path(f), exts) and not (out and Path(f).resolve().is_relative_to(out)))
             if not found:
                 problems.append(f"{item}: no {noun} match this pattern")
             pairs += [(f, f.relative_to(base) if f.is_relative_to(base) else Path(f.name)) for f in found]
@@ -124,18 +132,28 @@ def _wanted(p: Path, exts: tuple[str, ...]) -> bool:
     return p.is_file() and p.suffix.lower() in exts and not p.name.startswith(".")
 
 
-def _scan(folder: Path, exts: tuple[str, ...], recursive: bool) -> list[Path]:
+def _below(skip: Path | None, folder: Path) -> Path | None:
+    """``skip`` (resolved) when it lies strictly inside ``folder``, else None."""
+    if skip is None:
+        return None
+    top = folder.resolve()
+    return skip if skip != top and skip.is_relative_to(top) else None
+
+
+def _scan(folder: Path, exts: tuple[str, ...], recursive: bool, skip: Path | None = None) -> list[Path]:
     if not recursive:
         return sorted(f for f in folder.iterdir() if _wanted(f, exts))
     found = []
     for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # skips job and video work folders
+        # Hidden ones are job and video work folders; ``skip`` is the command's output folder.
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and not (skip and (Path(root) / d).resolve() == skip))
         found += [Path(root) / f for f in sorted(files) if _wanted(Path(root) / f, exts)]
     return found
 
 
 def _manifest(p: Path, item: str, kinds: tuple[str, ...], recursive: bool, depth: int, *,
-              hint: bool) -> tuple[Pairs, list[str]]:
+              hint: bool, skip: Path | None = None) -> tuple[Pairs, list[str]]:
     """The inputs a manifest lists, mirrored relative to the manifest's folder where they lie under it."""
     if depth > _MAX_MANIFEST_DEPTH:
         return [], [f"{item}: manifests nested too deep"]
@@ -145,7 +163,7 @@ def _manifest(p: Path, item: str, kinds: tuple[str, ...], recursive: bool, depth
         return [], [f"{item}: cannot read the manifest ({exc})"]
     entries = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
     sub, bad = _collect([e if os.path.isabs(e) else str(p.parent / e) for e in entries], kinds, recursive, True,
-                        depth + 1, hint=hint)
+                        depth + 1, hint=hint, skip=skip)
     pairs: Pairs = []
     for f, rel in sub:
         try:
