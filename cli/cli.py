@@ -4,7 +4,7 @@ Each subpackage owns its subcommands in a ``cli`` module that only builds argpar
 (no torch, no onnxruntime at import time), so ``srdeploy --help`` and ``srdeploy upscale`` work
 on an edge box without PyTorch. Handlers import their implementation when they run.
 
-Exit status (README, "Exit status"): 0 ok; 1 input or environment error (bad file, missing
+Exit status (README, "Errors and exit status"): 0 ok; 1 input or environment error (bad file, missing
 optional package, backend unavailable, unexpected failure); 2 usage error (argparse);
 130 interrupted by SIGINT (Ctrl-C); 143 terminated by SIGTERM.
 """

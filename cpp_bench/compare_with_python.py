@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/cpp_vs_python", help="folder for the model and JSON results")
     args = ap.parse_args(argv)
 
-    from srdeploy.runtime.bench import BenchConfig, run_bench, write_json
+    from srdeploy.runtime.atomic import write_json
+    from srdeploy.runtime.bench import BenchConfig, run_bench
     from srdeploy.runtime.cpp_bench import build_cpp_bench, run_cpp_bench
     from srdeploy.runtime.open import SessionRecipe
     from srdeploy.runtime.parsing import parse_wh
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                                       TileSettings(tile=0, batch=args.batch))
                     cfg = BenchConfig(run, width=w, height=h, warmup=args.warmup, iters=args.iters, full_path=False)
                     res = run_bench(cfg, log=lambda s: None)
-                    write_json(res, out / f"py_{w}x{h}_r{r}.json")
+                    write_json(out / f"py_{w}x{h}_r{r}.json", res, indent=2)
                 f = res["results"]["model_only"]["fps"]
                 fps[tool].append(f)
                 best_ms[tool] = min(best_ms[tool], res["results"]["model_only"]["latency_ms"]["min"])

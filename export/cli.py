@@ -220,8 +220,6 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     first = Path(args.paths[0])
     checkpoint = first.suffix.lower() in (".pt", ".pth") and args.backend == "auto"
     if args.bicubic or checkpoint:
@@ -234,14 +232,25 @@ def _run_eval(args: argparse.Namespace) -> int:
         from .runtime_eval import read_rgb8
 
         # --bicubic needs neither torch nor Pillow: it reads with the runtime's reader (edge installs).
-        return run_checkpoint_eval(args, read=read_rgb8 if args.bicubic else None)
+        title, results, record = run_checkpoint_eval(args, read=read_rgb8 if args.bicubic else None)
+    else:
+        title, results, record = _eval_model_file(args, first)
+    from srdeploy.runtime.atomic import write_json
+    from srdeploy.train.evaluate import format_table
+
+    print(format_table(results, title))
+    if args.json:
+        write_json(args.json, {"title": title, **record, "sets": [r.as_dict() for r in results]}, indent=2)
+    return 0
+
+
+def _eval_model_file(args: argparse.Namespace, first: Path) -> tuple[str, list, dict]:
+    """``srdeploy eval MODEL FOLDER...`` through the runtime: (title, results per folder, record)."""
     if len(args.paths) < 2 or first.is_dir():
         raise ValueError("eval: give a checkpoint or model file then at least one folder (srdeploy eval MODEL FOLDER...), "
                          "or --bicubic FOLDER...")
-    from srdeploy.runtime.atomic import atomic_target
     from srdeploy.runtime.cli import settings_from_args
     from srdeploy.train.data import resolve_folder
-    from srdeploy.train.evaluate import format_table
 
     from .runtime_eval import evaluate_model_file
 
@@ -251,12 +260,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     if args.scale and args.scale != record["scale"]:
         raise ValueError(f"eval: --scale {args.scale} does not match the model's scale {record['scale']}")
     title = f"{first} ({record['backend']} {record['device']} {record['precision']}, x{record['scale']})"
-    print(format_table(results, title))
-    if args.json:
-        with atomic_target(args.json) as tmp:
-            tmp.write_text(json.dumps({"title": title, **record, "sets": [r.as_dict() for r in results]},
-                                      indent=2) + "\n")
-    return 0
+    return title, results, record
 
 
 def _run_quantize(args: argparse.Namespace) -> int:
@@ -279,10 +283,9 @@ def _run_quantize(args: argparse.Namespace) -> int:
         print("speed (same run, " + rep.speed["input"] + f", {rep.speed['threads'] or 'default'} threads): " +
               ", ".join(f"{k} {v:.2f}x" for k, v in rep.speed["speedup_vs_ort_fp32"].items()))
     if args.json:
-        from srdeploy.runtime.atomic import atomic_target
+        from srdeploy.runtime.atomic import write_json
 
-        with atomic_target(args.json) as tmp:
-            tmp.write_text(json.dumps(asdict(rep), indent=2) + "\n")
+        write_json(args.json, asdict(rep), indent=2)
     return 0
 
 
@@ -317,7 +320,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from srdeploy.runtime.atomic import atomic_target
+    from srdeploy.runtime.atomic import write_json
     from srdeploy.runtime.parsing import parse_batch_hw
 
     from .verify import verify
@@ -336,14 +339,12 @@ def _run_verify(args: argparse.Namespace) -> int:
     report = verify(args.checkpoint, args.model, images=args.images, use_images=not args.no_images, sizes=sizes,
                     atol=args.atol, min_psnr=args.min_psnr, backend=args.backend, device=args.device,
                     ref_device=args.ref_device, seed=args.seed, image_limit=args.max_images, on_case=on_case)
-    text = json.dumps(report.as_dict(), indent=2)
     if args.json == "-":
-        print(text)
+        print(json.dumps(report.as_dict(), indent=2))
     else:
         print(report.format_footer() if live and report.cases else report.format_table())
         if args.json:
-            with atomic_target(args.json) as tmp:
-                tmp.write_text(text + "\n")
+            write_json(args.json, report.as_dict(), indent=2)
     if not report.ok:
         print(f"srdeploy verify: FAILED cases: {', '.join(c.name for c in report.failed)}", file=sys.stderr)
         return 1

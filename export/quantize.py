@@ -1,7 +1,7 @@
 """Static INT8 quantization (QDQ) of an srdeploy FP32 ONNX model, accuracy-aware.
 
 Recipe (chosen by measurement on the bundled SRResNet x4, 2 threads, AVX-512 VNNI CPU; figures
-in README "INT8"):
+in docs/benchmarks.md "INT8 recipe"; the recipe's reasons in docs/edge.md "Why this recipe"):
 
 * ONNX Runtime's ``quantize_static`` in QDQ format, so one file runs on ONNX Runtime, OpenVINO
   (int8 brgconv) and TensorRT's explicit quantization.

@@ -220,6 +220,38 @@ def _model_props(path: Path) -> dict:
         return {}
 
 
+def fit_image(name: str, lr: np.ndarray, spec) -> tuple[np.ndarray | None, str | None]:
+    """A 1xCxHxW LR image kept inside a session's ``InputSpec``: (image, note about the change).
+
+    An image below the minimum input gives (None, note): it is skipped. One above the maximum is
+    cut to its centre (an engine's profile), with a note saying so.
+    """
+    h, w = lr.shape[2:]
+    hmax = spec.height[1] or h
+    wmax = spec.width[1] or w
+    if h < spec.height[0] or w < spec.width[0]:
+        return None, f"{name}: LR {h}x{w} is below the model's minimum input; skipped"
+    if h > hmax or w > wmax:
+        top, left = (h - min(h, hmax)) // 2, (w - min(w, wmax)) // 2
+        lr = np.ascontiguousarray(lr[:, :, top:top + min(h, hmax), left:left + min(w, wmax)])
+        return lr, (f"{name}: LR {h}x{w} exceeds the model's maximum input; tested the centre "
+                    f"{lr.shape[2]}x{lr.shape[3]}")
+    return lr, None
+
+
+def _image_folder(images: str | os.PathLike | None, use_images: bool) -> Path | None:
+    """The HR folder of the real-image cases (default Set5 under the data root); None without them."""
+    if not use_images:
+        return None
+    from srdeploy.train.data import data_root
+
+    folder = Path(images) if images is not None else data_root() / "benchmark" / "Set5"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: image folder for the real-image cases not found; pass --images DIR "
+                                "(HR images) or --no-images")
+    return folder
+
+
 def real_image_cases(folder: Path, scale: int, limit: int | None = None, *, channels: int = 3, multiple: int = 1):
     """(name, 1xCxHxW float32 LR) for each image: ``degrade(mod_crop(hr))`` in [0, 1], as the model
     takes it (gray: BT.601 luma; sides cropped to the model's size multiple)."""
@@ -259,7 +291,6 @@ def verify(checkpoint: str | os.PathLike, model_path: str | os.PathLike, *, imag
     import torch
 
     from srdeploy.runtime.open import open_session
-    from srdeploy.train.data import data_root
 
     from .onnx_export import sha256_file
 
@@ -275,12 +306,7 @@ def verify(checkpoint: str | os.PathLike, model_path: str | os.PathLike, *, imag
     if want_sha and want_sha != sha256_file(checkpoint):
         notes.append(f"{model_path.name} was exported from a different checkpoint file (sha256 "
                      f"{want_sha[:12]}...); differences below may come from different weights")
-    folder = None
-    if use_images:
-        folder = Path(images) if images is not None else data_root() / "benchmark" / "Set5"
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: image folder for the real-image cases not found; pass --images DIR "
-                                    "(HR images) or --no-images")
+    folder = _image_folder(images, use_images)
 
     with open_session(model_path, backend=backend, device=device) as sess:
         precision = sess.precision
@@ -310,28 +336,13 @@ def verify(checkpoint: str | os.PathLike, model_path: str | os.PathLike, *, imag
         rng = np.random.default_rng(seed)
         for b, h, w in fitted:
             run(f"random {b}x{h}x{w}", "random", rng.random((b, channels, h, w), dtype=np.float32))
-        if folder is not None:
-            for name, lr in _fitted_image_cases(sess, folder, image_limit, report.notes):
+        cases = real_image_cases(folder, sess.info.scale, image_limit, channels=channels,
+                                 multiple=sess.info.size_multiple) if folder is not None else ()
+        for name, lr in cases:
+            lr, note = fit_image(name, lr, sess.input_spec)
+            if note:
+                report.notes.append(note)
+            if lr is not None:
                 run(f"image {name}", "image", lr)
     return report
 
-
-def _fitted_image_cases(sess, folder: Path, limit: int | None, notes: list[str]):
-    """``real_image_cases`` in the session's channels and size multiple, each fitted into its input
-    range (a TensorRT profile, a fixed window): too small is skipped, too large is centre-cropped;
-    both noted."""
-    spec = sess.input_spec
-    for name, lr in real_image_cases(folder, sess.info.scale, limit, channels=sess.info.channels,
-                                     multiple=sess.info.size_multiple):
-        h, w = lr.shape[2:]
-        hmax = spec.height[1] or h
-        wmax = spec.width[1] or w
-        if h < spec.height[0] or w < spec.width[0]:
-            notes.append(f"{name}: LR {h}x{w} is below the model's minimum input; skipped")
-            continue
-        if h > hmax or w > wmax:
-            top, left = (h - min(h, hmax)) // 2, (w - min(w, wmax)) // 2
-            lr = np.ascontiguousarray(lr[:, :, top:top + min(h, hmax), left:left + min(w, wmax)])
-            notes.append(f"{name}: LR {h}x{w} exceeds the model's maximum input; tested the centre "
-                         f"{lr.shape[2]}x{lr.shape[3]}")
-        yield name, lr

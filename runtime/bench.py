@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 
 from .bench_record import (SCHEMA_ID, SCHEMA_PATH, TOOL, library_versions, load_schema,  # noqa: F401 (re-exported)
-                           machine_info, validate_result, write_json)
+                           machine_info, validate_result)
 from .measure import (deterministic_images, deterministic_input, output_checksum,  # noqa: F401 (re-exported)
                       summarize, time_alternating, time_calls)
 from .metadata import sha256_file

@@ -2,7 +2,7 @@
 
 The machine (host, CPU, cores, GPU) and the library versions go into every result; results follow
 ``bench_schema.json`` (schema ``srdeploy.bench/1``), shared with the C++ tool (cpp_bench), and are
-written atomically. No numpy, no backend: only the standard library (``jsonschema`` to validate).
+written with ``atomic.write_json``. No numpy, no backend: only the standard library (``jsonschema`` to validate).
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-
-from .atomic import atomic_target
 
 SCHEMA_ID = "srdeploy.bench/1"
 TOOL = "srdeploy bench"
@@ -77,13 +75,7 @@ def library_versions(extra: dict[str, str] | None = None) -> dict[str, str]:
     return out
 
 
-# --------------------------------------------------------------------------- the JSON file
-def write_json(result: dict, path: str | os.PathLike) -> None:
-    """Write ``result`` to ``path`` atomically (temporary file + rename)."""
-    with atomic_target(path) as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-
-
+# --------------------------------------------------------------------------- the schema
 def load_schema() -> dict:
     """The shared benchmark JSON schema (``bench_schema.json``)."""
     with open(SCHEMA_PATH, encoding="utf-8") as f:

@@ -13,7 +13,7 @@ before running anything:
   area and the element size, that is the activation peak. ONNX Runtime adds its own overhead
   (blocked NCHWc layouts, convolution workspaces, arena rounding): measured as
   ``ORT_ACTIVATION_FACTOR`` with the memory pattern planner off (see ``runtime/budget.py``'s
-  constants and README "Memory").
+  constants and docs/runtime.md "Memory"; the measurements are in docs/benchmarks.md "Memory").
 * **Image buffers**: the decoded input, the float32 band of output rows the tiler assembles
   (``tile_h * scale`` rows by the full output width), the rows being converted and written, and
   for formats that cannot be written band by band (JPEG, WebP, BMP, PNM through OpenCV) the

@@ -9,11 +9,12 @@ load hits them alike. numpy only (``srdeploy bench``, ``srdeploy quantize``, scr
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Callable
 
 import numpy as np
+
+from .progress import progress_bar
 
 
 # --------------------------------------------------------------------------- input / checksum
@@ -49,26 +50,19 @@ def time_calls(fn: Callable[[], object], *, warmup: int, iters: int, desc: str |
 
     ``desc``: show a progress bar (stderr) with this label; it is updated outside the timed region.
     """
-    bar = None
-    if desc is not None:
-        from tqdm import tqdm
-
-        bar = tqdm(total=warmup + iters, desc=desc, unit="call", leave=False, file=sys.stderr)
+    bar = progress_bar(total=warmup + iters, desc=desc, unit="call", leave=False, enabled=desc is not None)
     try:
         for _ in range(warmup):
             fn()
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
         out = []
         for _ in range(iters):
             t0 = time.perf_counter()
             fn()
             out.append(time.perf_counter() - t0)
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return out
 
 

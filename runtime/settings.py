@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .open import SessionRecipe
 
-# Chosen by measurement (scripts/bench_tiling.py, README "Tiling defaults"). On the trained
+# Chosen by measurement (scripts/bench_tiling.py; docs/runtime.md "Why margin 12"). On the trained
 # 16-block SRResNet x4 (radius 40; the bundled model's training run at step 6500, Set5 29.92 dB), max
 # deviation from the whole-image output over the 19 Set5 + Set14 images, in 1/255 units, by
 # margin: 8 -> 1.96, 10 -> 0.76, 12 -> 0.20, 16 -> 0.005 (step 2000 gave 3.2/0.93/0.19/0.003).

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """`srdeploy batch` figures, all from one run: scaling over workers, overhead against `upscale`,
-per-task costs (the inputs to the README's N-GPU reasoning).
+per-task costs (the inputs to docs/batch.md, "Why: sizing for N GPUs").
 
 Measured, on the same N small images (crops of real Set14/Set5 photos) and one model:
 
@@ -164,6 +164,36 @@ def cli_end_to_end(model: str, inputs: Path, work: Path) -> dict:
     return res
 
 
+def print_figures(fig: dict) -> None:
+    """The figures of one run (``fig``, as written by --json), with the same-run ratios."""
+    print(f"CPU flags: {fig['cpu_flags']}; {fig['cores']} cores (shared with other processes: figures are noisy, "
+          "compare only within this run)")
+    print(f"{fig['images']} images {fig['size']} -> x4, model {Path(fig['model']).name}, "
+          f"best of {fig['repeat']} rounds")
+    print(f"Ray local start: {fig['ray_start_s']:.1f} s; "
+          f"empty actor call round trip: {fig['actor_round_trip_ms']:.2f} ms")
+    for k, v in fig["best"].items():
+        print(f"  {k:9s} total {v['total_s']:6.2f} s   tasks {v['tasks_s']:6.2f} s"
+              + (f"   (actors ready in {v['startup_s']:.2f} s; per task: worker {v['per_task_worker_ms']:.0f} ms,"
+                 f" overhead {v['per_task_overhead_ms']:.1f} ms)" if "startup_s" in v else ""))
+    print(f"2 workers vs 1 worker: {fig['speedup_2w_vs_1w_tasks']:.2f}x (task phase), "
+          f"{fig['speedup_2w_vs_1w_total']:.2f}x (whole call)")
+    print(f"batch 1 worker vs upscale: {100 * fig['overhead_1w_vs_upscale_tasks']:+.1f}% (task phase), "
+          f"{100 * fig['overhead_1w_vs_upscale_total']:+.1f}% (whole call, actor start included)")
+    print(f"bytes per task: task {fig['task_pickle_bytes']} B + result {fig['result_pickle_bytes']} B through Ray; "
+          f"image {fig['input_bytes_per_task'] / 1024:.1f} KiB read, "
+          f"{fig['output_bytes_per_task'] / 1024:.1f} KiB written (shared filesystem)")
+    if "segment" in fig:
+        g = fig["segment"]
+        print(f"video 32x32 x4, {g['frames']} frames, 1 worker: 1 segment {g['one_segment_s']:.2f} s, "
+              f"{g['segments']} segments {g['many_segments_s']:.2f} s"
+              f" -> {g['per_segment_ms']:.0f} ms per extra segment, {g['per_frame_ms']:.0f} ms per frame")
+    if "cli" in fig:
+        c = fig["cli"]
+        print(f"end to end: srdeploy upscale {c['upscale_s']:.1f} s, srdeploy batch --workers 1 {c['batch_1w_s']:.1f} s "
+              "(Ray start included)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=16)
@@ -224,31 +254,11 @@ def main() -> None:
         fig["segment"] = seg
     if args.cli:
         fig["cli"] = cli_end_to_end(args.model, inputs, work)
-    print(f"CPU flags: {fig['cpu_flags']}; {fig['cores']} cores (shared with other processes: figures are noisy, "
-          "compare only within this run)")
-    print(f"{args.images} images {args.size} -> x4, model {Path(args.model).name}, best of {args.repeat} rounds")
-    print(f"Ray local start: {ray_start:.1f} s; empty actor call round trip: {rt_ms:.2f} ms")
-    for k, v in best.items():
-        print(f"  {k:9s} total {v['total_s']:6.2f} s   tasks {v['tasks_s']:6.2f} s"
-              + (f"   (actors ready in {v['startup_s']:.2f} s; per task: worker {v['per_task_worker_ms']:.0f} ms,"
-                 f" overhead {v['per_task_overhead_ms']:.1f} ms)" if "startup_s" in v else ""))
-    print(f"2 workers vs 1 worker: {fig['speedup_2w_vs_1w_tasks']:.2f}x (task phase), "
-          f"{fig['speedup_2w_vs_1w_total']:.2f}x (whole call)")
-    print(f"batch 1 worker vs upscale: {100 * fig['overhead_1w_vs_upscale_tasks']:+.1f}% (task phase), "
-          f"{100 * fig['overhead_1w_vs_upscale_total']:+.1f}% (whole call, actor start included)")
-    print(f"bytes per task: task {fig['task_pickle_bytes']} B + result {fig['result_pickle_bytes']} B through Ray; "
-          f"image {bytes_in / 1024:.1f} KiB read, {bytes_out / 1024:.1f} KiB written (shared filesystem)")
-    if "segment" in fig:
-        g = fig["segment"]
-        print(f"video 32x32 x4, {g['frames']} frames, 1 worker: 1 segment {g['one_segment_s']:.2f} s, "
-              f"{g['segments']} segments {g['many_segments_s']:.2f} s"
-              f" -> {g['per_segment_ms']:.0f} ms per extra segment, {g['per_frame_ms']:.0f} ms per frame")
-    if "cli" in fig:
-        c = fig["cli"]
-        print(f"end to end: srdeploy upscale {c['upscale_s']:.1f} s, srdeploy batch --workers 1 {c['batch_1w_s']:.1f} s "
-              "(Ray start included)")
+    print_figures(fig)
     if args.json:
-        Path(args.json).write_text(json.dumps(fig, indent=1) + "\n")
+        from srdeploy.runtime.atomic import write_json
+
+        write_json(args.json, fig)
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)

@@ -126,8 +126,9 @@ def main() -> int:
             print(f"{setting:12s} {window:6d} {r['loaded_mb'] - r['base_mb']:10.0f} {r['peak_mb'] - r['loaded_mb']:9.0f} "
                   f"{r['peak_mb']:8.0f} {r['time']:7.2f}", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        from srdeploy.runtime.atomic import write_json
+
+        write_json(args.json, rows)
     return 0
 
 

@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from srdeploy.runtime.bench import BenchConfig, run_bench, torch_reference, write_json
+    from srdeploy.runtime.atomic import write_json
+    from srdeploy.runtime.bench import BenchConfig, run_bench, torch_reference
     from srdeploy.runtime.open import SessionRecipe
     from srdeploy.runtime.parsing import parse_wh
     from srdeploy.runtime.settings import RunSettings, TileSettings
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"== {size}, threads {threads or 'default'}", file=sys.stderr)
                 r = run_bench(cfg, torch_runner=runner)
                 path = out / f"ort_vs_torch_{size}_t{threads}.json"
-                write_json(r, path)
+                write_json(path, r, indent=2)
                 ct = r["results"]["compare_torch"]
                 v = r["results"].get("video")
                 rows.append((size, threads or "default", r["results"]["model_only"]["latency_ms"]["median"],

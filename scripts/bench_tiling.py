@@ -22,7 +22,6 @@ depend on far context much more than trained ones, so the margins it needs are p
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -180,7 +179,9 @@ def main() -> int:
         print("  tile %3d: " % t + ", ".join(f"m{m}={results['overhead_4000x3000'][f'{t}/{m}']:.2f}"
                                             for m in margins if m in (0, 8, 12, 16, 24, radius)))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        from srdeploy.runtime.atomic import write_json
+
+        write_json(args.json, results, indent=2)
     return 0
 
 

@@ -20,11 +20,9 @@ so the reader can judge; compare ratios measured in one run rather than absolute
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-from pathlib import Path
 
 
 def _images_folder(path: str | None) -> str:
@@ -63,6 +61,56 @@ def make_precision(name: str, device):
     raise SystemExit(f"bench_train: unknown precision {name!r}; choose auto, fp32, bf16 or fp16")
 
 
+def make_step(cfg, device, fmt, precision):
+    """The training step object (``SRResNetStep`` or ``SRGANStep``) for ``cfg`` on ``device``.
+
+    Args:
+        cfg: the resolved ``TrainConfig``.  device: torch device.
+        fmt: memory format of the models (channels_last or preserve).  precision: a ``steps.Precision``.
+    """
+    import torch
+
+    from srdeploy.train import steps
+    from srdeploy.train.archs import Discriminator, SRResNet, VGGFeatures
+
+    model = SRResNet(scale=cfg.scale, num_blocks=cfg.num_blocks, channels=cfg.channels).to(device, memory_format=fmt)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    common = dict(cfg=cfg, g_train=model, model=model, optimizer=optimizer, scheduler=scheduler, ema=None,
+                  precision=precision)
+    if cfg.kind != "srgan":
+        return steps.SRResNetStep(**common)
+    # Random VGG19 weights: speed does not depend on the weight values (never used to train).
+    vgg = VGGFeatures(layer=cfg.vgg_layer, weights="random").to(device, memory_format=fmt)
+    disc = Discriminator(base_channels=cfg.d_channels).to(device, memory_format=fmt)
+    d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.lr)
+    return steps.SRGANStep(**common, vgg=vgg, disc=disc, d_train=disc, d_optimizer=d_opt,
+                           d_scheduler=torch.optim.lr_scheduler.LambdaLR(d_opt, lambda s: 1.0))
+
+
+def time_iterations(it, *, total: int, warmup: int, sync, work=None) -> tuple[float, object]:
+    """Seconds taken by iterations ``warmup`` to ``total`` of a loop over the batches of ``it``.
+
+    Args:
+        it: iterator of (lr, hr) batches.  total, warmup: iterations in all, untimed ones first.
+        sync: waits for the device (timing starts and stops on a quiet device).
+        work: called with each (lr, hr) batch (a training step); None times the data path alone.
+
+    Returns:
+        (seconds, what the last ``work`` call returned).
+    """
+    t0, out = None, None
+    for i in range(total):
+        if i == warmup:
+            sync()
+            t0 = time.perf_counter()
+        lr, hr = next(it)
+        if work is not None:
+            out = work(lr, hr)
+    sync()
+    return time.perf_counter() - t0, out
+
+
 def bench_one(args, *, amp: bool, channels_last: bool, precision_name: str | None = None) -> dict:
     """Time ``args.steps`` training iterations after ``args.warmup``; returns the figures.
 
@@ -72,7 +120,6 @@ def bench_one(args, *, amp: bool, channels_last: bool, precision_name: str | Non
 
     from srdeploy.train import batches as train_batches
     from srdeploy.train import steps
-    from srdeploy.train.archs import Discriminator, SRResNet, VGGFeatures
     from srdeploy.train.config import TrainConfig
     from srdeploy.train.data import SRTrainDataset
     from srdeploy.train.distributed import resolve_device
@@ -85,23 +132,10 @@ def bench_one(args, *, amp: bool, channels_last: bool, precision_name: str | Non
     torch.manual_seed(0)
     cl = channels_last and device.type == "cuda"
     fmt = torch.channels_last if cl else torch.preserve_format
-    model = SRResNet(scale=cfg.scale, num_blocks=cfg.num_blocks, channels=cfg.channels).to(device, memory_format=fmt)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     precision = make_precision(precision_name or ("auto" if amp else "fp32"), device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    common = dict(cfg=cfg, g_train=model, model=model, optimizer=optimizer, scheduler=scheduler, ema=None,
-                  precision=precision)
-    if args.kind == "srgan":
-        # Random VGG19 weights: speed does not depend on the weight values (never used to train).
-        vgg = VGGFeatures(layer=cfg.vgg_layer, weights="random").to(device, memory_format=fmt)
-        disc = Discriminator(base_channels=cfg.d_channels).to(device, memory_format=fmt)
-        d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.lr)
-        step = steps.SRGANStep(**common, vgg=vgg, disc=disc, d_train=disc, d_optimizer=d_opt,
-                                d_scheduler=torch.optim.lr_scheduler.LambdaLR(d_opt, lambda s: 1.0))
-    else:
-        step = steps.SRResNetStep(**common)
+    step = make_step(cfg, device, fmt, precision)
 
     dataset = SRTrainDataset(cfg.data, crop=cfg.crop, scale=cfg.scale, seed=0)
     total = args.warmup + args.steps
@@ -120,31 +154,14 @@ def bench_one(args, *, amp: bool, channels_last: bool, precision_name: str | Non
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    # Full iterations: data + step, as the training loop runs them.
-    it = batches(total)
-    t0 = None
-    for i in range(total):
-        if i == args.warmup:
-            sync()
-            t0 = time.perf_counter()
-        lr, hr = next(it)
-        lr = steps.to_device(lr, device, cl)
-        hr = steps.to_device(hr, device, cl)
-        loss = step(lr, hr)["loss"]
-    sync()
-    full = time.perf_counter() - t0
-    if not torch.isfinite(loss):
-        raise SystemExit("bench_train: the loss became non-finite")
+    # Full iterations: data + step, as the training loop runs them; then the data path alone.
+    def train_step(lr, hr):
+        return step(steps.to_device(lr, device, cl), steps.to_device(hr, device, cl))
 
-    # Data path alone.
-    it = batches(total)
-    for i in range(total):
-        if i == args.warmup:
-            sync()
-            t0 = time.perf_counter()
-        lr, hr = next(it)
-    sync()
-    data = time.perf_counter() - t0
+    full, last = time_iterations(batches(total), total=total, warmup=args.warmup, sync=sync, work=train_step)
+    if not torch.isfinite(last["loss"]):
+        raise SystemExit("bench_train: the loss became non-finite")
+    data, _ = time_iterations(batches(total), total=total, warmup=args.warmup, sync=sync)
     result = {
         "kind": args.kind, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -216,7 +233,9 @@ def main(argv=None) -> int:
         print(f"ratio AMP {results[0]['precision']} / fp32: {base / results[1]['its']:.2f}x; "
               f"channels_last on / off: {base / results[2]['its']:.2f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps({"load_average": load, "results": results}, indent=2) + "\n")
+        from srdeploy.runtime.atomic import write_json
+
+        write_json(args.json, {"load_average": load, "results": results}, indent=2)
     return 0
 
 

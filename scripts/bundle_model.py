@@ -254,7 +254,9 @@ def card_settings(settings: dict) -> dict:
 
 def write_card(out: Path, card: dict, notes: str) -> None:
     """Step 5: models/model_card.json and models/MODEL_CARD.md."""
-    (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+    from srdeploy.runtime.atomic import write_json
+
+    write_json(out / "model_card.json", card, indent=2)
     write_markdown(out / "MODEL_CARD.md", card, notes)
     print(f"wrote {out / 'model_card.json'} and {out / 'MODEL_CARD.md'}")
 

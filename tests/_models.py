@@ -70,3 +70,23 @@ def export_spread_model(path: Path, **kwargs) -> Path:
                                  arch_kwargs={"scale": model.scale, "num_blocks": len(model.body),
                                               "channels": model.head.out_channels, "output_range": "tanh"}))
     return path
+
+
+def export_random_checkpoint(checkpoint: Path, onnx_path: Path, kwargs: dict, *, seed: int = 0, **export_kwargs):
+    """An ``SRResNet(**kwargs)`` with random BN statistics (``seed``) saved as a checkpoint and exported.
+
+    The checkpoint goes to ``checkpoint``, the ONNX file (``srdeploy export``'s pipeline, quiet) to
+    ``onnx_path``; ``export_kwargs`` go to ``export_checkpoint`` (``fp16=True``, ...).
+    Returns (the eval-mode model, the checkpoint path, the ``ExportResult``).
+    """
+    import torch
+
+    from srdeploy.export.fuse import randomize_bn
+    from srdeploy.export.pipeline import export_checkpoint
+    from srdeploy.train.archs import SRResNet
+    from srdeploy.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(seed)
+    model = randomize_bn(SRResNet(**kwargs), seed=seed).eval()
+    save_checkpoint(checkpoint, model, arch="SRResNet", kwargs=kwargs)
+    return model, checkpoint, export_checkpoint(checkpoint, onnx_path, log=lambda *a: None, **export_kwargs)

@@ -21,7 +21,7 @@ def test_help_lists_subcommands(capsys):
 
     out = run("--help")
     assert out.returncode == 0
-    # every README command is listed: one per line, indented 4 (help text continues at 16)
+    # every subcommand is listed: one per line, indented 4 (help text continues at 16)
     listed = set(re.findall(r"^    ([a-z][a-z-]*)(?:\s|$)", out.stdout, flags=re.M))
     assert set(SUBCOMMANDS) <= listed, sorted(set(SUBCOMMANDS) - listed)
     for cmd in SUBCOMMANDS:
@@ -72,7 +72,7 @@ def _tiny_images(folder):
 
 
 def test_max_image_pixels_env_refuses_larger_images(tmp_path):
-    """README: images over SRDEPLOY_MAX_IMAGE_PIXELS are reported by name; the batch goes on, exit 1."""
+    """docs/runtime.md: images over SRDEPLOY_MAX_IMAGE_PIXELS are reported by name; the batch goes on, exit 1."""
     import os
 
     src = _tiny_images(tmp_path / "in")

@@ -165,7 +165,7 @@ STATED = {  # page -> sentences (whitespace-normalised) that carry the values pi
                        "Tolerances: FP32 max abs <= 1e-4; FP16 max abs <= 2/255 and PSNR >= 45 dB."],
     "docs/runtime.md": ["The default margin is `max(12, ceil(0.3 x radius))`, at most the radius: 12 for the bundled model.",
                         "(40 LR pixels for the x4 SRResNet, from its metadata)",
-                        "The library's `Upscaler` defaults to tile 256",
+                        "`Upscaler(session)` without settings uses tile 256",
                         "JPEG 0-100 / WebP 1-100 is an error (default 95)",
                         "declared size > 200 MP: `SRDEPLOY_MAX_IMAGE_PIXELS`",
                         "default 1 GiB or half the available RAM, whichever is smaller",

@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from _models import export_random_checkpoint
 from srdeploy.cli import main
 from srdeploy.export.engine import (EngineKey, ShapeProfile, build_engine, make_sidecar, prepare_fp16_onnx,
                                     profiles_from_args)
@@ -23,7 +24,6 @@ from srdeploy.export.fp16 import (DEFAULT_THRESHOLD, FP16_MAX, analyse_activatio
                                   module_scope, nodes_to_pin, to_fp16_onnx)
 from srdeploy.export.fuse import fuse_bn, randomize_bn
 from srdeploy.export.onnx_export import export_onnx, read_metadata
-from srdeploy.export.pipeline import export_checkpoint
 from srdeploy.runtime.backends.trt import SIDECAR_KEYS, read_sidecar, sidecar_path, write_sidecar
 from srdeploy.runtime.parsing import parse_shape
 from srdeploy.runtime.metadata import INPUT_NAME, ModelInfo
@@ -259,11 +259,7 @@ def test_to_fp16_rejects_unknown_pins(tmp_path):
 @pytest.fixture(scope="module")
 def fp32_onnx(tmp_path_factory):
     d = tmp_path_factory.mktemp("engine")
-    torch.manual_seed(0)
-    model = randomize_bn(SRResNet(**KW)).eval()
-    ckpt = d / "tiny.pt"
-    save_checkpoint(ckpt, model, arch="SRResNet", kwargs=KW)
-    r = export_checkpoint(ckpt, d / "model.onnx", log=lambda *a: None)
+    _, ckpt, r = export_random_checkpoint(d / "tiny.pt", d / "model.onnx", KW)
     return ckpt, r.onnx_path
 
 

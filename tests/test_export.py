@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from _models import export_random_checkpoint
 from srdeploy.cli import main
-from srdeploy.export.fuse import randomize_bn
 from srdeploy.export.onnx_export import check_onnx, read_metadata, read_props, sha256_file
 from srdeploy.export.pipeline import export_checkpoint, fp16_path_for
 from srdeploy.runtime.metadata import INPUT_NAME, OUTPUT_NAME, MetadataError, ModelInfo
@@ -25,12 +25,7 @@ KW = {"scale": 4, "num_blocks": 2, "channels": 16}
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     d = tmp_path_factory.mktemp("export")
-    torch.manual_seed(0)
-    model = randomize_bn(SRResNet(**KW)).eval()
-    ckpt = d / "tiny.pt"
-    save_checkpoint(ckpt, model, arch="SRResNet", kwargs=KW)
-    result = export_checkpoint(ckpt, d / "model.onnx", fp16=True, log=lambda *a: None)
-    return model, ckpt, result
+    return export_random_checkpoint(d / "tiny.pt", d / "model.onnx", KW, fp16=True)
 
 
 def _ort(path, x):
@@ -176,7 +171,7 @@ def test_cli_parsers_import_nothing_heavy():
 
 
 def test_cli_export_fp16_with_calib(tmp_path, exported, capsys):
-    """README: `srdeploy export CKPT -o model.onnx --fp16 --calib DIR` (also writes model_fp16.onnx)."""
+    """docs/export.md: `srdeploy export CKPT -o model.onnx --fp16 --calib DIR` (also writes model_fp16.onnx)."""
     import json
 
     import cv2
@@ -193,4 +188,4 @@ def test_cli_export_fp16_with_calib(tmp_path, exported, capsys):
     assert read_metadata(out).precision == "fp32" and read_metadata(tmp_path / "m_fp16.onnx").precision == "fp16"
     analysis = json.loads(read_props(tmp_path / "m_fp16.onnx")["srdeploy.fp16_analysis"])
     assert analysis["calibration_inputs"] == ["one.png", "two.png"]  # the --calib images, not Set5
-    assert analysis["threshold"] == 16384.0                           # README: 2^14
+    assert analysis["threshold"] == 16384.0                           # docs/export.md: 2^14

@@ -1,7 +1,7 @@
 """Layers import downward only: every module of the four packages is parsed (``ast``, nothing imported)
 and each of our imports checked, lazy ones inside functions included (a lazy import is still a dependency).
 
-The rules (README "Project rules", issue 24):
+The rules (docs/architecture.md "Import rules", issue 24):
 
 * ``train`` imports nothing of ours outside ``train``;
 * ``runtime`` imports neither ``train``, ``export`` nor the top-level ``srdeploy`` package (the CLI);

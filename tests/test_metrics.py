@@ -54,7 +54,7 @@ def test_bicubic_baseline_matches_independent_reference(set5, set14):
 
     s5, s14 = evaluate(lambda lr: bicubic_upscale(lr, 4), [set5, set14], scale=4)
     # Independent antialiased bicubic on these files: 28.43 / 26.09 dB (literature: 28.42 / 26.00);
-    # the README states Set5 28.43 dB / 0.8113 and Set14 26.09 dB / 0.7050.
+    # docs/train.md states Set5 28.43 dB / 0.8113 and Set14 26.09 dB / 0.7050.
     assert (s5.images, s14.images) == (5, 14)
     assert (round(s5.psnr, 2), round(s5.ssim, 4)) == (28.43, 0.8113)
     assert (round(s14.psnr, 2), round(s14.ssim, 4)) == (26.09, 0.7050)

@@ -255,6 +255,6 @@ def test_runtime_runs_without_torch(model, folder, tmp_path):
     proc = subprocess.run([sys.executable, "-c", NO_TORCH, "upscale", "-q", "-i", str(folder / "rgb.png"),
                            "-o", str(tmp_path / "o2"), "--model", str(ckpt)],
                           capture_output=True, text=True, env=env, timeout=120)
-    # exit policy (README, "Exit status"): a missing optional package is an environment error, 1
+    # exit policy (README, "Errors and exit status"): a missing optional package is an environment error, 1
     assert proc.returncode == 1 and "pip install 'srdeploy[train]'" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -1,4 +1,4 @@
-"""Every `srdeploy upscale` flag changes the output the way the README says.
+"""Every `srdeploy upscale` flag changes the output the way docs/runtime.md says.
 
 The model is a range-covering one (tests/_models.py): outputs spread over [0, 1], so one 8-bit
 level is a small fraction of a typical value and a flag that is ignored shows as a large change.
@@ -78,7 +78,7 @@ def test_tile_pad_flag(model, session, images, tmp_path, capsys):
     exact = upscale(model, src, tmp_path / "exact.png", "--tile", TILE, "--tile-pad", r)
     bare = upscale(model, src, tmp_path / "bare.png", "--tile", TILE, "--tile-pad", 0)
     three = upscale(model, src, tmp_path / "three.png", "--tile", TILE, "--tile-pad", 3)
-    # README: a margin >= the radius is the whole-image result (float32 rounding may flip a level)
+    # docs/runtime.md: a margin >= the radius is the whole-image result (float32 rounding may flip a level)
     assert diff(exact, whole).max() <= 1 and (exact != whole).mean() < 1e-3
     # no margin: seams, far more than rounding
     assert diff(bare, whole).max() >= 30 and diff(bare, whole).mean() > 1

@@ -7,17 +7,13 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
+from _models import export_random_checkpoint
 from srdeploy.cli import main
-from srdeploy.export.fuse import randomize_bn
-from srdeploy.export.pipeline import export_checkpoint
-from srdeploy.export.verify import (FP16_ATOL, FP32_ATOL, Tolerance, compare, fit_sizes, judge,
+from srdeploy.export.verify import (FP16_ATOL, FP32_ATOL, Tolerance, compare, fit_image, fit_sizes, judge,
                                     verify)
 from srdeploy.runtime.parsing import parse_batch_hw
 from srdeploy.runtime.session import InputSpec
-from srdeploy.train.archs import SRResNet
-from srdeploy.train.checkpoint import save_checkpoint
 
 KW = {"scale": 2, "num_blocks": 2, "channels": 8}
 
@@ -26,15 +22,8 @@ KW = {"scale": 2, "num_blocks": 2, "channels": 8}
 def models(tmp_path_factory):
     """A checkpoint, its FP32 + FP16 exports, and an ONNX exported from *different* weights."""
     d = tmp_path_factory.mktemp("verify")
-    quiet = lambda *a: None  # noqa: E731
-    torch.manual_seed(0)
-    ckpt = d / "right.pt"
-    save_checkpoint(ckpt, randomize_bn(SRResNet(**KW), seed=0), arch="SRResNet", kwargs=KW)
-    right = export_checkpoint(ckpt, d / "right.onnx", fp16=True, log=quiet)
-    torch.manual_seed(1)
-    other = d / "other.pt"
-    save_checkpoint(other, randomize_bn(SRResNet(**KW), seed=1), arch="SRResNet", kwargs=KW)
-    wrong = export_checkpoint(other, d / "wrong.onnx", log=quiet)
+    _, ckpt, right = export_random_checkpoint(d / "right.pt", d / "right.onnx", KW, seed=0, fp16=True)
+    _, _, wrong = export_random_checkpoint(d / "other.pt", d / "wrong.onnx", KW, seed=1)
     return ckpt, right.onnx_path, right.fp16_path, wrong.onnx_path
 
 
@@ -81,7 +70,7 @@ def test_fp16_model_uses_fp16_tolerance(models):
 
 
 def test_cli_atol_and_min_psnr_flip_the_exit_status(models, capsys):
-    """README: `verify ... [--atol X] [--min-psnr DB]`; a loose bound passes, a strict one fails."""
+    """docs/export.md: `verify ... [--atol X] [--min-psnr DB]`; a loose bound passes, a strict one fails."""
     ckpt, onnx_path, fp16_path, _ = models
     quick = ["--no-images", "--sizes", "1x12x10", "--json", "-"]
 
@@ -121,6 +110,18 @@ def test_fit_sizes_stays_inside_a_profile():
     assert len(notes) == 1 and "4x16x200" in notes[0]
     unbounded, notes = fit_sizes([(1, 5, 7)], InputSpec())
     assert unbounded == [(1, 5, 7)] and not notes
+
+
+def test_fit_image_cuts_the_centre_or_skips():
+    spec = InputSpec(batch=(1, 1), height=(32, 64), width=(32, 64), opt=(1, 3, 64, 64))
+    lr = np.arange(3 * 70 * 40, dtype=np.float32).reshape(1, 3, 70, 40)
+    cut, note = fit_image("a.png", lr, spec)
+    assert cut.shape == (1, 3, 64, 40) and np.array_equal(cut, lr[:, :, 3:67]) and cut.flags.c_contiguous
+    assert note == "a.png: LR 70x40 exceeds the model's maximum input; tested the centre 64x40"
+    skipped, note = fit_image("b.png", lr[:, :, :20], spec)
+    assert skipped is None and "b.png: LR 20x40 is below the model's minimum input" in note
+    same, note = fit_image("c.png", lr, InputSpec())  # unbounded (ONNX Runtime): untouched, no note
+    assert same is lr and note is None
 
 
 def test_compare_and_judge():

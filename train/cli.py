@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,15 +13,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_train(sub)
 
 
-def run_checkpoint_eval(args: argparse.Namespace, read=None) -> int:
+def run_checkpoint_eval(args: argparse.Namespace, read=None) -> tuple[str, list, dict]:
     """``srdeploy eval CHECKPOINT FOLDER...`` and ``--bicubic``: the training code's PyTorch model, whole images.
+
+    The caller (``srdeploy.export.cli``, which registers ``eval``) prints the table and writes
+    ``--json``, as it does for model files, so both kinds of result are reported by one piece of code.
 
     Args:
         args: the parsed ``srdeploy eval`` flags.
         read: image reader ``path -> uint8 RGB HxWx3`` (None: ``data.load_rgb``, Pillow).
+
+    Returns:
+        (title, the ``SetResult`` per folder, record: model, backend, device, precision, scale).
     """
     from .data import load_rgb, resolve_folder
-    from .evaluate import bicubic_upscale, evaluate, format_table
+    from .evaluate import bicubic_upscale, evaluate
 
     # One positional list: "CHECKPOINT FOLDER..." or, with --bicubic, "FOLDER...".
     from pathlib import Path
@@ -55,12 +60,9 @@ def run_checkpoint_eval(args: argparse.Namespace, read=None) -> int:
         title = f"{args.checkpoint} ({ckpt['arch']} x{scale}, step {ckpt.get('step', '?')})"
         upscale = lambda lr: model_upscale(model, lr, device)  # noqa: E731
     results = evaluate(upscale, folders, scale=scale, progress=not args.quiet, read=read or load_rgb)
-    print(format_table(results, title))
-    if args.json:
-        record = {"model": None if args.bicubic else str(args.checkpoint),
-                  "backend": "bicubic" if args.bicubic else "torch (training code, whole image)",
-                  "device": None if args.bicubic else str(device), "precision": None if args.bicubic else "fp32"}
-        Path(args.json).write_text(json.dumps({"title": title, "scale": scale, **record,
-                                               "sets": [r.as_dict() for r in results]}, indent=2) + "\n")
-    return 0
+    record = {"model": None if args.bicubic else str(args.checkpoint),
+              "backend": "bicubic" if args.bicubic else "torch (training code, whole image)",
+              "device": None if args.bicubic else str(device), "precision": None if args.bicubic else "fp32",
+              "scale": scale}
+    return title, results, record
 

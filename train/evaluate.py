@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, asdict
 
 import numpy as np
 
 from .data import EvalSet, imresize, load_rgb, to_chw_float, to_hwc_uint8
 from .metrics import psnr, ssim
+from .progress import progress_bar
 
 
 @dataclass
@@ -58,23 +58,17 @@ def evaluate(upscale, folders, *, scale: int = 4, progress: bool = False, read=l
     """
     results = []
     sets = [EvalSet(folder, scale=scale, read=read) for folder in ([folders] if isinstance(folders, (str, os.PathLike)) else folders)]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=sum(len(s) for s in sets), desc="eval", unit="img", leave=False, file=sys.stderr)
+    bar = progress_bar(total=sum(len(s) for s in sets), desc="eval", unit="img", leave=False, enabled=progress)
     try:  # close the bar before an error message is printed under it
         for eval_set in sets:
-            if bar is not None:
-                bar.set_description(f"eval {eval_set.name}")
+            bar.set_description(f"eval {eval_set.name}")
             per_image = {}
             for name, lr, hr in eval_set:
                 sr = upscale(lr)
                 if sr.shape != hr.shape:
                     raise ValueError(f"evaluate: {eval_set.folder}/{name}: output {sr.shape} != ground truth {hr.shape}")
                 per_image[name] = {"psnr": psnr(sr, hr, crop=scale), "ssim": ssim(sr, hr, crop=scale)}
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
             results.append(SetResult(
                 name=eval_set.name,
                 psnr=float(np.mean([v["psnr"] for v in per_image.values()])),
@@ -83,8 +77,7 @@ def evaluate(upscale, folders, *, scale: int = 4, progress: bool = False, read=l
                 per_image=per_image,
             ))
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return results
 
 

@@ -48,6 +48,7 @@ from .config import TrainConfig
 from .data import SRTrainDataset, list_images
 from .distributed import DistInfo
 from .evaluate import validate
+from .progress import progress_bar
 from .run_files import (BASE_COLUMNS, append_csv, open_tensorboard, prepare_run_folder, read_start_state, rng_state,
                         set_rng_state, settings_changes, write_json_atomic)
 from .schedule import BUDGET_UNTIMED_STEPS, TimeBudget, apply_lr, lr_factor
@@ -463,10 +464,8 @@ class _Run:
         self.open_run_folder()
         self.dist.barrier()
         if self.main:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=self.settings["iters"], initial=self.start_step, desc=f"train {cfg.kind}",
-                            unit="it", dynamic_ncols=True, mininterval=1.0, disable=not cfg.progress)
+            self.bar = progress_bar(total=self.settings["iters"], initial=self.start_step, desc=f"train {cfg.kind}",
+                                    mininterval=1.0, enabled=cfg.progress)
         try:
             self._loop()
             self.finish_budget()

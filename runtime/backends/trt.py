@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_target
+from ..atomic import write_json
 from ..metadata import INPUT_NAME, OUTPUT_NAME, MetadataError, ModelInfo
 from ..session import InputSpec, Session
 from . import parse_device
@@ -64,9 +64,8 @@ def find_sidecar(engine: str | os.PathLike) -> Path:
 
 
 def write_sidecar(path: str | os.PathLike, sidecar: dict) -> None:
-    """Write a sidecar JSON atomically."""
-    with atomic_target(path) as tmp:
-        tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
+    """Write a sidecar JSON atomically (``atomic.write_json``)."""
+    write_json(path, sidecar, indent=2)
 
 
 def read_sidecar(path: str | os.PathLike) -> dict:

@@ -71,7 +71,8 @@ def _run_bench(args: argparse.Namespace) -> int:
     if args.jsons:
         raise ValueError(f"bench: unexpected arguments {args.jsons} (result files are only read with --plot)")
 
-    from ..bench import BenchConfig, run_bench, torch_reference, write_json
+    from ..atomic import write_json
+    from ..bench import BenchConfig, run_bench, torch_reference
     from ..parsing import parse_wh
 
     w, h = parse_wh(args.size)
@@ -90,7 +91,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         print(f"bench: opening {cfg.model} and running the first call", file=sys.stderr, flush=True)
     result = run_bench(cfg, torch_runner=torch_runner, progress=not args.quiet)
     if args.json:
-        write_json(result, args.json)
+        write_json(args.json, result, indent=2)
         print(f"wrote {args.json}", file=sys.stderr)
     if args.cpp:
         _run_cpp(args, cfg, result)
