@@ -53,6 +53,7 @@ TILING_T = ("tests/test_tiling.py", "tests/test_bench.py::test_bench_tiled_model
             "tests/test_upscale_flags.py")
 UPSCALE_T = ("tests/test_upscale_flags.py", "tests/test_upscale.py", "tests/test_documented_values.py")
 TRAIN_T = ("tests/test_train.py",)
+FAMILIES_T = "tests/test_families.py::test_deployable_model_is_the_original_under_its_conventions"
 
 MUTANTS: tuple[Mutant, ...] = (
     # --- issue 19's list: documented numbers
@@ -91,7 +92,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("cli-ignores-max-memory", "runtime/cli/_args.py", "max_memory=args.max_memory)", "max_memory=None)",
            ("tests/test_edge_cli.py::test_eval_max_memory_changes_the_chosen_tile", "tests/test_settings.py"),
            "--max-memory parsed and dropped (issue 24: batch and eval did this)"),
-    Mutant("trt-profile-no-margin", "runtime/backends/ort.py", "pad = tiling.pad_for(info.receptive_radius)",
+    Mutant("trt-profile-no-margin", "runtime/backends/ort.py", "pad = tiling.pad_for(info.receptive_radius, info.tile_margin)",
            "pad = 0", ("tests/test_trt_calls.py::test_trt_provider_profile_from_tile_plan_and_options",)),
     Mutant("cli-upscale-default-settings", "runtime/cli/upscale.py", "up = Upscaler(session, run.tiling)",
            "up = Upscaler(session)", ("tests/test_upscale_flags.py",), "the settings built but not passed on"),
@@ -115,8 +116,8 @@ MUTANTS: tuple[Mutant, ...] = (
            "plan = plan_tiles(height, width, tile=tile, tile_pad=self.tile_pad,",
            "plan = plan_tiles(height, width, tile=tile, tile_pad=TileSettings().pad_for(self.session.info.receptive_radius),",
            UPSCALE_T),
-    Mutant("upscaler-ignores-feather", "runtime/upscale.py", "feather=self.feather, spec=self.session.input_spec)",
-           "feather=0, spec=self.session.input_spec)", UPSCALE_T),
+    Mutant("upscaler-ignores-feather", "runtime/upscale.py", "feather=self.feather, spec=self.session.input_spec,",
+           "feather=0, spec=self.session.input_spec,", UPSCALE_T),
     Mutant("upscaler-alpha-always-model", "runtime/upscale.py",
            "model_alpha = has_alpha and self.alpha == \"model\" and alpha_const is None",
            "model_alpha = has_alpha and alpha_const is None",
@@ -130,13 +131,13 @@ MUTANTS: tuple[Mutant, ...] = (
     # --- runtime/tiling.py
     Mutant("tiling-crop-shift", "runtime/tiling.py", "oy, ox = (ey0 - R.starts[i]) * s, (ex0 - C.starts[j]) * s",
            "oy, ox = (ey0 - R.starts[i]) * s + 1, (ex0 - C.starts[j]) * s", TILING_T),
-    Mutant("tiling-window-no-context", "runtime/tiling.py", "starts = tuple(min(max(a - pad, 0), padded - window) for a, _ in cores)",
-           "starts = tuple(min(max(a, 0), padded - window) for a, _ in cores)", TILING_T),
+    Mutant("tiling-window-no-context", "runtime/tiling.py", "(min(max(a - pad, 0), padded - window) for a, _ in cores)",
+           "(min(max(a, 0), padded - window) for a, _ in cores)", TILING_T),
     Mutant("tiling-feather-ramp", "runtime/tiling.py", "ramp = (np.arange(2 * f * s, dtype=np.float32) + 0.5) / (2 * f * s)",
            "ramp = (np.arange(2 * f * s, dtype=np.float32) + 1.0) / (2 * f * s)", TILING_T,
            "blend weights no longer sum to one"),
-    Mutant("tiling-profile-max", "runtime/tiling.py", "            t = hi - 2 * pad\n", "            t = hi - pad\n",
-           TILING_T),
+    Mutant("tiling-profile-max", "runtime/tiling.py", "            t = hi - 2 * pad - (mult - 1)\n",
+           "            t = hi - pad - (mult - 1)\n", TILING_T),
     Mutant("tiling-pad-zero-input", "runtime/tiling.py",
            "w = np.pad(w, ((0, 0), (0, wh - w.shape[1]), (0, ww - w.shape[2])), mode=\"edge\")",
            "w = np.pad(w, ((0, 0), (0, wh - w.shape[1]), (0, ww - w.shape[2])), mode=\"edge\") * 0", TILING_T),
@@ -212,6 +213,32 @@ MUTANTS: tuple[Mutant, ...] = (
            ("tests/test_video_jobs.py",)),
     Mutant("video-streams-all-copied", "runtime/media/ffmpeg/mux.py", "verdict = _verdict(s, holds, container)",
            "verdict = None", ("tests/test_video_streams.py",)),
+    # --- issue 22: model families, srdeploy import, per-model tiling
+    Mutant("families-kwargs-unchecked", "train/families.py", "wrong = [k for k in found if effective.get(k) != found[k]]",
+           "wrong = []", ("tests/test_checkpoint.py",), "issue 25 item 5: kwargs trusted over the weights' shapes"),
+    Mutant("pytorch-gan-eps-default", "train/foreign_archs.py", "eps = 0.8 if prelu else 1e-5", "eps = 1e-5",
+           (FAMILIES_T,), "BatchNorm2d(64, 0.8) read as the momentum"),
+    Mutant("conventions-no-denorm", "train/families.py", "y = torch.tanh(y) * self.std + self.mean",
+           "y = torch.tanh(y)", (FAMILIES_T,)),
+    Mutant("conventions-tanh-unit-dropped", "train/families.py", "y = (torch.tanh(y) + 1.0) * 0.5", "y = y",
+           (FAMILIES_T,)),
+    Mutant("import-prefix-kept", "train/importer.py", "sd = {k[len(p):]: v for k, v in sd.items()}", "pass",
+           ("tests/test_families.py::test_import_records_where_the_weights_came_from", "tests/test_import_cli.py")),
+    Mutant("import-params-before-ema", "train/importer.py", 'WRAPPERS = ("params_ema", "params",',
+           'WRAPPERS = ("params", "params_ema",',
+           ("tests/test_families.py::test_import_records_where_the_weights_came_from",)),
+    Mutant("tiler-windows-not-aligned", "runtime/tiling.py", "starts = tuple((s - s % mult) for s in",
+           "starts = tuple((s - 0) for s in", ("tests/test_tiling.py",), "a pixel-unshuffle model sees other blocks"),
+    Mutant("gray-model-colour-as-gray", "runtime/upscale.py",
+           "sess = _PerChannel(self.session) if model_channels == 1 and channels > 2 and k == 0 else self.session",
+           "sess = self.session", ("tests/test_families.py::test_a_gray_model_upscales_gray_colour_and_alpha",)),
+    Mutant("margin-threshold-loose", "export/margin.py", "        if worst < threshold:", "        if worst < 10 * threshold:",
+           ("tests/test_radius_margin.py",)),
+    Mutant("radius-probe-no-growth", "train/radius.py", "        if not touches:\n            return RadiusResult(r, \"probe\", n)",
+           "        if True:\n            return RadiusResult(r, \"probe\", n)", ("tests/test_radius_margin.py",),
+           "mixing beyond the convolutions (pooling, attention) cut at the first probe size"),
+    Mutant("margin-default-ignored", "runtime/settings.py", "            return min(measured, receptive_radius)",
+           "            return default_tile_pad(receptive_radius)", ("tests/test_settings.py",)),
 )
 
 
