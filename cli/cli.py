@@ -26,7 +26,8 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
 DEBUG_ENV = "SRDEPLOY_DEBUG"
 _EXTRAS = {"torch": "train", "torchvision": "train", "onnx": "export", "onnxscript": "export", "PIL": "train",
            "tensorrt": "gpu", "cuda": "gpu", "matplotlib": "plot", "onnxslim": "simplify", "skimage": "dev",
-           "ray": "cluster", "onnxruntime": "cpu", "starlette": "serve", "uvicorn": "serve", "multipart": "serve"}
+           "ray": "cluster", "onnxruntime": "cpu", "starlette": "serve", "uvicorn": "serve", "multipart": "serve",
+           "spandrel": "import", "safetensors": "import"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +71,9 @@ def one_line(text: object) -> str:
         what = detail.group(1).strip() if detail else "it holds more than tensors and plain containers"
         text = text[:m.start()] + f"the safe loader refused it: {what})"
     sentences = re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
-    text = " ".join(t for t in sentences if not ("weights_only" in t and "false" in t.lower()))
+    # (srdeploy's own recipe for converting a file where it is trusted says so, and stays)
+    text = " ".join(t for t in sentences if not ("weights_only" in t and "false" in t.lower())
+                    or "where you trust the file" in t.lower())
     return text or "(no message)"
 
 

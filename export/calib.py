@@ -13,9 +13,16 @@ from pathlib import Path
 import numpy as np
 
 
-def calibration_inputs(folder: str | Path | None, *, scale: int, max_side: int = 256,
-                       limit: int = 16) -> tuple[list[np.ndarray], list[str]]:
-    """Calibration inputs (float32 1x3xHxW in [0, 1]) and their names.
+def as_model_input(chw: np.ndarray, channels: int) -> np.ndarray:
+    """float32 3 x H x W RGB -> the model's channels: itself, or BT.601 luma (1 x H x W) for a gray model."""
+    if channels == 3:
+        return chw
+    return (chw[0] * np.float32(0.299) + chw[1] * np.float32(0.587) + chw[2] * np.float32(0.114))[None]
+
+
+def calibration_inputs(folder: str | Path | None, *, scale: int, max_side: int = 256, limit: int = 16,
+                       channels: int = 3, multiple: int = 1) -> tuple[list[np.ndarray], list[str]]:
+    """Calibration inputs (float32 1xCxHxW in [0, 1]) and their names.
 
     With ``folder=None`` the default is Set5 under ``data_root()``, whose files are HR images, so
     each is made into its LR by ``mod_crop`` + ``degrade`` (the evaluation protocol). Images in a
@@ -28,13 +35,15 @@ def calibration_inputs(folder: str | Path | None, *, scale: int, max_side: int =
         scale: the model's scale (for the Set5 default).
         max_side: largest tile side fed to the model.
         limit: at most this many images (sorted by name).
+        channels: the model's input channels (1: gray, BT.601 luma of the RGB image).
+        multiple: crop each input's sides down to a multiple of this (the model's size multiple).
     """
     from srdeploy.train.data import data_root, degrade, list_images, load_rgb, mod_crop, to_chw_float
 
     if folder is None:
         folder = data_root() / "benchmark" / "Set5"
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: default FP16 calibration images (Set5) not found; pass a folder "
+            raise FileNotFoundError(f"{folder}: default calibration images (Set5) not found; pass a folder "
                                     "of typical input images with --calib DIR (or set SRDEPLOY_DATA)")
         make_lr = True
     else:
@@ -44,17 +53,23 @@ def calibration_inputs(folder: str | Path | None, *, scale: int, max_side: int =
         img = load_rgb(path)
         if make_lr:
             img = degrade(mod_crop(img, scale), scale)
-        arr = to_chw_float(img)
+        arr = as_model_input(to_chw_float(img), channels)
         h, w = arr.shape[1:]
         for y in range(0, h, max_side):
             for x in range(0, w, max_side):
-                inputs.append(arr[None, :, y:y + max_side, x:x + max_side].copy())
+                piece = arr[:, y:y + max_side, x:x + max_side]
+                ph, pw = piece.shape[1] // multiple * multiple, piece.shape[2] // multiple * multiple
+                if ph < 1 or pw < 1:
+                    continue
+                inputs.append(piece[None, :, :ph, :pw].copy())
                 names.append(f"{path.name}@{y},{x}" if (h > max_side or w > max_side) else path.name)
     return inputs, names
 
 
-def calibration_crops(folders, *, scale: int, count: int, crop: int, seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
-    """``count`` LR crops (float32 1x3xCxC in [0, 1]) of training-style HR images, and their names.
+def calibration_crops(folders, *, scale: int, count: int, crop: int, seed: int = 0,
+                      channels: int = 3) -> tuple[list[np.ndarray], list[str]]:
+    """``count`` LR crops (float32 1xCxSxS in [0, 1], S = ``crop``; C = ``channels``, gray: BT.601 luma)
+    of training-style HR images, and their names.
 
     The HR crop (``crop * scale``) is taken first and then downscaled, exactly as
     ``SRTrainDataset`` makes training pairs, so calibration sees the distribution the model
@@ -79,6 +94,6 @@ def calibration_crops(folders, *, scale: int, count: int, crop: int, seed: int =
     for i in range(count):
         lr, _ = data[i]
         k, top, left, _ = data.crop_params(i)
-        crops.append(lr[None])
+        crops.append(as_model_input(lr, channels)[None])
         names.append(f"{k}@{top},{left}")
     return crops, names

@@ -12,7 +12,8 @@ from srdeploy.runtime.cli import PRECISIONS, add_tile_args, backend_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``eval``, ``export``, ``verify``, ``build-engine`` and ``quantize`` to the subcommands."""
+    """Add ``import``, ``eval``, ``export``, ``verify``, ``build-engine`` and ``quantize`` to the subcommands."""
+    _register_import(sub)
     _register_eval(sub)
     _register_export(sub)
     _register_verify(sub)
@@ -41,6 +42,14 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fp16-threshold", type=float, default=None, metavar="ABS",
                    help="keep a layer FP32 when its largest |activation| exceeds this (default 16384 = 2**14)")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights even when EMA weights exist")
+    p.add_argument("--window", type=int, default=None, metavar="N",
+                   help="export at one fixed N x N LR input (no dynamic H/W; the runtime tiles at exactly that size). "
+                        "Default for window-attention families (SwinIR, ...): 128")
+    p.add_argument("--margin-images", metavar="DIR",
+                   help="LR images for the tile-margin measurement (default: the --calib folder, else Set5 LR; "
+                        "without either the margin is not measured and the runtime uses its radius rule)")
+    p.add_argument("--no-margin", action="store_true",
+                   help="skip the tile-margin measurement (the runtime then uses its radius rule for --tile-pad)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("-q", "--quiet", action="store_true", help="no step-by-step progress lines")
     p.set_defaults(func=_run_export)
@@ -140,6 +149,42 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--json", metavar="FILE", help="also write the report (losses, float layers, ranking) as JSON")
     q.add_argument("-q", "--quiet", action="store_true", help="only the result lines")
     q.set_defaults(func=_run_quantize)
+
+
+def _register_import(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import", help="convert another codebase's generator weights into an srdeploy checkpoint",
+        description="Read weights without running code (weights_only torch.load, or safetensors), unwrap the usual "
+                    "containers (params_ema, params, state_dict, model, generator, netG, module. prefixes), detect "
+                    "the model family from its keys and shapes (scale, channels and block counts included), and write "
+                    "a self-describing srdeploy checkpoint (arch, kwargs, weights, source sha256, the family's "
+                    "conventions) that export, verify, eval, build-engine --checkpoint and upscale --backend torch "
+                    "take. A pickled whole model is refused; an unknown layout names the closest families.")
+    p.add_argument("source", nargs="?", metavar="SRC", help="weights file (.pth, .pt, .ckpt, .pth.tar, .safetensors)")
+    p.add_argument("-o", "--output", metavar="OUT.pt", help="srdeploy checkpoint to write")
+    p.add_argument("--arch", metavar="NAME", help="force this family instead of detecting it (see --list)")
+    p.add_argument("--scale", type=int, default=None, metavar="N", help="the scale you expect (checked, not applied)")
+    p.add_argument("--list", action="store_true", help="print the supported families and what identifies each")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=_run_import)
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from srdeploy.train.importer import family_table, import_weights
+
+    if args.list:
+        print("\n".join(family_table()))
+        return 0
+    if not args.source or not args.output:
+        raise ValueError("import: give SRC and -o OUT.pt (or --list)")
+    r = import_weights(args.source, args.output, arch=args.arch, scale=args.scale, overwrite=args.overwrite)
+    f = r.facts
+    source = f"{args.source}" + (f" [{r.wrapper}]" if r.wrapper else "") + (f" (prefix {r.prefix} removed)"
+                                                                           if r.prefix else "")
+    print(f"wrote {r.output}: {r.family} x{f.scale}, {f.in_channels} channel(s), {r.tensors} tensors from {source}; "
+          f"kwargs {r.kwargs if r.family != 'spandrel' else {'architecture': r.kwargs['architecture']}}; "
+          f"{r.conventions.describe()}")
+    return 0
 
 
 def _register_eval(sub: argparse._SubParsersAction) -> None:
@@ -257,14 +302,17 @@ def _run_export(args: argparse.Namespace) -> int:
     log(f"export: loading {args.checkpoint} (PyTorch, ONNX)")
 
     from .onnx_export import OPSET
-    from .pipeline import export_checkpoint
+    from .pipeline import MarginSettings, export_checkpoint
 
     r = export_checkpoint(args.checkpoint, args.output, opset=args.opset or OPSET, simplify=args.simplify,
                           fp16=args.fp16, calib=args.calib, fp16_threshold=args.fp16_threshold,
-                          use_ema=not args.no_ema, log=log)
+                          use_ema=not args.no_ema, log=log, window=args.window,
+                          margin=MarginSettings(measure=not args.no_margin, images=args.margin_images))
     i = r.info
-    print(f"wrote {r.onnx_path} ({i.arch} x{i.scale}, receptive radius {i.receptive_radius} LR px, "
-          f"opset {args.opset or OPSET}, input 'lr' [batch,3,height,width] -> output 'sr')")
+    dims = f"[1,{i.channels},{r.window},{r.window}]" if r.window else f"[batch,{i.channels},height,width]"
+    margin = f", tile margin {i.tile_margin}" if i.tile_margin is not None else ""
+    print(f"wrote {r.onnx_path} ({i.arch} x{i.scale}, receptive radius {i.receptive_radius} LR px{margin}, "
+          f"opset {args.opset or OPSET}, input 'lr' {dims} -> output 'sr')")
     if r.fp16_path:
         print(f"wrote {r.fp16_path} (FP16 compute, float32 I/O)")
     print(f"export took {r.seconds:.1f} s")

@@ -221,6 +221,7 @@ def prepare_fp16_onnx(onnx_path: Path, checkpoint: str | os.PathLike | None, out
 
     props = read_props(onnx_path)
     info = ModelInfo.from_props(props, source=str(onnx_path))
+    _refuse_undeclared_fp16(onnx_path, props, info, True)
     if info.precision == "fp16":
         analysis = json.loads(props.get(KEY_FP16_ANALYSIS) or "null")
         if analysis is None:
@@ -239,7 +240,7 @@ def prepare_fp16_onnx(onnx_path: Path, checkpoint: str | os.PathLike | None, out
     model, _, _ = load_generator(checkpoint, use_ema=props.get(KEY_WEIGHTS, "ema") != "state_dict")
     fused = fuse_bn(model)
     fp16_model, report = fp16_from_fp32(fused, onnx.load(str(onnx_path)), calib=calib, scale=info.scale,
-                                        threshold=threshold)
+                                        threshold=threshold, channels=info.channels, multiple=info.size_multiple)
     fp32_nodes = report.fp32_nodes
     meta = {p.key: p.value for p in fp16_model.metadata_props}
     meta[KEY_FP16_ANALYSIS] = json.dumps(report.summary(), sort_keys=True)
@@ -289,6 +290,7 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, *, pro
     _check_build_request(onnx_path, profiles, opt_level, workspace_gb, hardware_compatibility)
     props = read_props(onnx_path)
     info = ModelInfo.from_props(props, source=str(onnx_path))
+    _refuse_undeclared_fp16(onnx_path, props, info, fp16)
     built_precision = _built_precision(onnx_path, info, fp16)
     trt = import_tensorrt()  # fail fast, before any analysis work
     cuda, (gpu_name, cc, driver) = _build_gpu(device, hardware_compatibility)
@@ -380,12 +382,38 @@ def _check_build_request(onnx_path: Path, profiles: list[ShapeProfile], opt_leve
         raise FileNotFoundError(f"{onnx_path}: ONNX file does not exist")
     if not profiles:
         raise ValueError("build-engine: at least one optimisation profile (--min/--opt/--max) is needed")
+    channels, window = _model_input(onnx_path)
     for p in profiles:
-        p.validate()
+        p.validate(channels)
+        fixed = (1, channels, window, window)
+        if window is not None and not p.min == p.opt == p.max == fixed:
+            raise ValueError(f"{onnx_path}: exported at one fixed window {window}x{window} (--window); its engine "
+                             f"profile must be exactly --min/--opt/--max {_shape_str(fixed)}, got "
+                             f"{_shape_str(p.min)}/{_shape_str(p.opt)}/{_shape_str(p.max)}")
     if not 0 <= opt_level <= 5:
         raise ValueError(f"--opt-level must be 0..5, got {opt_level}")
     if workspace_gb <= 0:
         raise ValueError(f"--workspace must be > 0 GiB, got {workspace_gb}")
+
+
+def _refuse_undeclared_fp16(onnx_path: Path, props: dict, info: ModelInfo, fp16: bool) -> None:
+    """An FP16 engine of a model whose family declares FP16 unsupported (``srdeploy.facts``) is refused."""
+    from .pipeline import KEY_FACTS
+
+    if fp16 and json.loads(props.get(KEY_FACTS) or "{}").get("fp16", True) is False:
+        raise ValueError(f"{onnx_path}: this {info.arch} model is declared not to run in FP16 (its family's facts, "
+                         "srdeploy.facts: NaNs or overflow); build an FP32 engine (drop --fp16)")
+
+
+def _model_input(onnx_path: Path) -> tuple[int, int | None]:
+    """(channels, fixed window side or None) of an srdeploy ONNX model's input ``lr``."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    channels = dims[1].dim_value if len(dims) == 4 and dims[1].HasField("dim_value") else 3
+    static = len(dims) == 4 and dims[2].HasField("dim_value") and dims[3].HasField("dim_value")
+    return channels, (dims[2].dim_value if static else None)
 
 
 def _reusable(output: Path, side_path: Path, key: EngineKey) -> dict | None:

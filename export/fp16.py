@@ -266,7 +266,8 @@ def _float_initializer_fits(init) -> bool:
     return bool(np.all(np.abs(arr[np.isfinite(arr)]) <= FP16_MAX)) if arr.size else True
 
 
-def fp16_from_fp32(fused, onnx_model, *, calib=None, scale: int, threshold: float | None = None):
+def fp16_from_fp32(fused, onnx_model, *, calib=None, scale: int, threshold: float | None = None, channels: int = 3,
+                   multiple: int = 1):
     """The FP16 step shared by ``export --fp16`` and ``build-engine --fp16``: analyse -> pin -> convert.
 
     Runs the fused PyTorch model on the calibration inputs, refuses a model that is already
@@ -279,13 +280,14 @@ def fp16_from_fp32(fused, onnx_model, *, calib=None, scale: int, threshold: floa
         calib: calibration image folder (None = Set5 LR, see ``calib.calibration_inputs``).
         scale: the model's scale.
         threshold: |activation| above which nodes stay FP32 (default ``DEFAULT_THRESHOLD``).
+        channels, multiple: the model's input channels and size multiple (calibration inputs fit them).
 
     Returns:
         (FP16 ``onnx.ModelProto``, ``ActivationReport`` with ``fp32_nodes`` filled in).
     """
     from .calib import calibration_inputs
 
-    inputs, names = calibration_inputs(calib, scale=scale)
+    inputs, names = calibration_inputs(calib, scale=scale, channels=channels, multiple=multiple)
     report = analyse_activations(fused, inputs, threshold=DEFAULT_THRESHOLD if threshold is None else float(threshold),
                                  names=names)
     report.check_finite()

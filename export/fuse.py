@@ -135,6 +135,8 @@ def fuse_bn(model: nn.Module) -> nn.Module:
         model: any ``nn.Module`` whose ``forward`` torch.fx can trace (SRResNet, Discriminator).
     """
     fused = copy.deepcopy(model).eval()
+    if not any(isinstance(m, _BN) for m in fused.modules()):
+        return fused  # nothing to fold, and no trace needed (graphs torch.fx cannot trace export as they are)
     for conv_name, bn_name in conv_bn_pairs(fused):
         _set_submodule(fused, conv_name, fold_conv_bn(fused.get_submodule(conv_name), fused.get_submodule(bn_name)))
         _set_submodule(fused, bn_name, nn.Identity())

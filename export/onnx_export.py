@@ -28,11 +28,12 @@ def _atomic_save_onnx(model_proto, path: Path) -> None:
         onnx.save(model_proto, str(tmp))
 
 
-def export_onnx(model, path: str | os.PathLike, *, opset: int = OPSET, sample_size: tuple[int, int] = (32, 32)) -> Path:
+def export_onnx(model, path: str | os.PathLike, *, opset: int = OPSET, sample_size: tuple[int, int] = (32, 32),
+                channels: int = 3, fixed: bool = False) -> Path:
     """Export a generator (eval mode, ideally BN-folded) to ONNX with dynamic N, H, W.
 
-    Input ``lr``: float32 (batch, 3, height, width); output ``sr``: float32
-    (batch, 3, out_height, out_width). Uses the TorchScript-based exporter (``dynamo=False``):
+    Input ``lr``: float32 (batch, channels, height, width); output ``sr``: float32
+    (batch, channels, out_height, out_width). Uses the TorchScript-based exporter (``dynamo=False``):
     it gives a single self-contained file with plain Conv/PRelu/DepthToSpace nodes, and names
     each node after the module it comes from ("/body/body.0/conv1/Conv"), which the FP16
     analysis relies on (``fp16.check_node_mapping`` proves it per export).
@@ -42,17 +43,22 @@ def export_onnx(model, path: str | os.PathLike, *, opset: int = OPSET, sample_si
         path: destination; written atomically (temporary file, then rename).
         opset: ONNX opset (default ``OPSET``).
         sample_size: (H, W) of the tracing input; any size works since N, H, W are dynamic.
+        channels: image channels (3 RGB, 1 gray).
+        fixed: export at exactly 1 x channels x ``sample_size`` (no dynamic axes): for graphs that
+            build shapes from Python ints (window attention), which are only right at the traced size.
     """
     import torch
 
     path = Path(path)
     model = model.eval()
-    sample = torch.rand(1, 3, *sample_size)
+    sample = torch.rand(1, channels, *sample_size)
     with atomic_target(path) as tmp, torch.no_grad(), warnings.catch_warnings():
-        # The TorchScript exporter is chosen on purpose (see above); hide its deprecation notice.
+        # The TorchScript exporter is chosen on purpose (see above); hide its deprecation notice
+        # and the tracer's notes about Python values (a fixed-window export expects them).
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(model, (sample,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes=DYNAMIC_AXES, opset_version=opset, do_constant_folding=True,
+                          dynamic_axes=None if fixed else DYNAMIC_AXES, opset_version=opset, do_constant_folding=True,
                           dynamo=False)
     return path
 
@@ -97,12 +103,14 @@ def read_metadata(path: str | os.PathLike) -> ModelInfo:
     return ModelInfo.from_props(read_props(path), source=str(path))
 
 
-def check_onnx(path: str | os.PathLike, *, save_shapes: bool = False) -> None:
+def check_onnx(path: str | os.PathLike, *, save_shapes: bool = False, fixed: bool = False) -> None:
     """onnx.checker full check + strict shape inference; input and output keep symbolic N, H, W.
 
     Args:
         path: the ONNX file.
         save_shapes: also store the inferred intermediate shapes (value_info) in the file.
+        fixed: the model was exported at one fixed size (``export_onnx(fixed=True)``): its input
+            and output dims are all static instead.
     """
     import onnx
 
@@ -117,6 +125,11 @@ def check_onnx(path: str | os.PathLike, *, save_shapes: bool = False) -> None:
     for vi in (model.graph.input[0], model.graph.output[0]):
         dims = vi.type.tensor_type.shape.dim
         symbolic = [d.dim_param for d in dims]
+        if fixed:
+            if len(dims) != 4 or not all(d.dim_value > 0 for d in dims):
+                raise ValueError(f"{path}: {vi.name} dims {[d.dim_param or d.dim_value for d in dims]} are not "
+                                 "static, as a fixed-window export must be")
+            continue
         if len(dims) != 4 or not (symbolic[0] and symbolic[2] and symbolic[3]):
             raise ValueError(f"{path}: {vi.name} dims {[d.dim_param or d.dim_value for d in dims]} are not "
                              "symbolic batch/height/width")

@@ -341,14 +341,14 @@ def conv_sensitivity(src, quantize, *, probe: list[np.ndarray], candidates, excl
 
 
 def measure_speed(fp32: str | os.PathLike, int8: str | os.PathLike, *, threads: int | None, size: int = 128,
-                  iters: int = 4) -> dict:
+                  iters: int = 4, channels: int = 3) -> dict:
     """INT8 vs ONNX Runtime FP32, same run: ORT FP32, ORT INT8 and (when installed) OpenVINO INT8,
     timed in alternating blocks on one size x size input. A first impression; ``srdeploy bench
     --compare`` is the measurement."""
     from srdeploy.runtime.measure import deterministic_input, time_alternating
     from srdeploy.runtime.open import open_session
 
-    x = deterministic_input((1, 3, size, size))
+    x = deterministic_input((1, channels, size, size))
     sessions = {"onnxruntime fp32": open_session(fp32, backend="onnxruntime", threads=threads),
                 "onnxruntime int8": open_session(int8, backend="onnxruntime", threads=threads)}
     try:
@@ -364,11 +364,24 @@ def measure_speed(fp32: str | os.PathLike, int8: str | os.PathLike, *, threads: 
             s.close()
     med = {k: float(np.median(v)) for k, v in times.items()}
     base = med["onnxruntime fp32"]
-    return {"input": f"1x3x{size}x{size}", "threads": threads, "median_s": med,
+    return {"input": f"1x{channels}x{size}x{size}", "threads": threads, "median_s": med,
             "speedup_vs_ort_fp32": {k: base / v for k, v in med.items() if k != "onnxruntime fp32"}}
 
 
 # ----------------------------------------------------------------------------- the whole recipe
+
+def _input_sides(model, info, cfg) -> tuple[int, int]:
+    """(calibration crop, speed input) sides the model takes: its fixed window when the graph has
+    one (a fixed-window export), else ``cfg``'s, rounded up to the model's size multiple."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if len(dims) == 4 and dims[2].HasField("dim_value") and dims[3].HasField("dim_value"):
+        return dims[2].dim_value, dims[2].dim_value
+
+    def fit(v: int) -> int:
+        return max(-(-v // info.size_multiple) * info.size_multiple, info.min_size)
+
+    return fit(cfg.crop), fit(cfg.speed_size)
+
 
 def _psnr_by_set(path, folders, threads, progress: bool = False) -> dict[str, float]:
     from srdeploy.runtime.open import SessionRecipe
@@ -526,9 +539,10 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, cfg: Quantize
     model, info = _check_request(src, dst, cfg, overwrite)
     calib_folders = [Path(f) for f in cfg.calib] or default_calib_folders()
     val_folders = [Path(f) for f in cfg.val] or default_val_folders()
+    crop, speed_size = _input_sides(model, info, cfg)
     try:
-        crops, _ = calibration_crops(calib_folders, scale=info.scale, count=cfg.calib_images, crop=cfg.crop,
-                                     seed=cfg.seed)
+        crops, _ = calibration_crops(calib_folders, scale=info.scale, count=cfg.calib_images, crop=crop,
+                                     seed=cfg.seed, channels=info.channels)
     except ValueError as exc:
         raise QuantizeError(str(exc)) from exc
     convs = [n.name for n in model.graph.node if n.op_type == "Conv" and n.name not in cfg.exclude]
@@ -538,7 +552,7 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, cfg: Quantize
         quantize = partial(quantize_qdq, _quantize_source(src, model, info, cfg.target, tmp), calib=None,
                            cache=tmp / "calibration.json", method=cfg.method, percentile=cfg.percentile,
                            input_range=info.input_range, target=cfg.target, progress=progress)
-        log(f"quantize: calibrating on {len(crops)} LR crops {cfg.crop}x{cfg.crop} from "
+        log(f"quantize: calibrating on {len(crops)} LR crops {crop}x{crop} from "
             f"{', '.join(str(f) for f in calib_folders)} ({cfg.method}, target {cfg.target})")
         quantize(tmp / "int8.onnx", calib=crops, exclude=list(cfg.exclude))  # fills the cache
         found = _search(src, quantize, tmp / "int8.onnx", val=val_folders, probe=crops[:cfg.probe_images],
@@ -550,7 +564,7 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, cfg: Quantize
         if problems:  # e.g. an onnxruntime whose quantizer ignores QuantizeBias: never ship what TensorRT rejects
             raise QuantizeError(f"{src}: this onnxruntime's quantizer wrote a model TensorRT cannot parse: "
                                 f"{'; '.join(problems)}")
-        calibration = {"folders": [_portable(f) for f in calib_folders], "images": len(crops), "crop": cfg.crop,
+        calibration = {"folders": [_portable(f) for f in calib_folders], "images": len(crops), "crop": crop,
                        "scale": info.scale, "seed": cfg.seed, "method": cfg.method,
                        **({"percentile": cfg.percentile} if cfg.method == "percentile" else {})}
         fp32 = found.fp32
@@ -567,7 +581,7 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, cfg: Quantize
         # On the final file, before it is published. The ONNX Runtime / OpenVINO CPU speed says
         # nothing about a TensorRT-target file: `srdeploy build-engine` + `bench` measure that.
         if cfg.speed_size and cfg.target == "cpu":
-            report.speed = measure_speed(src, final, threads=cfg.threads, size=cfg.speed_size)
+            report.speed = measure_speed(src, final, threads=cfg.threads, size=speed_size, channels=info.channels)
         report.seconds = time.perf_counter() - t0
         with atomic_target(dst) as tmp_dst:
             shutil.copyfile(final, tmp_dst)

@@ -49,7 +49,7 @@ class TorchSession(Session):
         from srdeploy.train.checkpoint import load_generator
 
         from .fuse import fuse_bn
-        from .pipeline import model_info_for
+        from .pipeline import checkpoint_facts, model_info_for
 
         path = Path(path)
         if precision not in ("fp32", "fp16"):
@@ -70,9 +70,14 @@ class TorchSession(Session):
             torch.set_num_threads(threads)
 
         model, ckpt = load_generator(path, use_ema=use_ema)  # one-line errors naming the file
-        # the same contract an export of this checkpoint carries, with the version that wrote it
+        # the same contract an export of this checkpoint carries (scale, measured radius, channels,
+        # size requirements), with the version that wrote it; the tile margin is measured at
+        # export only, so the radius rule gives the default here
         self.info = model_info_for(model, ckpt, path, precision=precision,
                                    version=str((ckpt.get("versions") or {}).get("srdeploy", "")))
+        if precision == "fp16" and not checkpoint_facts(ckpt).fp16:
+            raise ValueError(f"{path}: this {ckpt['arch']} model is declared not to run in FP16 (its family's "
+                             "facts); use --precision fp32")
         if fold_bn:
             model = fuse_bn(model)
         self._device = torch.device(device)
@@ -85,7 +90,7 @@ class TorchSession(Session):
         self._torch = torch
 
         out_range = getattr(model, "output_range", "clamp")
-        self.input_spec = InputSpec()
+        self.input_spec = InputSpec(channels=self.info.channels)
         self.device = "cpu" if kind == "cpu" else f"cuda:{index}"
         self.precision = precision
         self.path = path

@@ -163,20 +163,24 @@ def judge(max_abs: float, psnr: float, tol: Tolerance) -> tuple[bool, str]:
     return not reasons, "; ".join(reasons)
 
 
-def fit_sizes(sizes, spec) -> tuple[list[tuple[int, int, int]], list[str]]:
-    """Sizes kept inside a session's ``InputSpec`` (a TensorRT profile); notes for each change.
+def fit_sizes(sizes, spec, *, multiple: int = 1, minimum: int = 1) -> tuple[list[tuple[int, int, int]], list[str]]:
+    """Sizes kept inside a session's ``InputSpec`` (a TensorRT profile, a fixed window) and the
+    model's size requirements (sides a multiple of ``multiple``, at least ``minimum``); notes for
+    each change.
 
     A bounded spec (TensorRT) also gets its minimum shape as a case: profile edges are where
     engines go wrong.
     """
     out, notes = [], []
 
-    def clamp(v, lo_hi):
+    def clamp(v, lo_hi, side: bool = True):
         lo, hi = lo_hi
+        if side:
+            v = max(-(-v // multiple) * multiple, minimum)
         return max(lo, v if hi is None else min(v, hi))
 
     for b, h, w in sizes:
-        fitted = (clamp(b, spec.batch), clamp(h, spec.height), clamp(w, spec.width))
+        fitted = (clamp(b, spec.batch, False), clamp(h, spec.height), clamp(w, spec.width))
         if fitted != (b, h, w):
             notes.append(f"size {b}x{h}x{w} is outside the model's input range; tested {'x'.join(map(str, fitted))}")
         if fitted not in out:
@@ -217,7 +221,7 @@ def _model_props(path: Path) -> dict:
 
 
 def fit_image(name: str, lr: np.ndarray, spec) -> tuple[np.ndarray | None, str | None]:
-    """A 1x3xHxW LR image kept inside a session's ``InputSpec``: (image, note about the change).
+    """A 1xCxHxW LR image kept inside a session's ``InputSpec``: (image, note about the change).
 
     An image below the minimum input gives (None, note): it is skipped. One above the maximum is
     cut to its centre (an engine's profile), with a note saying so.
@@ -248,14 +252,18 @@ def _image_folder(images: str | os.PathLike | None, use_images: bool) -> Path | 
     return folder
 
 
-def real_image_cases(folder: Path, scale: int, limit: int | None = None):
-    """(name, 1x3xHxW float32 LR) for each image: ``degrade(mod_crop(hr))`` in [0, 1]."""
+def real_image_cases(folder: Path, scale: int, limit: int | None = None, *, channels: int = 3, multiple: int = 1):
+    """(name, 1xCxHxW float32 LR) for each image: ``degrade(mod_crop(hr))`` in [0, 1], as the model
+    takes it (gray: BT.601 luma; sides cropped to the model's size multiple)."""
     from srdeploy.train.data import degrade, list_images, load_rgb, mod_crop, to_chw_float
+
+    from .calib import as_model_input
 
     files = list_images(folder)
     for path in files[:limit] if limit else files:
-        lr = degrade(mod_crop(load_rgb(path), scale), scale)
-        yield path.name, to_chw_float(lr)[None]
+        lr = as_model_input(to_chw_float(degrade(mod_crop(load_rgb(path), scale), scale)), channels)
+        h, w = lr.shape[1] // multiple * multiple, lr.shape[2] // multiple * multiple
+        yield path.name, np.ascontiguousarray(lr[None, :, :h, :w])
 
 
 def verify(checkpoint: str | os.PathLike, model_path: str | os.PathLike, *, images: str | os.PathLike | None = None,
@@ -303,15 +311,17 @@ def verify(checkpoint: str | os.PathLike, model_path: str | os.PathLike, *, imag
     with open_session(model_path, backend=backend, device=device) as sess:
         precision = sess.precision
         tol = Tolerance.for_precision(precision, atol=atol, min_psnr=min_psnr)
-        if sess.info.scale != int(ckpt["kwargs"].get("scale", getattr(ref_model, "scale", 0))):
+        if sess.info.scale != int(ref_model.scale):
             raise ValueError(f"{model_path}: scale {sess.info.scale} differs from the checkpoint's "
-                             f"{ckpt['kwargs'].get('scale')}; wrong model for this checkpoint")
+                             f"{ref_model.scale}; wrong model for this checkpoint")
         report = VerifyReport(model=str(model_path), checkpoint=str(checkpoint), backend=sess.backend,
                               device=sess.device, precision=precision, tolerance=tol,
                               reference=f"PyTorch {ckpt['arch']} unfused FP32 ({weights} weights) on {ref_device}",
                               notes=notes)
-        fitted, size_notes = fit_sizes(sizes or DEFAULT_SIZES, sess.input_spec)
+        fitted, size_notes = fit_sizes(sizes or DEFAULT_SIZES, sess.input_spec, multiple=sess.info.size_multiple,
+                                       minimum=sess.info.min_size)
         report.notes.extend(size_notes)
+        channels = sess.info.channels
 
         def run(name, kind, x):
             with torch.no_grad():
@@ -325,11 +335,14 @@ def verify(checkpoint: str | os.PathLike, model_path: str | os.PathLike, *, imag
 
         rng = np.random.default_rng(seed)
         for b, h, w in fitted:
-            run(f"random {b}x{h}x{w}", "random", rng.random((b, 3, h, w), dtype=np.float32))
-        for name, lr in real_image_cases(folder, sess.info.scale, image_limit) if folder is not None else ():
+            run(f"random {b}x{h}x{w}", "random", rng.random((b, channels, h, w), dtype=np.float32))
+        cases = real_image_cases(folder, sess.info.scale, image_limit, channels=channels,
+                                 multiple=sess.info.size_multiple) if folder is not None else ()
+        for name, lr in cases:
             lr, note = fit_image(name, lr, sess.input_spec)
             if note:
                 report.notes.append(note)
             if lr is not None:
                 run(f"image {name}", "image", lr)
     return report
+

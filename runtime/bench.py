@@ -161,7 +161,7 @@ def _run(cfg: BenchConfig, session, torch_runner, log, progress: bool = False) -
 
     n, h, w = cfg.batch, cfg.height, cfg.width
     out_px = h * session.info.scale * w * session.info.scale
-    x = deterministic_input((n, 3, h, w))
+    x = deterministic_input((n, session.input_spec.channels, h, w))  # 1 for a gray model
     upscaler = Upscaler(session, cfg.settings.tiling)
     # "auto": the tile the memory budget allows for this size (0 = whole); the full path holds its output
     tile = upscaler.resolve_tile(h, w, streamed=False)
@@ -171,7 +171,7 @@ def _run(cfg: BenchConfig, session, torch_runner, log, progress: bool = False) -
     y = model_only()
     checksum = output_checksum(y)
     tiling = upscaler.describe() if upscaler.settings.auto else f"tile {tile or 'off'}"
-    log(f"bench: {session.backend} {session.precision} on {session.device}, input {n}x3x{h}x{w}, "
+    log(f"bench: {session.backend} {session.precision} on {session.device}, input {n}x{x.shape[1]}x{h}x{w}, "
         f"{tiling}; output checksum {checksum:.6f}")
     lat = time_calls(model_only, warmup=max(0, cfg.warmup - 1), iters=cfg.iters,
                      desc="model only" if progress else None)
@@ -219,7 +219,7 @@ def _result(cfg: BenchConfig, session, results: dict, checksum: float, tile, til
     if getattr(session.info, "arch", ""):
         model["arch"] = session.info.arch
     # the schema (shared with the C++ srbench) has one tile size: a chosen (h, w) core records its larger side
-    input_ = {"batch": cfg.batch, "channels": 3, "height": cfg.height, "width": cfg.width,
+    input_ = {"batch": cfg.batch, "channels": session.input_spec.channels, "height": cfg.height, "width": cfg.width,
               "tile": int(max(tile) if isinstance(tile, tuple) else tile or 0), "tile_pad": int(tile_pad)}
     return {
         "schema": SCHEMA_ID,

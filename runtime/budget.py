@@ -169,12 +169,45 @@ class _Node:
     attrs: dict
 
 
-def _read_graph(data: bytes) -> tuple[list[_Node], dict[str, tuple[int, ...]], list[str], list[str]]:
-    """(nodes, initializer dims, graph input names, graph output names) of a serialized ModelProto."""
+def _tensor(buf: bytes) -> tuple[tuple[int, ...], str, tuple[float, ...] | None]:
+    """(dims, name, values) of a serialized TensorProto; values only for small float/int64 tensors
+    (Resize scales), None otherwise. Fields: dims=1, data_type=2, float_data=4, int64_data=7,
+    name=8, raw_data=9."""
+    import struct
+
+    dims, name, dtype, floats, ints, raw = [], "", 1, [], [], None
+    for tf, twt, tv in _fields(buf):
+        if tf == 1:
+            dims += _ints(twt, tv)
+        elif tf == 2:
+            dtype = tv
+        elif tf == 4:
+            floats += list(struct.unpack(f"<{len(tv) // 4}f", tv)) if twt == 2 else [struct.unpack("<f", tv)[0]]
+        elif tf == 7:
+            ints += _ints(twt, tv)
+        elif tf == 8:
+            name = tv.decode()
+        elif tf == 9:
+            raw = tv
+    n = math.prod(dims) if dims else 1
+    values = None
+    if n <= 16:
+        if raw is not None and dtype == 1:
+            values = struct.unpack(f"<{len(raw) // 4}f", raw)
+        elif raw is not None and dtype == 7:
+            values = struct.unpack(f"<{len(raw) // 8}q", raw)
+        elif floats or ints:
+            values = tuple(floats or ints)
+    return tuple(dims), name, (tuple(float(v) for v in values) if values is not None else None)
+
+
+def _read_graph(data: bytes):
+    """(nodes, initializer dims, small constant values, graph input names, graph output names) of a
+    serialized ModelProto."""
     graph = next((v for f, wt, v in _fields(data) if f == 7 and wt == 2), None)  # ModelProto.graph
     if graph is None:
         raise ProfileError("no graph in the file")
-    nodes, inits, ins, outs = [], {}, [], []
+    nodes, inits, values, ins, outs = [], {}, {}, [], []
     for f, wt, v in _fields(graph):
         if f == 1:  # NodeProto
             inputs, outputs, op, attrs = [], [], "", {}
@@ -185,29 +218,30 @@ def _read_graph(data: bytes) -> tuple[list[_Node], dict[str, tuple[int, ...]], l
                     outputs.append(nv.decode())
                 elif nf == 4:
                     op = nv.decode()
-                elif nf == 5:  # AttributeProto: name=1, i=3, ints=8
-                    name, ival, ints = "", None, []
+                elif nf == 5:  # AttributeProto: name=1, i=3, t=5, ints=8
+                    name, ival, ints, tensor = "", None, [], None
                     for af, awt, av in _fields(nv):
                         if af == 1:
                             name = av.decode()
                         elif af == 3:
                             ival = _ints(awt, av)[0]
+                        elif af == 5:
+                            tensor = _tensor(av)[2]
                         elif af == 8:
                             ints += _ints(awt, av)
-                    attrs[name] = ival if ival is not None else tuple(ints)
+                    attrs[name] = ival if ival is not None else tensor if tensor is not None else tuple(ints)
             nodes.append(_Node(op, tuple(inputs), tuple(outputs), attrs))
-        elif f == 5:  # TensorProto initializer: dims=1, name=8
-            dims, name = [], ""
-            for tf, twt, tv in _fields(v):
-                if tf == 1:
-                    dims += _ints(twt, tv)
-                elif tf == 8:
-                    name = tv.decode()
-            inits[name] = tuple(dims)
+            if op == "Constant" and isinstance(attrs.get("value"), tuple) and outputs:
+                values[outputs[0]] = attrs["value"]
+        elif f == 5:  # TensorProto initializer
+            dims, name, vals = _tensor(v)
+            inits[name] = dims
+            if vals is not None:
+                values[name] = vals
         elif f in (11, 12):  # ValueInfoProto: name=1
             name = next((nv.decode() for nf, _, nv in _fields(v) if nf == 1), "")
             (ins if f == 11 else outs).append(name)
-    return nodes, inits, ins, outs
+    return nodes, inits, values, ins, outs
 
 
 # Nodes a weight passes through between its initializer and the Conv that uses it: a QDQ (INT8)
@@ -261,17 +295,67 @@ class GraphProfile:
         return int(factor * self.peak_bytes_per_pixel * window_h * window_w)
 
 
+# Operators that move or view values without changing how many there are per pixel (pixel
+# (un)shuffle written as reshapes, crops): the element count is kept, the channel/resolution split
+# is learnt again from the next convolution's weights.
+_RESHAPE = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Pad", "Expand"}
+# Operators on shapes, not on pixels.
+_SHAPE_OPS = {"Shape", "Size"}
+
+
+def _step(node: _Node, act: list[str], shape: dict, inits: dict, values: dict, producers: dict, source: str):
+    """(elements per LR pixel, channels, resolution factor, element bytes) of ``node``'s output.
+
+    Channels and factor are None after a reshape (only the element count is known then)."""
+    n, c, f, e = shape[act[0]]
+    a = node.attrs
+
+    def conv_input_factor(w: tuple[int, ...]) -> float:
+        return f if f is not None else math.sqrt(n / (w[1] * a.get("group", 1)))  # after a reshape
+
+    if node.op == "Conv":
+        w = weight_dims(node.inputs[1], inits, producers)
+        if w is None:
+            raise ProfileError(f"{source}: Conv {node.outputs[0]} has a computed weight; cannot size it")
+        fo = conv_input_factor(w) / (a.get("strides") or (1,))[0]
+        return w[0] * fo * fo, w[0], fo, e
+    if node.op == "ConvTranspose":
+        w = weight_dims(node.inputs[1], inits, producers)
+        if w is None:
+            raise ProfileError(f"{source}: ConvTranspose {node.outputs[0]} has a computed weight")
+        co, fo = w[1] * a.get("group", 1), f * (a.get("strides") or (1,))[0]
+        return co * fo * fo, co, fo, e
+    if node.op in ("DepthToSpace", "SpaceToDepth") and c is not None:
+        b = a["blocksize"] if node.op == "DepthToSpace" else 1 / a["blocksize"]
+        return n, c / (b * b), f * b, e
+    if node.op in ("Resize", "Upsample"):
+        scales = values.get(node.inputs[2] if node.op == "Resize" and len(node.inputs) > 2 else node.inputs[-1])
+        if f is None or not scales or len(scales) != 4 or scales[2] != scales[3]:
+            raise ProfileError(f"{source}: {node.op} {node.outputs[0]} without constant equal H/W scales; pass --tile N")
+        return n * scales[3] ** 2, c, f * scales[3], e
+    if node.op == "Concat":
+        return sum(shape[t][0] for t in act), (sum(shape[t][1] for t in act) if c is not None else None), f, e
+    if node.op == "Cast":
+        return n, c, f, _ELEM_SIZE.get(a.get("to"), 4)
+    if node.op in _RESHAPE:
+        return n, None, None, e
+    if node.op in _SAME_SHAPE:
+        return n, c, f, e
+    raise ProfileError(f"{source}: operator {node.op} ({node.outputs[0]}): its output size is not "
+                       "known to srdeploy.runtime.budget; pass --tile N (and --max-memory does not apply)")
+
+
 def profile_graph(data: bytes, *, source: str = "model") -> GraphProfile:
     """Profile a serialized ONNX model (see GraphProfile); ProfileError for unknown operators."""
     try:
-        nodes, inits, ins, outs = _read_graph(data)
+        nodes, inits, values, ins, outs = _read_graph(data)
     except (IndexError, UnicodeDecodeError) as exc:
         raise ProfileError(f"{source}: not a readable ONNX file ({exc})") from None
-    # tensor -> (channels, spatial factor, element bytes); weights and constants are not activations
-    shape: dict[str, tuple[float, float, int]] = {n: (3, 1.0, 4) for n in ins if n not in inits}
+    # tensor -> (elements per LR pixel, channels, spatial factor, element bytes); weights and
+    # constants are not activations
+    shape: dict[str, tuple] = {n: (3.0, 3, 1.0, 4) for n in ins if n not in inits}
     if not shape:
         raise ProfileError(f"{source}: the graph has no input")
-    consts = set(inits)
     last_use: dict[str, int] = {}
     for k, node in enumerate(nodes):
         for t in node.inputs:
@@ -279,47 +363,16 @@ def profile_graph(data: bytes, *, source: str = "model") -> GraphProfile:
     for t in outs:
         last_use[t] = len(nodes)
     producers = {o: node for node in nodes for o in node.outputs}
-    live: dict[str, float] = dict.fromkeys(shape, 0.0)
-    for t in live:
-        c, f, e = shape[t]
-        live[t] = c * f * f * e
+    live: dict[str, float] = {t: v[0] * v[3] for t, v in shape.items()}
     peak, peak_op = sum(live.values()), "input"
     for k, node in enumerate(nodes):
         acts = [t for t in node.inputs if t in shape]
-        if node.op == "Constant" or not acts:
-            consts.update(node.outputs)
+        if node.op == "Constant" or node.op in _SHAPE_OPS or not acts:
             continue
-        c, f, e = shape[acts[0]]
-        a = node.attrs
-        if node.op == "Conv":
-            w = weight_dims(node.inputs[1], inits, producers)
-            if w is None:
-                raise ProfileError(f"{source}: Conv {node.outputs[0]} has a computed weight; cannot size it")
-            stride = (a.get("strides") or (1,))[0]
-            out = (w[0], f / stride, e)
-        elif node.op == "ConvTranspose":
-            w = weight_dims(node.inputs[1], inits, producers)
-            if w is None:
-                raise ProfileError(f"{source}: ConvTranspose {node.outputs[0]} has a computed weight")
-            out = (w[1] * a.get("group", 1), f * (a.get("strides") or (1,))[0], e)
-        elif node.op == "DepthToSpace":
-            b = a["blocksize"]
-            out = (c / (b * b), f * b, e)
-        elif node.op == "SpaceToDepth":
-            b = a["blocksize"]
-            out = (c * b * b, f / b, e)
-        elif node.op == "Concat":
-            out = (sum(shape[t][0] for t in acts), f, e)
-        elif node.op == "Cast":
-            out = (c, f, _ELEM_SIZE.get(a.get("to"), 4))
-        elif node.op in _SAME_SHAPE:
-            out = (c, f, e)
-        else:
-            raise ProfileError(f"{source}: operator {node.op} ({node.outputs[0]}): its output size is not "
-                               "known to srdeploy.runtime.budget; pass --tile N (and --max-memory does not apply)")
+        out = _step(node, acts, shape, inits, values, producers, source)
         for t in node.outputs[:1]:
             shape[t] = out
-            live[t] = out[0] * out[1] * out[1] * out[2]
+            live[t] = out[0] * out[3]
         total = sum(live.values())
         if total > peak:
             peak, peak_op = total, f"{node.op} {node.outputs[0]}"

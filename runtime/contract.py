@@ -75,7 +75,7 @@ def receptive_bound(data: bytes) -> tuple[float, float] | None:
     from .budget import ProfileError, _read_graph
 
     try:
-        nodes, inits, ins, outs = _read_graph(data)
+        nodes, inits, _values, ins, outs = _read_graph(data)
     except (ProfileError, IndexError, UnicodeDecodeError):
         return None
     state = {n: (0.0, 1.0) for n in ins if n not in inits}

@@ -26,9 +26,14 @@ KEY_CHECKPOINT_SHA256 = "srdeploy.checkpoint_sha256"
 KEY_VERSION = "srdeploy.version"
 KEY_PRECISION = "srdeploy.precision"      # "fp32" | "fp16" | "int8" (weights/compute; I/O stays float32)
 KEY_FLOPS = "srdeploy.flops_per_pixel"    # FLOPs per LR input pixel, counted from the graph at export
+# Measured at export (srdeploy.export.margin): the smallest tile margin whose tiled output stays
+# within 0.5/255 of the whole image; the runtime's default --tile-pad. Absent: the radius rule.
+KEY_TILE_MARGIN = "srdeploy.tile_margin"          # LR pixels, e.g. "12"
+KEY_SIZE_MULTIPLE = "srdeploy.size_multiple"      # input sides must be a multiple of this; the tiler pads
+KEY_MIN_SIZE = "srdeploy.min_size"                # smallest input side; the tiler pads smaller images
 FORMAT = "srdeploy.sr-model/1"
 
-INPUT_NAME = "lr"   # float32 (N, 3, H, W), RGB in [0, 1]
+INPUT_NAME = "lr"   # float32 (N, 3, H, W), RGB in [0, 1] (N x 1 x H x W for a GRAY model)
 OUTPUT_NAME = "sr"  # float32 (N, 3, scale*H, scale*W), RGB in [0, 1]
 
 REQUIRED_KEYS = (KEY_FORMAT, KEY_SCALE, KEY_INPUT_RANGE, KEY_OUTPUT_RANGE, KEY_CHANNEL_ORDER,
@@ -42,8 +47,11 @@ REQUIRED_KEYS = (KEY_FORMAT, KEY_SCALE, KEY_INPUT_RANGE, KEY_OUTPUT_RANGE, KEY_C
 # when the model opens (srdeploy.runtime.contract).
 MAX_SCALE = 16
 MAX_RECEPTIVE_RADIUS = 1024
+MAX_SIZE_REQUIREMENT = 1024  # size multiple / minimum side: a window of 1024 LR pixels is already large
 MAX_RANGE = 65535.0  # |range ends|: 16-bit pixel values at most
-CHANNEL_ORDERS = ("RGB",)  # what the runtime feeds; a BGR model would be fed the wrong order
+# What the runtime feeds (a BGR model would be fed the wrong order); GRAY: a 1-channel model (input
+# and output N x 1 x H x W).
+CHANNEL_ORDERS = ("RGB", "GRAY")
 LAYOUTS = ("NCHW",)
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
@@ -77,6 +85,14 @@ class ModelInfo:
     version: str = ""
     precision: str = "fp32"
     flops_per_pixel: float = 0.0  # 0 = not recorded (models exported before the key existed)
+    tile_margin: int | None = None  # measured default tile margin (None = not measured: the radius rule)
+    size_multiple: int = 1
+    min_size: int = 1
+
+    @property
+    def channels(self) -> int:
+        """Image channels the model takes and returns (1 for GRAY, else 3)."""
+        return 1 if self.channel_order == "GRAY" else 3
 
     def to_props(self) -> dict[str, str]:
         """As ONNX ``metadata_props`` (string values)."""
@@ -94,6 +110,9 @@ class ModelInfo:
             KEY_VERSION: self.version,
             KEY_PRECISION: self.precision,
             **({KEY_FLOPS: f"{self.flops_per_pixel:.8g}"} if self.flops_per_pixel else {}),
+            **({KEY_TILE_MARGIN: str(self.tile_margin)} if self.tile_margin is not None else {}),
+            **({KEY_SIZE_MULTIPLE: str(self.size_multiple)} if self.size_multiple != 1 else {}),
+            **({KEY_MIN_SIZE: str(self.min_size)} if self.min_size != 1 else {}),
         }
 
     @classmethod
@@ -125,6 +144,9 @@ class ModelInfo:
                 version=props.get(KEY_VERSION, ""),
                 precision=props.get(KEY_PRECISION, "fp32"),
                 flops_per_pixel=float(props.get(KEY_FLOPS) or 0.0),
+                tile_margin=int(props[KEY_TILE_MARGIN]) if props.get(KEY_TILE_MARGIN) else None,
+                size_multiple=int(props.get(KEY_SIZE_MULTIPLE) or 1),
+                min_size=int(props.get(KEY_MIN_SIZE) or 1),
             )
         except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: deeply nested JSON
             raise MetadataError(f"{source}: malformed srdeploy metadata ({exc}); re-export the model") from exc
@@ -158,3 +180,8 @@ class ModelInfo:
             raise bad(KEY_ARCH_KWARGS, self.arch_kwargs, "a JSON object")
         if not (math.isfinite(self.flops_per_pixel) and self.flops_per_pixel >= 0):
             raise bad(KEY_FLOPS, self.flops_per_pixel, "a finite count >= 0")
+        if self.tile_margin is not None and not 0 <= self.tile_margin <= self.receptive_radius:
+            raise bad(KEY_TILE_MARGIN, self.tile_margin, f"a margin from 0 to the receptive radius {self.receptive_radius}")
+        for key, value in ((KEY_SIZE_MULTIPLE, self.size_multiple), (KEY_MIN_SIZE, self.min_size)):
+            if not 1 <= value <= MAX_SIZE_REQUIREMENT:
+                raise bad(key, value, f"a size from 1 to {MAX_SIZE_REQUIREMENT} pixels")

@@ -6,7 +6,8 @@ profile, so no command carries a flag by hand and none can drop one on the way.
 
 The two defaults that depend on the model or the image are resolved here, and only here:
 
-* the margin: ``tile_pad=None`` is ``default_tile_pad(receptive radius)`` (``pad_for``);
+* the margin: ``tile_pad=None`` is the margin measured for the model at export (metadata
+  ``srdeploy.tile_margin``), else ``default_tile_pad(receptive radius)`` (``pad_for``);
 * ``tile="auto"``: ``Upscaler.plan`` chooses per image through the memory budget
   (``runtime.budget``); where no image is known yet (a TensorRT shape profile built before the
   session opens) or the model's graph cannot be profiled, it is ``DEFAULT_TILE``
@@ -63,7 +64,8 @@ class TileSettings:
         tile: tile core size in LR pixels (int, or (height, width)); 0 = whole image in one pass;
             "auto" = per image, the tiling with the least overhead whose predicted peak memory
             fits ``max_memory`` (``runtime.budget``).
-        tile_pad: margin in LR pixels; None = ``default_tile_pad`` of the model's receptive radius.
+        tile_pad: margin in LR pixels; None = the model's measured margin, else ``default_tile_pad``
+            of its receptive radius (``pad_for``).
         batch: tiles per inference call (video: frames per call when a frame is one tile).
         feather: blending width between tiles in LR pixels (0 = hard crop; see ``runtime.tiling``).
         alpha: how RGBA alpha is upscaled: "model" (a gray pass) or "resize" (bicubic).
@@ -96,9 +98,15 @@ class TileSettings:
         """The tile is chosen per image from the memory budget."""
         return self.tile == "auto"
 
-    def pad_for(self, receptive_radius: int) -> int:
-        """The margin for a model of this receptive radius: ``tile_pad``, else the default."""
-        return default_tile_pad(receptive_radius) if self.tile_pad is None else self.tile_pad
+    def pad_for(self, receptive_radius: int, measured: int | None = None) -> int:
+        """The margin for a model: ``tile_pad``, else the margin ``measured`` for it at export
+        (``ModelInfo.tile_margin``, see ``srdeploy.export.margin``; at most the radius, which is
+        exact already), else ``default_tile_pad`` of its receptive radius."""
+        if self.tile_pad is not None:
+            return self.tile_pad
+        if measured is not None:
+            return min(measured, receptive_radius)
+        return default_tile_pad(receptive_radius)
 
     def fixed_tile(self) -> int | tuple[int, int]:
         """The tile where none can be chosen per image: ``tile``, or ``DEFAULT_TILE`` for "auto"."""

@@ -46,7 +46,8 @@ class AxisPlan:
         window: model input size along this axis (same for every tile).
         cores: (start, stop) of each tile's core; they partition [0, size).
         starts: window start of each tile (window = [start, start + window)).
-        padded: size after edge padding (> size only when the profile minimum exceeds the image).
+        padded: size after edge padding (> size only when the window, at least the profile or model
+            minimum and a multiple of the model's size multiple, exceeds the image).
     """
 
     size: int
@@ -84,47 +85,56 @@ def axis_cores(n: int, tile: int) -> tuple[tuple[int, int], ...]:
     return tuple((bounds[i], bounds[i + 1]) for i in range(k))
 
 
-def axis_window(n: int, tile: int, pad: int) -> tuple[int, int]:
+def axis_window(n: int, tile: int, pad: int, multiple: int = 1) -> tuple[int, int]:
     """(window, number of cores) along an axis of ``n`` pixels, before any engine-profile limit:
-    the largest core plus ``pad`` on each side, at most ``n`` (``runtime.budget`` sizes tiles with it)."""
+    the largest core plus ``pad`` on each side, at most ``n`` (``runtime.budget`` sizes tiles with it).
+    With a size ``multiple`` > 1, ``multiple - 1`` more (a window start rounded down to the multiple
+    still leaves ``pad`` after the core), rounded up to the multiple (see ``_plan_axis``)."""
     cores = axis_cores(n, tile)
-    return min(max(b - a for a, b in cores) + 2 * pad, n) if tile else n, len(cores)
+    window = min(max(b - a for a, b in cores) + 2 * pad + (multiple - 1), n) if tile else n
+    return -(-window // multiple) * multiple, len(cores)
 
 
 def _plan_axis(n: int, tile: int, pad: int, lo: int, hi: int | None, name: str,
-               notes: list[str]) -> AxisPlan:
+               notes: list[str], mult: int = 1) -> AxisPlan:
     if n < 1:
         raise ValueError(f"tiling: image {name} must be >= 1, got {n}")
+    if hi is not None and mult > 1:
+        hi = hi // mult * mult  # the largest window that is also a multiple
     if tile == 0:  # whole image in one pass
-        if hi is not None and n > hi:
+        if hi is not None and -(-n // mult) * mult > hi:
             raise ValueError(f"tiling: image {name} {n} exceeds the model's maximum input {name} {hi} "
                              "(engine profile); use tiling (--tile N) or rebuild the engine with a larger profile")
         cores = ((0, n),)
         window = n
     else:
         t = tile
-        if hi is not None and t + 2 * pad > hi:
-            t = hi - 2 * pad
+        if hi is not None and t + 2 * pad + (mult - 1) > hi:
+            t = hi - 2 * pad - (mult - 1)
             if t < 1:
                 raise ValueError(f"tiling: tile_pad {pad} leaves no room in the model's maximum input {name} {hi} "
                                  f"(engine profile): need tile_pad < {hi // 2}; lower --tile-pad or rebuild the "
                                  "engine with a larger profile")
-            notes.append(f"tile {name} reduced from {tile} to {t} to fit the engine profile max {hi} "
-                         f"with tile_pad {pad}")
+            notes.append(f"tile {name} reduced from {tile} to {t} to fit the model's largest input {hi} (engine "
+                         f"profile or fixed window) with tile_pad {pad}")
         cores = axis_cores(n, t)
-        window, _ = axis_window(n, t, pad)
-    padded = n
+        window, _ = axis_window(n, t, pad, mult)
     if window < lo:
         if n < lo:
-            padded = lo
             notes.append(f"image {name} {n} is below the engine profile minimum {lo}: edge-padded to {lo}")
         window = lo
-    starts = tuple(min(max(a - pad, 0), padded - window) for a, _ in cores)
+    # The model's size multiple (a pixel-unshuffle model groups pixels in blocks from its input's
+    # origin, so its output changes when the input shifts by less than a block): windows are a
+    # multiple of it and start on a multiple of it, as the whole image does; the image is
+    # edge-padded to a multiple (and its output cropped).
+    window = -(-window // mult) * mult
+    padded = -(-max(n, window) // mult) * mult
+    starts = tuple((s - s % mult) for s in (min(max(a - pad, 0), padded - window) for a, _ in cores))
     return AxisPlan(size=n, window=window, cores=cores, starts=starts, padded=padded)
 
 
 def plan_tiles(height: int, width: int, *, tile: int | tuple[int, int], tile_pad: int, batch: int = 1,
-               feather: int = 0, spec: InputSpec | None = None) -> TilePlan:
+               feather: int = 0, spec: InputSpec | None = None, multiple: int = 1, minimum: int = 1) -> TilePlan:
     """Plan the tiles of a ``height`` x ``width`` image.
 
     Args:
@@ -136,6 +146,9 @@ def plan_tiles(height: int, width: int, *, tile: int | tuple[int, int], tile_pad
         feather: blending width in LR pixels (0 = hard crop); at most ``tile_pad`` and half the
             smallest core (reduced to fit, recorded in ``notes``).
         spec: the session's input limits (engine profile); None = unbounded.
+        multiple, minimum: the model's size requirements (``ModelInfo.size_multiple``/``min_size``):
+            windows are rounded up to the multiple and at least the minimum; smaller images are
+            edge-padded and their output cropped.
     """
     th, tw = (tile, tile) if isinstance(tile, int) else tile
     if th < 0 or tw < 0 or tile_pad < 0 or feather < 0:
@@ -144,8 +157,10 @@ def plan_tiles(height: int, width: int, *, tile: int | tuple[int, int], tile_pad
         raise ValueError(f"tiling: batch must be >= 1, got {batch}")
     spec = spec or InputSpec()
     notes: list[str] = []
-    rows = _plan_axis(height, th, tile_pad, spec.height[0], spec.height[1], "height", notes)
-    cols = _plan_axis(width, tw, tile_pad, spec.width[0], spec.width[1], "width", notes)
+    if multiple < 1 or minimum < 1:
+        raise ValueError(f"tiling: size multiple and minimum must be >= 1, got {multiple}, {minimum}")
+    rows = _plan_axis(height, th, tile_pad, max(spec.height[0], minimum), spec.height[1], "height", notes, multiple)
+    cols = _plan_axis(width, tw, tile_pad, max(spec.width[0], minimum), spec.width[1], "width", notes, multiple)
     bmax = spec.batch[1]
     if bmax is not None and batch > bmax:
         notes.append(f"batch reduced from {batch} to {bmax} (engine profile max)")
@@ -297,7 +312,8 @@ def tiled_infer(session: Session, x: np.ndarray, *, tile: int | tuple[int, int] 
     if tile_pad is None:
         tile_pad = session.info.receptive_radius
     _, h, w = x.shape
-    plan = plan_tiles(h, w, tile=tile, tile_pad=tile_pad, batch=batch, feather=feather, spec=session.input_spec)
+    plan = plan_tiles(h, w, tile=tile, tile_pad=tile_pad, batch=batch, feather=feather, spec=session.input_spec,
+                      multiple=session.info.size_multiple, minimum=session.info.min_size)
     s = session.info.scale
     out = np.empty((x.shape[0], h * s, w * s), np.float32)
     x = x.astype(np.float32, copy=False)

@@ -51,7 +51,8 @@ class Upscaler:
             size, where ``TileSettings`` and the CLI default to "auto".
 
     ``tile``, ``batch``, ``feather``, ``alpha`` and ``max_memory`` read the settings; ``tile_pad``
-    is the margin resolved for this session's model (``TileSettings.pad_for``).
+    is the margin resolved for this session's model (``TileSettings.pad_for``: the margin
+    measured at export, else the radius rule).
     """
 
     def __init__(self, session: Session, settings: TileSettings | None = None, **tiling) -> None:
@@ -63,7 +64,7 @@ class Upscaler:
         self.session = session
         self.settings = settings
         self.scale = session.info.scale
-        self.tile_pad = settings.pad_for(session.info.receptive_radius)
+        self.tile_pad = settings.pad_for(session.info.receptive_radius, session.info.tile_margin)
         self.last_plan: TilePlan | None = None
         self.last_prediction = None  # budget.Prediction of the last plan (tile "auto" only)
         # the tile the last plan used, as plan_tiles takes it: 0 (whole), an int or (core h, core w)
@@ -128,8 +129,10 @@ class Upscaler:
                 if pred.total > self.budget:
                     notes = (f"tile auto: even tile {_tile_text(tile)} is predicted to take {_size(pred.total)}, "
                              f"over the --max-memory budget of {_size(self.budget)}",)
+        info = self.session.info
         plan = plan_tiles(height, width, tile=tile, tile_pad=self.tile_pad, batch=self.batch,
-                          feather=self.feather, spec=self.session.input_spec)
+                          feather=self.feather, spec=self.session.input_spec, multiple=info.size_multiple,
+                          minimum=info.min_size)
         if notes:
             plan = dataclasses.replace(plan, notes=notes + plan.notes)
         self.last_tile = tile
@@ -223,11 +226,15 @@ class Upscaler:
                     progress(done[0] + done[1], total * passes)
             return cb
 
+        model_channels = self.session.input_spec.channels
+
         def run(window, k: int) -> Iterator[tuple[int, np.ndarray]]:
             def source(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
                 x = pixels.to_model(window(y0, y1, x0, x1))
-                return np.broadcast_to(x, (3,) + x.shape[1:]) if x.shape[0] == 1 else x
-            return iter_bands(self.session, plan, source, progress=prog(k))
+                return np.broadcast_to(x, (3,) + x.shape[1:]) if x.shape[0] < model_channels else x
+            # A gray model on colour pixels runs each channel as its own gray image.
+            sess = _PerChannel(self.session) if model_channels == 1 and channels > 2 and k == 0 else self.session
+            return iter_bands(sess, plan, source, progress=prog(k))
 
         rgb = [2, 1, 0] if order == "BGR" else [0, 1, 2]  # model channel k <- img channel rgb[k]
         if channels == 1:
@@ -271,14 +278,39 @@ def _size(n: int) -> str:
     return format_size(n)
 
 
+class _PerChannel:
+    """A gray (1-channel) model seen as an RGB one: the channels of each tile are folded into the
+    batch, so each runs as its own gray image (what a gray model does to colour input).
+
+    Args:
+        session: the gray model's Session.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.info = session.info
+        lo, hi = session.input_spec.batch
+        self.input_spec = dataclasses.replace(session.input_spec, channels=3,
+                                              batch=(lo, None if hi is None else max(1, hi // 3)))
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        n, c, h, w = x.shape
+        y = self.session.infer(np.ascontiguousarray(x.reshape(n * c, 1, h, w)))
+        return y.reshape(n, c, *y.shape[2:])
+
+
 def _convert(rows: np.ndarray, band: np.ndarray, target, pixels: PixelMap) -> None:
     """Model output rows (3, n, W) -> ``band`` (n, W[, C]); ``target``: a channel map (colour),
-    "gray" (BT.601 luma into a 2-D band) or "alpha" (channel mean into channel 3)."""
+    "gray" (BT.601 luma into a 2-D band) or "alpha" (channel mean into channel 3). A gray model's
+    rows (1, n, W) are taken as they are for "gray" and "alpha"."""
     # In chunks of rows, so the float temporaries stay a few MB even for a 16000-pixel-wide band.
     step = max(1, (1 << 20) // max(1, rows.shape[2]))
     for r in range(0, rows.shape[1], step):
         v = rows[:, r:r + step]
-        if target == "gray":
+        if v.shape[0] == 1 and target in ("gray", "alpha"):
+            dst = band[r:r + step] if target == "gray" else band[r:r + step, :, -1]
+            dst[...] = pixels.from_model(v[0])
+        elif target == "gray":
             band[r:r + step] = pixels.from_model(v[0] * np.float32(_LUMA[0]) + v[1] * np.float32(_LUMA[1])
                                                  + v[2] * np.float32(_LUMA[2]))
         elif target == "alpha":

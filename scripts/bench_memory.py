@@ -10,8 +10,10 @@ Baseline (``--baseline``, same run): the naive path that stitches a full float32
 ``tiled_infer`` and converts it at the end (what Upscaler avoids by converting band by band).
 
 The input is a real photo (Set14) resized to the requested size, so PNG coding costs are
-realistic. Model: ``--model`` (ONNX or checkpoint), default a small random-weight SRResNet
-(2 blocks, 16 channels, x4) so the run finishes in minutes on a CPU: say so when reporting. Peak
+realistic. Model: ``--model`` (ONNX or checkpoint), ``--random rrdbnet|rrdbnet6b|compact`` (a
+random-weight Real-ESRGAN-sized model through srdeploy import + export), default a small
+random-weight SRResNet (2 blocks, 16 channels, x4) so the run finishes in minutes on a CPU: say so
+when reporting. Peak
 memory depends on the model through ONNX Runtime's activation buffers, which scale with the
 tile window, not the image; ``--strip H`` runs a full-width H-row strip to measure a slow
 (real, 16-block) model's peak at those sizes in reasonable time.
@@ -23,7 +25,7 @@ compute overhead of the chosen tiling (window area / image area, exact) is print
 
 Usage:
   python scripts/bench_memory.py [--sizes 2000x1500,4000x3000] [--tile auto|N] [--max-memory 1G]
-      [--tile-pad N] [--model M] [--strip H] [--threads N] [--baseline] [--ext png]
+      [--tile-pad N] [--model M | --random NAME] [--strip H] [--threads N] [--baseline] [--ext png]
 """
 
 from __future__ import annotations
@@ -37,24 +39,49 @@ import time
 from pathlib import Path
 
 
-def make_model(path: Path, ckpt: Path | None) -> str:
+# Random-weight models of other families (--random), at the sizes people deploy: imported and
+# exported the way users do (srdeploy import, srdeploy export), so the predictor sees the real graph.
+RANDOM = {
+    "rrdbnet": ("ESRGAN", dict(in_nc=3, out_nc=3, num_filters=64, num_blocks=23, scale=4),
+                "Real-ESRGAN x4plus-sized RRDBNet (23 blocks, 64 filters, x4)"),
+    "rrdbnet6b": ("ESRGAN", dict(in_nc=3, out_nc=3, num_filters=64, num_blocks=6, scale=4),
+                  "Real-ESRGAN x4plus_anime_6B-sized RRDBNet (6 blocks, 64 filters, x4)"),
+    "compact": ("Compact", dict(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=32, upscale=4),
+                "realesr-general-x4v3-sized Compact (32 convs, 64 features, x4)"),
+}
+
+
+def make_model(path: Path, ckpt: Path | None, random: str | None = None) -> str:
+    """Export the model under test to ``path``; returns its description (random weights are said so)."""
     import torch
 
-    from srdeploy.export.fuse import fuse_bn
-    from srdeploy.export.onnx_export import add_metadata, export_onnx
-    from srdeploy.runtime.metadata import ModelInfo
-    from srdeploy.train.archs import SRResNet, receptive_radius
-    from srdeploy.train.checkpoint import model_from_checkpoint
+    from srdeploy.export.pipeline import MarginSettings, export_checkpoint
 
-    if ckpt is None:
+    if random is not None:
+        import importlib
+
+        from srdeploy.train.importer import import_weights
+
+        name, kwargs, desc = RANDOM[random]
         torch.manual_seed(0)
-        model = SRResNet(num_blocks=2, channels=16, scale=4).eval()
+        net = getattr(importlib.import_module(f"spandrel.architectures.{name}"), name)(**kwargs)
+        torch.save(net.state_dict(), path.with_suffix(".pth"))
+        ckpt = path.with_suffix(".pt")
+        import_weights(path.with_suffix(".pth"), ckpt, overwrite=True)
+        desc = f"random-weight {desc}, srdeploy import + export"
+    elif ckpt is None:
+        from srdeploy.train.archs import SRResNet
+        from srdeploy.train.checkpoint import save_checkpoint
+
+        torch.manual_seed(0)
+        kwargs = {"num_blocks": 2, "channels": 16, "scale": 4}
+        ckpt = path.with_suffix(".pt")
+        save_checkpoint(ckpt, SRResNet(**kwargs).eval(), arch="SRResNet", kwargs=kwargs)
         desc = "small random-weight SRResNet (2 blocks, 16 channels, x4) -- NOT the 16-block model"
     else:
-        model = model_from_checkpoint(ckpt)
         desc = f"{ckpt}"
-    export_onnx(fuse_bn(model), path)
-    add_metadata(path, ModelInfo(scale=model.scale, receptive_radius=receptive_radius(model), arch="SRResNet"))
+    # No margin measurement: memory depends on the tile window, which --tile-pad sets when given.
+    export_checkpoint(ckpt, path, log=lambda *a: None, margin=MarginSettings(measure=False))
     return desc
 
 
@@ -149,6 +176,8 @@ def main() -> int:
     ap.add_argument("--sizes", default="2000x1500,4000x3000", help="WIDTHxHEIGHT of the inputs, comma-separated")
     ap.add_argument("--strip", type=int, default=None, help="only this many rows (full width)")
     ap.add_argument("--model", type=Path, default=None, help="ONNX model or checkpoint (default: small random)")
+    ap.add_argument("--random", choices=sorted(RANDOM), default=None,
+                    help="a random-weight model of another family at its deployed size (needs spandrel)")
     ap.add_argument("--tile", default="auto")
     ap.add_argument("--max-memory", default=None)
     ap.add_argument("--tile-pad", type=int, default=None)
@@ -162,7 +191,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench_memory_"))
     if args.model is None or args.model.suffix == ".pt":
         model = tmp / "model.onnx"
-        desc = make_model(model, args.model)
+        desc = make_model(model, args.model, args.random)
     else:
         model, desc = args.model, str(args.model)
     print(f"model: {desc}")
@@ -187,7 +216,7 @@ def main() -> int:
             from srdeploy.runtime.settings import TileSettings
 
             with open_session(str(model)) as s:
-                pad = TileSettings(tile_pad=args.tile_pad).pad_for(s.info.receptive_radius)
+                pad = TileSettings(tile_pad=args.tile_pad).pad_for(s.info.receptive_radius, s.info.tile_margin)
             shown = "whole" if not row["tile"] else "x".join(map(str, row["tile"][::-1])) if isinstance(
                 row["tile"], tuple) else row["tile"]
             line += (f"; tile {shown} (WxH), predicted {row['predicted']:.0f} MiB, measured/predicted "

@@ -25,15 +25,12 @@ def build_default_model(folder: Path, checkpoint: str | None) -> tuple[Path, Pat
     """(ONNX, checkpoint) of the default model; random weights when no checkpoint is given."""
     import torch
 
-    from srdeploy.export.fuse import fuse_bn
-    from srdeploy.export.onnx_export import add_metadata, export_onnx
-    from srdeploy.runtime.metadata import ModelInfo
-    from srdeploy.train.archs import SRResNet, receptive_radius
-    from srdeploy.train.checkpoint import model_from_checkpoint, save_checkpoint
+    from srdeploy.export.pipeline import MarginSettings, export_checkpoint
+    from srdeploy.train.archs import SRResNet
+    from srdeploy.train.checkpoint import save_checkpoint
 
-    if checkpoint:
+    if checkpoint:  # any model family (srdeploy import)
         ckpt = Path(checkpoint)
-        model = model_from_checkpoint(ckpt)
     else:
         torch.manual_seed(0)
         kwargs = {"scale": 4, "num_blocks": 16, "channels": 64}
@@ -44,9 +41,8 @@ def build_default_model(folder: Path, checkpoint: str | None) -> tuple[Path, Pat
                 m.running_var.uniform_(0.5, 1.5)
         ckpt = folder / "srresnet_x4_random.pt"
         save_checkpoint(ckpt, model, arch="SRResNet", kwargs=kwargs)
-    onnx_path = folder / "srresnet_x4.onnx"
-    export_onnx(fuse_bn(model), onnx_path)
-    add_metadata(onnx_path, ModelInfo(scale=model.scale, receptive_radius=receptive_radius(model), arch="SRResNet"))
+    onnx_path = folder / "model.onnx"
+    export_checkpoint(ckpt, onnx_path, log=lambda *a: None, margin=MarginSettings(measure=False))
     return onnx_path, ckpt
 
 

@@ -34,25 +34,23 @@ RUN_DIR = ROOT / "runs" / "srresnet_x4"
 
 
 def export_checkpoint(ckpt: Path, out: Path) -> str:
-    """Checkpoint -> fused ONNX with metadata; returns a description."""
+    """Checkpoint (any model family) -> fused ONNX with metadata; returns a description."""
     import torch
 
-    from srdeploy.export.fuse import fuse_bn
-    from srdeploy.export.onnx_export import add_metadata, export_onnx
-    from srdeploy.runtime.metadata import ModelInfo
-    from srdeploy.train.archs import SRResNet, receptive_radius
-    from srdeploy.train.checkpoint import load_checkpoint, model_from_checkpoint
+    from srdeploy.export.pipeline import MarginSettings, export_checkpoint as export
+    from srdeploy.train.archs import SRResNet
+    from srdeploy.train.checkpoint import load_checkpoint, save_checkpoint
 
     if ckpt is None:
         torch.manual_seed(0)
-        model = SRResNet().eval()
+        ckpt = out.with_suffix(".pt")
+        save_checkpoint(ckpt, SRResNet().eval(), arch="SRResNet", kwargs={})
         desc = "random-weight SRResNet (16 blocks, 64 ch, x4): NO trained checkpoint was available"
     else:
         data = load_checkpoint(ckpt)
-        model = model_from_checkpoint(data)
         desc = f"{ckpt} (step {data.get('step', '?')}, {data['arch']} {data['kwargs']})"
-    export_onnx(fuse_bn(model), out)
-    add_metadata(out, ModelInfo(scale=model.scale, receptive_radius=receptive_radius(model), arch="SRResNet"))
+    # This script measures the margin curve itself (for several tiles and timings).
+    export(ckpt, out, log=lambda *a: None, margin=MarginSettings(measure=False))
     return desc
 
 

@@ -67,12 +67,41 @@ def test_profile_unknown_operator_says_so(tmp_path):
     pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Resize", ["input", "", "scales"], ["output"])], "g",
+    graph = helper.make_graph([helper.make_node("MatMul", ["input", "w"], ["output"])], "g",
                               [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 4, 4])],
                               [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
-                              [helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2])])
-    with pytest.raises(ProfileError, match="Resize.*--tile N"):
+                              [helper.make_tensor("w", TensorProto.FLOAT, [4, 4], [0.0] * 16)])
+    with pytest.raises(ProfileError, match="MatMul.*--tile N"):
         profile_graph(helper.make_model(graph).SerializeToString(), source="m.onnx")
+
+
+@pytest.mark.parametrize("constant", [False, True])
+def test_profile_follows_resize_and_reshapes(constant):
+    """Nearest/bilinear upsampling (RRDBNet, Compact, MSRResNet) scales the resolution by its constant
+    scales, from an initializer or a Constant node; a pixel-unshuffle written as Reshape/Transpose keeps
+    the element count, and the next conv's weights give back channels and resolution."""
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [8, 12, 1, 1], [0.0] * 96)
+    nodes = [helper.make_node("Reshape", ["input", "s6"], ["r"]),       # 1x3x(H/2)x2x(W/2)x2
+             helper.make_node("Transpose", ["r"], ["t"], perm=[0, 1, 3, 5, 2, 4]),
+             helper.make_node("Reshape", ["t", "s4"], ["u"]),           # 1x12x(H/2)x(W/2)
+             helper.make_node("Conv", ["u", "w"], ["c"]),                # 8 channels at 1/2 resolution
+             helper.make_node("Resize", ["c", "", "scales"], ["output"], mode="nearest")]
+    inits = [w, helper.make_tensor("s6", TensorProto.INT64, [6], [1, 3, 2, 2, 2, 2]),
+             helper.make_tensor("s4", TensorProto.INT64, [4], [1, 12, 2, 2])]
+    if constant:
+        nodes.insert(0, helper.make_node("Constant", [], ["scales"], value=scales))
+    else:
+        inits.append(scales)
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)], inits)
+    p = profile_graph(helper.make_model(graph).SerializeToString())
+    # per LR pixel: c = 8 * 0.25 = 2 elements, output = 8 elements (full resolution); peak: c + output
+    assert p.peak_bytes_per_pixel == pytest.approx((2 + 8) * 4)
+    assert p.peak_op == "Resize output"
 
 
 _PROFILE = GraphProfile(peak_bytes_per_pixel=8192, peak_op="test")

@@ -141,20 +141,55 @@ def test_weights_of_the_wrong_shape_are_one_line_naming_the_file(tmp_path):
 
     model, kwargs = _tiny()
     path = tmp_path / "m.pt"
+    # kwargs that disagree with the weights' own shapes: refused before anything is built
     save_checkpoint(path, model, arch="SRResNet", kwargs={**kwargs, "channels": 16})  # 8-channel weights
     with pytest.raises(ValueError) as info:
         load_generator(path)
     message = _one_line_naming(info, path)
-    assert "weights do not match SRResNet" in message and "of the wrong shape" in message
-    assert "head.weight (8, 3, 9, 9) where the model has (16, 3, 9, 9)" in message
+    assert "weights do not match SRResNet" in message
+    assert "the kwargs say channels=16 but the weights' shapes say channels=8" in message
     # The same through a dict with its source named (export / torch backend path).
     with pytest.raises(ValueError, match=r"m\.pt: weights do not match"):
         model_from_checkpoint(load_checkpoint(path), source=path)
-    # Invalid argument values (the architecture's own check) also name the file.
     save_checkpoint(path, model, arch="SRResNet", kwargs={**kwargs, "scale": 3})
     with pytest.raises(ValueError) as info:
         load_generator(path)
-    assert "cannot build SRResNet" in _one_line_naming(info, path)
+    assert "the kwargs say scale=3 but the weights' shapes say scale=2" in _one_line_naming(info, path)
+    # kwargs that fit but one tensor damaged: load_state_dict's mismatch, in one line
+    state = model.state_dict()
+    state["body.0.conv2.weight"] = state["body.0.conv2.weight"][:, :4]
+    torch.save({"format": "srdeploy.checkpoint", "format_version": 1, "arch": "SRResNet", "kwargs": kwargs,
+                "state_dict": state}, path)
+    with pytest.raises(ValueError) as info:
+        load_generator(path)
+    message = _one_line_naming(info, path)
+    assert "of the wrong shape" in message and "body.0.conv2.weight (8, 4, 3, 3) where the model has (8, 8, 3, 3)" \
+        in message
+
+
+@pytest.mark.parametrize("arch, kwargs", [("SRResNet", {"scale": 2, "num_blocks": 10 ** 9, "channels": 8}),
+                                          ("SRResNet", {"scale": 2, "num_blocks": 1, "channels": 10 ** 6}),
+                                          ("Discriminator", {"base_channels": 10 ** 6})])
+def test_hostile_kwargs_are_refused_before_anything_is_built(tmp_path, arch, kwargs):
+    """A checkpoint whose kwargs ask for a huge model (issue 25 item 5: num_blocks=10**9 reached 15 GB
+    before the OOM killer) is checked against its weights' shapes first: refused in well under a
+    second, without allocating."""
+    import resource
+    import time
+
+    from srdeploy.train.archs import Discriminator
+
+    model = _tiny()[0] if arch == "SRResNet" else Discriminator(base_channels=8)
+    path = tmp_path / "hostile.pt"
+    torch.save({"format": "srdeploy.checkpoint", "format_version": 1, "arch": arch, "kwargs": kwargs,
+                "state_dict": model.state_dict()}, path)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError) as info:
+        model_from_checkpoint(path)
+    assert time.perf_counter() - t0 < 0.5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0 < 100 * 1024  # KiB: < 100 MB more
+    assert "weights do not match" in _one_line_naming(info, path)
 
 
 def test_unloadable_files_never_show_torchs_unsafe_advice(tmp_path):

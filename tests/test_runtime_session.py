@@ -65,7 +65,8 @@ def test_torch_backend_through_entry_point(models):
 
 def test_torch_backend_contract_is_the_exported_one(models, tmp_path):
     # One ModelInfo builder: a checkpoint opened on the torch backend describes itself exactly as
-    # its `srdeploy export` does (only the exporter's own version and FLOP count are added there).
+    # its `srdeploy export` does (only the exporter's own version, FLOP count and the tile margin it
+    # measures are added there; the torch backend keeps the radius rule).
     from dataclasses import replace
 
     from srdeploy.export.pipeline import export_checkpoint
@@ -73,7 +74,9 @@ def test_torch_backend_contract_is_the_exported_one(models, tmp_path):
     r = export_checkpoint(models["pt"], tmp_path / "e.onnx", log=lambda *a: None)
     with open_session(models["pt"]) as t, open_session(r.onnx_path) as o:
         assert t.info.checkpoint_sha256 and t.info.arch_kwargs == {"scale": 2, "num_blocks": 2, "channels": 16}
-        assert replace(t.info, version=o.info.version, flops_per_pixel=o.info.flops_per_pixel) == o.info
+        assert t.info.tile_margin is None and o.info.tile_margin is not None
+        assert replace(t.info, version=o.info.version, flops_per_pixel=o.info.flops_per_pixel,
+                       tile_margin=o.info.tile_margin) == o.info
 
 
 def test_session_checks_input(models):

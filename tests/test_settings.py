@@ -27,6 +27,28 @@ def test_defaults_and_resolution():
     assert TileSettings(**json.loads(json.dumps(asdict(fixed)))) == fixed and hash(fixed) == hash(fixed)
 
 
+def test_the_margin_measured_at_export_is_the_default_pad(tiny_srresnet_x2, tmp_path):
+    """A model whose metadata carries the margin measured for it (srdeploy.tile_margin) gets it as
+    the default --tile-pad, never more than its radius; an explicit tile_pad still wins; a model
+    without it keeps the radius rule."""
+    import dataclasses
+    import shutil
+
+    from srdeploy.export.onnx_export import add_metadata, read_metadata
+
+    t = TileSettings()
+    assert t.pad_for(40, 7) == 7 and t.pad_for(40, 99) == 40 and t.pad_for(40, None) == 12
+    assert TileSettings(tile_pad=3).pad_for(40, 7) == 3
+    model = tmp_path / "measured.onnx"
+    shutil.copyfile(tiny_srresnet_x2, model)
+    info = read_metadata(model)
+    add_metadata(model, dataclasses.replace(info, tile_margin=info.receptive_radius - 3))
+    with open_session(model) as s:
+        assert Upscaler(s, TileSettings()).tile_pad == info.receptive_radius - 3
+    with open_session(tiny_srresnet_x2) as s:
+        assert Upscaler(s, TileSettings()).tile_pad == default_tile_pad(info.receptive_radius)
+
+
 @pytest.mark.parametrize("bad", [dict(tile=-1), dict(tile="big"), dict(tile=(8, 8, 8)), dict(tile=2.5),
                                  dict(tile_pad=-1), dict(batch=0), dict(feather=-2), dict(max_memory=0),
                                  dict(alpha="nearest"), dict(batch=True)])

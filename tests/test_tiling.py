@@ -179,3 +179,43 @@ def test_plan_rejects_bad_arguments():
         plan_tiles(10, 10, tile=4, tile_pad=2, batch=0)
     with pytest.raises(ValueError):
         plan_tiles(0, 10, tile=4, tile_pad=2)
+
+
+class BlockMean(Session):
+    """A pixel-unshuffle model in miniature: the mean of each 4x4 block, counted from the input's
+    origin, blurred by one 3x3 box (radius 1 block = 4 px), upsampled 2x. Its output changes when the
+    input shifts by less than a block, as a Real-ESRGAN x2/x1 network's does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from srdeploy.runtime.metadata import ModelInfo
+
+        self.info = ModelInfo(scale=2, receptive_radius=8, size_multiple=4, min_size=4)
+        self.input_spec = InputSpec()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def _infer(self, x):
+        n, c, h, w = x.shape
+        assert h % 4 == 0 and w % 4 == 0, (h, w)  # the model's requirement: the tiler must meet it
+        self.shapes.append(x.shape)
+        b = x.reshape(n, c, h // 4, 4, w // 4, 4).mean(axis=(3, 5))
+        p = np.pad(b, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
+        b = sum(p[:, :, i:i + h // 4, j:j + w // 4] for i in range(3) for j in range(3)) / 9
+        return np.repeat(np.repeat(b, 8, axis=2), 8, axis=3).astype(np.float32)
+
+
+@pytest.mark.parametrize("h, w, tile", [(37, 50, 10), (64, 64, 16), (5, 7, 3), (23, 41, 0)])
+def test_size_multiple_windows_are_multiples_and_aligned(h, w, tile):
+    """Windows are a multiple of the model's size multiple and start on one, so each tile sees the
+    blocks the whole image sees: tiled == whole (which is padded to the multiple too)."""
+    sess = BlockMean()
+    x = _image(h, w, seed=3)
+    plan = plan_tiles(h, w, tile=tile, tile_pad=8, multiple=4, minimum=4)
+    for ax in (plan.rows, plan.cols):
+        assert ax.window % 4 == 0 and ax.padded % 4 == 0 and all(s % 4 == 0 for s in ax.starts)
+        for (a, b), s in zip(ax.cores, ax.starts):  # every core keeps its margin inside the window
+            assert s <= max(a - 8, 0) and min(b + 8, ax.size) <= s + ax.window
+    whole = tiled_infer(sess, x, tile=0, tile_pad=8)
+    tiled = tiled_infer(sess, x, tile=tile, tile_pad=8)
+    assert whole.shape == tiled.shape == (3, 2 * h, 2 * w)
+    np.testing.assert_allclose(tiled, whole, atol=1e-6)

@@ -16,21 +16,7 @@ from srdeploy.runtime.media import segments as seg
 from srdeploy.runtime.open import open_session
 from srdeploy.runtime.upscale import Upscaler
 
-FFMPEG = ff.ffmpeg_exe()
-
-
-def make(path: Path, *args: str) -> Path:
-    """Run the bundled ffmpeg to make a test file (argument list, no shell)."""
-    subprocess.run([FFMPEG, "-nostdin", "-v", "error", "-y", *args, str(path)], check=True)
-    return path
-
-
-def decode(path: Path) -> np.ndarray:
-    """Every frame as BGR24, decoded by ffmpeg exactly as the segment decoder does."""
-    times = ff.frame_times(ff.probe(path), path.with_suffix(".probe.log"))
-    r = subprocess.run([FFMPEG, "-v", "error", "-i", f"file:{path}", "-map", "0:V:0", "-fps_mode", "passthrough",
-                        "-f", "rawvideo", "-pix_fmt", "bgr24", "-"], capture_output=True, check=True)
-    return np.frombuffer(r.stdout, np.uint8).reshape(-1, times.height, times.width, 3)
+from _video import FFMPEG, decode, make, reference, write_copy_model  # noqa: E402
 
 
 def stream_duration(path: Path, spec: str) -> float:
@@ -45,42 +31,15 @@ def stream_duration(path: Path, spec: str) -> float:
 
 @pytest.fixture(scope="module")
 def copy_model(tmp_path_factory) -> Path:
-    """An exact test model: nearest-neighbour x2 and a channel rotation (out RGB = in GBR).
-
-    Its output covers the input's whole value range (a dark or flat model would hide errors),
-    and any channel-order, offset or frame-order mistake changes the output.
-    """
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper
-
-    from srdeploy.runtime.metadata import ModelInfo
-
-    graph = helper.make_graph(
-        [helper.make_node("Resize", ["lr", "", "scales"], ["up"], mode="nearest"),
-         helper.make_node("Gather", ["up", "perm"], ["sr"], axis=1)],
-        "copy_x2",
-        [helper.make_tensor_value_info("lr", TensorProto.FLOAT, ["n", 3, "h", "w"])],
-        [helper.make_tensor_value_info("sr", TensorProto.FLOAT, ["n", 3, "h2", "w2"])],
-        [helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2]),
-         helper.make_tensor("perm", TensorProto.INT64, [3], [1, 2, 0])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    for k, v in ModelInfo(scale=2, receptive_radius=1, arch="copy").to_props().items():
-        model.metadata_props.add(key=k, value=v)
-    path = tmp_path_factory.mktemp("model") / "copy_x2.onnx"
-    onnx.save(model, str(path))
-    return path
+    """The exact test model (``_video.write_copy_model``): nearest-neighbour x2, channels rotated."""
+    pytest.importorskip("onnx")
+    return write_copy_model(tmp_path_factory.mktemp("model") / "copy_x2.onnx")
 
 
 @pytest.fixture(scope="module")
 def upscaler(copy_model):
     with open_session(copy_model) as s:
         yield Upscaler(s, tile=0)
-
-
-def reference(path: Path) -> np.ndarray:
-    """What the copy model makes of each frame: 2x nearest, channels rotated (BGR arrays)."""
-    f = decode(path).repeat(2, axis=1).repeat(2, axis=2)
-    return f[..., [2, 0, 1]]  # out R,G,B = in G,B,R; in BGR order: (B,G,R)_out = (R,B,G)_in
 
 
 @pytest.fixture(scope="module")
@@ -294,7 +253,9 @@ def long_clip(tmp_path_factory) -> Path:
 
 
 def _segments(work: Path) -> dict[str, tuple[int, int]]:
-    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in work.glob("seg-*.mov")}
+    """Finished segments: renamed into place AND recorded (a kill between the two redoes it)."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in work.glob("seg-*.mov")
+            if (work / "tasks" / f"{p.stem}.json").exists()}
 
 
 def _run_until(cmd: list[str], work: Path, n: int, timeout: float = 120) -> dict[str, tuple[int, int]]:

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .radius import receptive_radius  # noqa: F401  (measured for any generator; see radius.py)
+
 _OUTPUT_RANGES = ("clamp", "tanh", "none")
 
 
@@ -93,6 +95,22 @@ class SRResNet(nn.Module):
         self.upsample = nn.Sequential(*[UpsampleBlock(channels=channels) for _ in range(int(math.log2(scale)))])
         self.tail = nn.Conv2d(channels, 3, 9, padding=4)
 
+    def receptive_radius(self) -> int:
+        """The exact receptive radius in input (LR) pixels, by walking the layers backwards.
+
+        Construction order is forward order here. A kxk conv widens the dependency by (k-1)/2
+        pixels at its resolution; going back through PixelShuffle(s), fine pixels p-r..p+r come
+        from coarse pixels floor((p-r)/s)..floor((p+r)/s), at most ceil(r/s) away from floor(p/s).
+        (Any other generator is measured by ``srdeploy.train.radius``'s probe.)
+        """
+        radius = 0
+        for module in reversed(list(self.modules())):
+            if isinstance(module, nn.PixelShuffle):
+                radius = -(-radius // module.upscale_factor)
+            elif isinstance(module, nn.Conv2d):
+                radius += (module.kernel_size[0] - 1) // 2 * module.dilation[0]
+        return radius
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feat = self.head_act(self.head(x))
         out = self.body_bn(self.body_conv(self.body(feat))) + feat
@@ -106,26 +124,17 @@ class SRResNet(nn.Module):
         return out
 
 
-def receptive_radius(model: nn.Module) -> int:
-    """Receptive-field radius of a generator, in input (LR) pixels.
-
-    An output pixel depends on input pixels at most this far away (Chebyshev distance), so a
-    tile whose margin is at least this radius gives exactly the whole-image result. Computed by
-    walking the architecture backwards (see below); a test checks it against autograd.
-    """
-    if not isinstance(model, SRResNet):
-        raise TypeError(f"receptive_radius: unsupported architecture {type(model).__name__}")
-    # Walk from the output back to the input (construction order is forward order here).
-    # A kxk conv widens the dependency by (k-1)/2 pixels at its resolution; going back through
-    # PixelShuffle(s), fine pixels p-r..p+r come from coarse pixels floor((p-r)/s)..floor((p+r)/s),
-    # at most ceil(r/s) away from floor(p/s).
-    radius = 0
-    for module in reversed(list(model.modules())):
-        if isinstance(module, nn.PixelShuffle):
-            radius = -(-radius // module.upscale_factor)
-        elif isinstance(module, nn.Conv2d):
-            radius += (module.kernel_size[0] - 1) // 2 * module.dilation[0]
-    return radius
+def detect_srresnet(sd) -> dict | None:
+    """SRResNet kwargs (scale, num_blocks, channels) from a state dict's keys and shapes; None for
+    other layouts. ``output_range`` has no weights of its own, so it is not detected."""
+    if not {"head.weight", "body_conv.weight", "body_bn.running_var", "tail.weight"} <= sd.keys():
+        return None
+    blocks = sorted({int(k.split(".")[1]) for k in sd if k.startswith("body.") and k.endswith(".conv1.weight")})
+    stages = sorted({int(k.split(".")[1]) for k in sd if k.startswith("upsample.") and k.endswith(".conv.weight")})
+    if blocks != list(range(len(blocks))) or stages != list(range(len(stages))):
+        raise ValueError(f"the state dict's residual blocks {blocks[:8]} or upsampling stages {stages} are not "
+                         "numbered 0..n-1; the file is damaged or edited")
+    return {"scale": 2 ** len(stages), "num_blocks": len(blocks), "channels": int(sd["head.weight"].shape[0])}
 
 
 class Discriminator(nn.Module):
@@ -165,6 +174,18 @@ class Discriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.features(x))).squeeze(1)
+
+
+def detect_discriminator(sd) -> dict | None:
+    """Discriminator kwargs from a state dict's shapes; None for other layouts."""
+    if not {"features.0.weight", "classifier.1.weight"} <= sd.keys():
+        return None
+    first = sd["features.0.weight"]
+    dense_in = int(sd["classifier.1.weight"].shape[1])
+    last = max((int(k.split(".")[1]) for k in sd if k.startswith("features.") and k.endswith(".weight")
+                and sd[k].dim() == 4), default=0)
+    pool = int(round((dense_in / int(sd[f"features.{last}.weight"].shape[0])) ** 0.5))
+    return {"in_channels": int(first.shape[1]), "base_channels": int(first.shape[0]), "pool_size": pool}
 
 
 # Index of the ReLU after conv{block}_{i} in torchvision's vgg19().features.
@@ -215,7 +236,7 @@ def _load_vgg19_weights(vgg: nn.Module, weights: str | os.PathLike | None) -> No
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"VGGFeatures: VGG19 weights file {path} does not exist")
-    from .checkpoint import torch_load_safely  # checkpoint imports this module
+    from .serialization import torch_load_safely
 
     what = "VGG19 weights (torchvision's vgg19-dcbb9e9d.pth or a features state dict)"
     state = torch_load_safely(path, what)
@@ -269,11 +290,14 @@ class VGGFeatures(nn.Module):
         return self.features((x - self.mean) / self.std)
 
 
-# name -> class; checkpoints store the name and the keyword arguments.
+# name -> class; checkpoints store the name and the keyword arguments. The SR generators of other
+# codebases are families (srdeploy.train.families), which build SRResNet through this table too.
 ARCHS: dict[str, type[nn.Module]] = {
     "SRResNet": SRResNet,
     "Discriminator": Discriminator,
 }
+# name -> detect(state_dict) -> kwargs: checkpoints' kwargs are checked against their weights with it.
+DETECT = {"SRResNet": detect_srresnet, "Discriminator": detect_discriminator}
 
 
 def build_model(arch: str, **kwargs) -> nn.Module:

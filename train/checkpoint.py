@@ -8,6 +8,12 @@ loading a model file never runs code. Layout (format_version 1)::
     scale: 4                           state_dict: {...}
     ema_state_dict: {...} (optional)   plus anything training adds (step, optimizer, scheduler,
                                        settings, metrics, best_psnr, versions, rng, ...)
+    import: {...} (imported models)    source file, its sha256, wrapper, conventions, facts
+
+``arch`` is a training architecture (``archs.ARCHS``) or a model family (``families.FAMILIES``:
+srdeploy's SRResNet and the generators of other codebases, which ``srdeploy import`` writes).
+Before anything is built, the kwargs are checked against the weights' own shapes and counts
+(``families.check_kwargs_fit``), so an edited file cannot make srdeploy allocate a huge model.
 
 Writes are atomic: a temporary file in the same folder, fsync, then ``os.replace``, so a run
 killed at any moment (SIGKILL included) leaves the previous checkpoint intact.
@@ -24,7 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .archs import ARCHS, build_model
+from . import families
+from .archs import ARCHS, DETECT
+from .serialization import load_failure, torch_load_safely  # noqa: F401  (re-exported: older imports)
 
 FORMAT = "srdeploy.checkpoint"
 FORMAT_VERSION = 1
@@ -78,7 +86,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, arch: str, kwa
         ema: optional EMA copy of the model, saved as ``ema_state_dict``.
         **extra: training state (plain Python / tensors only: step, optimizer, settings, ...).
     """
-    if arch not in ARCHS:
+    if arch not in ARCHS and arch not in families.BY_NAME:
         raise ValueError(f"save_checkpoint: unknown architecture {arch!r}")
     ckpt = {
         "format": FORMAT,
@@ -95,42 +103,6 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, arch: str, kwa
     atomic_torch_save(ckpt, path)
 
 
-# Lines of torch.load's errors that are advice, not a diagnosis. Its advice to re-run with
-# weights_only=False recommends running code from an untrusted file: never pass it on.
-_TORCH_ADVICE = ("weights_only", "re-running", "in pytorch 2.6", "check the documentation", "torch.serialization",
-                 "add_safe_globals", "safe_globals")
-
-
-def load_failure(exc: BaseException) -> str:
-    """Why ``torch.load(weights_only=True)`` failed, in one line, without torch's unsafe advice."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    kept = [line for line in lines if not any(word in line.lower() for word in _TORCH_ADVICE)]
-    reason = " ".join(kept)
-    if isinstance(exc, EOFError) or not reason:
-        return f"{type(exc).__name__}: truncated or not a PyTorch file" if isinstance(exc, EOFError) or not lines \
-            else f"{type(exc).__name__}: rejected by the safe (weights-only) loader"
-    return f"{type(exc).__name__}: {reason}"
-
-
-def torch_load_safely(path: str | os.PathLike, what: str, *, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)``; any failure is a one-line ValueError naming the file.
-
-    Args:
-        path: an existing file.
-        what: what the file should be, for the message ("not <what>"), e.g. "a valid srdeploy checkpoint".
-    """
-    path = Path(path)
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path}: the file is empty (0 bytes), not {what}")
-    try:
-        # TorchVersion (a str subclass, no code) is allowed so checkpoints written before
-        # library_versions() stored plain strings still load.
-        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # pickle errors, truncated zip, unsafe globals, ...
-        raise ValueError(f"{path}: not {what} (torch.load failed: {load_failure(exc)})") from None
-
-
 def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict:
     """Read and validate a checkpoint (``weights_only=True``: never runs code from the file).
 
@@ -143,29 +115,36 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
         raise FileNotFoundError(f"{path}: checkpoint file does not exist")
     ckpt = torch_load_safely(path, "a valid srdeploy checkpoint", map_location=map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an srdeploy checkpoint (no 'format': {FORMAT!r} entry); "
-                         "bare state dicts cannot be rebuilt, save with srdeploy.train.checkpoint.save_checkpoint")
+        raise ValueError(f"{path}: not an srdeploy checkpoint (no 'format': {FORMAT!r} entry); bare state dicts "
+                         "and other codebases' files: convert them with `srdeploy import FILE -o MODEL.pt`")
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format_version {ckpt['format_version']} is newer than this "
                          f"srdeploy supports ({FORMAT_VERSION}); upgrade srdeploy")
     for key in ("arch", "kwargs", "state_dict"):
         if key not in ckpt:
             raise ValueError(f"{path}: srdeploy checkpoint is missing {key!r}")
-    if ckpt["arch"] not in ARCHS:
-        raise ValueError(f"{path}: unknown architecture {ckpt['arch']!r}; registered: {sorted(ARCHS)}")
+    if ckpt["arch"] not in ARCHS and ckpt["arch"] not in families.BY_NAME:
+        raise ValueError(f"{path}: unknown architecture {ckpt['arch']!r}; known: "
+                         f"{sorted(set(ARCHS) | set(families.BY_NAME))}")
     _check_kwargs(ckpt["arch"], ckpt["kwargs"], path)
     return ckpt
 
 
-def _check_kwargs(arch: str, kwargs: Any, name: Any) -> None:
-    """``kwargs`` must be a mapping of keyword arguments that ``ARCHS[arch]`` accepts."""
+def _accepted(arch: str) -> set[str]:
     import inspect
 
+    if arch in families.BY_NAME:
+        return families.accepted_kwargs(families.BY_NAME[arch])
+    return {p.name for p in inspect.signature(ARCHS[arch]).parameters.values()
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def _check_kwargs(arch: str, kwargs: Any, name: Any) -> None:
+    """``kwargs`` must be a mapping of keyword arguments that the architecture accepts."""
     if not isinstance(kwargs, dict):
         raise ValueError(f"{name}: checkpoint 'kwargs' must be a mapping of {arch} keyword arguments, got "
                          f"{type(kwargs).__name__}; the file is damaged or not written by srdeploy's save_checkpoint")
-    accepted = {p.name for p in inspect.signature(ARCHS[arch]).parameters.values()
-                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    accepted = _accepted(arch)
     unknown = sorted(str(k) for k in kwargs if k not in accepted)
     if unknown:
         raise ValueError(f"{name}: checkpoint kwargs {unknown} are not arguments of {arch} (it takes "
@@ -193,9 +172,23 @@ def _shape_mismatch(model: nn.Module, state: Any) -> str:
     return "; ".join(parts) or "the weights do not load"
 
 
+def _training_model(arch: str, kwargs: dict, state: Any, name: Any) -> nn.Module:
+    """A training architecture (``ARCHS``, e.g. the discriminator), kwargs checked against ``state`` first."""
+    if not isinstance(state, dict):
+        raise ValueError(f"{name}: weights do not match {arch}({kwargs}): the weights are a "
+                         f"{type(state).__name__}, not a state dict")
+    families.check_fit(arch, DETECT[arch], ARCHS[arch], kwargs, state, str(name))
+    model = ARCHS[arch](**kwargs)
+    model.load_state_dict(state)
+    return model
+
+
 def model_from_checkpoint(ckpt: dict | str | os.PathLike, *, use_ema: bool = True,
                           source: str | os.PathLike | None = None) -> nn.Module:
     """Rebuild the model of a checkpoint (EMA weights when present and ``use_ema``), in eval mode.
+
+    A model family's checkpoint gives the deployable model (``families.deployable``: the network
+    with its codebase's conventions applied, RGB [0, 1] in and out).
 
     Args:
         ckpt: a path, or a dict from ``load_checkpoint``.
@@ -203,30 +196,45 @@ def model_from_checkpoint(ckpt: dict | str | os.PathLike, *, use_ema: bool = Tru
         source: the file name for messages when ``ckpt`` is a dict.
 
     Raises:
-        ValueError: one line naming the file when the architecture cannot be built from its
-            kwargs or the weights do not fit it.
+        ValueError: one line naming the file when the kwargs do not fit the weights (checked
+            before anything is built), the architecture cannot be built from them, or the
+            weights do not load.
     """
     name = source if source is not None else (ckpt if not isinstance(ckpt, dict) else "checkpoint")
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
-    _check_kwargs(ckpt["arch"], ckpt["kwargs"], name)
-    try:
-        model = build_model(ckpt["arch"], **ckpt["kwargs"])
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name}: cannot build {ckpt['arch']} from the checkpoint's kwargs {ckpt['kwargs']} "
-                         f"({exc}); the file is damaged or was not written by srdeploy") from None
+    arch, kwargs = ckpt["arch"], ckpt["kwargs"]
+    _check_kwargs(arch, kwargs, name)
     key = "ema_state_dict" if use_ema and ckpt.get("ema_state_dict") else "state_dict"
+    state = ckpt[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{name}: weights do not match {arch}({kwargs}): the {key} is a {type(state).__name__}, "
+                         "not a state dict; the file is damaged")
     try:
-        model.load_state_dict(ckpt[key])
-    except (RuntimeError, TypeError, AttributeError, KeyError):
-        raise ValueError(f"{name}: weights do not match {ckpt['arch']}({ckpt['kwargs']}): "
-                         f"{_shape_mismatch(model, ckpt[key])} ({key}); the file is damaged or its kwargs were "
-                         "edited: use the checkpoint as training wrote it") from None
+        if arch in families.BY_NAME:
+            model = families.deployable(arch, kwargs, state, str(name))
+        else:
+            model = _training_model(arch, kwargs, state, name)
+    except (TypeError, KeyError) as exc:
+        raise ValueError(f"{name}: cannot build {arch} from the checkpoint's kwargs {kwargs} ({exc}); the file is "
+                         "damaged or was not written by srdeploy") from None
+    except RuntimeError as exc:  # load_state_dict: missing, unexpected or wrongly shaped tensors
+        # kwargs already fit the weights' shapes, so building again for the account is bounded
+        build = families.BY_NAME[arch].build if arch in families.BY_NAME else ARCHS[arch]
+        why = _shape_mismatch(build(**kwargs), state) if build is not None else str(exc).splitlines()[0]
+        raise ValueError(f"{name}: weights do not match {arch}({kwargs}): {why} ({key}); "
+                         "the file is damaged or its kwargs were edited: use the checkpoint as it was written") from None
+    except ValueError as exc:
+        msg = str(exc)
+        if not msg.startswith(str(name)):
+            msg = f"{name}: cannot build {arch} from the checkpoint's kwargs {kwargs} ({msg}); the file is damaged " \
+                  "or was not written by srdeploy"
+        raise ValueError(msg) from None
     return model.eval()
 
 
-# Architectures that upscale images (what upscale, export, eval and bench can run).
-GENERATORS = ("SRResNet",)
+# Model families whose checkpoints upscale images (what upscale, export, eval and bench can run).
+GENERATORS = tuple(f.name for f in families.FAMILIES)
 
 
 def load_generator(path: str | os.PathLike, *, use_ema: bool = True) -> tuple[nn.Module, dict]:

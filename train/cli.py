@@ -52,7 +52,7 @@ def run_checkpoint_eval(args: argparse.Namespace, read=None) -> tuple[str, list,
         from .distributed import resolve_device
 
         model, ckpt = load_generator(args.checkpoint, use_ema=not args.no_ema)
-        scale = int(ckpt["kwargs"].get("scale", 4))
+        scale = int(model.scale)
         if args.scale and args.scale != scale:
             raise ValueError(f"eval: --scale {args.scale} does not match the checkpoint's scale {scale}")
         device = resolve_device(args.device or "auto")

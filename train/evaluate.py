@@ -36,9 +36,14 @@ def model_upscale(model, lr: np.ndarray, device="cpu") -> np.ndarray:
     import torch
 
     x = torch.from_numpy(to_chw_float(lr))[None].to(device)
+    gray = getattr(model, "in_channels", 3) == 1
+    if gray:  # a gray model runs each channel as its own gray image
+        x = x.transpose(0, 1)
     with torch.inference_mode():
-        y = model(x).float().clamp(0, 1)[0].cpu().numpy()
-    return to_hwc_uint8(y)
+        y = model(x).float().clamp(0, 1)
+    if gray:
+        y = y.transpose(0, 1)
+    return to_hwc_uint8(y[0].cpu().numpy())
 
 
 def evaluate(upscale, folders, *, scale: int = 4, progress: bool = False, read=load_rgb) -> list[SetResult]:

@@ -52,7 +52,7 @@ def trt_profile(options: OrtOptions, info: ModelInfo, channels: int = 3):
         raise ValueError("the TensorRT provider needs a bounded shape profile, and whole-image runs (tile 0) have "
                          "none: tile the input (--tile N), or pass OrtOptions(trt_profile_min=..., "
                          "trt_profile_opt=..., trt_profile_max=...)")
-    pad = tiling.pad_for(info.receptive_radius)
+    pad = tiling.pad_for(info.receptive_radius, info.tile_margin)
     full = (tiling.batch, channels, th + 2 * pad, tw + 2 * pad)
     return (1, channels, 1, 1), full, full
 

@@ -64,15 +64,18 @@ def plan_video(src: str, dst: str, upscaler, model: str, *, codec: str | None, c
         {"job": VideoJob, "frames": N, "done": [bool per segment], "notices": [...]}.
 
     Raises:
-        ValueError/OSError (bad input, one line naming the file), FFmpegError.
+        ValueError/OSError (bad input, one line naming the file), FFmpegError, JobLocked (a
+        `srdeploy video` is writing ``dst``).
     """
-    from ..jobs import model_fingerprint
+    from ..jobs import JobFolder, model_fingerprint
     from ..media import segments
 
     src_p, dst_p = Path(src), Path(dst)
     segments.check_source(src_p)
     source, settings = segments.probe_request(src_p, dst_p, codec=codec, crf=crf)
     work = segments.work_folder(dst_p)
+    # A `srdeploy video` writing the same output owns this folder: leave it alone (reported by name).
+    JobFolder(work, segments.JOB_FILE).check_free(dst)
     work.mkdir(parents=True, exist_ok=True)
     segments.drop_partial_segments(work)  # a killed attempt's
     job = segments.plan_job(source, dst_p, upscaler.scale, settings, segment_frames=segment_frames, work=work)
@@ -80,7 +83,7 @@ def plan_video(src: str, dst: str, upscaler, model: str, *, codec: str | None, c
                      refusal=f"{dst}: the work folder {work} holds segments made with",
                      hint="delete that folder to start this video again")
     return {"job": job, "frames": job.frames, "done": [segments.segment_done(t) for t in job.tasks],
-            "notices": list(job.notices)}
+            "notices": list(job.notices) + list(job.warnings)}
 
 
 def run_segment(seg, upscaler, *, batch: int) -> int:
@@ -104,8 +107,10 @@ def join_video(job) -> list[str]:
 
 def input_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean "this video cannot be done" (reported by name, not retried)."""
+    from ..jobs import JobLocked
+
     try:
         from ..media.ffmpeg import FFmpegError
     except ImportError:
-        return ()
-    return (FFmpegError,)
+        return (JobLocked,)
+    return (FFmpegError, JobLocked)

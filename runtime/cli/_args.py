@@ -83,9 +83,9 @@ def add_tile_args(p: argparse.ArgumentParser, *, tile_default: int | str = "auto
                    help="memory budget for --tile auto, e.g. 1G or 512M (binary units; default: 1G or half the "
                         "available RAM, whichever is smaller; on CUDA: the GPU's free memory)")
     p.add_argument("--tile-pad", type=int, default=None, metavar="N",
-                   help="overlap margin in input pixels (default: 0.3 x the model's receptive radius, at least 12, "
-                        "chosen by measurement: deviation < 0.2/255 on the x4 SRResNet; the radius itself "
-                        "gives exactly the whole-image result)")
+                   help="overlap margin in input pixels (default: the margin measured for the model at export, "
+                        "metadata srdeploy.tile_margin: deviation < 0.5/255; for models without it 0.3 x the "
+                        "receptive radius, at least 12; the radius itself gives exactly the whole-image result)")
     p.add_argument("--batch", type=int, default=1, metavar="N", help=batch_help)
 
 

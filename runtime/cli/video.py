@@ -75,18 +75,12 @@ def run_video(args: argparse.Namespace) -> int:
         from ..media.ffmpeg import use_ffmpeg
 
         use_ffmpeg(args.ffmpeg)  # the one way it travels: $SRDEPLOY_FFMPEG, for this process and its children
-    _check_request(args)  # source, output name and output settings: before the model loads
+    w, h = _check_request(args)  # source, output name and output settings: before the model loads
     recipe = run.recipe
     with open_session(recipe) as session:
         upscaler = Upscaler(session, run.tiling)
-        if upscaler.settings.auto:  # choose for the frame size, so the first line shows it
-            import cv2
-
-            cap = cv2.VideoCapture(args.input)
-            w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-            cap.release()
-            if w > 0 and h > 0:
-                upscaler.plan(h, w, streamed=False)
+        if upscaler.settings.auto and w > 0 and h > 0:  # choose for the frame size, so the first line shows it
+            upscaler.plan(h, w, streamed=False)
         print(describe_session(session, recipe.model, upscaler), file=sys.stderr)
         if args.encoder == "opencv":
             return _opencv(args, upscaler)
@@ -104,17 +98,29 @@ def run_video(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_request(args: argparse.Namespace) -> None:
-    """Refuse a bad source, output name or output setting in one line, before a model is opened."""
+def _check_request(args: argparse.Namespace) -> tuple[int, int]:
+    """Refuse a bad source, output name or output setting in one line, before a model is opened.
+
+    Returns:
+        The source's frame size (0, 0 when unknown), read by ffmpeg's probe: OpenCV's own AVI
+        reader, which a plain ``cv2.VideoCapture`` falls back to, prints a damaged header's bytes
+        to stderr.
+    """
+    from ..media import ffmpeg as ff
     from ..media import segments, video
 
     src, dst = Path(args.input), Path(args.output)
     if args.encoder == "opencv":
         segments.check_source(src)  # a folder or a still image by name
         video.check_request(src, dst, args.codec, batch=args.batch, overwrite=args.overwrite)
-    else:
-        segments.check_request(src, dst, codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt,
-                               segment_frames=args.segment_frames, batch=args.batch, overwrite=args.overwrite)
+        try:
+            return ff.probe(src).frame_size
+        except (ValueError, OSError, RuntimeError):  # OpenCV's decoder says why when it opens the file
+            return 0, 0
+    source, _ = segments.check_request(src, dst, codec=args.codec, crf=args.crf, preset=args.preset,
+                                       pix_fmt=args.pix_fmt, segment_frames=args.segment_frames, batch=args.batch,
+                                       overwrite=args.overwrite)
+    return source.frame_size
 
 
 def _opencv(args: argparse.Namespace, upscaler) -> int:

@@ -73,6 +73,8 @@ def _stack_size(upscaler, h: int, w: int, batch: int | None = None) -> int:
     plan = upscaler.plan(h, w, streamed=False)  # a whole output frame is held (and queued)
     if plan.num_tiles != 1 or plan.notes or plan.window != (h, w) or plan.feather:
         return 0
+    if upscaler.session.input_spec.channels != 3:  # a gray model: the Upscaler runs colour channel by channel
+        return 0
     lo, hi = upscaler.session.input_spec.batch
     n = upscaler.batch if batch is None else batch
     n = n if hi is None else min(n, hi)

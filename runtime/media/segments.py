@@ -4,10 +4,12 @@ A job is cut into segments of ``segment_frames`` frames (default about 10 s). Ea
 independent, idempotent task described by a small picklable ``SegmentTask`` (source path, k,
 frame range, seek time, sizes, encoder settings, work folder): ``process_segment(task,
 upscaler)`` decodes exactly those frames (ffmpeg, BGR24 through a pipe), upscales them and pipes
-them into an ffmpeg encoder writing a temporary file in the work folder, checks its frame count
-and renames it to ``seg-0000k.mov``. A finished segment is never rewritten: running the task
-again returns at once, so retry and resume are the same code, and segments can run in any order,
-in parallel, on other machines that see the same folder (the Ray batch does that).
+them into an ffmpeg encoder writing a temporary file in the work folder, checks its frame count,
+renames it to ``seg-0000k.mov`` and records its sha256 in ``tasks/seg-0000k.json``. A finished
+segment whose bytes still match that checksum is never rewritten: running the task again
+returns at once, so retry and resume are the same code, and segments can run in any order, in
+parallel, on other machines that see the same folder (the Ray batch does that). A segment whose
+bytes changed (a bad disk, a copy gone wrong) or that has no checksum is redone.
 ``finish_job(job)`` then joins them without re-encoding (ffmpeg concat demuxer, ``join_segments``)
 and muxes every other stream of the source into a temporary file beside the output, renamed at
 the end (``atomic_target``, as every file here).
@@ -18,10 +20,16 @@ folder, a still image, no video stream), the output name and the output settings
 
 The work folder is hidden beside the output: ``.OUT_NAME.srdeploy-video/``. It holds
 ``job.json`` (what the segments were made from: source size and mtime, encoder settings,
-segment length, model), the finished segments and one ffmpeg log per process. It is removed
-after a successful join and kept after a failure, so ``--resume`` continues from the first
-unfinished segment; a job.json that does not match the new command is refused, naming what
-changed, never mixed (``jobs.JobFolder``, the batch's job folder too).
+segment length, the model's sha256), the finished segments with their checksums, one ffmpeg log
+per process and ``lock``. A job owns the folder for its whole run (``jobs.JobFolder.lock``): a
+second job on the same output is refused at once, naming the first. The folder is removed after
+a successful join and kept after a failure, so ``--resume`` continues from the first unfinished
+segment; a job.json that does not match the new command is refused, naming what changed, never
+mixed (``jobs.JobFolder``, the batch's job folder too).
+
+ffmpeg is given the segments by their bare names (``seg-00000.mov``) in a list written in the
+work folder itself, so no name chosen by a user (quotes, newlines, ``%``, a leading ``-``) ever
+appears inside an ffmpeg list or filter string; paths travel only as whole arguments, behind ``file:``.
 
 Timing. A constant-frame-rate source keeps its exact rate (snapped from the timestamps, e.g.
 24000/1001, see ``ffmpeg.analyse_timing``). A variable-frame-rate source is written at its mean
@@ -36,13 +44,14 @@ import os
 import shutil
 import sys
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..atomic import atomic_target, occupied
-from ..jobs import JobFolder
+from ..jobs import LOCK_FILE, JobFolder
 from ..progress import progress_bar
 from . import ffmpeg as ff
 from .files import IMAGE_EXTS
@@ -86,21 +95,39 @@ class SegmentTask:
     work: str
 
     @property
+    def name(self) -> str:
+        """``seg-0000k``: the segment file's stem, its log's and its state's (``tasks/seg-0000k.json``)."""
+        return f"seg-{self.index:05d}"
+
+    @property
     def path(self) -> Path:
-        return Path(self.work) / f"seg-{self.index:05d}.{self.settings.segment_format}"
+        return Path(self.work) / f"{self.name}.{self.settings.segment_format}"
 
     @property
     def log(self) -> Path:
-        return Path(self.work) / f"seg-{self.index:05d}.log"
+        return Path(self.work) / f"{self.name}.log"
 
     @property
     def duration(self) -> Fraction:
         return Fraction(self.count) / self.rate
 
 
+def segment_problem(task: SegmentTask) -> str | None:
+    """None when the segment is finished and intact (its bytes match the sha256 recorded when it
+    was written); else why it must be made: "" (not written yet) or what is wrong with the file."""
+    if not task.path.is_file():
+        return ""
+    folder = JobFolder(Path(task.work), JOB_FILE)
+    if folder.is_finished(task.name, task.path):
+        return None
+    if folder.read_state(task.name) is None:
+        return "has no recorded checksum (its run stopped before recording one)"
+    return "does not match the checksum recorded when it was written (damaged)"
+
+
 def segment_done(task: SegmentTask) -> bool:
-    """Whether the segment file exists and holds exactly ``task.count`` frames."""
-    return task.path.is_file() and ff.count_packets(task.path, task.log) == task.count
+    """Whether the segment is finished and intact (``segment_problem`` is None)."""
+    return segment_problem(task) is None
 
 
 def process_segment(task: SegmentTask, upscaler, *, batch: int = 1,
@@ -121,6 +148,8 @@ def process_segment(task: SegmentTask, upscaler, *, batch: int = 1,
     """
     if segment_done(task):
         return task.path
+    folder = JobFolder(Path(task.work), JOB_FILE)
+    folder.clear_state(task.name)  # a damaged segment's: the new file gets its own
     info = ff.MediaInfo(path=Path(task.source), format="", start=0.0, duration=None, streams=(),
                         video=task.video_stream)
     # A hidden temporary name per attempt (two workers may retry the same segment), renamed when whole.
@@ -145,6 +174,7 @@ def process_segment(task: SegmentTask, upscaler, *, batch: int = 1,
         if written != task.count:
             cause = f"the encoded segment holds {written} frames, expected {task.count}"
             raise ff.FFmpegError(f"{task.path}: {cause} (ffmpeg log: {task.log})", cause, task.log)
+    folder.mark_done(task.name, task.path, checksum=True, frames=task.count)
     return task.path
 
 
@@ -162,6 +192,7 @@ class VideoJob:
     timing: ff.Timing
     tasks: list[SegmentTask]
     notices: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def frames(self) -> int:
@@ -208,8 +239,12 @@ def plan_job(source: ff.MediaInfo, dst: Path, scale: int, settings: ff.EncoderSe
         notices.append(f"{source.path}: variable frame rate; written at the mean rate "
                        f"{float(timing.rate):.4g} fps (same {times.count} frames and duration; frames shown up to "
                        f"{1000 * ff.vfr_drift(times, timing.rate):.0f} ms from their source time)")
+    warnings = []
+    if times.damage:  # what OpenCV's frame count used to reveal: a cut or damaged file
+        warnings.append(f"{source.path}: the video stream is damaged or cut short (ffmpeg: {times.damage}); the "
+                        f"output holds the {times.count} frame(s) that decode")
     return VideoJob(source=source, dst=dst, work=work, container=ff.container_for(dst), settings=settings,
-                    times=times, timing=timing, tasks=tasks, notices=notices)
+                    times=times, timing=timing, tasks=tasks, notices=notices, warnings=warnings)
 
 
 def job_record(job: VideoJob, fingerprint: dict) -> dict:
@@ -293,13 +328,13 @@ def upscale_video_ffmpeg(upscaler, src: str | os.PathLike, dst: str | os.PathLik
     src, dst = Path(src), Path(dst)
     source, settings = check_request(src, dst, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt,
                                      segment_frames=segment_frames, batch=batch, overwrite=overwrite)
-    work = _open_work(dst, resume)
-    try:
-        return _run_job(upscaler, source, dst, work, settings, fingerprint or {}, segment_frames=segment_frames,
-                        batch=batch, progress=progress, overwrite=overwrite, audio=audio, log=log)
-    except BaseException as exc:
-        _tidy_failed(work, keep_logs=isinstance(exc, ff.FFmpegError))
-        raise
+    with own_work(dst, resume=resume, overwrite=overwrite) as work:
+        try:
+            return _run_job(upscaler, source, dst, work, settings, fingerprint or {}, segment_frames=segment_frames,
+                            batch=batch, progress=progress, overwrite=overwrite, audio=audio, log=log)
+        except BaseException as exc:
+            _tidy_failed(work, keep_logs=isinstance(exc, ff.FFmpegError))
+            raise
 
 
 def check_request(src: str | os.PathLike, dst: str | os.PathLike, *, codec: str | None = None,
@@ -307,7 +342,8 @@ def check_request(src: str | os.PathLike, dst: str | os.PathLike, *, codec: str 
                   segment_frames: int | None = None, batch: int = 1,
                   overwrite: bool = False) -> tuple[ff.MediaInfo, ff.EncoderSettings]:
     """Everything about a request that can be refused before a model is opened (the CLI calls it
-    first): the numbers, the source, the output name and the output settings (``probe_request``).
+    first): the numbers, the source, the output name, another job writing the output, and the
+    output settings (``probe_request``).
 
     Returns:
         (the probed source, the encoder settings).
@@ -324,6 +360,7 @@ def check_request(src: str | os.PathLike, dst: str | os.PathLike, *, codec: str 
         raise ValueError(f"{dst}: the output would overwrite the input video; choose another output name")
     if not overwrite and occupied(dst):  # a dangling symlink too
         raise FileExistsError(f"{dst}: output exists; pass --overwrite to replace it")
+    JobFolder(work_folder(dst), JOB_FILE).check_free(str(dst))  # another job on dst: refused before the model opens
     return probe_request(src, dst, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
 
 
@@ -354,23 +391,47 @@ def check_source(src: Path) -> None:
         raise ValueError(f"{src}: is a still image, not a video; use srdeploy upscale for images")
 
 
-def _open_work(dst: Path, resume: bool) -> Path:
+@contextmanager
+def own_work(dst: Path, *, resume: bool, overwrite: bool) -> Iterator[Path]:
+    """Own ``dst``'s work folder for the block (``jobs.JobFolder.lock``) and make it ready.
+
+    Refused, before anything is written or removed: a folder another live job holds
+    (``JobLocked``, naming it), an output that appeared since the request was checked (a job
+    that just finished), an unfinished run's segments without ``resume``. A refused claim of a
+    folder that did not exist removes it again.
+
+    Yields:
+        The work folder.
+    """
     work = work_folder(dst)
-    try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if work.is_dir() and not resume:
-            if _finished(work):
-                raise FileExistsError(f"{dst}: an unfinished run left {len(_finished(work))} finished segment(s) "
-                                      f"in {work}; pass --resume to continue it, or delete that folder to start again")
-            shutil.rmtree(work)  # only logs of a failed run: nothing to resume
-        work.mkdir(exist_ok=True)
-        drop_partial_segments(work)
-        probe = work / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except PermissionError:
-        raise PermissionError(f"{dst}: permission denied: cannot write in {dst.parent}") from None
-    return work
+    fresh = not work.exists()
+    with ExitStack() as stack:
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(JobFolder(work, JOB_FILE).lock(str(dst)))
+        except PermissionError:
+            raise PermissionError(f"{dst}: permission denied: cannot write in {dst.parent}") from None
+        try:
+            _ready_work(dst, work, resume=resume, overwrite=overwrite)
+        except BaseException:
+            if fresh:
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+        yield work
+
+
+def _ready_work(dst: Path, work: Path, *, resume: bool, overwrite: bool) -> None:
+    """Checks and clean-up once the folder is owned (see ``own_work``)."""
+    if not overwrite and occupied(dst):  # a dangling symlink too
+        raise FileExistsError(f"{dst}: output exists; pass --overwrite to replace it")
+    leftovers = [p for p in work.iterdir() if p.name != LOCK_FILE]
+    if leftovers and not resume:
+        if _finished(work):
+            raise FileExistsError(f"{dst}: an unfinished run left {len(_finished(work))} finished segment(s) "
+                                  f"in {work}; pass --resume to continue it, or delete that folder to start again")
+        for p in leftovers:  # only logs of a failed run: nothing to resume
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    drop_partial_segments(work)
 
 
 def drop_partial_segments(work: Path) -> None:
@@ -407,7 +468,9 @@ def _run_job(upscaler, source: ff.MediaInfo, dst: Path, work: Path, settings: ff
             log(f"note: {note}")
         bar.reset(total=job.frames)
         bar.set_description(source.path.name)
-        reused, done_frames, seconds = _run_segments(job, upscaler, batch, bar)
+        for warning in job.warnings:
+            log(f"warning: {warning}")
+        reused, done_frames, seconds = _run_segments(job, upscaler, batch, bar, log)
         bar.set_description(f"{source.path.name}: joining")
         bar.refresh()
         try:
@@ -425,18 +488,23 @@ def _run_job(upscaler, source: ff.MediaInfo, dst: Path, work: Path, settings: ff
                             fps=done_frames / seconds if seconds > 0 else 0.0, seconds=seconds,
                             source_fps=float(job.timing.rate), codec=settings.describe(), audio=audio_state,
                             segments=len(job.tasks), reused=reused, notices=job.notices + mux.notices,
-                            total_seconds=time.perf_counter() - t_start)
+                            warnings=list(job.warnings), total_seconds=time.perf_counter() - t_start)
 
 
-def _run_segments(job: VideoJob, upscaler, batch: int, bar) -> tuple[int, int, float]:
-    """Process every unfinished segment in order: (segments reused, frames processed, seconds)."""
+def _run_segments(job: VideoJob, upscaler, batch: int, bar,
+                  log: Callable[[str], None]) -> tuple[int, int, float]:
+    """Process every unfinished segment in order: (segments reused, frames processed, seconds).
+    A finished segment that fails its checksum is redone, with one line saying so."""
     reused = done_frames = 0
     t0 = time.perf_counter()
     for task in job.tasks:
-        if segment_done(task):
+        problem = segment_problem(task)
+        if problem is None:
             reused += 1
             bar.update(task.count)
             continue
+        if problem:
+            log(f"warning: {job.dst}: segment {task.index} ({task.path.name}) {problem}; redoing it")
         try:
             process_segment(task, upscaler, batch=batch, on_frame=bar.update)
         except ff.FFmpegError as exc:

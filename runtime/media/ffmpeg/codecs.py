@@ -15,6 +15,10 @@ extension           muxer       default codec                                  q
 .wmv                asf         WMV 8 (wmv2)                                   q 3 (-q:v 1-31)
 =================== =========== ============================================== ==================
 
+``STREAMS`` says, per muxer, which codecs of the source's other streams the container holds
+(copied), what it converts the rest to (audio, text subtitles) and what it drops; the join
+decides every stream from it before ffmpeg runs (``mux.plan_streams``).
+
 ``encoder_settings`` resolves ``--codec/--crf/--preset/--pix-fmt`` into an ``EncoderSettings``
 value; an option the encoder does not take, or a value out of its range, is an error, never
 ignored or clamped. ``check_output`` then asks ffmpeg itself, before any model is loaded: it
@@ -71,6 +75,71 @@ CONTAINERS = {".mp4": ("mp4", "h264"), ".m4v": ("mp4", "h264"), ".mov": ("mov", 
 # Containers whose muxer takes other encoders' streams but loses frames of them now and then
 # (MPEG-PS with H.264: 7 of 20 frames decoded in one trial, all in another), so no trial can clear them.
 _HOLDS_ONLY = {"mpeg": ("mpeg1video", "mpeg2video")}
+TEXT_SUBTITLES = frozenset({"subrip", "srt", "ass", "ssa", "webvtt", "mov_text", "text"})
+
+
+@dataclass(frozen=True)
+class Holds:
+    """What one output container holds besides the upscaled video (a row of ``STREAMS``).
+
+    Attributes:
+        video: codecs of further video tracks it holds (None: any); others are dropped.
+        audio: audio codecs it holds (copied); others are re-encoded with ``audio_to``.
+        audio_to: the ffmpeg encoder for audio it cannot hold.
+        text: text subtitle codecs it holds; other text subtitles become ``text_to``.
+        text_to: the encoder for text subtitles it cannot hold (None: it holds no text subtitles,
+            they are dropped).
+        image: image subtitle codecs it holds (DVD, PGS, DVB); others are dropped (no conversion
+            from pictures to text).
+        covers: cover-art codecs it holds (an attached picture); others are dropped.
+        attachments: it holds attachments (fonts).
+    """
+
+    video: frozenset[str] | None
+    audio: frozenset[str]
+    audio_to: str
+    text: frozenset[str] = frozenset()
+    text_to: str | None = None
+    image: frozenset[str] = frozenset()
+    covers: frozenset[str] = frozenset()
+    attachments: bool = False
+
+
+def _set(names: str) -> frozenset[str]:
+    return frozenset(names.split())
+
+
+# Per muxer. An entry is copied only where ffmpeg stream-copies it in and reads it back as the same
+# codec, and players expect it there (tests/test_video_streams.py muxes every audio and text entry
+# with the bundled ffmpeg); e.g. MP4 takes MP2 but reads it back as MP3, MPEG-TS writes Vorbis, FLAC
+# and PCM into streams nothing reads, WebM takes Opus/Vorbis and WebVTT only; a cover picture stays
+# one in MP4 only (MOV loses it, Matroska makes it a one-frame video track); FLV holds one video
+# track; AVI takes H.264 only as Annex B, which an MP4 or Matroska source's track is not (the
+# upscaled track gets there through the concat demuxer, which converts it). Data streams (timecode
+# tracks, MP4 chapter text tracks, KLV) are never copied: chapters and timecodes travel as chapters
+# and metadata.
+STREAMS = {
+    "mp4": Holds(video=_set("h264 hevc av1 vp9 mpeg4 mjpeg png"), audio=_set("aac mp3 ac3 eac3 opus flac alac"),
+                 audio_to="aac", text=_set("mov_text"), text_to="mov_text", image=_set("dvd_subtitle"),
+                 covers=_set("mjpeg png")),
+    "mov": Holds(video=_set("h264 hevc mpeg4 mjpeg png prores"),
+                 audio=_set("aac mp3 mp2 ac3 eac3 alac pcm_s16le pcm_s16be pcm_s24le"), audio_to="aac",
+                 text=_set("mov_text"), text_to="mov_text"),
+    "matroska": Holds(video=None, audio=_set("aac mp3 mp2 opus vorbis flac ac3 eac3 dts truehd alac pcm_s16le "
+                                             "pcm_s24le pcm_s32le pcm_f32le wmav2"), audio_to="flac",
+                      text=_set("subrip ass webvtt"), text_to="srt",
+                      image=_set("dvd_subtitle hdmv_pgs_subtitle dvb_subtitle"), attachments=True),
+    "webm": Holds(video=_set("vp8 vp9 av1"), audio=_set("opus vorbis"), audio_to="libopus", text=_set("webvtt"),
+                  text_to="webvtt"),
+    "avi": Holds(video=_set("mpeg4 mjpeg"), audio=_set("mp3 mp2 ac3 aac pcm_s16le pcm_u8"),
+                 audio_to="libmp3lame"),
+    "flv": Holds(video=frozenset(), audio=_set("aac mp3"), audio_to="aac"),
+    "mpegts": Holds(video=_set("h264 hevc mpeg2video mpeg1video"), audio=_set("aac mp3 mp2 ac3 eac3 opus"),
+                    audio_to="aac", image=_set("dvb_subtitle")),
+    "mpeg": Holds(video=_set("mpeg1video mpeg2video"), audio=_set("mp2 mp3 ac3"), audio_to="mp2",
+                  image=_set("dvd_subtitle")),
+    "asf": Holds(video=_set("wmv1 wmv2 wmv3 vc1"), audio=_set("wmav1 wmav2 mp3 pcm_s16le"), audio_to="wmav2"),
+}
 _RGB_FORMATS = ("rgb", "bgr", "gbr")
 _CHECK_SIZE = 256  # frame size of check_output's trial (hardware encoders refuse tiny frames)
 _CHECK_FRAMES = 8  # frames per trial segment: enough for the encoders' B-frame reordering
@@ -247,10 +316,11 @@ def _trial(exe: str, container: str, settings: EncoderSettings) -> str | None:
         if rc != 0:
             return f"ffmpeg cannot encode {settings.describe()}: {failure_cause(tail)}"
         listing = work / "check.ffconcat"
-        entry = f"file '{seg.as_posix()}'\nduration {_CHECK_FRAMES / 25:.2f}\n"
+        # A bare name beside the list (the temporary folder's path may hold anything): see mux.concat_list.
+        entry = f"file {seg.name}\nduration {_CHECK_FRAMES / 25:.2f}\n"
         listing.write_text("ffconcat version 1.0\n" + 2 * entry, encoding="utf-8")
         out = work / "joined"
-        p = Process(["-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", f"file:{listing}", "-map", "0:v:0",
+        p = Process(["-v", "error", "-y", "-f", "concat", "-i", f"file:{listing}", "-map", "0:v:0",
                      "-c", "copy", "-f", container, f"file:{out}"], log)
         rc = p.wait()
         frames = decoded_frames(out, log) if rc == 0 else -1

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Sequence
 
 from ...atomic import atomic_target, write_text
-from .codecs import container_for
+from .codecs import STREAMS, TEXT_SUBTITLES, Holds, container_for
 from .probe import MediaInfo, StreamInfo
-from .process import FFmpegError, Process, run
+from .process import Process, run
 
 
 @dataclass
@@ -28,116 +28,111 @@ class MuxPlan:
     notices: list[str] = field(default_factory=list)
 
 
-_TEXT_SUBS = {"subrip", "srt", "ass", "ssa", "webvtt", "mov_text", "text"}
-# What a stream the container cannot hold is re-encoded to, per muxer (absent: dropped).
-_FALLBACK_AUDIO = {"mp4": "aac", "mov": "aac", "matroska": "flac", "webm": "libopus", "avi": "libmp3lame",
-                   "flv": "aac", "mpegts": "aac", "mpeg": "mp2", "asf": "wmav2"}
-_FALLBACK_SUBS = {"mp4": "mov_text", "mov": "mov_text", "matroska": "srt", "webm": "webvtt"}
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # what the concat demuxer's safe mode accepts
 
 
 def join_and_mux(segments: Sequence[Path], durations: Sequence[Fraction], source: MediaInfo, dst_tmp: Path,
                  container: str, offset: float, work: Path, *, hevc_tag: bool = False, audio: bool = True) -> MuxPlan:
     """Join encoded segments without re-encoding and add every other stream of the source.
 
-    The segments are listed in an ffconcat file with exact durations (cumulative start times
-    rounded once, so no drift accumulates); the video is placed ``offset`` seconds after the
-    container start, as in the source, so audio and subtitles stay in sync. All other streams
-    (audio tracks, subtitles, attachments such as Matroska fonts, data), chapters and global
-    metadata are copied; the source video stream's metadata goes onto the new video stream.
-    A stream the container cannot hold is re-encoded (audio -> AAC/FLAC/Opus/MP3/MP2/WMA, text
+    The segments are listed in an ffconcat file with exact durations (``concat_list``); the
+    video is placed ``offset`` seconds after the container start, as in the source, so audio and
+    subtitles stay in sync. The other streams (audio tracks, subtitles, attachments such as
+    Matroska fonts), chapters and global metadata are copied; the source video stream's metadata
+    goes onto the new video stream. What the container cannot hold is decided before ffmpeg runs,
+    from ``codecs.STREAMS`` (``plan_streams``): re-encoded (audio -> the container's codec, text
     subtitles -> mov_text/SRT/WebVTT) or dropped; each case becomes one line in ``notices``.
 
     Args:
-        segments: encoded segment files, in order.  durations: their exact durations (seconds).
+        segments: encoded segment files, in order, all in ``work``.  durations: their exact durations (seconds).
         source: the probed source.  dst_tmp: file to write (renamed by the caller).
         container: ffmpeg muxer of the output.  offset: seconds from container start to the first frame.
-        work: folder for the concat list and the log.  hevc_tag: tag HEVC as hvc1 (MP4/MOV players).
+        work: folder of the segments, the concat list and the log.  hevc_tag: tag HEVC as hvc1 (MP4/MOV players).
         audio: False leaves the audio tracks out (``--no-audio``; no notice).
 
     Raises:
         FFmpegError: the mux failed (one line naming the cause and ``work/join.log``).
     """
     log = work / "join.log"
-    listing = work / "segments.ffconcat"
+    listing = concat_list(segments, durations, work)
+    plan = plan_streams(source, container, audio)
+    p = Process(_mux_args(listing, source, plan, container, offset, dst_tmp, hevc_tag), log)
+    if p.wait() != 0:
+        raise p.error(f"{dst_tmp}: joining the segments failed")
+    return plan
+
+
+def concat_list(segments: Sequence[Path], durations: Sequence[Fraction], work: Path) -> Path:
+    """Write ``work/segments.ffconcat``: each segment by its bare name and exact duration.
+
+    The names are relative to the list (the concat demuxer resolves them against it) and are our
+    own ``seg-00000.mov``: a user's file or folder name (a quote, a newline, a ``%``) never
+    appears in the list, and ffmpeg's safe mode, left on, refuses anything else. Durations are
+    cumulative start times rounded once, so no drift accumulates.
+
+    Raises:
+        ValueError: a segment outside ``work`` or with a name the safe mode would refuse (a bug).
+    """
     lines = ["ffconcat version 1.0"]
     acc = Fraction(0)
     prev_us = 0
     for seg, dur in zip(segments, durations):
+        seg = Path(seg)
+        if seg.parent.resolve() != Path(work).resolve() or not _SAFE_NAME.fullmatch(seg.name):
+            raise ValueError(f"{seg}: segments must be plain names inside the work folder {work}")
         acc += dur
         end_us = round(acc * 1_000_000)
-        lines += [f"file '{Path(seg).resolve().as_posix()}'", f"duration {(end_us - prev_us) / 1e6:.6f}"]
+        lines += [f"file {seg.name}", f"duration {(end_us - prev_us) / 1e6:.6f}"]
         prev_us = end_us
+    listing = Path(work) / "segments.ffconcat"
     write_text(listing, "\n".join(lines) + "\n", fsync=False)
-    plan = _plan_streams(source, container, audio)
-    # Each failed attempt names one stream the container refused: convert or drop it and try again.
-    for _ in range(len(source.streams) + 1):
-        p = Process(_mux_args(listing, source, plan, container, offset, dst_tmp, hevc_tag), log)
-        if p.wait() == 0:
-            break
-        refused = _refused_stream("".join(p.tail), plan)
-        if refused is None:
-            raise p.error(f"{dst_tmp}: joining the segments failed")
-        _convert_or_drop(plan, refused, container)
-        dst_tmp.unlink(missing_ok=True)
-    else:
-        raise FFmpegError(f"{dst_tmp}: joining the segments failed (ffmpeg log: {log})",
-                          f"a stream was still refused after {len(source.streams) + 1} attempts", log)
-    for s in source.streams:
-        if s.index in plan.encode:
-            plan.notices.append(f"stream #{s.index} ({s.kind} {s.codec}) re-encoded to {plan.encode[s.index]}: "
-                                f"{container} cannot hold {s.codec}")
-        elif s.index in plan.dropped:
-            plan.notices.append(f"stream #{s.index} ({s.kind} {s.codec}) dropped: {plan.dropped[s.index]}")
-    return plan
+    return listing
 
 
-def _plan_streams(source: MediaInfo, container: str, audio: bool) -> MuxPlan:
-    """The first attempt: copy every stream but the upscaled one (attachments only into Matroska)."""
+def plan_streams(source: MediaInfo, container: str, audio: bool = True) -> MuxPlan:
+    """Decide, from ``codecs.STREAMS``, what happens to each source stream but the upscaled one:
+    copied, re-encoded (``plan.encode``) or dropped (``plan.dropped``), with one notice each
+    for the last two. ``audio`` False leaves audio out without a notice (``--no-audio``)."""
+    holds = STREAMS[container]
     plan = MuxPlan()
     for s in source.streams:
         if s.index == source.video or (s.kind == "audio" and not audio):
             continue
-        if s.kind == "attachment" and container != "matroska":
-            plan.dropped[s.index] = f"attachments need .mkv; {container} cannot hold them"
-        elif s.kind == "video" and not s.attached_pic:
-            plan.copy.append(s)  # another video track: carried as it is, not upscaled
-            plan.notices.append(f"stream #{s.index} ({s.codec} video) copied as it is; only stream "
-                                f"#{source.video} is upscaled")
-        else:
+        verdict = _verdict(s, holds, container)
+        if verdict is None:
             plan.copy.append(s)
+            if s.kind == "video" and not s.attached_pic:
+                plan.notices.append(f"stream #{s.index} ({s.codec} video) copied as it is; only stream "
+                                    f"#{source.video} is upscaled")
+        elif verdict.startswith("encode:"):
+            plan.copy.append(s)
+            plan.encode[s.index] = verdict.split(":", 1)[1]
+            plan.notices.append(f"stream #{s.index} ({s.kind} {s.codec}) re-encoded to {plan.encode[s.index]}: "
+                                f"{container} cannot hold {s.codec}")
+        else:
+            plan.dropped[s.index] = verdict
+            plan.notices.append(f"stream #{s.index} ({s.kind} {s.codec}) dropped: {verdict}")
     return plan
 
 
-def _refused_stream(tail: str, plan: MuxPlan) -> StreamInfo | None:
-    """The source stream a failed mux refused: named by its output index ("Could not find tag for
-    codec X in stream #2"), or only by its kind (MPEG-PS: "Unsupported audio codec"), then the
-    first such stream not yet converted. None: the failure is not about one stream."""
-    m = re.search(r"(?:Could not find tag for codec \S+ in stream|stream) #(\d+)", tail)
-    if m:
-        out_index = int(m.group(1))
-        return plan.copy[out_index - 1] if 1 <= out_index <= len(plan.copy) else None
-    for kind in ("audio", "subtitle"):
-        if re.search(rf"\b{kind}\b", tail, re.IGNORECASE):
-            return next((s for s in plan.copy if s.kind == kind and s.index not in plan.encode), None)
-    return None
-
-
-def _convert_or_drop(plan: MuxPlan, s: StreamInfo, container: str) -> None:
-    """A stream the container refused: re-encode it to the container's fallback, or drop it."""
-    if s.index in plan.encode or s.kind not in ("audio", "subtitle"):
-        plan.copy.remove(s)
-        plan.encode.pop(s.index, None)
-        plan.dropped[s.index] = f"{container} cannot hold {s.kind} codec {s.codec}"
-        return
-    enc = _FALLBACK_AUDIO.get(container, "aac") if s.kind == "audio" else (
-        _FALLBACK_SUBS.get(container) if s.codec in _TEXT_SUBS else None)
-    if enc is None:
-        plan.copy.remove(s)
-        why = ("image subtitles cannot be converted to text" if s.codec not in _TEXT_SUBS
-               else f"{container} holds no text subtitles")
-        plan.dropped[s.index] = f"{container} cannot hold {s.kind} codec {s.codec} ({why})"
-    else:
-        plan.encode[s.index] = enc
+def _verdict(s: StreamInfo, holds: Holds, container: str) -> str | None:
+    """None (copy), "encode:ENCODER", or why the stream is dropped."""
+    if s.kind == "audio":
+        return None if s.codec in holds.audio else f"encode:{holds.audio_to}"
+    if s.kind == "subtitle" and s.codec in TEXT_SUBTITLES:
+        if s.codec in holds.text:
+            return None
+        return f"encode:{holds.text_to}" if holds.text_to else f"{container} holds no text subtitles"
+    if s.kind == "subtitle":
+        return None if s.codec in holds.image else (f"{container} cannot hold {s.codec} subtitles (image "
+                                                    "subtitles cannot be converted to text)")
+    if s.kind == "video" and s.attached_pic:
+        return None if s.codec in holds.covers else f"{container} cannot hold a {s.codec} cover picture"
+    if s.kind == "video":
+        return None if holds.video is None or s.codec in holds.video else f"{container} cannot hold {s.codec} video"
+    if s.kind == "attachment":
+        return None if holds.attachments else f"attachments need .mkv; {container} cannot hold them"
+    return (f"{s.kind} streams are not carried (chapters and timecodes are kept as chapters and metadata)")
 
 
 def _mux_args(listing: Path, source: MediaInfo, plan: MuxPlan, container: str, offset: float, dst: Path,
@@ -145,7 +140,7 @@ def _mux_args(listing: Path, source: MediaInfo, plan: MuxPlan, container: str, o
     args = ["-v", "error", "-y"]
     if abs(offset) > 1e-9:
         args += ["-itsoffset", f"{offset:.6f}"]
-    args += ["-f", "concat", "-safe", "0", "-i", f"file:{listing}", "-i", f"file:{source.path}",
+    args += ["-f", "concat", "-i", f"file:{listing}", "-i", f"file:{source.path}",
              "-map", "0:v:0"]
     for s in plan.copy:
         args += ["-map", f"1:{s.index}"]
@@ -167,30 +162,31 @@ def _mux_args(listing: Path, source: MediaInfo, plan: MuxPlan, container: str, o
 def add_audio(source: MediaInfo, video: Path, log: Path) -> str:
     """Mux the audio tracks of ``source`` into the video-only file ``video``, replaced atomically.
 
-    Tries copying the audio first, then re-encoding it to the container's usual codec (the
-    join's fallback: AAC for MP4/MOV, FLAC for Matroska, MP3 for AVI...).
+    Each track is copied when the container holds its codec and re-encoded to the container's
+    codec otherwise (``codecs.STREAMS``, as the join decides: AAC for MP4/MOV, FLAC for Matroska,
+    MP3 for AVI...).
 
     Args:
         source: the probed source.  video: the encoded file (its extension names the container).
         log: ffmpeg's stderr (appended).
 
     Returns:
-        "none" (the source has no audio), "copied" or "re-encoded".
+        "none" (the source has no audio), "copied" or "re-encoded" (at least one track).
 
     Raises:
-        FFmpegError: neither worked (cause and log named); ``video`` is left as it was.
+        FFmpegError: the mux failed (cause and log named); ``video`` is left as it was.
     """
     if not source.audio:
         return "none"
     container = container_for(video)
-    base = ["-v", "error", "-y", "-i", f"file:{video}", "-i", f"file:{source.path}", "-map", "0:v:0", "-map", "1:a",
+    holds = STREAMS[container]
+    args = ["-v", "error", "-y", "-i", f"file:{video}", "-i", f"file:{source.path}", "-map", "0:v:0", "-map", "1:a",
             "-c:v", "copy"]
-    attempts = (("copied", ["-c:a", "copy"]), ("re-encoded", ["-c:a", _FALLBACK_AUDIO.get(container, "aac")]))
-    for state, codec_args in attempts:
-        try:
-            with atomic_target(video, keep_suffix=True, create=False, fsync=False) as out:
-                run(base + codec_args + ["-f", container, f"file:{out}"], log, f"{video}: adding the audio")
-            return state
-        except FFmpegError as exc:
-            error = exc
-    raise error
+    encoded = False
+    for k, s in enumerate(source.audio):
+        codec = "copy" if s.codec in holds.audio else holds.audio_to
+        encoded |= codec != "copy"
+        args += [f"-c:a:{k}", codec]
+    with atomic_target(video, keep_suffix=True, create=False, fsync=False) as out:
+        run(args + ["-f", container, f"file:{out}"], log, f"{video}: adding the audio")
+    return "re-encoded" if encoded else "copied"

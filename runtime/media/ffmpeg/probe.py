@@ -56,6 +56,7 @@ class MediaInfo:
         video: index of the video stream to upscale (first video stream that is not a cover), or None.
         pix_fmt: its pixel format; color_range/colorspace/color_primaries/color_trc: its colour tags ("" unknown).
         rotation: display rotation in degrees (applied while decoding).
+        width, height: coded frame size of that stream (0 when not printed; see ``frame_size``).
     """
 
     path: Path
@@ -71,6 +72,14 @@ class MediaInfo:
     color_primaries: str = ""
     color_trc: str = ""
     rotation: float = 0.0
+    width: int = 0
+    height: int = 0
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) of the decoded frames: the coded size, turned by the rotation."""
+        turned = round(self.rotation / 90) % 2 == 1
+        return (self.height, self.width) if turned else (self.width, self.height)
 
     @property
     def audio(self) -> list[StreamInfo]:
@@ -112,7 +121,9 @@ def probe(path: str | os.PathLike, log: Path | None = None) -> MediaInfo:
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: cannot open video: the file is empty (0 bytes)")
     # "file:" so a name with a colon or a leading dash is never read as a protocol or an option.
-    text = capture(["-i", f"file:{path}"]).stderr
+    url = f"file:{path}"
+    # ffmpeg prints the name as it is: a newline in it could fake a stream or duration line below.
+    text = capture(["-i", url]).stderr.replace(url, "file:SOURCE")
     if log is not None:
         try:
             with open(log, "a", encoding="utf-8") as f:
@@ -161,6 +172,9 @@ def _video_details(rest: str, after: str) -> dict:
                     out["colorspace"] = space if space in _SPACES else ""
                     out["color_primaries"] = prim if prim in _PRIMARIES else ""
                     out["color_trc"] = trc if trc in _TRCS else ""
+    size = re.search(r",\s(\d+)x(\d+)\b", rest)  # ", 1920x1080 [SAR 1:1 ...": not the "0x31637661" tag
+    if size:
+        out["width"], out["height"] = int(size.group(1)), int(size.group(2))
     block = after.split("Stream #0:")[0]
     r = _ROTATION.search(block)
     if r:
@@ -178,6 +192,8 @@ class FrameTimes:
         last_duration: duration of the last frame in ticks.
         width, height: decoded frame size (after rotation).
         sar: sample aspect ratio (1 for square pixels).
+        damage: the decoder's complaint when the stream is damaged or cut short ("" when it decoded
+            cleanly); the frames that did decode are listed all the same.
     """
 
     tb: Fraction
@@ -186,6 +202,7 @@ class FrameTimes:
     width: int
     height: int
     sar: Fraction = Fraction(1)
+    damage: str = ""
 
     @property
     def count(self) -> int:
@@ -236,7 +253,11 @@ def frame_times(info: MediaInfo, log: Path) -> FrameTimes:
     if len(set(pts_sorted)) != len(pts_sorted):
         raise ValueError(f"{info.path}: frames with equal timestamps; the video stream is damaged")
     last = durs[order[-1]] or (pts_sorted[-1] - pts_sorted[-2] if len(pts_sorted) > 1 else 1)
-    return FrameTimes(tb=tb, pts=pts_sorted, last_duration=last, width=size[0], height=size[1], sar=sar)
+    # "-v error": a clean decode prints nothing; a cut or damaged file prints why (partial file,
+    # corrupt packet, invalid data), which is worth a warning even though some frames decoded.
+    complaint = "".join(p.tail).strip()
+    return FrameTimes(tb=tb, pts=pts_sorted, last_duration=last, width=size[0], height=size[1], sar=sar,
+                      damage=" ".join(failure_cause(complaint).split()) if complaint or rc != 0 else "")
 
 
 
