@@ -96,7 +96,8 @@ def time_size(fns: dict, size: int, threads: int, iters: int, fpp: float) -> Non
     peak = (p0["gflops"] + p1["gflops"]) / 2
     base = float(np.median(times["ORT FP32 traced (before)"]))
     print(f"\n{size}x{size} LR, {threads} threads, {iters} calls each; FMA peak {p0['gflops']:.0f} / "
-          f"{p1['gflops']:.0f} GFLOP/s before/after ({p0['isa']}); load average {load0:.2f} -> {os.getloadavg()[0]:.2f}")
+          f"{p1['gflops']:.0f} GFLOP/s before/after ({p0['isa']}); load average {load0:.2f} -> "
+          f"{os.getloadavg()[0]:.2f}")
     print(f"  {'path':<36} {'median ms':>10} {'vs before':>9} {'GFLOP/s':>8} {'of peak':>8}")
     for k, ts in times.items():
         m = float(np.median(ts))
