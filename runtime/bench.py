@@ -62,7 +62,8 @@ class BenchConfig:
         video: None = no video mode; "" = a synthetic video; else a video file to upscale.
         video_frames: frames of the synthetic video.
         compare_torch: checkpoint of the same model to time in PyTorch eager (unfused, FP32).
-        compare: other models to time against the main one, ``MODEL`` or ``MODEL@BACKEND``
+        compare: other models to time against the main one, ``MODEL``, ``MODEL@BACKEND`` or
+            ``MODEL@BACKEND:PRECISION``
             (alternating blocks, same input, same threads).
         peak: also measure the machine's FP32 FMA peak (``srbench --peak``, same threads) and
             report the fraction of it each model reaches.
@@ -97,20 +98,27 @@ class BenchConfig:
             parse_compare(spec)
 
 
-def parse_compare(spec: str) -> tuple[str, str]:
-    """``MODEL[@BACKEND]`` -> (model, backend); backend "auto" when none is given.
+def parse_compare(spec: str) -> tuple[str, str, str | None]:
+    """``MODEL[@BACKEND[:PRECISION]]`` -> (model, backend, precision or None = the file's).
 
-    The part after the last "@" is taken as a backend only when it is a backend name or alias,
-    so a file name containing "@" still works. The backend must be able to open the file.
+    The part after the last "@" is a backend only when it is a backend name or alias, so a file
+    name containing "@" still works; the backend must open the file ("auto" stays "auto" with
+    precision "auto": the tune profile chooses both).
     """
     from .backends import ALIASES, NAMES, backend_for
+    from .metadata import PRECISIONS
+    from .open import AUTO
 
-    model, sep, backend = spec.rpartition("@")
+    model, sep, tail = spec.rpartition("@")
+    backend, _, precision = tail.partition(":")
     if not sep or (backend not in NAMES and backend not in ALIASES):
-        model, backend = spec, "auto"
+        model, backend, precision = spec, "auto", ""
     if not Path(model).is_file():
         raise FileNotFoundError(f"--compare {spec}: model file {model} does not exist")
-    return model, backend_for(model, backend)
+    if precision and precision not in (*PRECISIONS, AUTO):
+        raise ValueError(f"--compare {spec}: precision {precision!r} is not one of {', '.join(PRECISIONS)}, {AUTO}")
+    resolved = backend_for(model, backend)
+    return model, "auto" if precision == AUTO and backend == "auto" else resolved, precision or None
 
 
 # --------------------------------------------------------------------------- the benchmark
@@ -252,8 +260,8 @@ def _compare_models(cfg, session, x, model_only, out_px, log, tile, tile_pad) ->
     others = []
     try:
         for spec in cfg.compare:
-            model, backend = parse_compare(spec)
-            others.append((model, open_session(model, backend=backend, threads=cfg.threads)))
+            model, backend, precision = parse_compare(spec)
+            others.append((model, open_session(model, backend=backend, precision=precision, threads=cfg.threads)))
         fns = {"main": model_only}
         for i, (_, s) in enumerate(others):
             fns[f"c{i}"] = _model_only(s, x, tile, tile_pad, cfg.batch)
@@ -269,10 +277,11 @@ def _compare_models(cfg, session, x, model_only, out_px, log, tile, tile_pad) ->
         for i, (model, s) in enumerate(others):
             t = summarize(times[f"c{i}"], frames=cfg.batch, out_pixels_per_frame=out_px)
             speedup = t["fps"] / main["fps"] if main["fps"] > 0 else float("inf")
-            entries.append({"model": str(model), "backend": s.backend, "device": s.device, "precision": s.precision,
+            ran = getattr(s, "path", None) or model  # the file that ran (auto may pick the INT8 sibling)
+            entries.append({"model": str(ran), "backend": s.backend, "device": s.device, "precision": s.precision,
                             "role": "compare", "fps": t["fps"], "speedup": speedup, "latency_ms": t["latency_ms"],
                             "flops_per_pixel": s.info.flops_per_pixel or None})
-            log(f"  {'compare':<8} {s.backend:<12} {s.precision:<5} {t['fps']:8.3f} fps  {speedup:.2f}x  {model}")
+            log(f"  {'compare':<8} {s.backend:<12} {s.precision:<5} {t['fps']:8.3f} fps  {speedup:.2f}x  {ran}")
     finally:
         for _, s in others:
             s.close()

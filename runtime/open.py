@@ -25,6 +25,10 @@ from .contract import check_contract
 from .metadata import PRECISIONS
 from .session import Session
 
+#: ``precision="auto"``: the fastest path a ``srdeploy tune`` profile measured on this machine within
+#: its max loss, else the exact default; resolved by ``SessionRecipe.resolved`` (runtime/profile.py).
+AUTO = "auto"
+
 
 @dataclass(frozen=True)
 class SessionRecipe:
@@ -35,9 +39,12 @@ class SessionRecipe:
         backend: backend name or alias; "auto" = from the file type.
         device: "cpu", "cuda" or "cuda:N"; None = the backend's default (see the table).
         precision: "fp32", "fp16", "bf16" (OpenVINO, CPUs with it) or "int8" (a quantized
-            file); None = what the model file computes.
+            file, or the FP32 file's INT8 sibling ``NAME_int8.onnx`` beside it); None = what the
+            model file computes; "auto" = what ``srdeploy tune`` measured fastest here within its
+            max loss (``srdeploy.runtime.profile``), else None.
         threads: CPU threads (ONNX Runtime intra-op, torch); None = the backend's default.
         options: the backend's options dataclass (``srdeploy.runtime.backends.options``) or None.
+        note: what "auto" chose and why (set by ``resolved``; the commands print it first).
     """
 
     model: str
@@ -46,18 +53,49 @@ class SessionRecipe:
     precision: str | None = None
     threads: int | None = None
     options: Any = None
+    note: str = ""
 
     def resolved(self) -> "SessionRecipe":
-        """The same recipe with the backend, device and options made explicit (and checked)."""
+        """The same recipe with the backend, device, precision and options made explicit (and checked).
+
+        ``precision="auto"`` becomes the profile's choice (model file, backend, precision, threads)
+        with a ``note``; ``"int8"`` on an FP32 ONNX file with an INT8 sibling becomes that sibling.
+        """
+        if self.precision == AUTO:
+            from .profile import choose
+
+            return choose(self).resolved()
+        if self.precision == "int8":
+            return _int8_sibling(self)._resolved()
+        return self._resolved()
+
+    def _resolved(self) -> "SessionRecipe":
         backend = backend_for(self.model, self.backend)
         device = self.device or BY_NAME[backend].default_device
         parse_device(device, backend=backend)
         if self.precision not in (None, *PRECISIONS):
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} or {AUTO}, got {self.precision!r}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         return replace(self, model=str(self.model), backend=backend, device=device,
                        options=make_options(backend, self.options))
+
+
+def _int8_sibling(recipe: SessionRecipe) -> SessionRecipe:
+    """``precision="int8"`` on an FP32 ONNX file runs its INT8 sibling when one was quantized from it
+    (named in ``note``); an INT8 file, or no sibling, is left to the backend (which refuses FP32)."""
+    from .profile import find_int8_sibling, int8_sibling_name, read_props
+
+    model = Path(recipe.model)
+    if model.suffix.lower() != ".onnx" or not model.is_file() or not int8_sibling_name(model).is_file():
+        return recipe
+    if read_props(model).get("srdeploy.precision", "fp32") != "fp32":
+        return recipe
+    sibling, why = find_int8_sibling(model)
+    if sibling is None:
+        raise ValueError(f"{model}: precision int8 needs its INT8 model, and {why}")
+    return replace(recipe, model=str(sibling), note=f"precision int8 -> {sibling} (the INT8 model quantized "
+                                                    f"from {model.name})")
 
 
 def _adapter(backend: str):
@@ -87,9 +125,11 @@ def open_session(model: "str | os.PathLike | SessionRecipe", *, backend: str = "
         backend: "auto" (from the file) or a name/alias from ``srdeploy.runtime.backends``.
         device: "cpu", "cuda" or "cuda:N"; None = the backend's default ("cpu" for ONNX Runtime
             and PyTorch, "cuda:0" for TensorRT and ONNX Runtime's TensorRT provider).
-        precision: "fp32", "fp16", "bf16" or "int8"; None = what the model file computes (an
+        precision: "fp32", "fp16", "bf16", "int8" or "auto"; None = what the model file computes (an
             engine's built precision, an ONNX file's metadata, fp32 for a checkpoint). Unavailable
-            = error (bf16 only on OpenVINO where the device has it).
+            = error (bf16 only on OpenVINO where the device has it). "int8" on an FP32 ONNX file
+            opens its INT8 sibling ``NAME_int8.onnx``; "auto" is resolved from the ``srdeploy
+            tune`` profile (see ``SessionRecipe``); the session's ``details["note"]`` says what ran.
         threads: CPU threads (ONNX Runtime intra-op threads, torch.set_num_threads).
         options: the backend's options dataclass (``OrtOptions``, ``TrtOptions``, ``TorchOptions``,
             ``OpenVinoOptions``)
@@ -124,6 +164,8 @@ def open_session(model: "str | os.PathLike | SessionRecipe", *, backend: str = "
     except BaseException:
         session.close()
         raise
+    if recipe.note:
+        session.details = {**(getattr(session, "details", None) or {}), "note": recipe.note}
     return session
 
 
@@ -132,15 +174,19 @@ def describe_session(session: Session, model, upscaler=None) -> str:
 
     Args:
         session: the open session.
-        model: the model path as the user gave it.
+        model: the model path as the user gave it (the session's own ``path`` wins: precision
+            auto/int8 may run a sibling file).
         upscaler: the ``Upscaler`` (its ``describe()``, batch and feather), if the command tiles.
     """
     info = session.info
     used = session.details.get("providers") or session.details.get("gpu") or ""
     where = " ".join(str(part) for part in (session.backend, used, session.device, session.precision) if part)
+    model = getattr(session, "path", None) or model
     line = f"model {model} (x{info.scale}, receptive radius {info.receptive_radius}) on {where}"
     if upscaler is not None:
         line += f"; {upscaler.describe()}, batch {upscaler.batch}" + (f", feather {upscaler.feather}" if upscaler.feather else "")
+    if session.details.get("note"):  # what --precision auto chose and why: never silent
+        line += f"; {session.details['note']}"
     return line
 
 

@@ -19,7 +19,7 @@ Plain values only (no numpy), so a recipe holding them pickles to another proces
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -131,3 +131,13 @@ class RunSettings:
         if not isinstance(self.recipe, SessionRecipe) or not isinstance(self.tiling, TileSettings):
             raise TypeError(f"RunSettings(recipe, tiling) takes a SessionRecipe and a TileSettings, got "
                             f"{type(self.recipe).__name__} and {type(self.tiling).__name__}")
+
+    def pinned(self) -> "RunSettings":
+        """The same settings with ``precision="auto"`` resolved now (the tune profile read once), for
+        work that opens several sessions: batch workers and Ray Serve replicas then all run the one
+        path the driver chose (and its ``note``), never a mix. Other precisions: unchanged."""
+        from .open import AUTO
+
+        if self.recipe.precision != AUTO:
+            return self
+        return replace(self, recipe=self.recipe.resolved())

@@ -10,8 +10,9 @@ Steps (each one a public srdeploy command or function, so the bundle proves the 
   5. models/model_card.json (machine-readable figures the tests check) and models/MODEL_CARD.md
   6. deployment variants (``--deploy``; also run after 1-5): srdeploy export (FP32 with the FLOP count,
      and an FP16 variant kept in a temp folder), srdeploy quantize -> models/<name>_int8.onnx, srdeploy
-     eval of FP32/FP16/INT8 through the runtime (ONNX Runtime; INT8 and FP32 also on OpenVINO) and
-     srdeploy bench --compare --peak at 128x128 and 256x256; the table goes into the card.
+     eval of FP32/FP16/INT8 through the runtime (ONNX Runtime; INT8 and FP32 also on OpenVINO, and
+     BF16 = the FP32 file on OpenVINO with --precision bf16 where the CPU has it) and srdeploy bench
+     --compare --peak at 128x128 and 256x256; the tables go into the card.
   7. the TensorRT INT8 variant (``--trt-int8``; also run by ``--deploy``): srdeploy quantize --target
      tensorrt -> models/<name>_int8_trt.onnx (symmetric int8, what TensorRT's parser takes), its loss on
      Set5/Set14 through ONNX Runtime on the CPU recorded in the card.
@@ -169,12 +170,14 @@ def deploy(out: Path, name: str, *, threads: int, iters: int) -> int:
                  "--json", str(tmp / "quantize.json"))
         quant = json.loads((tmp / "quantize.json").read_text())
         evals = {}
-        for label, model, backend in (("FP32", fp32, "onnxruntime"), ("FP16", fp16, "onnxruntime"),
-                                      ("INT8", int8, "onnxruntime"), ("FP32", fp32, "openvino"),
-                                      ("INT8", int8, "openvino")):
+        bf16 = bf16_unavailable(fp32)  # "" where OpenVINO runs bf16 on this CPU, else why not
+        variants = [("FP32", fp32, "onnxruntime", None), ("FP16", fp16, "onnxruntime", None),
+                    ("INT8", int8, "onnxruntime", None), ("FP32", fp32, "openvino", None),
+                    ("INT8", int8, "openvino", None)] + ([] if bf16 else [("BF16", fp32, "openvino", "bf16")])
+        for label, model, backend, precision in variants:
             j = tmp / f"eval_{label}_{backend}.json"
             srdeploy("eval", str(model), *sets, "--backend", backend, "--threads", str(threads), "-q",
-                     "--json", str(j))
+                     *(["--precision", precision] if precision else []), "--json", str(j))
             evals[f"{label} {backend}"] = {s["name"]: {"psnr": round(s["psnr"], 4), "ssim": round(s["ssim"], 4)}
                                            for s in json.loads(j.read_text())["sets"]}
         speed = {}
@@ -183,7 +186,8 @@ def deploy(out: Path, name: str, *, threads: int, iters: int) -> int:
             srdeploy("bench", "--model", str(fp32), "--backend", "onnxruntime", "--threads", str(threads),
                      "--size", size, "--iters", str(iters), "--warmup", "2", "--no-full-path", "-q", "--peak",
                      "--compare", f"{fp32}@openvino", "--compare", f"{int8}@onnxruntime",
-                     "--compare", f"{int8}@openvino", "--json", str(j))
+                     "--compare", f"{int8}@openvino", *([] if bf16 else ["--compare", f"{fp32}@openvino:bf16"]),
+                     "--json", str(j))
             r = json.loads(j.read_text())
             speed[size] = {"peak_gflops": r["gflops"]["peak"]["gflops"], "peak_isa": r["gflops"]["peak"]["isa"],
                            "rows": [{k: e.get(k) for k in ("backend", "precision", "fps", "speedup", "gflops",
@@ -195,11 +199,25 @@ def deploy(out: Path, name: str, *, threads: int, iters: int) -> int:
         "int8": {k: quant[k] for k in ("float_nodes", "loss_db", "fp32_psnr", "int8_psnr", "calibration")},
         "checkpoint_vs_onnx_ort_db": {s: round(evals["FP32 onnxruntime"][s]["psnr"] - card["figures"][s]["model_psnr"], 4)
                                       for s in ("Set5", "Set14")},
+        # bf16: the FP32 file on OpenVINO with a bf16 inference hint; its loss is what `srdeploy tune` compares
+        "bf16": ({"loss_db": {s: round(evals["FP32 onnxruntime"][s]["psnr"] - evals["BF16 openvino"][s]["psnr"], 4)
+                              for s in ("Set5", "Set14")}} if not bf16 else {"unavailable": bf16}),
         "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     card = trt_int8(out, name, card, threads=threads)
     write_card(out, card, card_notes(out))
     return 0
+
+
+def bf16_unavailable(model: Path) -> str:
+    """"" when OpenVINO runs ``model`` in bf16 on this CPU (AVX-512 BF16 or AMX), else the reason."""
+    from srdeploy.runtime.open import open_session
+
+    try:
+        open_session(model, backend="openvino", precision="bf16").close()
+    except (RuntimeError, ValueError) as exc:
+        return str(exc).splitlines()[0]
+    return ""
 
 
 def trt_int8(out: Path, name: str, card: dict, *, threads: int) -> dict:
@@ -356,7 +374,10 @@ def deployment_markdown(card: dict) -> list[str]:
     q = d["int8"]
     lines = ["", "## Deployment: quality and speed per precision and backend", "",
              "Through the runtime (`srdeploy eval MODEL --backend B`, tile 256, same protocol as above). FP16 is "
-             "`srdeploy export --fp16` on ONNX Runtime's CPU provider; INT8 is the bundled "
+             "`srdeploy export --fp16` on ONNX Runtime's CPU provider; BF16 is the FP32 file on OpenVINO with "
+             "`--precision bf16` (CPUs with AVX-512 BF16 or AMX"
+             + (f"; not measured here: {d['bf16']['unavailable']}" if "unavailable" in d.get("bf16", {}) else "")
+             + "); INT8 is the bundled "
              f"`{card.get('onnx_int8')}` (calibrated on {q['calibration']['images']} LR crops "
              f"{q['calibration']['crop']}x{q['calibration']['crop']} of the training images, {q['calibration']['method']}; "
              f"layers kept float: {', '.join(q['float_nodes']) or 'none'}).", "",
@@ -382,8 +403,9 @@ def deployment_markdown(card: dict) -> list[str]:
             lines.append(f"| {size} | {r['precision'].upper()} | {r['backend']} | {r['fps']:.3f} | {r['speedup']:.2f}x | "
                          f"{gf} | {frac} |")
         lines.append(f"| {size} | FP32 FMA peak (srbench --peak, {sp['peak_isa']}) | | | | {sp['peak_gflops']:.1f} | 100% |")
-    lines += ["", "INT8 GFLOP/s count the same arithmetic as FP32 (int8 operations per second), so their fraction of "
-                  "the FP32 peak can exceed what FP32 can reach."]
+    lines += ["", "GFLOP/s count the model's arithmetic (`srdeploy.flops_per_pixel`, taken before the sub-pixel tail "
+                  "rewrite, whose phase kernel adds zeros) at every precision, so INT8 and BF16, which do that "
+                  "arithmetic in narrower types, can exceed the FP32 FMA peak."]
     return lines
 
 

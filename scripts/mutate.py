@@ -239,6 +239,21 @@ MUTANTS: tuple[Mutant, ...] = (
            "mixing beyond the convolutions (pooling, attention) cut at the first probe size"),
     Mutant("margin-default-ignored", "runtime/settings.py", "            return min(measured, receptive_radius)",
            "            return default_tile_pad(receptive_radius)", ("tests/test_settings.py",)),
+    # --- issue 27: --precision auto, the INT8 sibling, the sub-pixel tail
+    Mutant("auto-ignores-min-gain", "runtime/profile.py",
+           'if reference is not None and pick["median_ms"] * MIN_GAIN > reference["median_ms"]:',
+           "if False:", ("tests/test_tune.py",), "a path within noise of the default replaces it"),
+    Mutant("auto-ignores-max-loss", "runtime/profile.py", "<= max_loss + 1e-9", "<= max_loss + 1e9",
+           ("tests/test_tune.py",), "a lossy path chosen beyond --max-loss"),
+    Mutant("sibling-of-any-model", "runtime/profile.py", "if source != (model_sha256 or sha256_file(model)):",
+           "if False:", ("tests/test_tune.py",), "an INT8 file quantized from another model taken as the sibling"),
+    Mutant("subpixel-slopes-tiled", "export/subpixel_tail.py", "np.repeat(slope, r * r)", "np.tile(slope, r * r)",
+           ("tests/test_subpixel_tail.py",), "PReLU slopes moved to the wrong phase channels"),
+    Mutant("batch-auto-per-worker", "runtime/cli/batch.py", "    run = settings_from_args(args).pinned()",
+           "    run = settings_from_args(args)", ("tests/test_tune.py",),
+           "each batch worker resolves --precision auto itself (plan.json records 'auto')"),
+    Mutant("ray-replicas-auto-unpinned", "runtime/serve/ray_app.py", "run=config.run.pinned())", "run=config.run)",
+           ("tests/test_tune.py",), "each Ray Serve replica resolves --precision auto itself"),
 )
 
 

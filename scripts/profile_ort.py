@@ -11,6 +11,7 @@ For one model and LR size this measures, with the deterministic benchmark input:
    channels-last, to see how much of the gap is BN, layout or the conv kernels themselves.
 
     python scripts/profile_ort.py --size 128x128 --iters 5
+    python scripts/profile_ort.py --model models/srresnet_x4.onnx --skip-torch   # a given ONNX file
 
 Uses onnxruntime directly (a diagnostic, not the product path).
 """
@@ -106,6 +107,13 @@ def time_per_operator(session, x, args) -> None:
     total = sum(per_run.values())
     for op, ms in sorted(per_run.items(), key=lambda kv: -kv[1]):
         print(f"   {op:<20} {ms:9.1f} ms  {100 * ms / total:5.1f}%")
+    per_node = collections.defaultdict(float)  # which Conv or DepthToSpace: the tail's cost shows here
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_node[e["name"].removesuffix("_kernel_time")] += e["dur"] / 1e3 / nruns
+    print("   slowest nodes:")
+    for node, ms in sorted(per_node.items(), key=lambda kv: -kv[1])[:6]:
+        print(f"     {node:<56} {ms:9.1f} ms  {100 * ms / total:5.1f}%")
 
 
 def torch_variants(session, x, ckpt, args) -> None:
@@ -134,6 +142,8 @@ def torch_variants(session, x, ckpt, args) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="srdeploy checkpoint (default: random-weight 16-block SRResNet x4)")
+    p.add_argument("--model", help="profile this ONNX file as it is (e.g. the bundled model, whose tail "
+                                   "srdeploy export rewrites) instead of a fresh trace; with --skip-torch")
     p.add_argument("--size", default="128x128")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=5)
@@ -150,7 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     x = deterministic_input((1, 3, h, w))
     print(f"onnxruntime {ort.__version__}, {os.cpu_count()} logical cores, input 1x3x{h}x{w}")
     with tempfile.TemporaryDirectory(prefix="srdeploy-prof-") as tmp:
-        onnx_path, ckpt = build_default_model(Path(tmp), args.checkpoint)
+        if args.model:
+            if not args.skip_torch:
+                p.error("--model profiles an ONNX file without its checkpoint: add --skip-torch")
+            onnx_path, ckpt = Path(args.model), None
+        else:
+            onnx_path, ckpt = build_default_model(Path(tmp), args.checkpoint)
         session = functools.partial(open_ort, onnx_path, tmp)
         levels_and_kernels(session, x, tmp, args)
         threads_and_spinning(session, x, args)

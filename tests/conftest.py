@@ -48,6 +48,14 @@ def tiny_srresnet_x2(tmp_path_factory) -> Path:
     return d / "tiny.onnx"
 
 
+@pytest.fixture(autouse=True)
+def _no_user_tune_profiles(tmp_path_factory, monkeypatch):
+    """``--precision auto`` (the default of upscale, video, batch and serve) reads ``srdeploy tune`` profiles
+    from the user cache folder: every test gets an empty one, so a profile on the machine running
+    the tests never changes what they run (subprocesses inherit the variable)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
+
+
 @pytest.fixture()
 def full_disk(tmp_path):
     """A 1 MiB tmpfs (root only; skipped with the reason elsewhere), unmounted after the test: the

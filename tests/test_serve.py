@@ -309,6 +309,7 @@ def test_documented_defaults():
         ("127.0.0.1", 8000, 8, 2.0, 32, 50 << 20, 300.0)
     assert (a.tile, a.batch, a.alpha, a.max_memory, a.token, a.insecure, a.ray, a.replicas) == \
         ("auto", 1, "model", None, None, False, False, 1)
+    assert a.precision == "auto"  # as upscale: a response equals upscale's output with the same flags
 
 
 def test_tile_flags_reach_the_settings_value():

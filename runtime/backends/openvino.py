@@ -104,6 +104,15 @@ def read_metadata(model, source: str) -> ModelInfo:
     return ModelInfo.from_props(props, source=source)
 
 
+def _check_hint_taken(path: Path, device: str, computed: str, used_hint: str) -> None:
+    """The compiled model must run the precision asked for: a plugin that quietly keeps another one
+    (bf16 asked, f32 kept) would make a benchmark or ``srdeploy tune`` report the wrong label."""
+    expected = _HINTS.get(computed, "f32")  # int8 graphs run their float layers in f32
+    if used_hint != expected:
+        raise RuntimeError(f"{path}: asked OpenVINO on {device} for {expected} inference but the compiled model "
+                           f"reports {used_hint}; choose precision fp32")
+
+
 class OpenVinoSession(Session):
     """An srdeploy model on OpenVINO.
 
@@ -165,6 +174,7 @@ class OpenVinoSession(Session):
         except Exception as exc:
             raise RuntimeError(f"{path}: OpenVINO cannot compile this model for {name} ({_reason(exc)})") from exc
         used_hint = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        _check_hint_taken(path, name, computed, used_hint)
         int8_layers = self._int8_layers()
         if computed == "int8" and int8_layers == 0:
             raise RuntimeError(f"{path}: OpenVINO on {name} runs no layer in int8; the INT8 model would run "

@@ -57,6 +57,19 @@ def trt_profile(options: OrtOptions, info: ModelInfo, channels: int = 3):
     return (1, channels, 1, 1), full, full
 
 
+def _refuse_bf16(path: Path, provider: str) -> None:
+    """bf16 from an FP32 file: ONNX Runtime has no such mode for convolutions, so it is an error.
+
+    The CPU provider's only bf16 switch, ``mlas.enable_gemm_fastmath_arm64_bfloat16``, reaches
+    MatMul/Gemm kernels on ARM64 alone; an SR model is convolutions, which would still compute in
+    FP32 under a bf16 label. CUDA/TensorRT compute in the ONNX file's types. OpenVINO does run
+    FP32 convolutions in bf16 on CPUs with AVX-512 BF16 or AMX.
+    """
+    raise ValueError(f"{path}: ONNX Runtime's {provider} has no bf16 mode for this model's convolutions (its only "
+                     "bf16 switch covers MatMul on ARM64); use --backend openvino --precision bf16 on a CPU with "
+                     "AVX-512 BF16 or AMX, or --precision fp32")
+
+
 class OrtSession(Session):
     """An srdeploy ONNX model on ONNX Runtime.
 
@@ -226,6 +239,8 @@ class OrtSession(Session):
 
     def _precision(self, path: Path, precision: str | None, wanted: str) -> str:
         file_precision = self.info.precision
+        if precision == "bf16" and file_precision != "bf16":
+            _refuse_bf16(path, wanted)
         if precision is not None and precision != file_precision:
             raise ValueError(
                 f"{path}: precision {precision!r} requested but this model computes in {file_precision} on "

@@ -1,4 +1,5 @@
-"""Runtime subcommands: ``upscale``, ``video``, ``bench`` and ``batch`` (one module each; shared flags in ``_args``).
+"""Runtime subcommands: ``upscale``, ``video``, ``bench``, ``batch``, ``serve`` and ``tune`` (one module each;
+shared flags in ``_args``).
 
 Parsers only: no onnxruntime, OpenCV or torch import until a command runs.
 """
@@ -14,10 +15,11 @@ from ._args import (PRECISIONS, add_session_args, add_tile_args, backend_arg,  #
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from . import batch, bench, serve, upscale, video
+    from . import batch, bench, serve, tune, upscale, video
 
     upscale.register(sub)
     video.register(sub)
     bench.register(sub)
     batch.register(sub)
     serve.register(sub)
+    tune.register(sub)

@@ -12,7 +12,7 @@ import argparse
 from ..backends import NAMES, canonical, help_text, model_help
 from ..settings import ALPHA_MODES, DEFAULT_TILE, RunSettings, TileSettings
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "auto")
 
 
 # ----------------------------------------------------------------------------- session flags
@@ -24,8 +24,11 @@ def backend_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_session_args(p: argparse.ArgumentParser, *, threads: bool = True) -> None:
-    """--model --backend --device --precision [--threads]: what ``session_recipe`` reads."""
+def add_session_args(p: argparse.ArgumentParser, *, threads: bool = True, precision: str | None = None) -> None:
+    """--model --backend --device --precision [--threads]: what ``session_recipe`` reads.
+
+    ``precision``: the --precision default ("auto" in upscale, video, batch and serve: docs/tune.md).
+    """
     p.add_argument("--model", metavar="FILE",
                    help=f"{model_help()}; default: the bundled models/*.onnx (or $SRDEPLOY_MODEL)")
     p.add_argument("--backend", default="auto", type=backend_arg, metavar="{" + ",".join(NAMES) + "}",
@@ -33,9 +36,12 @@ def add_session_args(p: argparse.ArgumentParser, *, threads: bool = True) -> Non
     p.add_argument("--device", default=None, metavar="DEV",
                    help="cpu, cuda or cuda:N; OpenVINO also gpu, gpu.N, npu where it reports them (default: the "
                         "backend's: cpu, or cuda:0 for TensorRT)")
-    p.add_argument("--precision", default=None, choices=PRECISIONS,
-                   help="compute precision (default: what the model file was built/exported/quantized for; bf16: "
-                        "OpenVINO on CPUs with AVX-512 BF16/AMX); unavailable = error")
+    p.add_argument("--precision", default=precision, choices=PRECISIONS,
+                   help="compute precision; unavailable = error. fp32/fp16/bf16/int8 (bf16: OpenVINO on CPUs with "
+                        "AVX-512 BF16/AMX; int8: a quantized file, or MODEL_int8.onnx beside an FP32 MODEL.onnx); "
+                        "auto = the fastest path `srdeploy tune` measured on this machine within its --max-loss, "
+                        "else the exact default (the first line says which and why). Default: "
+                        + (precision or "what the model file was built/exported/quantized for"))
     if threads:
         p.add_argument("--threads", type=int, default=None, metavar="N",
                        help="CPU threads (ONNX Runtime intra-op / torch); default: the backend's (all cores)")

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "line, relative to the manifest)")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR",
                    help="output folder (created); the output tree mirrors the input tree")
-    add_session_args(p, threads=False)
+    add_session_args(p, threads=False, precision="auto")
     add_tile_args(p, batch_help="tiles per inference call (default 1); for videos, frames per call when a frame "
                                 "fits in one tile")
     add_blend_args(p)
@@ -72,12 +72,12 @@ def run_batch_cli(args: argparse.Namespace) -> int:
     if args.segment_frames is not None and args.segment_frames < 1:
         raise ValueError(f"--segment-frames must be >= 1, got {args.segment_frames}")
     args.threads = args.threads_per_worker
-    run = settings_from_args(args)
+    run = settings_from_args(args).pinned()  # auto chosen once, here: every worker runs it, plan.json records it
     resolved = run.recipe.resolved()
     _check_devices(resolved.device, args.gpus_per_worker)
     tiling = run.tiling
     settings = Settings(model=str(run.recipe.model), backend=resolved.backend, device=resolved.device,
-                        precision=args.precision, tile=tiling.tile, tile_pad=tiling.tile_pad, batch=tiling.batch,
+                        precision=run.recipe.precision, tile=tiling.tile, tile_pad=tiling.tile_pad, batch=tiling.batch,
                         feather=tiling.feather, alpha=tiling.alpha, ext=args.ext, suffix=args.suffix,
                         quality=args.quality, codec=args.codec, crf=args.crf, segment_frames=args.segment_frames,
                         max_memory=tiling.max_memory)

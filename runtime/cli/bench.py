@@ -41,9 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--compare-torch", metavar="CHECKPOINT",
                    help="also time this checkpoint in PyTorch eager (FP32, BatchNorm not folded, same threads) "
                         "on the same input, alternating with the model, and print the speed ratio")
-    b.add_argument("--compare", action="append", default=[], metavar="MODEL[@BACKEND]",
-                   help="also time this model (e.g. models/srresnet_x4_int8.onnx@openvino) against the main one, "
-                        "alternating blocks, same input and threads; prints fps and speedup (repeatable)")
+    b.add_argument("--compare", action="append", default=[], metavar="MODEL[@BACKEND[:PRECISION]]",
+                   help="also time this model (e.g. models/srresnet_x4_int8.onnx@openvino, "
+                        "models/srresnet_x4.onnx@openvino:bf16) against the main one, alternating blocks, same input "
+                        "and threads; prints fps and speedup (repeatable)")
     b.add_argument("--peak", action="store_true",
                    help="measure the FP32 FMA peak with srbench --peak (C++ probe, same threads) and report the "
                         "fraction of it each model reaches (needs cmake and a C++ compiler)")

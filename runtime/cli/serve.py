@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "with the same flags. Tiles of concurrent requests are batched; memory stays within --max-memory "
                     "across requests; over --max-queue requests get 503 with Retry-After. Needs "
                     "pip install 'srdeploy[serve]' (and 'srdeploy[cluster]' for --ray).")
-    add_session_args(p)
+    add_session_args(p, precision="auto")  # as upscale: a response equals upscale's output with the same flags
     add_tile_args(p, batch_help="tiles of one request per inference call (default 1); the scheduler batches tiles "
                                 "of concurrent requests up to --max-batch")
     add_blend_args(p, alpha_help="; a request's ?alpha= wins")

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output folder (created); or an output file when there is one input file and OUT "
                         "has an image extension")
-    add_session_args(p)
+    add_session_args(p, precision="auto")
     add_tile_args(p)
     add_blend_args(p)
     p.add_argument("--ext", default=None, metavar="EXT",

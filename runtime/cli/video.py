@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output video; the container follows the extension (.mp4, .m4v, .mov, .mkv, .webm, .avi, "
                         ".flv, .ts, .mts, .m2ts, .mpg, .mpeg, .wmv)")
-    add_session_args(v)
+    add_session_args(v, precision="auto")
     add_tile_args(v, tile_help="tile size in LR pixels; auto (default) = the largest tile whose predicted peak memory "
                                  "fits --max-memory (the whole frame when it fits); 0 = whole frame in one pass",
                   batch_help="frames per inference call when a frame fits in one tile, else tiles per call "

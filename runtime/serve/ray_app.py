@@ -1,8 +1,9 @@
 """``srdeploy serve --ray``: the same application as a Ray Serve deployment.
 
-Each replica opens the session from the picklable ``SessionRecipe`` in the ``ServeConfig`` and
-serves the same Starlette app (``app.build_app``) through Ray Serve's ASGI ingress, so the API,
-the page and the outputs are the single-process server's. Requests reaching a replica are grouped
+Each replica opens the session from the picklable ``SessionRecipe`` in the ``ServeConfig``
+(``--precision auto`` already resolved by the driver, so all replicas run one path) and serves
+the same Starlette app (``app.build_app``) through Ray Serve's ASGI ingress, so the API, the page
+and the outputs are the single-process server's. Requests reaching a replica are grouped
 by ``@serve.batch`` (up to ``--max-batch`` requests, waiting ``--batch-wait-ms``); the group runs
 on the replica's worker threads, whose tiles its scheduler batches as in one process.
 
@@ -18,6 +19,7 @@ still gives 413, but after the upload.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import time
 from typing import Callable
@@ -97,12 +99,16 @@ def run_ray(config: ServeConfig, *, log: Callable[[str], None]) -> None:
     import ray
     from ray import serve
 
+    # --precision auto chosen once, here: every replica runs the same path (and says which), never a mix
+    config = dataclasses.replace(config, run=config.run.pinned())
     # "local": a fresh instance, never a cluster another program started on this machine (ray.init(None) may join one)
     ray.init(address=config.address or "local", include_dashboard=False, log_to_driver=False)
     try:
         deploy(config)
         replicas = "autoscaling" if config.replicas == "auto" else f"{config.replicas} replica(s)"
-        log(f"Ray Serve: {replicas} of {config.run.recipe.model}, listening on http://{config.host}:{config.port}/")
+        note = f"; {config.run.recipe.note}" if config.run.recipe.note else ""
+        log(f"Ray Serve: {replicas} of {config.run.recipe.model}, listening on http://{config.host}:{config.port}/"
+            f"{note}")
         while True:  # the CLI turns Ctrl-C and SIGTERM into KeyboardInterrupt
             time.sleep(3600)
     finally:
