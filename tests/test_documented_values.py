@@ -66,6 +66,17 @@ def test_default_tile_and_margin_formula():
         assert pad == min(radius, max(12, math.ceil(0.3 * radius)))
 
 
+def test_measured_margin_first_then_the_radius_rule():
+    """The margin measured at export (the smallest within 0.5/255 of the whole image) is the default
+    --tile-pad; the radius rule only for models without it; an explicit --tile-pad wins."""
+    from srdeploy.export.margin import THRESHOLD
+    from srdeploy.runtime.settings import TileSettings
+
+    assert THRESHOLD == 0.5 / 255
+    assert TileSettings().pad_for(40, 7) == 7 and TileSettings().pad_for(40, None) == 12
+    assert TileSettings(tile_pad=3).pad_for(40, 7) == 3
+
+
 def test_bundled_model_radius_40_margin_12():
     from srdeploy.runtime.open import default_model_path, open_session
     from srdeploy.runtime.upscale import Upscaler
@@ -163,7 +174,9 @@ STATED = {  # page -> sentences (whitespace-normalised) that carry the values pi
     "docs/export.md": ["exports opset 17", "exceeds 2^14 (a quarter of FP16's 65504)",
                        "random inputs (1x33x47, 2x40x64, 1x96x71:",
                        "Tolerances: FP32 max abs <= 1e-4; FP16 max abs <= 2/255 and PSNR >= 45 dB."],
-    "docs/runtime.md": ["The default margin is `max(12, ceil(0.3 x radius))`, at most the radius: 12 for the bundled model.",
+    "docs/runtime.md": ["The default margin is the one measured for the model at export (`srdeploy.tile_margin`, the "
+                        "smallest margin whose tiled output stays within 0.5/255 of the whole image); for models "
+                        "without it `max(12, ceil(0.3 x radius))`, at most the radius: 12 for the bundled model.",
                         "(40 LR pixels for the x4 SRResNet, from its metadata)",
                         "`Upscaler(session)` without settings uses tile 256",
                         "JPEG 0-100 / WebP 1-100 is an error (default 95)",

@@ -3,7 +3,8 @@
 The tour is the fenced block after the ``<!-- tour: ... -->`` marker in README.md. Every command in
 it is run here, in order, in a temporary folder that holds what the README says the reader brings
 (``photo.jpg``, ``clip.mp4``, ``photos/``, ``clips/``: small crops of real Set5/Set14 images and a
-short synthetic clip) and the repository's ``models/`` (the bundled model, read only). The command
+short synthetic clip; ``generator_199.pth``: a tiny PyTorch-GAN srgan generator saved as that codebase
+saves it) and the repository's ``models/`` (the bundled model, read only). The command
 is run exactly as written, with only the flags in ``SPEED_FLAGS`` appended (argparse keeps the last
 value, so an appended ``--threads 1`` wins): they shrink the work, never change what is exercised.
 The README's two set-up commands are not part of the tour and are not run here (CI runs the second).
@@ -60,7 +61,7 @@ def test_tour_covers_the_main_commands_and_each_parses():
     assert 6 <= len(cmds) <= 12, cmds
     assert all(c[0] == "srdeploy" for c in cmds), [c for c in cmds if c[0] != "srdeploy"]
     subs = {c[1] for c in cmds}
-    assert {"upscale", "video", "batch", "bench", "export", "verify", "quantize"} <= subs, subs
+    assert {"upscale", "video", "batch", "bench", "export", "verify", "quantize", "import"} <= subs, subs
     parser = build_parser()
     for c in cmds:
         try:
@@ -160,9 +161,23 @@ def _video_facts(path: Path) -> tuple[int, int, int, bool]:
     return frames, w, h, "Audio:" in info
 
 
+def _pytorch_gan_generator(path: Path) -> Path:
+    """A PyTorch-GAN srgan ``GeneratorResNet`` (x4, PReLU version; 1 residual block of 8 channels instead
+    of 16 of 64, to stay fast) with random weights and non-trivial BatchNorm statistics, saved as its
+    srgan.py does: ``torch.save(generator.state_dict(), "saved_models/generator_%d.pth" % epoch)``."""
+    torch = pytest.importorskip("torch")
+    from srdeploy.export.fuse import randomize_bn
+    from srdeploy.train.foreign_archs import PyTorchGANGenerator
+
+    torch.manual_seed(0)
+    torch.save(randomize_bn(PyTorchGANGenerator(n_residual_blocks=1, channels=8)).state_dict(), path)
+    return path
+
+
 @pytest.fixture
 def tour_folder(tmp_path, set5, set14) -> Path:
-    """What the README's reader brings: photo.jpg, clip.mp4, photos/, clips/; and the repository's models/."""
+    """What the README's reader brings: photo.jpg, clip.mp4, photos/, clips/, generator_199.pth; and the
+    repository's models/."""
     baby = cv2.imread(str(set5 / "baby.png"))
     cv2.imwrite(str(tmp_path / "photo.jpg"), baby[200:240, 180:228])                  # 48x40
     (tmp_path / "photos").mkdir()
@@ -171,6 +186,7 @@ def tour_folder(tmp_path, set5, set14) -> Path:
     (tmp_path / "clips").mkdir()
     _clip(tmp_path / "clips" / "c.mp4")
     _clip(tmp_path / "clip.mp4")
+    _pytorch_gan_generator(tmp_path / "generator_199.pth")
     (tmp_path / "models").symlink_to(ROOT / "models", target_is_directory=True)
     return tmp_path
 
@@ -190,10 +206,51 @@ def _check(cmd: list[str], d: Path, set5: Path) -> None:
     elif sub == "batch":
         outs = sorted(p for p in (d / cmd[cmd.index("-o") + 1]).rglob("*") if p.is_file() and ".srdeploy" not in str(p))
         assert sorted(p.suffix for p in outs) == [".mp4", ".png", ".png"], outs
+    elif sub == "import":
+        _check_import(d / cmd[2], d / cmd[cmd.index("-o") + 1])
     elif sub == "export":
-        assert read_metadata(d / cmd[cmd.index("-o") + 1]).scale == 4
+        out = d / cmd[cmd.index("-o") + 1]
+        assert read_metadata(out).scale == 4
+        if read_metadata(out).arch == "PyTorch-GAN-SRGAN":
+            _check_foreign_onnx(d / cmd[2], out)
     elif sub == "quantize":
         assert read_metadata(d / cmd[cmd.index("-o") + 1]).precision == "int8"
+
+
+def _check_import(src: Path, out: Path) -> None:
+    """``srdeploy import`` wrote a srdeploy checkpoint describing the PyTorch-GAN generator: its family,
+    the kwargs read off the shapes, and the source file's sha256."""
+    import hashlib
+
+    from srdeploy.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(out)
+    assert ckpt["arch"] == "PyTorch-GAN-SRGAN", ckpt["arch"]
+    kw = ckpt["kwargs"]
+    assert (kw["n_residual_blocks"], kw["channels"], kw["scale"], kw["activation"]) == (1, 8, 4, "prelu"), kw
+    assert ckpt["import"]["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert ckpt["import"]["source"] == src.name
+
+
+def _check_foreign_onnx(ckpt: Path, onnx_path: Path) -> None:
+    """The generator exported from the imported checkpoint ``ckpt`` equals PyTorch-GAN's own forward
+    (``tests/_foreign.py``) on the original weights file, under its data pipeline's conventions
+    (ImageNet mean/std in, Tanh denormalised out; eps 0.8 BatchNorms folded), in FP32."""
+    import _foreign
+    import onnxruntime as ort
+    import torch
+
+    from srdeploy.train.checkpoint import load_checkpoint
+
+    # the original's weights, read from the file the import names (not from the checkpoint it wrote)
+    sd = torch.load(ckpt.parent / load_checkpoint(ckpt)["import"]["source"], weights_only=True)
+    x = torch.rand(1, 3, 20, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = _foreign.pytorch_gan(sd, x).numpy()
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert got.shape == want.shape and want.std() > 0.01, (got.shape, want.shape, want.std())
+    assert float(np.abs(got - want).max()) <= 1e-4, float(np.abs(got - want).max())
 
 
 @pytest.mark.slow
