@@ -47,6 +47,12 @@ BASE_BYTES = 100 << 20
 # tensors of the graph walk: NCHWc reorders, conv workspaces and arena bins. Fitted on the
 # bundled 16-block SRResNet x4 at windows 88..280 (1.30..1.44, scripts/bench_ort_memory.py).
 ORT_ACTIVATION_FACTOR = 1.45
+# OpenVINO stays below the graph walk (it fuses each convolution with its activation and keeps bf16
+# and INT8 tensors in their own precision), so ORT's factor would over-predict by 2-4x and choose
+# needlessly small tiles. The largest factor over windows 88..280 on the bundled model, rounded up
+# (scripts/bench_activation_factor.py, 2026-12-04: fp32 0.74..0.88, bf16 0.41..0.47, int8 0.34..0.38;
+# ONNX Runtime 1.26..1.54 in the same run). Paths not listed (TensorRT, torch) keep ORT's factor.
+ACTIVATION_FACTORS = {("openvino", "fp32"): 0.90, ("openvino", "bf16"): 0.50, ("openvino", "int8"): 0.40}
 # Rows are converted to the output dtype in chunks of this many elements (Upscaler); a few
 # float32 temporaries of that size live at once.
 CONVERT_CHUNK_BYTES = 4 * (1 << 20) * 4
@@ -403,6 +409,11 @@ def session_profile(session) -> GraphProfile | ProfileError:
         return profile_onnx(path)
     except (ProfileError, OSError) as exc:
         return ProfileError(str(exc))
+
+
+def activation_factor(session) -> float:
+    """The activation factor of the session's path (``ACTIVATION_FACTORS``, else ONNX Runtime's)."""
+    return ACTIVATION_FACTORS.get((session.backend, session.precision), ORT_ACTIVATION_FACTOR)
 
 
 def weights_bytes(session) -> int:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Peak memory of `srdeploy upscale` against its own prediction, at several input sizes.
 
-Runs the real command (read PNG -> tiled ONNX Runtime inference on CPU -> PNG write) in a child
+Runs the real command (read PNG -> tiled inference on CPU -> PNG write) in a child
 process and reports its peak resident set size (``wait4`` rusage, the kernel's own high-water
 mark) and wall time, next to the fixed costs: the uint8 input and output images. The output of a
 4x upscale of 4000x3000 RGB is 16000x12000x3 uint8 = 576 MB by itself.
@@ -26,6 +26,7 @@ compute overhead of the chosen tiling (window area / image area, exact) is print
 Usage:
   python scripts/bench_memory.py [--sizes 2000x1500,4000x3000] [--tile auto|N] [--max-memory 1G]
       [--tile-pad N] [--model M | --random NAME] [--strip H] [--threads N] [--baseline] [--ext png]
+      [--backend NAME] [--precision P]
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ def measure(args, model: Path, tmp: Path, width: int, height: int) -> dict | Non
     out = tmp / f"output.{args.ext}"
     cmd = ["upscale", "-q", "-i", str(src), "-o", str(out), "--model", str(model),
            "--tile", str(args.tile), "--batch", str(args.batch)]
-    for flag, value in (("--tile-pad", args.tile_pad), ("--threads", args.threads), ("--max-memory", args.max_memory)):
+    for flag, value in (("--tile-pad", args.tile_pad), ("--threads", args.threads), ("--max-memory", args.max_memory),
+                        ("--backend", args.backend), ("--precision", args.precision)):
         if value is not None:
             cmd += [flag, str(value)]
     rc, peak, wall, err = run(UPSCALE, cmd)
@@ -184,6 +186,9 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--ext", default="png")
+    ap.add_argument("--backend", default=None, help="upscale's --backend (default: its default)")
+    ap.add_argument("--precision", default=None,
+                    help="upscale's --precision (default: its default, auto: what this machine's tune profile says)")
     ap.add_argument("--tolerance", type=float, default=0.2, help="allowed |measured / predicted - 1|")
     ap.add_argument("--baseline", action="store_true", help="also run the float32-stitching baseline")
     args = ap.parse_args()

@@ -18,15 +18,19 @@ Phases (the server is the real command, `python -m srdeploy serve`, in a child p
 4. **Ray Serve** (``--ray``): a local Ray (``address="local"``, this machine's CPUs), the same app
    with 1 and with 2 replicas of ``--ray-threads`` threads, alternating, ``--requests`` uploads
    each; the 2/1 fps ratio (target >= 1.6 on an idle 2-core machine) and whether every output
-   equals the single-process server's bytes.
+   equals the single-process server's bytes (when both run one path: ``--precision auto`` may
+   choose another at ``--ray-threads`` than at ``--threads``; the script prints both).
+
+``--precision`` (default ``auto``, serve's default) is the server's, and the bench full path and
+the Ray replicas run what it resolves to, so every ratio compares one path with itself.
 
 The machine line first: date, CPU flags, cores, load average (before and after). Figures taken
 on a loaded machine are noisy: compare the same-run ratios, and re-measure on an idle machine.
 
 Usage:
   python scripts/bench_serve.py [--model M] [--size 64x64] [--threads 2] [--clients 16] [--requests 64]
-      [--blocks 2] [--leak 300] [--max-batch 8] [--batch-wait-ms 2] [--ray] [--ray-threads 1] [--json FILE]
-      [--data DIR] [--skip throughput,bad,leak]
+      [--blocks 2] [--leak 300] [--max-batch 8] [--batch-wait-ms 2] [--ray] [--ray-threads 1]
+      [--precision auto] [--json FILE] [--data DIR] [--skip throughput,bad,leak]
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ class Server:
         cmd = [sys.executable, "-m", "srdeploy", "serve", "--port", "0", "--token", TOKEN, "--max-batch",
                str(args.max_batch), "--batch-wait-ms", str(args.batch_wait_ms), "--max-queue", str(args.max_queue),
                "--max-upload", args.max_upload]
-        for flag in ("model", "threads", "max_memory"):
+        for flag in ("model", "threads", "max_memory", "precision"):
             if getattr(args, flag) is not None:
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
         self.cmd = cmd
@@ -167,12 +171,12 @@ def run_load(host: str, port: int, bodies: list[bytes], n: int, clients: int, st
 
 def phase_throughput(args, server: Server, images) -> dict:
     from srdeploy.runtime.media.video import upscale_frames
-    from srdeploy.runtime.open import default_model_path, open_session
+    from srdeploy.runtime.open import open_session
     from srdeploy.runtime.settings import TileSettings
     from srdeploy.runtime.upscale import Upscaler
 
     bodies = [b for b, _ in images]
-    session = open_session(args.model or str(default_model_path()), threads=args.threads)
+    session = open_session(resolved(args, args.threads))  # the path the server runs
     upscaler = Upscaler(session, TileSettings(max_memory=args.max_memory_bytes))  # the server's settings
     for _, img in images[:2]:  # warm-up both sides
         upscale_frames(upscaler, [img])
@@ -258,7 +262,6 @@ def phase_ray(args, images, reference: dict[int, bytes]) -> dict:
     import ray
     from ray import serve
 
-    from srdeploy.runtime.open import SessionRecipe, default_model_path
     from srdeploy.runtime.serve.config import ServeConfig
     from srdeploy.runtime.serve.ray_app import APP_NAME, deploy
     from srdeploy.runtime.settings import RunSettings, TileSettings
@@ -267,9 +270,13 @@ def phase_ray(args, images, reference: dict[int, bytes]) -> dict:
     port = free_port()
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     fps: dict[int, list[float]] = {1: [], 2: []}
-    run = RunSettings(SessionRecipe(args.model or str(default_model_path()), threads=args.ray_threads),
-                      TileSettings(max_memory=args.max_memory_bytes))
-    identical = True
+    recipe = resolved(args, args.ray_threads)
+    run = RunSettings(recipe, TileSettings(max_memory=args.max_memory_bytes))
+    server_path = path_of(resolved(args, args.threads))
+    # bytes are comparable only when both ran one path: auto may choose differently at another thread count
+    identical = True if path_of(recipe) == server_path else None
+    print(f"ray: replicas run {path_of(recipe)} at {args.ray_threads} thread(s); the server ran {server_path}",
+          flush=True)
     try:
         for block in range(args.blocks):
             for replicas in (1, 2):
@@ -281,7 +288,8 @@ def phase_ray(args, images, reference: dict[int, bytes]) -> dict:
                     time.sleep(0.5)
                 run_load("127.0.0.1", port, bodies, 2 * args.clients, args.clients)  # warm every replica
                 r = run_load("127.0.0.1", port, bodies, args.requests, args.clients, keep=True)
-                identical &= all(reference.get(i, out) == out for i, out in r["outputs"].items())
+                if identical is not None:
+                    identical &= all(reference.get(i, out) == out for i, out in r["outputs"].items())
                 fps[replicas].append(r["fps"])
                 print(f"  block {block + 1}: {replicas} replica(s) {r['fps']:.2f} fps, p50 {r['p50_ms']:.0f} ms, "
                       f"statuses {r['statuses']}  [load {load()}]", flush=True)
@@ -290,8 +298,22 @@ def phase_ray(args, images, reference: dict[int, bytes]) -> dict:
         ray.shutdown()
     one, two = (sum(v) / len(v) for v in (fps[1], fps[2]))
     print(f"ray: 2 replicas {two:.2f} fps / 1 replica {one:.2f} fps = {two / one:.2f} (target >= 1.6 idle, 2 cores); "
-          f"outputs identical to the single-process server: {identical}")
+          f"outputs identical to the single-process server: "
+          f"{'not comparable (another path)' if identical is None else identical}")
     return {"fps_1": fps[1], "fps_2": fps[2], "ratio": two / one, "identical": identical}
+
+
+def resolved(args, threads: int | None):
+    """The recipe ``--precision`` stands for at ``threads`` (``auto``: this machine's tune profile)."""
+    from srdeploy.runtime.open import SessionRecipe, default_model_path
+    from srdeploy.runtime.profile import choose
+
+    recipe = SessionRecipe(args.model or str(default_model_path()), threads=threads, precision=args.precision)
+    return choose(recipe) if args.precision == "auto" else recipe
+
+
+def path_of(recipe) -> str:
+    return f"{Path(recipe.model).name} {recipe.backend} {recipe.precision or 'exact'}"
 
 
 def free_port() -> int:
@@ -305,6 +327,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--model", default=None, help="model file (default: the bundled model)")
     p.add_argument("--size", default="64x64", help="LR image size WxH (default 64x64)")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads, server and bench alike (default 2)")
+    p.add_argument("--precision", default="auto",
+                   help="server, bench full path and Ray replicas alike (default auto, serve's default)")
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--requests", type=int, default=64, help="uploads per timed block (default 64)")
     p.add_argument("--blocks", type=int, default=2, help="alternating block pairs (default 2)")
