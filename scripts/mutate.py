@@ -190,6 +190,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("budget-qdq-weights-unread", "runtime/budget.py",
            "        if node is None or node.op not in _WEIGHT_PATH or not node.inputs:",
            "        if True:", ("tests/test_reliability3_misc.py",)),
+    Mutant("budget-openvino-factor-unused", "runtime/budget.py",
+           "    return ACTIVATION_FACTORS.get((session.backend, session.precision), ORT_ACTIVATION_FACTOR)",
+           "    return ORT_ACTIVATION_FACTOR", ("tests/test_budget.py",)),
     # --- serve (issue 26): rows of a cross-request batch to the wrong request, a queue-jumping ledger
     Mutant("serve-batch-rows-swapped", "runtime/serve/scheduler.py", "it.y = y if len(batch) == 1 else y[k:k + n].copy()",
            "it.y = y if len(batch) == 1 else y[len(x) - k - n:len(x) - k].copy()", ("tests/test_serve.py",)),
