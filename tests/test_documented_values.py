@@ -168,6 +168,13 @@ def test_image_size_limit_200_megapixels(tmp_path):
         read_image(under)
 
 
+def test_activation_factors_per_path():
+    from srdeploy.runtime.budget import ACTIVATION_FACTORS, ORT_ACTIVATION_FACTOR
+
+    assert ORT_ACTIVATION_FACTOR == 1.45
+    assert ACTIVATION_FACTORS == {("openvino", "fp32"): 0.90, ("openvino", "bf16"): 0.50, ("openvino", "int8"): 0.40}
+
+
 # ---------------------------------------------------------------- the pages still state the pinned values
 ROOT = Path(__file__).resolve().parents[1]
 STATED = {  # page -> sentences (whitespace-normalised) that carry the values pinned above
@@ -182,7 +189,9 @@ STATED = {  # page -> sentences (whitespace-normalised) that carry the values pi
                         "JPEG 0-100 / WebP 1-100 is an error (default 95)",
                         "declared size > 200 MP: `SRDEPLOY_MAX_IMAGE_PIXELS`",
                         "default 1 GiB or half the available RAM, whichever is smaller",
-                        "(`--alpha model`, default)", "default `auto`"],
+                        "(`--alpha model`, default)", "default `auto`",
+                        "times the path's activation factor: 1.45 for ONNX Runtime's own buffers",
+                        "0.90 / 0.50 / 0.40 for OpenVINO FP32 / bf16 / INT8"],
     "docs/train.md": ["**Set5 28.43 dB / 0.8113, Set14 26.09 dB / 0.7050**"],
 }
 
