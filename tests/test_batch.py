@@ -335,6 +335,10 @@ def test_item12_sigterm_mid_job_exits_143_with_one_line_and_resume_finishes(clus
     tasks = out / ".srdeploy-batch" / "tasks"
     _wait_for(lambda: tasks.exists() and len(list(tasks.glob("*.json"))) >= 2, proc)
     assert proc.poll() is None, "the job ended before the signal: " + proc.communicate()[1]
+    from srdeploy.runtime.jobs import JobFolder, JobLocked
+
+    with pytest.raises(JobLocked, match="another job is writing it"):  # the running driver holds OUTDIR
+        JobFolder(out / ".srdeploy-batch", "plan.json").check_free("-o out")
     proc.send_signal(signal.SIGTERM)
     out_, err = proc.communicate(timeout=120)
     assert proc.returncode == 143 and out_ == "", err + out_  # Ray's "(raylet) ..." lines go to stdout
@@ -447,3 +451,33 @@ def test_item15_batch_without_ray_leaves_no_plan(cluster, model, images, tmp_pat
     assert proc.returncode == 1 and "pip install 'srdeploy[cluster]'" in proc.stderr, proc.stderr
     assert not (tmp_path / "out" / ".srdeploy-batch" / "plan.json").exists()
     assert main(args) == 0  # with Ray: the same command, no --resume needed
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from srdeploy.runtime.jobs import JobFolder
+with JobFolder(Path(sys.argv[1]), "plan.json").lock("-o out"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_batch_on_a_locked_outdir_is_refused_before_any_work(model, images, tmp_path, capsys):
+    """Two batch jobs never write one OUTDIR: while another process holds its job folder, batch (with or
+    without --resume) exits 1 naming that process, before Ray starts, and writes nothing."""
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out / ".srdeploy-batch")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for extra in ([], ["--resume"]):
+            t0 = time.monotonic()
+            assert main(["batch", "-q", "-i", str(images), "-o", str(out), "--model", str(model), *extra]) == 1
+            err = capsys.readouterr().err
+            assert "another job is writing it" in err and f"pid {holder.pid}" in err, err
+            assert time.monotonic() - t0 < 10
+        assert sorted(p.name for p in out.rglob("*")) == [".srdeploy-batch", "lock"]
+    finally:
+        holder.kill()
+        holder.wait()

@@ -205,6 +205,7 @@ def run_batch(cfg: BatchConfig, *, log: Callable[[str], None] = say) -> Summary:
     if outdir.exists() and not outdir.is_dir():
         raise ValueError(f"-o {outdir}: exists and is not a folder; batch writes into an output folder")
     job = job_folder(outdir)
+    job.check_free(f"-o {outdir}")  # another batch writing OUTDIR: refused at once, before any work
     # Outputs are never inputs: OUTDIR inside an input tree is skipped, and so are the recorded
     # job's outputs (OUTDIR = an input folder), else a rerun's inputs would differ from the job's.
     pairs, problems = collect(cfg.inputs, recursive=cfg.recursive, manifests=True, exclude=outdir)
@@ -216,6 +217,13 @@ def run_batch(cfg: BatchConfig, *, log: Callable[[str], None] = say) -> Summary:
         for msg in problems:
             log(f"srdeploy batch: error: {msg}")
         raise ValueError("batch: no input images or videos")
+    with job.lock(f"-o {outdir}"):  # held for the whole run: two jobs never write one OUTDIR's states
+        return _run_locked(cfg, job, tasks, problems, log, t_start)
+
+
+def _run_locked(cfg: BatchConfig, job: JobFolder, tasks: list[dict], problems: list[str],
+                log: Callable[[str], None], t_start: float) -> Summary:
+    """``run_batch`` once the job folder is locked: check it against this run, then run the tasks."""
     tasks, record = check_job(job, cfg.settings, tasks, resume=cfg.resume)
 
     summary = Summary(tasks=len(tasks), settings=asdict(cfg.settings))
