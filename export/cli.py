@@ -256,9 +256,7 @@ def _eval_model_file(args: argparse.Namespace, first: Path) -> tuple[str, list, 
 
     run = settings_from_args(args, model=str(first))
     folders = [resolve_folder(f) for f in args.paths[1:]]  # before opening the model: a typo fails at once
-    results, record = evaluate_model_file(run, folders, progress=not args.quiet)
-    if args.scale and args.scale != record["scale"]:
-        raise ValueError(f"eval: --scale {args.scale} does not match the model's scale {record['scale']}")
+    results, record = evaluate_model_file(run, folders, progress=not args.quiet, scale=args.scale)
     title = f"{first} ({record['backend']} {record['device']} {record['precision']}, x{record['scale']})"
     return title, results, record
 

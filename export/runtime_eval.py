@@ -49,7 +49,8 @@ def read_rgb8(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def evaluate_model_file(settings: RunSettings, folders, *, progress: bool = False) -> tuple[list, dict]:
+def evaluate_model_file(settings: RunSettings, folders, *, progress: bool = False,
+                        scale: int | None = None) -> tuple[list, dict]:
     """Evaluate a model file through the runtime on HR image folders.
 
     Args:
@@ -57,6 +58,8 @@ def evaluate_model_file(settings: RunSettings, folders, *, progress: bool = Fals
             device, precision, threads) and the tiling ``srdeploy upscale`` would use.
         folders: benchmark folders of HR images (LR by bicubic downscaling, as ``srdeploy eval``).
         progress: show a progress bar.
+        scale: the scale the caller expects (``eval --scale``): checked as soon as the model is
+            open, before any image is upscaled; None = the model's.
 
     Returns:
         ``(results, record)``: a ``SetResult`` per folder and a JSON-able description of what
@@ -71,6 +74,9 @@ def evaluate_model_file(settings: RunSettings, folders, *, progress: bool = Fals
     chosen: list = []
 
     with open_session(recipe) as sess:
+        if scale and scale != sess.info.scale:
+            raise ValueError(f"eval: --scale {scale} does not match the model's scale {sess.info.scale} "
+                             f"({recipe.model}); drop --scale or pass {sess.info.scale}")
         up = Upscaler(sess, tiling)
 
         def upscale(lr):

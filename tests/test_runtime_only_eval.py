@@ -104,3 +104,18 @@ def test_runtime_reader_gives_pillows_pixels(set5, set14, tmp_path):
         mine, pillow = read_rgb8(path), load_rgb(path)
         assert mine.dtype == np.uint8 and mine.shape == pillow.shape and mine.shape[2] == 3, path
         assert np.array_equal(mine, pillow), path
+
+
+def test_wrong_scale_is_refused_before_any_image_is_upscaled(set14, monkeypatch, capsys):
+    """`eval MODEL --scale 2` on a x4 model: one line naming both scales and the model, as soon as the
+    model is open (not after minutes of evaluation)."""
+    import srdeploy.runtime.upscale as upscale_mod
+    from srdeploy.cli import main
+
+    calls = []
+    real = upscale_mod.Upscaler.upscale
+    monkeypatch.setattr(upscale_mod.Upscaler, "upscale", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    assert main(["eval", str(BUNDLED), str(set14), "--scale", "2", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "--scale 2 does not match the model's scale 4" in err and "srresnet_x4.onnx" in err, err
+    assert calls == []
