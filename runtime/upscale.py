@@ -155,8 +155,15 @@ class Upscaler:
             text = f"tile auto -> {_tile_text(self.last_tile) if self.last_tile else 'whole image'}"
             p = self.last_prediction
             text += (f" (predicted peak {_size(p.total)}, max memory {_size(self.budget)})" if p is not None
-                     else " (memory not predicted: no ONNX graph)")
+                     else f" (memory not predicted: {self._why_not_predicted()})")
         return text + f", tile-pad {self.tile_pad}"
+
+    def _why_not_predicted(self) -> str:
+        """The reason ``predict`` had no graph profile, short: the ProfileError's text without the
+        file name (the first line names the model already)."""
+        why = str(self._profile) if isinstance(self._profile, Exception) else "no ONNX graph"
+        path = str(getattr(self.session, "path", "") or "")
+        return why[len(path) + 2:] if path and why.startswith(path + ": ") else why
 
     def _check(self, img: np.ndarray, order: str) -> tuple[np.ndarray, int]:
         if order not in ("RGB", "BGR"):

@@ -169,3 +169,22 @@ def test_openvino_paths_predict_with_their_own_activation_factor(backend, precis
     assert ratio < 0.65
     area = {b: t[0] * t[1] if isinstance(t, tuple) else t * t for b, t in chosen.items()}
     assert area[backend] > area["onnxruntime"], chosen  # the budget buys larger (cheaper) tiles
+
+
+def test_first_line_says_why_memory_was_not_predicted(tmp_path, capsys):
+    """An ONNX graph with an operator the predictor cannot size: upscale's first line gives that reason
+    (not "no ONNX graph", which is for engines and checkpoints) and the fixed tile it used instead."""
+    pytest.importorskip("onnx")
+    import cv2
+    import numpy as np
+
+    from _video import write_copy_model
+    from srdeploy.cli import main
+
+    model = write_copy_model(tmp_path / "copy.onnx")  # Resize + Gather: Gather is not sized
+    cv2.imwrite(str(tmp_path / "in.png"), np.zeros((20, 30, 3), np.uint8))
+    assert main(["upscale", "-i", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--model", str(model),
+                 "--precision", "fp32"]) == 0
+    first = capsys.readouterr().err.splitlines()[0]
+    assert "memory not predicted: operator Gather" in first and "--tile N" in first, first
+    assert "no ONNX graph" not in first and str(model) + ": operator" not in first
