@@ -80,6 +80,26 @@ def test_a_second_job_on_the_same_output_is_refused_at_once_naming_the_first(cop
     assert np.array_equal(decode(out), reference(clip))
 
 
+def test_the_running_job_holds_its_folder_for_every_segment(copy_model, clip, tmp_path, monkeypatch):
+    """While segments are made, another process (here another open file of the lock) cannot claim the
+    folder: the job itself holds it, not only checks it before starting."""
+    from srdeploy.runtime.jobs import JobLocked
+
+    out = tmp_path / "out.mkv"
+    held, real = [], seg.process_segment
+
+    def checked(task, upscaler, **kwargs):
+        with pytest.raises(JobLocked, match="another job is writing it"):
+            JobFolder(seg.work_folder(out), seg.JOB_FILE).check_free(str(out))
+        held.append(task)
+        return real(task, upscaler, **kwargs)
+
+    monkeypatch.setattr(seg, "process_segment", checked)
+    assert main(video("-i", str(clip), "-o", str(out), "--model", str(copy_model), "--tile", "0",
+                      "--segment-frames", "20", *LOSSLESS)) == 0
+    assert len(held) >= 2 and np.array_equal(decode(out), reference(clip))
+
+
 def test_a_lock_left_by_a_killed_job_does_not_block_resume(copy_model, clip, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out.mkv"
     args = video("-i", str(clip), "-o", str(out), "--model", str(copy_model), "--tile", "0", "--segment-frames",
