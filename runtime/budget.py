@@ -453,7 +453,7 @@ def _hw(tile: int | tuple[int, int]) -> tuple[int, int]:
 def predict_peak(profile: GraphProfile, *, height: int, width: int, channels: int, itemsize: int, scale: int,
                  tile: int | tuple[int, int], tile_pad: int, weights_bytes: int = 0, streamed: bool = True,
                  passes: int = 1, batch: int = 1, gpu: bool = False, base_bytes: int | None = None,
-                 factor: float = ORT_ACTIVATION_FACTOR) -> Prediction:
+                 factor: float = ORT_ACTIVATION_FACTOR, multiple: int = 1, minimum: int = 1) -> Prediction:
     """Predicted peak RSS of upscaling one ``height x width`` image with ``tile`` (0 = whole image).
 
     Args:
@@ -467,10 +467,13 @@ def predict_peak(profile: GraphProfile, *, height: int, width: int, channels: in
         weights_bytes: the model file size (weights are loaded once).
         gpu: predict device memory (weights and activations only; the image buffers live in host
             memory). The factor is the CPU one: not yet measured on a GPU.
+        factor: the path's activation factor (``activation_factor``).
+        multiple, minimum: the model's size rules (``ModelInfo.size_multiple``/``min_size``): the
+            tiler rounds windows up to the multiple and pads them to the minimum, and so does this.
     """
     th, tw = _hw(tile)
-    wh, _ = axis_window(height, th, tile_pad)
-    ww, _ = axis_window(width, tw, tile_pad)
+    wh, _ = _window(height, th, tile_pad, multiple, minimum)
+    ww, _ = _window(width, tw, tile_pad, multiple, minimum)
     core_h = max(b - a for a, b in axis_cores(height, th))  # the tallest band of output rows
     out_w = width * scale
     acts = batch * profile.activation_bytes(wh, ww, factor=factor)
@@ -487,11 +490,19 @@ def predict_peak(profile: GraphProfile, *, height: int, width: int, channels: in
                       image_in=height * width * channels * itemsize, band=band, image_out=out_bytes)
 
 
-def tile_overhead(height: int, width: int, tile: int | tuple[int, int], tile_pad: int) -> float:
+def _window(n: int, tile: int, pad: int, multiple: int, minimum: int) -> tuple[int, int]:
+    """(window, cores) along an axis as the tiler makes it: ``axis_window``, at least ``minimum``
+    (rounded up to the multiple: smaller windows are edge-padded to it)."""
+    window, cores = axis_window(n, tile, pad, multiple)
+    return max(window, -(-minimum // multiple) * multiple), cores
+
+
+def tile_overhead(height: int, width: int, tile: int | tuple[int, int], tile_pad: int, *, multiple: int = 1,
+                  minimum: int = 1) -> float:
     """Compute cost of tiling relative to one whole-image pass (window area / image area)."""
     th, tw = _hw(tile)
-    wh, kh = axis_window(height, th, tile_pad)
-    ww, kw = axis_window(width, tw, tile_pad)
+    wh, kh = _window(height, th, tile_pad, multiple, minimum)
+    ww, kw = _window(width, tw, tile_pad, multiple, minimum)
     return kh * kw * wh * ww / (height * width)
 
 
@@ -542,7 +553,8 @@ def choose_tile(profile: GraphProfile, budget: int, *, height: int, width: int, 
             else:
                 lo = mid + 1
         if fit is not None:
-            cost = tile_overhead(height, width, fit.tile, tile_pad)
+            cost = tile_overhead(height, width, fit.tile, tile_pad, multiple=kwargs.get("multiple", 1),
+                                 minimum=kwargs.get("minimum", 1))
             if cost < best_cost - 1e-9:
                 best, best_cost = fit, cost
     return best if best is not None else predict((rows[-1], cols[-1]))

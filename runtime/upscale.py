@@ -100,7 +100,8 @@ class Upscaler:
         kwargs = dict(height=height, width=width, channels=channels, itemsize=itemsize, scale=self.scale,
                       tile_pad=self.tile_pad, passes=2 if channels in (2, 4) and self.alpha == "model" else 1,
                       streamed=streamed, batch=self.batch, gpu=self.session.device.startswith("cuda"),
-                      weights_bytes=budget.weights_bytes(self.session), factor=budget.activation_factor(self.session))
+                      weights_bytes=budget.weights_bytes(self.session), factor=budget.activation_factor(self.session),
+                      multiple=self.session.info.size_multiple, minimum=self.session.info.min_size)
         if tile is not None:
             return budget.predict_peak(self._profile, tile=tile, **kwargs)
         if self.settings.auto:

@@ -188,3 +188,30 @@ def test_first_line_says_why_memory_was_not_predicted(tmp_path, capsys):
     first = capsys.readouterr().err.splitlines()[0]
     assert "memory not predicted: operator Gather" in first and "--tile N" in first, first
     assert "no ONNX graph" not in first and str(model) + ": operator" not in first
+
+
+def test_windows_are_predicted_as_the_tiler_makes_them_for_size_rules():
+    """A model with a size multiple (SwinIR's window 8) or a minimum size gets windows rounded up and
+    padded by the tiler; the predictor must size those windows, not the smaller ones (it would
+    under-predict: the unsafe side)."""
+    import dataclasses
+
+    from srdeploy.runtime.open import open_session
+    from srdeploy.runtime.settings import TileSettings
+    from srdeploy.runtime.tiling import plan_tiles
+    from srdeploy.runtime.upscale import Upscaler
+
+    plain = predict_peak(_PROFILE, tile=50, tile_pad=10, height=100, width=100, channels=3, itemsize=1, scale=4)
+    mult = predict_peak(_PROFILE, tile=50, tile_pad=10, height=100, width=100, channels=3, itemsize=1, scale=4,
+                        multiple=8)
+    small = predict_peak(_PROFILE, tile=0, tile_pad=10, height=20, width=30, channels=3, itemsize=1, scale=4,
+                         minimum=64, multiple=8)
+    assert plain.activations == _PROFILE.activation_bytes(70, 70)
+    assert mult.activations == _PROFILE.activation_bytes(80, 80)  # 50 + 2 x 10 + 7, rounded up to 8
+    assert small.activations == _PROFILE.activation_bytes(64, 64)  # edge-padded to the minimum
+    assert plan_tiles(100, 100, tile=50, tile_pad=10, multiple=8).rows.window == 80  # what the tiler runs
+    assert plan_tiles(20, 30, tile=0, tile_pad=10, multiple=8, minimum=64).cols.window == 64
+    with open_session(default_model_path(), threads=1) as s:
+        s.info = dataclasses.replace(s.info, size_multiple=8)
+        p = Upscaler(s, TileSettings(tile=50, tile_pad=10)).predict(100, 100)
+    assert p.activations == int(1.45 * 8192 * 80 * 80)
