@@ -152,6 +152,28 @@ def test_srdeploy_bench_cpp_runs_both_and_compares(srbench, tiny_model, tmp_path
     assert py["output_checksum"] == pytest.approx(cpp["output_checksum"], abs=1e-7 * 3 * 13 * 21 * 16)
 
 
+def test_gray_model_is_fed_one_channel_like_python(srbench, tmp_path):
+    """A GRAY model (srdeploy import of a 1-channel generator) takes (N, 1, H, W): srbench reads the
+    channel order from the metadata, so its input, JSON and checksum match srdeploy bench's."""
+    torch = pytest.importorskip("torch")
+    from srdeploy.export.onnx_export import add_metadata, export_onnx
+    from srdeploy.runtime.metadata import ModelInfo
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.PixelShuffle(2), torch.nn.Tanh()).eval()
+    path = export_onnx(model, tmp_path / "gray_x2.onnx", channels=1)
+    add_metadata(path, ModelInfo(scale=2, receptive_radius=1, arch="tiny-gray", channel_order="GRAY"))
+    out = tmp_path / "py.json"
+    res = subprocess.run([sys.executable, "-m", "srdeploy", "bench", "--model", str(path), "--size", "21x13",
+                          "--warmup", "1", "--iters", "2", "--threads", "1", "--no-full-path", "--json", str(out),
+                          "--cpp"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    py, cpp = json.loads(out.read_text()), json.loads(out.with_suffix(".cpp.json").read_text())
+    assert py["input"]["channels"] == cpp["input"]["channels"] == 1
+    assert py["output_checksum"] == pytest.approx(cpp["output_checksum"], abs=1e-7 * 13 * 21 * 4)
+    assert abs(py["output_checksum"]) > 1  # a non-trivial sum: a mis-fed input would move it
+
+
 def test_missing_model(srbench, tmp_path):
     missing = tmp_path / "missing.onnx"
     out = tmp_path / "r.json"

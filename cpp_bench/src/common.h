@@ -48,6 +48,7 @@ struct Options {
 struct ModelInfo {
   std::map<std::string, std::string> props;
   int scale = 0;
+  int channels = 3;  // 1 for a GRAY model (srdeploy.channel_order), else 3
   std::string precision = "fp32";
   std::string arch;
   std::string source;  // where the metadata came from (for messages and the JSON)

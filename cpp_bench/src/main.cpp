@@ -44,7 +44,8 @@ const char* kUsage =
     "                    registers, widest ISA the CPU has; --threads N, default physical cores;\n"
     "                    --seconds S, default 1.5); prints 'peak_gflops: V'\n"
     "\n"
-    "Input is deterministic: x.flat[i] = ((i*37 + 11) % 256) / 255 over (N,3,H,W) float32.\n"
+    "Input is deterministic: x.flat[i] = ((i*37 + 11) % 256) / 255 over (N,C,H,W) float32\n"
+    "(C = 1 for a GRAY model, else 3).\n"
     "Prints 'output_checksum: V' (sum of all outputs of one inference, accumulated in double).\n";
 
 int parse_int(const std::string& flag, const std::string& v, int min_value) {
@@ -204,7 +205,7 @@ int run(const Options& cli) {
     }
   }
 
-  const std::int64_t n = opt.batch, c = 3, h = opt.height, w = opt.width, s = be->info.scale;
+  const std::int64_t n = opt.batch, c = be->info.channels, h = opt.height, w = opt.width, s = be->info.scale;
   const std::vector<std::int64_t> in_shape{n, c, h, w};
   const std::vector<std::int64_t> out_shape{n, c, h * s, w * s};
   const std::vector<float> input = deterministic_input(static_cast<std::size_t>(n * c * h * w));
@@ -246,7 +247,7 @@ int run(const Options& cli) {
     if (opt.backend == "ort") doc.set("threads", be->threads);
     Json in = Json::object();
     in.set("batch", opt.batch);
-    in.set("channels", 3);
+    in.set("channels", be->info.channels);
     in.set("height", opt.height);
     in.set("width", opt.width);
     in.set("tile", 0);

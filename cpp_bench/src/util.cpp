@@ -85,6 +85,11 @@ ModelInfo parse_model_info(const std::map<std::string, std::string>& props, cons
     throw UserError(source + ": srdeploy.layout is '" + props.at("srdeploy.layout") +
                     "'; srbench feeds NCHW float32 input");
   }
+  const std::string& order = props.at("srdeploy.channel_order");
+  if (order != "RGB" && order != "GRAY") {  // CHANNEL_ORDERS in runtime/metadata.py
+    throw UserError(source + ": srdeploy.channel_order is '" + order + "', not RGB or GRAY; re-export the model");
+  }
+  info.channels = order == "GRAY" ? 1 : 3;
   auto it = props.find("srdeploy.precision");
   if (it != props.end() && !it->second.empty()) info.precision = it->second;
   if (info.precision != "fp32" && info.precision != "fp16" && info.precision != "bf16") {
