@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -183,6 +184,7 @@ def deploy(out: Path, name: str, *, threads: int, iters: int) -> int:
         speed = {}
         for size in ("128x128", "256x256"):
             j = tmp / f"bench_{size}.json"
+            load_before = os.getloadavg()[0]
             srdeploy("bench", "--model", str(fp32), "--backend", "onnxruntime", "--threads", str(threads),
                      "--size", size, "--iters", str(iters), "--warmup", "2", "--no-full-path", "-q", "--peak",
                      "--compare", f"{fp32}@openvino", "--compare", f"{int8}@onnxruntime",
@@ -190,6 +192,7 @@ def deploy(out: Path, name: str, *, threads: int, iters: int) -> int:
                      "--json", str(j))
             r = json.loads(j.read_text())
             speed[size] = {"peak_gflops": r["gflops"]["peak"]["gflops"], "peak_isa": r["gflops"]["peak"]["isa"],
+                           "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                            "rows": [{k: e.get(k) for k in ("backend", "precision", "fps", "speedup", "gflops",
                                                            "fraction_of_peak")} | {"model": Path(e["model"]).name}
                                     for e in r["compare"]]}
@@ -368,6 +371,13 @@ def trt_int8_markdown(card: dict) -> list[str]:
             f"Runtime on the CPU (the eval protocol): {loss}. Not yet built or run by TensorRT in this project."]
 
 
+def _loads(speed: dict) -> str:
+    """The 1-minute load average before and after each size's run, as recorded (older cards lack it)."""
+    parts = [f"{size} {sp['load_average'][0]:.2f} -> {sp['load_average'][1]:.2f}" for size, sp in speed.items()
+             if sp.get("load_average")]
+    return "load average (1 min) before -> after: " + ", ".join(parts) if parts else "load average not recorded"
+
+
 def deployment_markdown(card: dict) -> list[str]:
     """The card's deployment section: quality per precision/backend, speed per backend."""
     d = card["deployment"]
@@ -393,8 +403,9 @@ def deployment_markdown(card: dict) -> list[str]:
     lines += ["", f"FP32 ONNX through ONNX Runtime vs the checkpoint's figures: Set5 {c['Set5']:+.4f} dB, "
                   f"Set14 {c['Set14']:+.4f} dB.", "",
               f"Speed: `srdeploy bench --threads {d['threads']} --compare ... --peak`, model only, one run per size, "
-              f"models timed in alternating blocks (same input, same threads). CPU: {d['cpu']}. The machine was "
-              "shared with other jobs: compare ratios within a row group, not absolute figures across runs.", "",
+              f"models timed in alternating blocks (same input, same threads). CPU: {d['cpu']}. Measured "
+              f"{d.get('measured', '(date not recorded)')}; {_loads(d['speed'])}. Compare ratios within a row group, "
+              "not absolute figures across runs.", "",
               "| input | model | backend | fps | vs ORT FP32 | GFLOP/s | of FP32 FMA peak |", "|---|---|---|---|---|---|---|"]
     for size, sp in d["speed"].items():
         for r in sp["rows"]:
