@@ -127,7 +127,9 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
                     "and weights (zero points 0), float biases, the model input centred so every 8-bit level "
                     "stays exact.")
     q.add_argument("model", metavar="MODEL.onnx", help="srdeploy FP32 ONNX model (srdeploy export)")
-    q.add_argument("-o", "--output", required=True, metavar="MODEL_int8.onnx", help="output INT8 ONNX file")
+    q.add_argument("-o", "--output", default=None, metavar="MODEL_int8.onnx",
+                   help="output INT8 ONNX file (default: MODEL_int8.onnx beside MODEL, the sibling --precision int8 "
+                        "and tune find; MODEL_int8_trt.onnx with --target tensorrt)")
     q.add_argument("--calib", nargs="+", metavar="DIR", default=None,
                    help="folders of HR training-style images; LR crops are made as training makes them "
                         "(default: the training folders under the data root)")
@@ -270,6 +272,11 @@ def _run_quantize(args: argparse.Namespace) -> int:
                          method=args.method, exclude=tuple(args.exclude), max_loss=args.max_loss,
                          val=tuple(args.val or ()), threads=args.threads, target=args.target)
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    if args.output is None:
+        from srdeploy.runtime.profile import int8_sibling_name
+
+        sibling = int8_sibling_name(args.model)
+        args.output = str(sibling if args.target == "cpu" else sibling.with_name(sibling.stem + "_trt.onnx"))
     rep = quantize_model(args.model, args.output, cfg, overwrite=args.overwrite, log=log, progress=not args.quiet)
     print(f"wrote {rep.output} (INT8 QDQ for {rep.target}, {rep.calibration['images']} calibration crops, "
           f"{rep.method})")

@@ -4,6 +4,7 @@ GFLOP/s / --peak, srbench --peak, and the one-line errors for bad input."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import shutil
 
 import pytest
@@ -82,8 +83,14 @@ def test_eval_openvino_and_precision_recorded(tiny, tmp_path, capsys):
 @pytest.mark.slow
 def test_quantize_cli_and_int8_eval_on_both_backends(tiny, tmp_path, capsys, set5):
     """Item 2 and 3: quantize writes an INT8 model that eval runs on ONNX Runtime and OpenVINO."""
-    out = tmp_path / "tiny_int8.onnx"
-    rc = main(["quantize", str(tiny["onnx"]), "-o", str(out), "--calib", str(set5), "--calib-images", "4",
+    import shutil
+
+    from srdeploy.runtime.open import open_session
+
+    model = tmp_path / "tiny.onnx"
+    shutil.copy(tiny["onnx"], model)
+    out = tmp_path / "tiny_int8.onnx"  # no -o: the sibling that --precision int8 and tune look for
+    rc = main(["quantize", str(model), "--calib", str(set5), "--calib-images", "4",
                "--crop", "16", "--val", str(tiny["val"]), "--max-loss", "10", "--threads", "1", "-q",
                "--json", str(tmp_path / "q.json")])
     stdout = capsys.readouterr().out
@@ -91,6 +98,8 @@ def test_quantize_cli_and_int8_eval_on_both_backends(tiny, tmp_path, capsys, set
     assert "kept float: none" in stdout and "Y-PSNR loss vs FP32: val" in stdout and "speed (same run" in stdout
     q = json.loads((tmp_path / "q.json").read_text())
     assert q["calibration"]["images"] == 4 and "onnxruntime int8" in q["speed"]["speedup_vs_ort_fp32"]
+    with open_session(model, precision="int8") as s:
+        assert Path(s.path) == out and s.precision == "int8"
     backends = ["onnxruntime"] + (["openvino"] if _has_openvino() else [])
     for backend in backends:
         j = tmp_path / f"{backend}.json"
