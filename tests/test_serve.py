@@ -7,6 +7,7 @@ import concurrent.futures as cf
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -91,21 +92,30 @@ def test_bad_requests_get_their_4xx_while_a_load_runs(model, images, tmp_path):
     # the one-line reasons upscale prints for the same bytes (the name is the upload's)
     (tmp_path / "bad.png").write_bytes(truncated)
     (tmp_path / "notes.txt").write_bytes(b"this is not an image")
-    with start(model, tiling={"tile": 16}, max_upload=64 << 10, token="s3cret") as srv:
+    # the model is held at a gate while the bad requests go in, so the load is provably still running
+    with start(model, gate=True, tiling={"tile": 16}, max_upload=64 << 10, token="s3cret") as srv:
         auth = {"Authorization": "Bearer s3cret"}
+        gate = srv.service.session
         with httpx.Client(base_url=srv.url, timeout=60, headers=auth) as client, cf.ThreadPoolExecutor(6) as pool:
             load = [pool.submit(client.post, "/v1/upscale", content=good) for _ in range(6)]
+            assert gate.entered.wait(30)  # a load request is inside the model
+            t0 = time.monotonic()
             oversize = client.post("/v1/upscale", content=b"\0" * (65 << 10))
             bomb = client.post("/v1/upscale", content=bomb_png())
-            garbage = client.post("/v1/upscale", files={"file": ("notes.txt", b"this is not an image")})
+            # a client's file name never becomes a path: only its last part is echoed
+            garbage = client.post("/v1/upscale", files={"file": ("../../notes.txt", b"this is not an image")})
             cut = client.post("/v1/upscale", files={"file": ("bad.png", truncated)})
             no_token = httpx.post(srv.url + "/v1/upscale", content=good)
             wrong = httpx.post(srv.url + "/v1/upscale", content=good, headers={"Authorization": "Bearer nope"})
             bad_query = client.post("/v1/upscale", content=good, params={"scale": "8"})
+            answered = time.monotonic() - t0
+            assert not any(f.done() for f in load)  # every 4xx came while the load was in flight
+            gate.gate.set()
             results = [f.result() for f in load]
             text = client.get("/metrics").text
         assert httpx.get(srv.url + "/metrics").status_code == 401  # the counters need the token too
         assert httpx.get(srv.url + "/healthz").text == "ok\n" and httpx.get(srv.url + "/readyz").status_code == 200
+    assert answered < 7 * 1.0, answered  # seven bad requests, each well within its 1 s
     assert [r.status_code for r in results] == [200] * 6 and len({r.content for r in results}) == 1
     assert oversize.status_code == 413 and "--max-upload" in oversize.text
     assert bomb.status_code == 413 and "declared image size 100000x100000" in bomb.text
