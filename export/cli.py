@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -299,7 +300,7 @@ def _run_export(args: argparse.Namespace) -> int:
     out = Path(args.output)
     outputs = [out] + ([out.with_name(out.stem + "_fp16" + out.suffix)] if args.fp16 else [])
     for path in outputs:
-        if path.exists() and not args.overwrite:
+        if os.path.lexists(path) and not args.overwrite:  # a dangling symlink counts as an existing output
             raise FileExistsError(f"{path}: already exists; pass --overwrite to replace it")
     if not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"{args.checkpoint}: checkpoint file does not exist")

@@ -424,7 +424,7 @@ def _check_request(src: Path, dst: Path, cfg: QuantizeConfig, overwrite: bool):
     if not cfg.loss_limit >= 0:
         raise QuantizeError(f"--max-loss must be >= 0 dB, got {cfg.max_loss}")
     model, info = check_source(src)
-    if dst.exists() and not overwrite:
+    if os.path.lexists(dst) and not overwrite:  # a dangling symlink counts as an existing output
         raise QuantizeError(f"{dst}: exists; pass --overwrite to replace it")
     if dst.resolve() == src.resolve():
         raise QuantizeError(f"{dst}: is the source model; write the INT8 model to another file")
@@ -583,6 +583,6 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, cfg: Quantize
         if cfg.speed_size and cfg.target == "cpu":
             report.speed = measure_speed(src, final, threads=cfg.threads, size=speed_size, channels=info.channels)
         report.seconds = time.perf_counter() - t0
-        with atomic_target(dst) as tmp_dst:
+        with atomic_target(dst, overwrite=overwrite) as tmp_dst:  # never replaces a file made meanwhile
             shutil.copyfile(final, tmp_dst)
     return report

@@ -118,6 +118,17 @@ def test_item4_dangling_symlink_output_is_refused_without_overwrite(tmp_path, ca
     assert not link.is_symlink() and cv2.imread(str(link)).shape == (80, 64, 3)
 
 
+@pytest.mark.parametrize("command", ["export", "quantize", "import"])
+def test_item4_export_quantize_import_refuse_a_dangling_link_too(tmp_path, capsys, command):
+    models = BUNDLED.parent
+    link = tmp_path / ("out.pt" if command == "import" else "out.onnx")
+    link.symlink_to(tmp_path / "elsewhere" / link.name)
+    src = {"export": models / "srresnet_x4.pt", "quantize": BUNDLED, "import": models / "srresnet_x4.pt"}[command]
+    assert main([command, str(src), "-o", str(link)]) == 1
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert link.is_symlink() and not (tmp_path / "elsewhere").exists()
+
+
 def test_item4_library_writers_treat_a_dangling_link_as_existing(tmp_path):
     from srdeploy.runtime.atomic import atomic_target
     from srdeploy.runtime.media.images import write_image

@@ -152,7 +152,7 @@ def import_weights(source: str | os.PathLike, output: str | os.PathLike, *, arch
         overwrite: replace an existing ``output``.
     """
     source, output = Path(source), Path(output)
-    if output.exists() and not overwrite:
+    if os.path.lexists(output) and not overwrite:  # a dangling symlink counts as an existing output
         raise FileExistsError(f"{output}: already exists; pass --overwrite to replace it")
     if output.resolve() == source.resolve():
         raise ValueError(f"{output}: is the source file; choose another -o")
