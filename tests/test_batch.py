@@ -481,3 +481,24 @@ def test_a_second_batch_on_a_locked_outdir_is_refused_before_any_work(model, ima
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_resume_refuses_another_model_copied_over_the_same_path(cluster, model, images, tmp_path, capsys):
+    """The plan pins the model's content (sha256), not its path: a model replaced in place is refused on
+    --resume, naming what changed, before anything is rewritten."""
+    import shutil
+
+    from srdeploy.runtime.open import default_model_path
+
+    m = tmp_path / "m.onnx"
+    shutil.copy(model, m)
+    out = tmp_path / "out"
+    args = ["batch", "-q", "-i", str(images / "im0.png"), "-o", str(out), "--model", str(m), "--workers", "1"]
+    assert main(args) == 0
+    before = (out / "im0.png").read_bytes()
+    shutil.copy(default_model_path(), m)  # another model at the same path
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "--resume: the recorded job used different" in err and "model_sha256" in err, err
+    assert (out / "im0.png").read_bytes() == before

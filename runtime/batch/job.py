@@ -48,6 +48,8 @@ class Settings:
     crf: int | None = None
     segment_frames: int | None = None
     max_memory: int | None = None  # tile "auto" chooses the tiles within this budget: it decides the output
+    # the model's content (``jobs.model_sha256``): another model copied over the same path is refused on --resume
+    model_sha256: str | None = None
 
 
 def plan_tasks(pairs: list[tuple[Path, Path]], outdir: Path, settings: Settings) -> tuple[list[dict], list[str]]:

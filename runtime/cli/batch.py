@@ -80,7 +80,7 @@ def run_batch_cli(args: argparse.Namespace) -> int:
                         precision=run.recipe.precision, tile=tiling.tile, tile_pad=tiling.tile_pad, batch=tiling.batch,
                         feather=tiling.feather, alpha=tiling.alpha, ext=args.ext, suffix=args.suffix,
                         quality=args.quality, codec=args.codec, crf=args.crf, segment_frames=args.segment_frames,
-                        max_memory=tiling.max_memory)
+                        max_memory=tiling.max_memory, model_sha256=_content(run.recipe.model))
     cfg = BatchConfig(inputs=args.input, outdir=args.output, run=run, settings=settings,
                       workers=args.workers, threads_per_worker=args.threads_per_worker,
                       gpus_per_worker=args.gpus_per_worker, address=args.address, recursive=args.recursive,
@@ -99,6 +99,16 @@ def run_batch_cli(args: argparse.Namespace) -> int:
     for line in report_lines(summary):
         print(line, file=sys.stderr)
     return 0 if summary.ok else 1
+
+
+def _content(model: str) -> str | None:
+    """The model's sha256 for the plan (None when it is not a readable file: opening it says why)."""
+    from ..jobs import model_sha256
+
+    try:
+        return model_sha256(model)
+    except OSError:
+        return None
 
 
 def _check_devices(device: str, gpus_per_worker: float) -> None:
