@@ -23,23 +23,25 @@ from srdeploy.train.data import list_images, load_rgb
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "models" / "srresnet_x4.onnx"
 
-# `python -c` program: torch, torchvision and PIL cannot be imported, then `srdeploy ARGS...`.
+# `python -c` program: torch, torchvision, PIL and onnx (the export extra's) cannot be imported, then
+# `srdeploy ARGS...`.
 WITHOUT_TORCH_AND_PIL = """
 import sys
+BLOCKED = ("torch", "torchvision", "PIL", "onnx")
 
 class NotInstalled:
     def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in ("torch", "torchvision", "PIL"):
+        if name.partition(".")[0] in BLOCKED:
             raise ModuleNotFoundError(f"No module named {name!r} (runtime-only install)", name=name)
         return None
 
 sys.meta_path.insert(0, NotInstalled())
 for name in list(sys.modules):
-    if name.partition(".")[0] in ("torch", "torchvision", "PIL"):
+    if name.partition(".")[0] in BLOCKED:
         del sys.modules[name]
 from srdeploy.cli import main
 code = main(sys.argv[1:])
-loaded = sorted({n.partition(".")[0] for n in sys.modules} & {"torch", "torchvision", "PIL"})
+loaded = sorted({n.partition(".")[0] for n in sys.modules} & set(BLOCKED))
 assert not loaded, loaded
 sys.exit(code)
 """
