@@ -15,7 +15,9 @@ and a model that mixes context differently could need more. So the margin is mea
 * the smallest margin whose maximum deviation over all images and channels is below
   ``THRESHOLD`` (0.5/255, half a level of an 8-bit output) is recorded with the measured
   curve; the runtime uses it as the model's default ``--tile-pad``;
-* margins stop at the receptive radius, where tiling is exact by construction.
+* margins stop at the receptive radius, where tiling is exact by construction, or where every
+  input fits in one window (no seam left: a zero deviation there would prove nothing), and then
+  the radius is recorded: a deep model (RRDBNet) needs inputs larger than its margin to measure.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def measure_margin(session, inputs: list[np.ndarray], names: list[str], *, radiu
         threshold: deviation bound in [0, 1] units.
         log: progress printer.
     """
-    from srdeploy.runtime.tiling import tiled_infer
+    from srdeploy.runtime.tiling import axis_window, tiled_infer
 
     if whole is None:
         def whole(x: np.ndarray) -> np.ndarray:
@@ -97,12 +99,19 @@ def measure_margin(session, inputs: list[np.ndarray], names: list[str], *, radiu
     curve: list[tuple[int, float]] = []
     chosen = radius
     for m in margins_up_to(radius):
-        worst = 0.0
+        worst, seams = 0.0, 0
         for x, ref in zip(images, refs):
             t = max(4, min(tile, min(x.shape[1:]) // 3))  # interior tiles in every image
+            if m < radius and all(axis_window(n, t, m)[0] >= n for n in x.shape[1:]):
+                continue  # the window holds the whole image: no seam left to measure at this margin
+            seams += 1
             y = tiled_infer(session, x, tile=t, tile_pad=m)
             # Compare in the deployed range: outputs are clamped to [0, 1] by the model.
             worst = max(worst, float(np.abs(y - ref).max()))
+        if not seams:  # a zero deviation here would say nothing: larger inputs would (--margin-images)
+            log(f"  margin {m:4d}: every calibration input fits in one window, so no seam is left to measure; "
+                f"using the receptive radius {radius} (larger inputs, --margin-images DIR, measure further)")
+            break
         curve.append((m, worst * 255))
         log(f"  margin {m:4d}: max deviation {worst * 255:.3f}/255")
         if worst < threshold:

@@ -39,6 +39,22 @@ def test_bundle_has_one_fp32_onnx_and_one_checkpoint_with_metadata():
         assert path.stat().st_size < 8e6, f"{path} should stay small (about 6 MB)"
 
 
+def test_bundled_models_carry_their_measured_tile_margin():
+    """Issue 22's target for the bundled model: a measured margin of at most 12, below 0.5/255, in the
+    FP32 file and its INT8 sibling (the runtime's default --tile-pad reads it)."""
+    from srdeploy.export.margin import KEY_MARGIN_CURVE, THRESHOLD
+    from srdeploy.runtime.profile import read_props
+    from srdeploy.runtime.settings import TileSettings
+
+    for path in (MODELS / "srresnet_x4.onnx", MODELS / "srresnet_x4_int8.onnx"):
+        props = read_props(path)
+        margin = int(props["srdeploy.tile_margin"])
+        curve = dict(json.loads(props[KEY_MARGIN_CURVE])["curve"])
+        assert margin <= 12 and curve[margin] < THRESHOLD * 255 and all(v >= THRESHOLD * 255 for m, v in curve.items()
+                                                                         if m < margin), (path, curve)
+        assert TileSettings().pad_for(40, margin) == margin
+
+
 def test_bundled_int8_model_comes_from_the_fp32_one_within_the_loss_target():
     """Issue 12 item 5: models/*_int8.onnx made by bundle_model.py from the bundled FP32 model; card figures."""
     from srdeploy.export.onnx_export import read_metadata, read_props, sha256_file

@@ -83,3 +83,30 @@ def test_margin_is_the_smallest_below_the_threshold():
     # margin 2 misses the threshold by less than tenfold (a looser threshold would stop there); 4 meets it
     assert 0.5 < devs[2] < 5 and result.margin == 4
     assert result.lines()[-1].startswith("  margin    4:") and "the default --tile-pad" in result.lines()[-1]
+
+
+class GlobalMean(Decay):
+    """Output = input + the whole input's mean (context from everywhere, radius "20"): on a ramp every
+    tiled run deviates, until the window holds the whole image and the deviation is zero."""
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return (x + x.mean(axis=(2, 3), keepdims=True)).astype(np.float32)
+
+
+def test_a_margin_where_no_seam_is_left_is_not_taken_as_measured():
+    from srdeploy.export.margin import measure_margin
+
+    ramp = np.linspace(0, 1, 36, dtype=np.float32)[None, None, None, :] * np.ones((1, 3, 30, 1), np.float32)
+    inputs = [ramp]
+    lines = []
+    result = measure_margin(GlobalMean(), inputs, ["a"], radius=20, log=lines.append)
+    # tile 10: the margins whose window leaves a seam on some axis are measured (all deviate); the first
+    # whose window covers the whole 30x36 image would show 0 and is not taken
+    from srdeploy.export.margin import margins_up_to
+    from srdeploy.runtime.tiling import axis_window
+
+    seams = [m for m in margins_up_to(20) if axis_window(30, 10, m)[0] < 30 or axis_window(36, 10, m)[0] < 36]
+    assert [m for m, _ in result.curve] == seams == [0, 2, 4, 6, 8, 10, 12]
+    assert all(v > 0.5 for _, v in result.curve)
+    assert result.margin == 20  # the radius (exact), not the 0 that an untiled run would show
+    assert "no seam is left to measure" in lines[-1] and "--margin-images" in lines[-1]
