@@ -73,7 +73,7 @@ def center_input(model, *, input_name: str, step: float):
 
     Args:
         model: an ``onnx.ModelProto`` whose input feeds exactly one Conv (weights and bias as
-            initializers, explicit ``pads``).
+            initializers, explicit ``pads``), and possibly other nodes (a skip), which keep the input.
         input_name: the model input.
         step: the input's quantization step (1/255 for [0, 1] pixels).
 
@@ -83,10 +83,16 @@ def center_input(model, *, input_name: str, step: float):
     from onnx import helper, numpy_helper
 
     users = [n for n in model.graph.node if input_name in n.input]
-    if len(users) != 1 or users[0].op_type != "Conv":
-        raise ValueError(f"the exact int8 input needs {input_name!r} to feed one Conv, it feeds "
-                         f"{[n.op_type for n in users]}")
-    conv = users[0]
+    convs = [n for n in users if n.op_type == "Conv" and n.input[0] == input_name]
+    if len(convs) != 1:
+        # e.g. a normalisation (Sub/Div: PyTorch-GAN, SwinIR) or a pixel-unshuffle (Real-ESRGAN x1/x2)
+        # before the first convolution: its input is no longer 8-bit pixels, so no exact int8 scale exists
+        raise ValueError(f"the exact int8 input needs {input_name!r} to feed one Conv directly, it feeds "
+                         f"{[n.op_type for n in users]}; quantize for the CPU (--target cpu), or build an FP16 "
+                         "engine (srdeploy build-engine --fp16)")
+    # Other users (a bilinear skip of the input: BasicSR MSRResNet, Real-ESRGAN Compact) keep reading the
+    # float input: only the convolution's copy is centred.
+    conv = convs[0]
     attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
     if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         raise ValueError(f"{conv.name}: auto_pad {attrs['auto_pad']!r}; the exact int8 input needs explicit pads")
@@ -114,10 +120,15 @@ def center_input(model, *, input_name: str, step: float):
     pad = helper.make_node("Pad", [names["sub"], names["pads"], names["value"]], [CENTERED], name="/input/pad",
                            mode="constant")
     conv.input[0] = CENTERED
+    old_bias = conv.input[2] if len(conv.input) > 2 and conv.input[2] else None
     if len(conv.input) > 2:
         conv.input[2] = names["bias"]
     else:
         conv.input.append(names["bias"])
+    if old_bias and not any(old_bias in n.input for n in model.graph.node):  # unused now: ORT would warn
+        kept = [i for i in model.graph.initializer if i.name != old_bias]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
     for a in conv.attribute:
         if a.name == "pads":
             a.ints[:] = [0] * len(pads)

@@ -374,3 +374,38 @@ def test_an_edited_spandrel_checkpoint_is_refused(tmp_path, edit, needle):
     with pytest.raises(ValueError) as info:
         load_generator(tmp_path / "edited.pt")
     assert str(info.value).startswith(f"{tmp_path / 'edited.pt'}: ") and needle in str(info.value)
+
+
+TRT_OK = ("msrresnet-x3", "compact-x4", "esrgan-x4", "leftthomas-x2")  # the input feeds a Conv (and maybe a skip)
+TRT_REFUSED = ("pytorch-gan", "realesrgan-x2")  # a normalisation / a pixel-unshuffle comes first
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TRT_OK + TRT_REFUSED)
+def test_quantize_for_tensorrt_per_family(name, tmp_path, margin_images, capsys):
+    """`quantize --target tensorrt` on imported families: where the input enters a convolution (a bilinear
+    skip beside it is fine) the file is what TensorRT parses, within the loss limit; where a normalisation
+    or a pixel-unshuffle comes first, one line says why and what to use instead, and nothing is written."""
+    import onnx
+
+    from srdeploy.cli import main
+    from srdeploy.export.int8_trt import tensorrt_int8_problems
+
+    case = CASES[name]
+    module = case.build()
+    spread_output(module, mean=case.mean, std=case.std, channels=case.channels)
+    src = case.save({k: v.detach().clone() for k, v in module.state_dict().items()}, tmp_path)
+    ckpt, fp32 = tmp_path / "model.pt", tmp_path / "model.onnx"
+    assert main(["import", str(src), "-o", str(ckpt)]) == 0
+    assert main(["export", str(ckpt), "-o", str(fp32), "--no-margin", "-q"]) == 0
+    capsys.readouterr()
+    rc = main(["quantize", str(fp32), "--target", "tensorrt", "--calib", str(margin_images), "--calib-images", "4",
+               "--crop", "16", "--val", str(margin_images), "--max-loss", "1", "--threads", "1", "-q"])
+    out = tmp_path / "model_int8_trt.onnx"
+    if name in TRT_OK:
+        assert rc == 0 and out.is_file(), capsys.readouterr().err
+        assert tensorrt_int8_problems(onnx.load(str(out))) == []
+    else:
+        err = capsys.readouterr().err.strip()
+        assert rc == 1 and len(err.splitlines()) == 1 and not out.exists(), err
+        assert "to feed one Conv directly" in err and "--target cpu" in err and "build-engine --fp16" in err
