@@ -48,6 +48,19 @@ def test_a_pickled_module_is_refused_without_running_it(tmp_path, capsys):
     assert "weights_only=False" in text and "state_dict()" in text  # how to convert, where it is trusted
 
 
+def test_a_torchscript_archive_is_refused_in_one_line_with_the_conversion(tmp_path, capsys, recwarn):
+    """A TorchScript file holds compiled code: refused before torch.load (which would pass it to
+    torch.jit.load with a warning), one line naming it and how to keep only its weights."""
+    src = tmp_path / "scripted.pt"
+    subprocess.run([sys.executable, "-W", "ignore", "-c",
+                    f"import torch; torch.jit.script(torch.nn.Conv2d(3, 3, 3)).save({str(src)!r})"], check=True)
+    rc, text = _run(capsys, src, "-o", tmp_path / "out.pt")
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert rc == 1 and len(lines) == 1 and not (tmp_path / "out.pt").exists(), text
+    assert f"{src}: a TorchScript archive" in text and "torch.jit.load('scripted.pt').state_dict()" in text
+    assert not [w for w in recwarn if "TorchScript" in str(w.message)]
+
+
 def test_an_unknown_layout_names_the_closest_families_and_writes_nothing(tmp_path, capsys):
     sd = _srgan_sd()
     sd = {k.replace("res_blocks.", "blocks."): v for k, v in sd.items()}  # an edited PyTorch-GAN layout

@@ -46,6 +46,11 @@ def torch_load_safely(path: str | os.PathLike, what: str, *, map_location: str |
     path = Path(path)
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: the file is empty (0 bytes), not {what}")
+    if _is_torchscript(path):  # torch.load would hand it to torch.jit.load (with a warning) to be refused there
+        raise ValueError(
+            f"{path}: a TorchScript archive (compiled model code), not {what}; srdeploy never loads code from a "
+            "file. Where you trust it, save only its weights: python -c \"import torch; "
+            f"torch.save(torch.jit.load('{path.name}').state_dict(), 'weights.pth')\", then use weights.pth")
     try:
         # TorchVersion (a str subclass, no code) is allowed so checkpoints written before
         # library_versions() stored plain strings still load.
@@ -53,3 +58,16 @@ def torch_load_safely(path: str | os.PathLike, what: str, *, map_location: str |
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle errors, truncated zip, unsafe globals, ...
         raise ValueError(f"{path}: not {what} (torch.load failed: {load_failure(exc)})") from None
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A zip whose records hold TorchScript's ``code/`` or ``constants.pkl`` (a torch.save zip has neither)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.split("/", 1)[-1].startswith("code/") or n.endswith("/constants.pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
