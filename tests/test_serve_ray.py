@@ -34,6 +34,12 @@ def test_deployment_options_follow_the_flags():
     fixed = deployment_options(ServeConfig(run=run, replicas=3, gpus_per_replica=0.5, max_queue=7))
     assert fixed["num_replicas"] == 3 and fixed["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 0.5}
     assert fixed["max_queued_requests"] == 7 and "autoscaling_config" not in fixed
+    try:  # the proxy's own 503 over --max-queue carries Retry-After too, where Ray can say it
+        from ray.serve.config import BackpressureConfig
+    except ImportError:
+        BackpressureConfig = None
+    if BackpressureConfig is not None:
+        assert BackpressureConfig(**fixed["backpressure_config"]).retry_after_s == 1
     auto = deployment_options(ServeConfig(run=run, replicas="auto", max_batch=4), cluster_cpus=8)
     assert auto["autoscaling_config"] == {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 4,
                                           "target_ongoing_requests": 4}

@@ -33,7 +33,7 @@ def deployment_options(config: ServeConfig, *, cluster_cpus: float | None = None
     """``@serve.deployment`` options for ``config`` (replicas or autoscaling, CPUs and GPUs per replica)."""
     cpus = config.run.recipe.threads or 1
     opts: dict = {"max_ongoing_requests": config.max_queue, "max_queued_requests": config.max_queue,
-                  "ray_actor_options": {"num_cpus": cpus, "num_gpus": config.gpus_per_replica}}
+                  "ray_actor_options": {"num_cpus": cpus, "num_gpus": config.gpus_per_replica}, **_backpressure()}
     if config.replicas == "auto":
         most = max(1, int((cluster_cpus or cpus) // cpus))
         opts["autoscaling_config"] = {"min_replicas": 1, "initial_replicas": 1, "max_replicas": most,
@@ -41,6 +41,20 @@ def deployment_options(config: ServeConfig, *, cluster_cpus: float | None = None
     else:
         opts["num_replicas"] = config.replicas
     return opts
+
+
+# Over --max-queue Ray's proxy answers 503 itself, before a replica sees the request; it cannot know
+# the replicas' recent request times (the single-process server's estimate), so it says "retry in 1 s".
+RAY_RETRY_AFTER_S = 1
+
+
+def _backpressure() -> dict:
+    """Retry-After on the proxy's 503, where this Ray has ``BackpressureConfig`` (newer than 2.9)."""
+    try:
+        from ray.serve.config import BackpressureConfig  # noqa: F401
+    except ImportError:
+        return {}
+    return {"backpressure_config": {"retry_after_s": RAY_RETRY_AFTER_S}}
 
 
 def build_deployment(config: ServeConfig, *, cluster_cpus: float | None = None):
