@@ -10,8 +10,9 @@ the file's     ONNX Runtime and OpenVINO (the exact path;   0 (exact)
 bf16           OpenVINO on CPUs with AVX-512 BF16 or AMX    measured here with ``srdeploy eval`` on
                (ONNX Runtime has no bf16 convolutions:      Set5/Set14 (eval's protocol), against
                listed as unavailable)                       the FP32 figures of the same protocol
-int8           the INT8 sibling ``NAME_int8.onnx`` on       from its metadata (what ``srdeploy
-               ONNX Runtime and OpenVINO                    quantize`` measured on Set5/Set14)
+int8           the INT8 sibling ``NAME_int8.onnx`` on       ONNX Runtime: from its metadata (what
+               ONNX Runtime and OpenVINO                    ``srdeploy quantize`` measured on
+                                                            Set5/Set14); OpenVINO: measured here, as bf16
 =============  ===========================================  =========================================
 
 Thread counts: ``--threads N``, else this CPU's physical and logical core counts (one setting on
@@ -100,6 +101,10 @@ def thread_settings(threads: int | None) -> list[int]:
     return sorted({cpu["physical_cores"], cpu["logical_cores"]})
 
 
+# Where `srdeploy quantize` measures the INT8 loss it records (its eval runs through ONNX Runtime).
+QUANTIZE_BACKEND = "onnxruntime"
+
+
 def plan_candidates(cfg: TuneConfig, model: Path, file_precision: str, sibling: Path | None,
                     sibling_loss: dict | None) -> list[dict]:
     """Every candidate row, before measurement (the baseline first)."""
@@ -109,8 +114,10 @@ def plan_candidates(cfg: TuneConfig, model: Path, file_precision: str, sibling: 
             rows.append(_row(backend, file_precision, model, t, {}, "exact"))
             if file_precision == "fp32" and (backend == "openvino" or i == 0):  # ORT's refusal is shown once
                 rows.append(_row(backend, "bf16", model, t, None, "measured"))
-            if sibling is not None:
-                rows.append(_row(backend, "int8", sibling, t, sibling_loss, "quantize metadata"))
+            if sibling is not None:  # quantize measured its loss through ONNX Runtime: another backend measures its own
+                known = backend == QUANTIZE_BACKEND and sibling_loss is not None
+                rows.append(_row(backend, "int8", sibling, t, sibling_loss if known else None,
+                                 "quantize metadata" if known else "measured"))
     rows[0]["baseline"] = True  # ONNX Runtime, the file's precision, the first (physical-core) thread count
     return rows
 
@@ -186,8 +193,9 @@ def eval_psnr(model: str, sets: tuple[str, ...], *, backend: str, precision: str
 
 def measure_losses(rows: list[dict], cfg: TuneConfig, reference: dict | None, log: Callable[[str], None],
                    evaluate: Callable[..., dict] = eval_psnr, previous: dict | None = None) -> None:
-    """Fill the loss of each bf16 row that could be chosen, measured against FP32 figures of the
-    same protocol (a row not faster than the exact default by ``MIN_GAIN`` never would be).
+    """Fill the loss of each row without one that could be chosen (bf16; INT8 on a backend other than
+    the one quantize measured on), measured against FP32 figures of the same protocol (a row not
+    faster than the exact default by ``MIN_GAIN`` never would be).
 
     Args:
         rows: timed candidates.
