@@ -54,6 +54,19 @@ def test_ir_round_trip_keeps_metadata_and_fp32_weights(tiny, tmp_path):
         assert np.abs(s.infer(tiny["x"]) - tiny["ref"]).max() <= 1e-4
 
 
+def test_concurrent_conversions_to_one_ir_do_not_collide(tiny, tmp_path):
+    """Each conversion writes under a name of its own, then renames: four at once all succeed, the IR
+    is whole (its .bin matches its .xml) and no temporary file is left."""
+    import concurrent.futures as cf
+
+    xml = tmp_path / "shared.xml"
+    with cf.ThreadPoolExecutor(4) as pool:
+        done = list(pool.map(lambda _: to_openvino_ir(tiny["onnx"], xml), range(4)))
+    assert done == [xml] * 4 and not list(tmp_path.glob(".*"))
+    with OpenVinoSession(xml) as s:
+        assert np.abs(s.infer(tiny["x"]) - tiny["ref"]).max() <= 1e-4
+
+
 def test_model_without_metadata_is_refused(tiny, tmp_path):
     with pytest.raises(MetadataError, match="not an srdeploy model"):
         OpenVinoSession(tiny["bare"])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from dataclasses import asdict
 from pathlib import Path
 
@@ -273,7 +274,8 @@ def to_openvino_ir(onnx_path: str | os.PathLike, xml_path: str | os.PathLike) ->
     model = ov.Core().read_model(str(onnx_path))
     read_metadata(model, str(onnx_path))  # refuse a model without the srdeploy contract
     xml_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_xml = xml_path.with_name(f".{xml_path.stem}.tmp.xml")
+    # a name of this call's own: two conversions to one IR must not write into each other's files
+    tmp_xml = xml_path.with_name(f".{xml_path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp.xml")
     try:
         ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
         os.replace(tmp_xml.with_suffix(".bin"), xml_path.with_suffix(".bin"))
