@@ -53,8 +53,14 @@ def trt_profile(options: OrtOptions, info: ModelInfo, channels: int = 3):
                          "none: tile the input (--tile N), or pass OrtOptions(trt_profile_min=..., "
                          "trt_profile_opt=..., trt_profile_max=...)")
     pad = tiling.pad_for(info.receptive_radius, info.tile_margin)
-    full = (tiling.batch, channels, th + 2 * pad, tw + 2 * pad)
-    return (1, channels, 1, 1), full, full
+    mult, least = info.size_multiple, info.min_size
+
+    def window(core: int) -> int:  # the largest window the tiler makes (tiling.axis_window's rounding)
+        return max(-(-(core + 2 * pad + mult - 1) // mult) * mult, -(-least // mult) * mult)
+
+    full = (tiling.batch, channels, window(th), window(tw))
+    low = -(-least // mult) * mult  # every window is at least the minimum, rounded up to the multiple
+    return (1, channels, low, low), full, full
 
 
 def _refuse_bf16(path: Path, provider: str) -> None:
