@@ -184,8 +184,10 @@ def _run_import(args: argparse.Namespace) -> int:
     f = r.facts
     source = f"{args.source}" + (f" [{r.wrapper}]" if r.wrapper else "") + (f" (prefix {r.prefix} removed)"
                                                                            if r.prefix else "")
+    # a spandrel architecture's kwargs are its whole config: the architecture's name says enough
+    kwargs = {"architecture": r.kwargs["architecture"]} if "architecture" in r.kwargs else r.kwargs
     print(f"wrote {r.output}: {r.family} x{f.scale}, {f.in_channels} channel(s), {r.tensors} tensors from {source}; "
-          f"kwargs {r.kwargs if r.family != 'spandrel' else {'architecture': r.kwargs['architecture']}}; "
+          f"kwargs {kwargs}; "
           f"{r.conventions.describe()}")
     return 0
 

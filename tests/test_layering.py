@@ -141,3 +141,19 @@ def test_the_check_flags_each_rule():
     assert "imports upscale back" in found[2]
     assert "srdeploy.runtime.open -> srdeploy.train.checkpoint" in found[3] and ":2:" in found[3]
     assert "train imports nothing of ours outside train" in found[4]
+
+
+def test_no_command_hard_wires_an_architecture_name():
+    """Issue 22: outside training (which builds SRResNet/SRGAN itself) every command reads models through
+    the family table, so no string constant in runtime/, export/ or cli/ names an architecture."""
+    from srdeploy.train.families import FAMILIES
+
+    # "spandrel" is also the package's name (the CLI's install hints name it): not an architecture here
+    names = {f.name for f in FAMILIES} - {"spandrel"} | {"SRResNet", "RRDBNet", "ESRGAN", "SwinIR", "Compact", "SPAN"}
+    found = []
+    for folder in ("runtime", "export", "cli"):
+        for f in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(f.read_text())):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
+                    found.append(f"{f.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
+    assert not found, "\n".join(found)
