@@ -315,9 +315,10 @@ def to_fp16_onnx(onnx_model, keep_fp32=()):
     graph = model.graph
     keep = set(keep_fp32)
     _check_fp32_graph(graph, keep)
+    types = _value_types(onnx_model)
     inits, nodes = _lift_constants(graph)
-    domain = _choose_domains(nodes, inits, keep)
-    new_nodes, fp16_inits = _retype_nodes(graph, nodes, inits, domain)
+    domain = _choose_domains(nodes, inits, keep, types)
+    new_nodes, fp16_inits = _retype_nodes(graph, nodes, inits, domain, types)
     _cast_outputs_to_fp32(graph, new_nodes, domain)
     # Keep only initializers still read; keep lifted constants as initializers.
     used = {i for nd in new_nodes for i in nd.input}
@@ -332,6 +333,21 @@ def to_fp16_onnx(onnx_model, keep_fp32=()):
     from onnx import TensorProto
 
     return model, [nd.name for nd in nodes if domain[nd.name] == TensorProto.FLOAT]
+
+
+def _value_types(onnx_model) -> dict[str, int]:
+    """Element type of every tensor (shape inference on the FP32 model): a pixel-unshuffle's shape
+    arithmetic (Shape -> Gather -> Mul/Div, int64) must not be mistaken for float compute."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(onnx_model)
+    g = inferred.graph
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in (*g.input, *g.output, *g.value_info)}
+    types.update({i.name: i.data_type for i in g.initializer})
+    for nd in g.node:
+        if nd.op_type == "Constant" and nd.attribute and nd.attribute[0].name == "value":
+            types[nd.output[0]] = nd.attribute[0].t.data_type
+    return types
 
 
 def _check_fp32_graph(graph, keep: set[str]) -> None:
@@ -362,8 +378,9 @@ def _lift_constants(graph) -> tuple[dict, list]:
     return inits, nodes
 
 
-def _choose_domains(nodes, inits: dict, keep: set[str]) -> dict:
-    """Node name -> the element type it computes in (FLOAT16 unless it must stay FLOAT)."""
+def _choose_domains(nodes, inits: dict, keep: set[str], types: dict[str, int]) -> dict:
+    """Node name -> the element type it computes in (FLOAT16 unless it must stay FLOAT); None for a
+    node whose outputs are not float (integer shape arithmetic), which is left exactly as it is."""
     from onnx import TensorProto
 
     def fp16_ok(nd) -> bool:
@@ -372,17 +389,23 @@ def _choose_domains(nodes, inits: dict, keep: set[str]) -> dict:
         return all(_float_initializer_fits(inits[i]) for i in nd.input
                    if i in inits and inits[i].data_type == TensorProto.FLOAT)
 
-    return {nd.name: (TensorProto.FLOAT16 if fp16_ok(nd) else TensorProto.FLOAT) for nd in nodes}
+    def integer(nd) -> bool:
+        return all(types.get(o, TensorProto.FLOAT) != TensorProto.FLOAT for o in nd.output if o)
+
+    return {nd.name: None if integer(nd) else (TensorProto.FLOAT16 if fp16_ok(nd) else TensorProto.FLOAT)
+            for nd in nodes}
 
 
-def _retype_nodes(graph, nodes, inits: dict, domain: dict) -> tuple[list, dict]:
-    """FP16 copies of the weights FP16 nodes read, and Casts where FP16 and FP32 tensors meet."""
+def _retype_nodes(graph, nodes, inits: dict, domain: dict, types: dict[str, int]) -> tuple[list, dict]:
+    """FP16 copies of the weights FP16 nodes read, and Casts where FP16 and FP32 tensors meet
+    (float tensors only: an integer input, such as a Reshape's shape, is never cast)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    ttype = {vi.name: TensorProto.FLOAT for vi in graph.input}  # element type of each activation
+    ttype = {vi.name: TensorProto.FLOAT for vi in graph.input}  # element type of each float activation
     for nd in nodes:
         for o in nd.output:
-            ttype[o] = domain[nd.name]
+            if domain[nd.name] is not None and types.get(o, TensorProto.FLOAT) == TensorProto.FLOAT:
+                ttype[o] = domain[nd.name]
     new_nodes, casts, fp16_inits = [], {}, {}
 
     def cast(tensor: str, to: int) -> str:
@@ -397,6 +420,9 @@ def _retype_nodes(graph, nodes, inits: dict, domain: dict) -> tuple[list, dict]:
 
     for nd in nodes:
         want = domain[nd.name]
+        if want is None:  # integer shape arithmetic: untouched
+            new_nodes.append(nd)
+            continue
         for k, name in enumerate(nd.input):
             if not name:
                 continue

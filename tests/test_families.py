@@ -382,10 +382,11 @@ TRT_REFUSED = ("pytorch-gan", "realesrgan-x2", "span-x4")  # a normalisation / a
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", TRT_OK + TRT_REFUSED)
-def test_quantize_for_tensorrt_per_family(name, tmp_path, margin_images, capsys):
+def test_quantize_and_fp16_per_family(name, tmp_path, margin_images, capsys):
     """`quantize --target tensorrt` on imported families: where the input enters a convolution (a bilinear
     skip beside it is fine) the file is what TensorRT parses, within the loss limit; where a normalisation
-    or a pixel-unshuffle comes first, one line says why and what to use instead, and nothing is written."""
+    or a pixel-unshuffle comes first, one line says why and what to use instead, and nothing is written.
+    CPU INT8 (the sibling --precision int8 opens) and `export --fp16` work on every one."""
     import onnx
 
     from srdeploy.cli import main
@@ -409,3 +410,17 @@ def test_quantize_for_tensorrt_per_family(name, tmp_path, margin_images, capsys)
         err = capsys.readouterr().err.strip()
         assert rc == 1 and len(err.splitlines()) == 1 and not out.exists(), err
         assert "to feed one Conv directly" in err and "--target cpu" in err and "build-engine --fp16" in err
+    # the CPU target takes every one of them (what the refusal points to), and the FP16 export too
+    assert main(["quantize", str(fp32), "--calib", str(margin_images), "--calib-images", "4", "--crop",
+                 str(min(16, 64 // case.scale)), "--val", str(margin_images), "--max-loss", "1", "--threads", "1",
+                 "-q"]) == 0
+    assert main(["export", str(ckpt), "-o", str(tmp_path / "fp16.onnx"), "--no-margin", "--fp16", "-q"]) == 0
+    from srdeploy.runtime.open import open_session
+
+    x = np.random.default_rng(0).random((1, case.channels, 24, 28), dtype=np.float32)
+    with open_session(fp32) as ref, open_session(fp32, precision="int8") as q8, \
+            open_session(tmp_path / "fp16_fp16.onnx") as f16:
+        want = ref.infer(x)
+        # INT8 quality was held by quantize's --max-loss on real images; on random noise it is no test
+        assert q8.precision == "int8" and q8.infer(x).shape == want.shape
+        assert f16.precision == "fp16" and float(np.abs(f16.infer(x) - want).max()) <= 2 / 255
