@@ -338,3 +338,39 @@ def test_fp32_model_already_nonfinite_is_refused():
     assert "body.1.conv2" in report.nonfinite and "head" not in report.nonfinite
     with pytest.raises(RuntimeError, match="inf/NaN"):
         report.check_finite()
+
+
+def test_to_fp16_leaves_integer_shape_arithmetic_alone(tmp_path):
+    """A pixel-unshuffle written as Shape -> Gather -> Div/Mul -> Reshape (Real-ESRGAN x1/x2 through
+    spandrel) computes int64 shapes: the FP16 copy keeps them int64 (no Cast into them) and runs."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+
+    class Unshuffled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(12, 12, 3, padding=1)
+            self.up = torch.nn.PixelShuffle(2)
+
+        def forward(self, x):
+            b, c, h, w = x.shape
+            y = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c * 4, h // 2, w // 2)
+            return self.up(self.conv(y))
+
+    path = tmp_path / "u.onnx"
+    torch.onnx.export(Unshuffled().eval(), torch.rand(1, 3, 8, 8), str(path), input_names=[INPUT_NAME],
+                      output_names=["sr"], dynamic_axes={INPUT_NAME: {2: "h", 3: "w"}}, opset_version=17,
+                      dynamo=False)
+    src = onnx.load(str(path))
+    assert any(n.op_type in ("Mul", "Div") for n in src.graph.node)  # the shape arithmetic is there
+    half, fp32_nodes = to_fp16_onnx(src)
+    inferred = {v.name: v.type.tensor_type.elem_type for v in half.graph.value_info}
+    for n in half.graph.node:
+        if n.op_type in ("Mul", "Div", "Gather", "Shape"):
+            assert all(inferred.get(o, onnx.TensorProto.INT64) == onnx.TensorProto.INT64 for o in n.output), n
+    assert not [n for n in fp32_nodes if "Mul" in n or "Div" in n]  # integer nodes are not "kept in FP32"
+    x = np.random.default_rng(0).random((1, 3, 12, 16), dtype=np.float32)
+    got = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: x})
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: x})
+    assert got[0].shape == (1, 3, 12, 16) and np.abs(got[0] - want[0]).max() <= 2 / 255

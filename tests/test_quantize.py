@@ -213,3 +213,37 @@ def test_centred_input_computes_the_same_function(tiny):
         None, {"lr": x})[0]
     assert np.abs(run(centred) - run(model)).max() < 1e-5
     assert sum(n.op_type == "Conv" and n.input[0] == "lr" for n in centred.graph.node) == 0
+
+
+def test_exact_int8_input_centres_only_the_convolution_beside_a_skip():
+    """BasicSR MSRResNet / Compact: the input feeds the first Conv and a bilinear skip. Only the Conv's
+    copy is centred (the skip keeps reading the float input) and the function is unchanged; an input
+    that is normalised first (Sub) cannot be exact int8, and the refusal says what to use instead."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from srdeploy.export.int8_trt import center_input
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((3, 3, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b")
+    scales = numpy_helper.from_array(np.array([1, 1, 1, 1], np.float32), "scales")
+    nodes = [helper.make_node("Conv", ["lr", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="/conv"),
+             helper.make_node("Resize", ["lr", "", "scales"], ["r"], mode="linear", name="/skip"),
+             helper.make_node("Add", ["c", "r"], ["sr"], name="/add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("lr", TensorProto.FLOAT, [1, 3, 6, 7])],
+                              [helper.make_tensor_value_info("sr", TensorProto.FLOAT, [1, 3, 6, 7])], [w, b, scales])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = (rng.integers(0, 256, (1, 3, 6, 7)) / 255).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
+    center_input(model, input_name="lr", step=1 / 255)
+    readers = {n.name: list(n.input) for n in model.graph.node if "lr" in n.input}
+    assert set(readers) == {"/input/center", "/skip"}  # the skip reads the float input, untouched
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
+    assert np.abs(got - want).max() < 1e-5
+    assert "b" not in {i.name for i in model.graph.initializer}  # the replaced bias is not left behind
+    normalised = helper.make_model(helper.make_graph(
+        [helper.make_node("Sub", ["lr", "b"], ["n"]), helper.make_node("Conv", ["n", "w"], ["sr"], pads=[1, 1, 1, 1])],
+        "g", graph.input, graph.output, [w, b]), opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ValueError, match=r"feeds \['Sub'\]; quantize for the CPU \(--target cpu\)"):
+        center_input(normalised, input_name="lr", step=1 / 255)
