@@ -52,7 +52,7 @@ VERIFY_T = ("tests/test_documented_values.py", "tests/test_verify.py")
 TILING_T = ("tests/test_tiling.py", "tests/test_bench.py::test_bench_tiled_model_only_matches_whole",
             "tests/test_upscale_flags.py")
 UPSCALE_T = ("tests/test_upscale_flags.py", "tests/test_upscale.py", "tests/test_documented_values.py")
-TRAIN_T = ("tests/test_train.py",)
+TRAIN_T = ("tests/test_train.py", "tests/test_train_schedule.py")
 FAMILIES_T = "tests/test_families.py::test_deployable_model_is_the_original_under_its_conventions"
 
 MUTANTS: tuple[Mutant, ...] = (
