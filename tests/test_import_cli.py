@@ -120,3 +120,38 @@ def test_list_names_every_family_and_its_keys(capsys):
         assert f"{fam.name}: " in text
     assert "res_blocks.N.conv_block" in text and "ImageNet mean/std" in text
     assert "spandrel architectures tried, in order:" in text and "ESRGAN" in text and "SwinIR" in text
+
+
+def _realesrgan_x2_sd() -> dict:
+    import importlib
+
+    import _foreign
+
+    pytest.importorskip("spandrel")
+    torch.manual_seed(0)
+    esrgan = importlib.import_module("spandrel.architectures.ESRGAN").ESRGAN
+    net = esrgan(in_nc=12, out_nc=3, num_filters=8, num_blocks=1, scale=4, shuffle_factor=2)
+    return {k: v.contiguous() for k, v in _foreign.realesrgan_keys(net.state_dict()).items()}
+
+
+def test_an_unrecognised_spandrel_layout_names_the_closest_architecture(tmp_path, capsys):
+    sd = _realesrgan_x2_sd()
+    sd.pop("conv_first.weight")  # spandrel no longer recognises it
+    src = tmp_path / "RealESRGAN_x2plus_broken.pth"
+    torch.save(sd, src)
+    rc, text = _run(capsys, src, "-o", tmp_path / "out.pt")
+    assert rc == 1 and not (tmp_path / "out.pt").exists()
+    assert "closest: spandrel (Real-ESRGAN RRDBNet) (100% of the keys)" in text, text
+    rc, listing = _run(capsys, "--list")
+    assert rc == 0 and "Real-ESRGAN RRDBNet: conv_first, body, conv_body" in listing
+
+
+def test_a_damaged_file_spandrel_recognises_is_one_line_naming_it(tmp_path, capsys):
+    sd = _realesrgan_x2_sd()
+    sd["conv_hr.weight"] = torch.zeros(3, 3, 3, 3)  # a tensor of the wrong shape
+    src = tmp_path / "damaged.pth"
+    torch.save(sd, src)
+    rc, text = _run(capsys, src, "-o", tmp_path / "out.pt")
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert rc == 1 and len(lines) == 1 and not (tmp_path / "out.pt").exists(), text
+    assert f"{src}: spandrel takes this for ESRGAN, but its tensors do not fit that architecture" in text

@@ -291,12 +291,16 @@ class UnknownLayout(ValueError):
 def closest(sd: StateDict, n: int = 2) -> list[tuple[str, float]]:
     """The ``n`` families whose top-level key prefixes best cover ``sd``'s, with the share covered."""
     keys = list(sd)
-    scores = []
-    for fam in FAMILIES:
-        if fam.markers and keys:
-            hit = sum(any(k.startswith(m) for m in fam.markers) for k in keys) / len(keys)
-            seen = sum(any(k.startswith(m) for k in keys) for m in fam.markers) / len(fam.markers)
-            scores.append((fam.name, round(min(hit, seen), 2)))
+
+    def share(markers: tuple[str, ...]) -> float:
+        hit = sum(any(k.startswith(m) for m in markers) for k in keys) / len(keys)
+        seen = sum(any(k.startswith(m) for k in keys) for m in markers) / len(markers)
+        return round(min(hit, seen), 2)
+
+    groups = [(fam.name, fam.markers) for fam in FAMILIES if fam.markers]
+    # spandrel's architectures, each by its own markers (the family as a whole has none)
+    groups += [(f"spandrel ({arch})", markers) for arch, markers in spandrel_family.MARKERS.items()]
+    scores = [(name, share(markers)) for name, markers in groups] if keys else []
     return sorted((s for s in scores if s[1] > 0), key=lambda s: -s[1])[:n]
 
 

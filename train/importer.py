@@ -183,12 +183,14 @@ def import_weights(source: str | os.PathLike, output: str | os.PathLike, *, arch
 
 def family_table() -> list[str]:
     """Lines for ``srdeploy import --list``: each family, what identifies it, its conventions."""
-    from .spandrel_family import describe_registry
+    from .spandrel_family import MARKERS, describe_registry
 
     lines = []
     for fam in families.FAMILIES:
         lines.append(f"{fam.name}: {fam.origin}")
         lines.append(f"    keys: {fam.keys}")
+        if not fam.markers:  # spandrel: its checks decide; these prefixes are what the common ones look like
+            lines += [f"      {arch}: {', '.join(m.rstrip('.') for m in markers)}" for arch, markers in MARKERS.items()]
         lines.append(f"    conventions: {fam.conventions.describe()}; {fam.conventions.note}")
     found = describe_registry()
     lines.append("spandrel architectures tried, in order: " + (", ".join(a for a, _ in found) if found else

@@ -35,6 +35,18 @@ FACT_KEYS = ("scale", "in_channels", "out_channels", "size_multiple", "min_size"
              "tiling")
 
 
+# Top-level key prefixes of the spandrel architectures people deploy most, to name the closest one
+# when a file is not recognised (spandrel's own checks say only yes or no). A hint, not a detector.
+MARKERS: dict[str, tuple[str, ...]] = {
+    "ESRGAN (original keys)": ("model.0.", "model.1.sub.", "model.3.", "model.6.", "model.8.", "model.10."),
+    "Real-ESRGAN RRDBNet": ("conv_first.", "body.", "conv_body.", "conv_up1.", "conv_up2.", "conv_hr.",
+                            "conv_last."),
+    "Compact (SRVGGNetCompact)": ("body.",),
+    "SwinIR": ("conv_first.", "patch_embed.", "layers.", "norm.", "conv_after_body.", "upsample.", "conv_last."),
+    "SPAN": ("conv_1.", "block_1.", "block_2.", "block_3.", "conv_cat.", "conv_2.", "upsampler."),
+}
+
+
 def _registry():
     """spandrel's main registry (never the extra architectures)."""
     from spandrel import MAIN_REGISTRY  # ModuleNotFoundError -> "pip install 'srdeploy[import]'"
@@ -70,7 +82,12 @@ def _describe(sd: StateDict):
         return None
     with warnings.catch_warnings():  # its architectures' own deprecation notices (torch.meshgrid, ...)
         warnings.simplefilter("ignore", UserWarning)
-        desc = reg[arch].architecture.load(dict(sd))
+        try:
+            desc = reg[arch].architecture.load(dict(sd))
+        except (RuntimeError, KeyError, ValueError, IndexError) as exc:  # a damaged file, or a variant it misreads
+            first = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"spandrel takes this for {arch}, but its tensors do not fit that architecture ({first}); "
+                             "the file may be damaged or truncated, or another variant of the architecture") from None
     if not isinstance(desc, ImageModelDescriptor) or desc.purpose not in ("SR", "Restoration"):
         raise ValueError(f"spandrel detects a {arch} model for {desc.purpose}, not an image-to-image upscaler; "
                          "srdeploy deploys super-resolution and restoration models only")
