@@ -358,10 +358,7 @@ def test_to_fp16_leaves_integer_shape_arithmetic_alone(tmp_path):
             y = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c * 4, h // 2, w // 2)
             return self.up(self.conv(y))
 
-    path = tmp_path / "u.onnx"
-    torch.onnx.export(Unshuffled().eval(), torch.rand(1, 3, 8, 8), str(path), input_names=[INPUT_NAME],
-                      output_names=["sr"], dynamic_axes={INPUT_NAME: {2: "h", 3: "w"}}, opset_version=17,
-                      dynamo=False)
+    path = export_onnx(Unshuffled().eval(), tmp_path / "u.onnx", sample_size=(8, 8))
     src = onnx.load(str(path))
     assert any(n.op_type in ("Mul", "Div") for n in src.graph.node)  # the shape arithmetic is there
     half, fp32_nodes = to_fp16_onnx(src)
