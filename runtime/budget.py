@@ -472,8 +472,8 @@ def predict_peak(profile: GraphProfile, *, height: int, width: int, channels: in
             tiler rounds windows up to the multiple and pads them to the minimum, and so does this.
     """
     th, tw = _hw(tile)
-    wh, _ = _window(height, th, tile_pad, multiple, minimum)
-    ww, _ = _window(width, tw, tile_pad, multiple, minimum)
+    wh, _ = axis_window(height, th, tile_pad, multiple, minimum)
+    ww, _ = axis_window(width, tw, tile_pad, multiple, minimum)
     core_h = max(b - a for a, b in axis_cores(height, th))  # the tallest band of output rows
     out_w = width * scale
     acts = batch * profile.activation_bytes(wh, ww, factor=factor)
@@ -490,19 +490,12 @@ def predict_peak(profile: GraphProfile, *, height: int, width: int, channels: in
                       image_in=height * width * channels * itemsize, band=band, image_out=out_bytes)
 
 
-def _window(n: int, tile: int, pad: int, multiple: int, minimum: int) -> tuple[int, int]:
-    """(window, cores) along an axis as the tiler makes it: ``axis_window``, at least ``minimum``
-    (rounded up to the multiple: smaller windows are edge-padded to it)."""
-    window, cores = axis_window(n, tile, pad, multiple)
-    return max(window, -(-minimum // multiple) * multiple), cores
-
-
 def tile_overhead(height: int, width: int, tile: int | tuple[int, int], tile_pad: int, *, multiple: int = 1,
                   minimum: int = 1) -> float:
     """Compute cost of tiling relative to one whole-image pass (window area / image area)."""
     th, tw = _hw(tile)
-    wh, kh = _window(height, th, tile_pad, multiple, minimum)
-    ww, kw = _window(width, tw, tile_pad, multiple, minimum)
+    wh, kh = axis_window(height, th, tile_pad, multiple, minimum)
+    ww, kw = axis_window(width, tw, tile_pad, multiple, minimum)
     return kh * kw * wh * ww / (height * width)
 
 

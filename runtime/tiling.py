@@ -85,14 +85,24 @@ def axis_cores(n: int, tile: int) -> tuple[tuple[int, int], ...]:
     return tuple((bounds[i], bounds[i + 1]) for i in range(k))
 
 
-def axis_window(n: int, tile: int, pad: int, multiple: int = 1) -> tuple[int, int]:
-    """(window, number of cores) along an axis of ``n`` pixels, before any engine-profile limit:
-    the largest core plus ``pad`` on each side, at most ``n`` (``runtime.budget`` sizes tiles with it).
+def window_size(core: int, pad: int, multiple: int = 1, minimum: int = 1, limit: int | None = None) -> int:
+    """The model input the tiler runs for a core of ``core`` pixels: the core plus ``pad`` on each
+    side, at most ``limit`` (the image), at least ``minimum`` (smaller windows are edge-padded).
     With a size ``multiple`` > 1, ``multiple - 1`` more (a window start rounded down to the multiple
-    still leaves ``pad`` after the core), rounded up to the multiple (see ``_plan_axis``)."""
+    still leaves ``pad`` after the core), rounded up to the multiple (see ``_plan_axis``). The
+    memory budget and the TensorRT provider's shape profile size windows with it."""
+    window = core + 2 * pad + (multiple - 1)
+    window = min(window, limit) if limit is not None else window
+    return max(-(-window // multiple) * multiple, -(-minimum // multiple) * multiple)
+
+
+def axis_window(n: int, tile: int, pad: int, multiple: int = 1, minimum: int = 1) -> tuple[int, int]:
+    """(window, number of cores) along an axis of ``n`` pixels, before any engine-profile limit:
+    ``window_size`` of the largest core, at most ``n`` (``runtime.budget`` sizes tiles with it)."""
     cores = axis_cores(n, tile)
-    window = min(max(b - a for a, b in cores) + 2 * pad + (multiple - 1), n) if tile else n
-    return -(-window // multiple) * multiple, len(cores)
+    if not tile:
+        return max(-(-n // multiple) * multiple, -(-minimum // multiple) * multiple), len(cores)
+    return window_size(max(b - a for a, b in cores), pad, multiple, minimum, limit=n), len(cores)
 
 
 def _plan_axis(n: int, tile: int, pad: int, lo: int, hi: int | None, name: str,
