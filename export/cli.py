@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -301,8 +300,10 @@ def _run_export(args: argparse.Namespace) -> int:
     # Checked before the (seconds-long) torch/onnx imports and the work: refuse, as upscale does.
     out = Path(args.output)
     outputs = [out] + ([out.with_name(out.stem + "_fp16" + out.suffix)] if args.fp16 else [])
+    from srdeploy.runtime.atomic import occupied
+
     for path in outputs:
-        if os.path.lexists(path) and not args.overwrite:  # a dangling symlink counts as an existing output
+        if occupied(path) and not args.overwrite:  # a dangling symlink counts as an existing output
             raise FileExistsError(f"{path}: already exists; pass --overwrite to replace it")
     if not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"{args.checkpoint}: checkpoint file does not exist")

@@ -417,6 +417,8 @@ def _steps(n: int):
 
 def _check_request(src: Path, dst: Path, cfg: QuantizeConfig, overwrite: bool):
     """Validate the request before any work; returns ``check_source(src)``."""
+    from srdeploy.runtime.atomic import occupied
+
     if cfg.method not in METHODS:
         raise QuantizeError(f"--method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
     if cfg.target not in TARGETS:
@@ -424,7 +426,7 @@ def _check_request(src: Path, dst: Path, cfg: QuantizeConfig, overwrite: bool):
     if not cfg.loss_limit >= 0:
         raise QuantizeError(f"--max-loss must be >= 0 dB, got {cfg.max_loss}")
     model, info = check_source(src)
-    if os.path.lexists(dst) and not overwrite:  # a dangling symlink counts as an existing output
+    if occupied(dst) and not overwrite:  # a dangling symlink counts as an existing output
         raise QuantizeError(f"{dst}: exists; pass --overwrite to replace it")
     if dst.resolve() == src.resolve():
         raise QuantizeError(f"{dst}: is the source model; write the INT8 model to another file")
