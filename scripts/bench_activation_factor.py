@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 CHILD = r"""
 import json, sys
@@ -69,12 +71,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args()
-    import platform
-    from pathlib import Path
+    from srdeploy.runtime.profile import cpu_identity
 
-    flags = sorted(set(Path("/proc/cpuinfo").read_text().split()) & {
-        "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16"})
-    print(f"{platform.node()} CPU flags: {' '.join(flags)}; load average {open('/proc/loadavg').read().split()[:3]}")
+    flags = sorted(cpu_identity()["flags"])
+    print(f"CPU flags: {' '.join(flags)}; load average {os.getloadavg()}")
     windows = [int(w) for w in args.windows.split(",")]
     rows = []
     print(f"{'path':<20} {'window':>6} {'graph walk MiB':>15} {'added MiB':>10} {'factor':>7}")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -131,9 +130,9 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=8)
     ap.add_argument("--windows", type=int, nargs="*", default=[])
     args = ap.parse_args()
-    flags = subprocess.run(["grep", "-o", "-w", "-E", "avx2|fma|avx512f|avx512_vnni|avx_vnni|avx512_bf16|amx_bf16",
-                            "/proc/cpuinfo"], capture_output=True, text=True).stdout.split()
-    print(f"CPU flags: {' '.join(sorted(set(flags)))}; load average {os.getloadavg()}")
+    from srdeploy.runtime.profile import cpu_identity
+
+    print(f"CPU flags: {' '.join(sorted(cpu_identity()['flags']))}; load average {os.getloadavg()}")
     with tempfile.TemporaryDirectory(prefix="srdeploy-fp32-") as tmp:
         traced, exported = export_both(Path(tmp), Path(args.checkpoint))
         from srdeploy.runtime.profile import read_props

@@ -55,12 +55,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token"
-FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16")
 
 
 def machine_line() -> str:
-    text = Path("/proc/cpuinfo").read_text(errors="replace") if Path("/proc/cpuinfo").exists() else ""
-    flags = sorted({f for f in FLAGS if re.search(rf"\b{f}\b", text)})
+    from srdeploy.runtime.profile import cpu_identity
+
+    flags = sorted(cpu_identity()["flags"])
     return (f"{dt.date.today().isoformat()}  CPU flags: {' '.join(flags) or '?'}  cores: {os.cpu_count()}  "
             f"load average: {load()}")
 
