@@ -161,6 +161,20 @@ def test_image(tmp_path_factory, set5) -> Path:
     return path
 
 
+def _import_and_export(case: Case, tmp_path: Path, *export_flags: str):
+    """The original module (outputs spread over [0, 1]) saved as its codebase saves it, then
+    ``srdeploy import`` and ``srdeploy export EXPORT_FLAGS``: (module, state dict, checkpoint, ONNX)."""
+    from srdeploy.cli import main
+
+    module = case.build()
+    spread_output(module, mean=case.mean, std=case.std, channels=case.channels)
+    sd = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    ckpt, onnx_path = tmp_path / "model.pt", tmp_path / "model.onnx"
+    assert main(["import", str(case.save(sd, tmp_path)), "-o", str(ckpt)]) == 0
+    assert main(["export", str(ckpt), "-o", str(onnx_path), "-q", *export_flags]) == 0
+    return module, sd, ckpt, onnx_path
+
+
 def _reference(case: Case, module, sd):
     if case.reference is not None:
         return lambda x: case.reference(sd, x)
@@ -174,15 +188,8 @@ def test_family_import_export_matches_the_original(name, tmp_path, margin_images
     from srdeploy.runtime.open import open_session
 
     case = CASES[name]
-    module = case.build()
-    spread_output(module, mean=case.mean, std=case.std, channels=case.channels)
-    sd = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    src = case.save(sd, tmp_path)
-    ckpt, onnx_path = tmp_path / "model.pt", tmp_path / "model.onnx"
-    assert main(["import", str(src), "-o", str(ckpt)]) == 0
     window = ["--window", str(case.window)] if case.window else []
-    assert main(["export", str(ckpt), "-o", str(onnx_path), "--margin-images", str(margin_images), "-q",
-                 *window]) == 0
+    module, sd, _, onnx_path = _import_and_export(case, tmp_path, "--margin-images", str(margin_images), *window)
     reference = _reference(case, module, sd)
 
     # ONNX (through the runtime) against the original under its own conventions.
@@ -376,8 +383,9 @@ def test_an_edited_spandrel_checkpoint_is_refused(tmp_path, edit, needle):
     assert str(info.value).startswith(f"{tmp_path / 'edited.pt'}: ") and needle in str(info.value)
 
 
-TRT_OK = ("msrresnet-x3", "compact-x4", "esrgan-x4", "leftthomas-x2", "lornatang-x8")  # the input feeds a Conv (and maybe a skip)
-TRT_REFUSED = ("pytorch-gan", "realesrgan-x2", "span-x4")  # a normalisation / a pixel-unshuffle comes first
+# the input feeds a Conv (and maybe a skip) / a normalisation or a pixel-unshuffle comes first
+TRT_OK = ("msrresnet-x3", "compact-x4", "esrgan-x4", "leftthomas-x2", "lornatang-x8")
+TRT_REFUSED = ("pytorch-gan", "realesrgan-x2", "span-x4")
 
 
 @pytest.mark.slow
@@ -393,15 +401,11 @@ def test_quantize_and_fp16_per_family(name, tmp_path, margin_images, capsys):
     from srdeploy.export.int8_trt import tensorrt_int8_problems
 
     case = CASES[name]
-    module = case.build()
-    spread_output(module, mean=case.mean, std=case.std, channels=case.channels)
-    src = case.save({k: v.detach().clone() for k, v in module.state_dict().items()}, tmp_path)
-    ckpt, fp32 = tmp_path / "model.pt", tmp_path / "model.onnx"
-    assert main(["import", str(src), "-o", str(ckpt)]) == 0
-    assert main(["export", str(ckpt), "-o", str(fp32), "--no-margin", "-q"]) == 0
+    _, _, ckpt, fp32 = _import_and_export(case, tmp_path, "--no-margin")
     capsys.readouterr()
-    rc = main(["quantize", str(fp32), "--target", "tensorrt", "--calib", str(margin_images), "--calib-images", "4",
-               "--crop", str(min(16, 64 // case.scale)), "--val", str(margin_images), "--max-loss", "1", "--threads", "1", "-q"])
+    calib = ["--calib", str(margin_images), "--calib-images", "4", "--crop", str(min(16, 64 // case.scale)),
+             "--val", str(margin_images), "--max-loss", "1", "--threads", "1", "-q"]
+    rc = main(["quantize", str(fp32), "--target", "tensorrt", *calib])
     out = tmp_path / "model_int8_trt.onnx"
     if name in TRT_OK:
         assert rc == 0 and out.is_file(), capsys.readouterr().err
@@ -411,9 +415,7 @@ def test_quantize_and_fp16_per_family(name, tmp_path, margin_images, capsys):
         assert rc == 1 and len(err.splitlines()) == 1 and not out.exists(), err
         assert "to feed one Conv directly" in err and "--target cpu" in err and "build-engine --fp16" in err
     # the CPU target takes every one of them (what the refusal points to), and the FP16 export too
-    assert main(["quantize", str(fp32), "--calib", str(margin_images), "--calib-images", "4", "--crop",
-                 str(min(16, 64 // case.scale)), "--val", str(margin_images), "--max-loss", "1", "--threads", "1",
-                 "-q"]) == 0
+    assert main(["quantize", str(fp32), *calib]) == 0
     assert main(["export", str(ckpt), "-o", str(tmp_path / "fp16.onnx"), "--no-margin", "--fp16", "-q"]) == 0
     from srdeploy.runtime.open import open_session
 
