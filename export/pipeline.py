@@ -179,8 +179,10 @@ class ExportShape:
     @classmethod
     def for_model(cls, facts, window: int | None = None) -> "ExportShape":
         """From the model's ``Facts``; ``window`` forces (or sizes) a fixed-window export."""
+        from srdeploy.runtime.tiling import fit_size
+
         def fit(v: int) -> int:
-            return max(-(-v // facts.size_multiple) * facts.size_multiple, facts.min_size)
+            return fit_size(v, facts.size_multiple, facts.min_size)
 
         if window is not None and window < 1:
             raise ValueError(f"export: --window must be >= 1, got {window}")

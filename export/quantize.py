@@ -377,10 +377,10 @@ def _input_sides(model, info, cfg) -> tuple[int, int]:
     if len(dims) == 4 and dims[2].HasField("dim_value") and dims[3].HasField("dim_value"):
         return dims[2].dim_value, dims[2].dim_value
 
-    def fit(v: int) -> int:
-        return max(-(-v // info.size_multiple) * info.size_multiple, info.min_size)
+    from srdeploy.runtime.tiling import fit_size
 
-    return fit(cfg.crop), fit(cfg.speed_size)
+    return (fit_size(cfg.crop, info.size_multiple, info.min_size),
+            fit_size(cfg.speed_size, info.size_multiple, info.min_size))
 
 
 def _psnr_by_set(path, folders, threads, progress: bool = False) -> dict[str, float]:

@@ -171,12 +171,14 @@ def fit_sizes(sizes, spec, *, multiple: int = 1, minimum: int = 1) -> tuple[list
     A bounded spec (TensorRT) also gets its minimum shape as a case: profile edges are where
     engines go wrong.
     """
+    from srdeploy.runtime.tiling import fit_size
+
     out, notes = [], []
 
     def clamp(v, lo_hi, side: bool = True):
         lo, hi = lo_hi
         if side:
-            v = max(-(-v // multiple) * multiple, minimum)
+            v = fit_size(v, multiple, minimum)
         return max(lo, v if hi is None else min(v, hi))
 
     for b, h, w in sizes:

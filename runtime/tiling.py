@@ -85,6 +85,12 @@ def axis_cores(n: int, tile: int) -> tuple[tuple[int, int], ...]:
     return tuple((bounds[i], bounds[i + 1]) for i in range(k))
 
 
+def fit_size(n: int, multiple: int = 1, minimum: int = 1) -> int:
+    """The smallest side the model takes that holds ``n`` pixels: at least ``minimum``, rounded up
+    to ``multiple`` (``ModelInfo.size_multiple``/``min_size``; the tiler edge-pads up to it)."""
+    return -(-max(n, minimum) // multiple) * multiple
+
+
 def window_size(core: int, pad: int, multiple: int = 1, minimum: int = 1, limit: int | None = None) -> int:
     """The model input the tiler runs for a core of ``core`` pixels: the core plus ``pad`` on each
     side, at most ``limit`` (the image), at least ``minimum`` (smaller windows are edge-padded).
@@ -92,8 +98,7 @@ def window_size(core: int, pad: int, multiple: int = 1, minimum: int = 1, limit:
     still leaves ``pad`` after the core), rounded up to the multiple (see ``_plan_axis``). The
     memory budget and the TensorRT provider's shape profile size windows with it."""
     window = core + 2 * pad + (multiple - 1)
-    window = min(window, limit) if limit is not None else window
-    return max(-(-window // multiple) * multiple, -(-minimum // multiple) * multiple)
+    return fit_size(min(window, limit) if limit is not None else window, multiple, minimum)
 
 
 def axis_window(n: int, tile: int, pad: int, multiple: int = 1, minimum: int = 1) -> tuple[int, int]:
@@ -101,7 +106,7 @@ def axis_window(n: int, tile: int, pad: int, multiple: int = 1, minimum: int = 1
     ``window_size`` of the largest core, at most ``n`` (``runtime.budget`` sizes tiles with it)."""
     cores = axis_cores(n, tile)
     if not tile:
-        return max(-(-n // multiple) * multiple, -(-minimum // multiple) * multiple), len(cores)
+        return fit_size(n, multiple, minimum), len(cores)
     return window_size(max(b - a for a, b in cores), pad, multiple, minimum, limit=n), len(cores)
 
 
@@ -129,15 +134,13 @@ def _plan_axis(n: int, tile: int, pad: int, lo: int, hi: int | None, name: str,
                          f"profile or fixed window) with tile_pad {pad}")
         cores = axis_cores(n, t)
         window, _ = axis_window(n, t, pad, mult)
-    if window < lo:
-        if n < lo:
-            notes.append(f"image {name} {n} is below the engine profile minimum {lo}: edge-padded to {lo}")
-        window = lo
+    if window < lo and n < lo:
+        notes.append(f"image {name} {n} is below the engine profile minimum {lo}: edge-padded to {lo}")
     # The model's size multiple (a pixel-unshuffle model groups pixels in blocks from its input's
     # origin, so its output changes when the input shifts by less than a block): windows are a
     # multiple of it and start on a multiple of it, as the whole image does; the image is
     # edge-padded to a multiple (and its output cropped).
-    window = -(-window // mult) * mult
+    window = fit_size(window, mult, lo)
     padded = -(-max(n, window) // mult) * mult
     starts = tuple((s - s % mult) for s in (min(max(a - pad, 0), padded - window) for a, _ in cores))
     return AxisPlan(size=n, window=window, cores=cores, starts=starts, padded=padded)

@@ -52,12 +52,12 @@ def trt_profile(options: OrtOptions, info: ModelInfo, channels: int = 3):
         raise ValueError("the TensorRT provider needs a bounded shape profile, and whole-image runs (tile 0) have "
                          "none: tile the input (--tile N), or pass OrtOptions(trt_profile_min=..., "
                          "trt_profile_opt=..., trt_profile_max=...)")
-    from ..tiling import window_size
+    from ..tiling import fit_size, window_size
 
     pad = tiling.pad_for(info.receptive_radius, info.tile_margin)
     rules = dict(multiple=info.size_multiple, minimum=info.min_size)
     full = (tiling.batch, channels, window_size(th, pad, **rules), window_size(tw, pad, **rules))
-    low = window_size(1, 0, **rules)  # the smallest window: the minimum, rounded up to the multiple
+    low = fit_size(1, **rules)  # the smallest window the tiler makes
     return (1, channels, low, low), full, full
 
 
