@@ -448,8 +448,8 @@ def test_item12_dev_extra_has_scikit_image_and_demo_png_is_ignored():
 
 # ------------------------------------------------------------------ item 15: no machine paths
 def test_item15_no_absolute_machine_paths_in_the_repository():
-    proc = subprocess.run(["git", "grep", "-n", "-I", "/work/", "--", ".", ":!tests/test_reliability.py"],
-                          cwd=ROOT, capture_output=True, text=True)
+    machine_root = "/" + "work/"  # built, so this file does not hold the path it looks for
+    proc = subprocess.run(["git", "grep", "-n", "-I", machine_root, "--", "."], cwd=ROOT, capture_output=True, text=True)
     assert proc.stdout == "", proc.stdout
     card = json.loads((ROOT / "models" / "model_card.json").read_text())
     assert card["settings"]["out"] == "srresnet_x4"
